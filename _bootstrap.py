@@ -1,0 +1,27 @@
+"""Make ``CAM_Stanford_Cars`` importable when one of its files is run as a script.
+
+``python path/to/clone/main.py`` puts the clone's folder on ``sys.path``, but the package is the
+clone itself, whatever the folder is called. Registering the folder under the package's name lets
+the scripts import ``CAM_Stanford_Cars.train`` and friends, so every module keeps its relative
+imports and exists exactly once.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+PACKAGE = "CAM_Stanford_Cars"
+
+
+def ensure_package() -> None:
+    """Import this folder as ``CAM_Stanford_Cars`` unless that name already points here."""
+    root = Path(__file__).resolve().parent
+    loaded = sys.modules.get(PACKAGE)
+    if loaded is not None and Path(loaded.__file__).resolve().parent == root:
+        return
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
