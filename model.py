@@ -1,0 +1,402 @@
+"""The GAP-modified AlexNet, its class activation map, and self-describing checkpoints.
+
+The network follows Zhou et al. 2016, "Learning Deep Features for Discriminative Localization":
+AlexNet's convolutional layers without the last max-pool, one added 3x3 convolution with 1024
+units, global average pooling (GAP) and a single linear layer. Because GAP is the only thing
+between the last feature map ``f`` and the linear layer ``(W, b)``, the logit of class ``c`` is
+
+    y_c = sum_k W[c, k] * mean_{x,y} f_k(x, y) + b_c = mean_{x,y} M_c(x, y) + b_c,
+
+where ``M_c(x, y) = sum_k W[c, k] f_k(x, y)`` is the class activation map (CAM). The CAM therefore
+costs one small tensor contraction on features the forward pass has already computed.
+
+Example:
+    >>> model = AlexNetGAP(num_classes=3)
+    >>> logits, cam = model(torch.rand(2, 3, 224, 224), True)
+    >>> logits.shape, cam.shape
+    (torch.Size([2, 3]), torch.Size([2, 13, 13]))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+ARCH = "alexnet_gap"
+CHECKPOINT_FORMAT_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_INPUT_SIZE = 64
+# torchvision's ImageNet AlexNet: the file name its hub cache uses, and where it comes from.
+ALEXNET_WEIGHTS_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+
+PretrainedSpec = bool | str | os.PathLike | None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or was not written by this project."""
+
+
+class PretrainedWeightsError(RuntimeError):
+    """ImageNet AlexNet weights were asked for and could not be had."""
+
+
+class AlexNetGAP(nn.Module):
+    """AlexNet with global average pooling and a class activation map.
+
+    Layers: torchvision's ``alexnet().features`` without its last max-pool (so ImageNet weights
+    load by key), the CAM paper's added ``Conv2d(256, 1024, 3, stride=1, padding=1)`` + ReLU,
+    global average pooling, and ``Linear(1024, num_classes)``. At 224x224 input the feature map,
+    and so the CAM, is 13x13.
+
+    The model takes RGB images in [0, 1] and applies the ImageNet normalisation itself; the mean
+    and std are buffers saved with the weights.
+
+    Args:
+        num_classes: Number of output classes, at least 1.
+        pretrained: ``True`` to start the convolutional layers from torchvision's ImageNet
+            AlexNet (torch hub cache, downloaded if absent), a path to a local copy of those
+            weights, or ``False``/``None`` for random initialisation.
+        cam_channels: Units of the added convolution (1024 in the paper).
+
+    Raises:
+        ValueError: If ``num_classes`` or ``cam_channels`` is not a positive integer.
+        PretrainedWeightsError: If pretrained weights were asked for and cannot be had.
+    """
+
+    def __init__(self, num_classes: int, pretrained: PretrainedSpec = False, cam_channels: int = 1024) -> None:
+        super().__init__()
+        for name, value in (("num_classes", num_classes), ("cam_channels", cam_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.num_classes = num_classes
+        self.cam_channels = cam_channels
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        # Index-for-index torchvision's AlexNet.features[:12], so its state dict keys match.
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.cam_conv = nn.Sequential(
+            nn.Conv2d(256, cam_channels, kernel_size=3, stride=1, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(cam_channels, num_classes)
+        self._init_new_layers()
+        if pretrained:
+            self.load_imagenet_features(None if pretrained is True else pretrained)
+
+    @property
+    def model_args(self) -> dict[str, int]:
+        """The constructor arguments that rebuild this architecture (pretrained excluded)."""
+        return {"num_classes": self.num_classes, "cam_channels": self.cam_channels}
+
+    def new_layer_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the layers the CAM paper adds (not in ImageNet AlexNet)."""
+        return [*self.cam_conv.parameters(), *self.fc.parameters()]
+
+    def _init_new_layers(self) -> None:
+        conv = self.cam_conv[0]
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def load_imagenet_features(self, weights_path: str | os.PathLike | None = None) -> None:
+        """Copy torchvision's ImageNet AlexNet weights into the convolutional layers.
+
+        Args:
+            weights_path: A local ``alexnet-owt-7be5be79.pth`` (or any torchvision AlexNet state
+                dict). ``None`` takes it from the torch hub cache, downloading it if absent.
+
+        Raises:
+            PretrainedWeightsError: If the file is missing or unreadable, the download fails, or
+                the weights do not fit AlexNet's convolutional layers.
+        """
+        state = _read_alexnet_state_dict(weights_path)
+        features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        try:
+            self.features.load_state_dict(features, strict=True)
+        except RuntimeError as err:
+            raise PretrainedWeightsError(
+                f"The weights in {weights_path or 'the torch hub cache'} do not fit AlexNet's "
+                f"convolutional layers: {err}. Use torchvision's ImageNet AlexNet "
+                f"({ALEXNET_WEIGHTS_URL}) or train from scratch (pretrained=False)."
+            ) from None
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Last convolutional feature map.
+
+        Args:
+            x: RGB images in [0, 1], shape (B, 3, H, W) with H, W >= 64.
+
+        Returns:
+            Feature map ``f``, shape (B, K, h, w) with K = cam_channels (13x13 at 224x224).
+        """
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"images must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got "
+                f"{x.shape[-2]}x{x.shape[-1]}; resize them (e.g. image_size=224)"
+            )
+        x = (x - self.mean) / self.std
+        return self.cam_conv(self.features(x))
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Global average pooling and the linear layer.
+
+        Args:
+            features: (B, K, h, w) from :meth:`forward_features`.
+
+        Returns:
+            Logits, shape (B, C).
+        """
+        return self.fc(features.mean(dim=(2, 3)))
+
+    def class_activation_maps(self, features: Tensor, class_idx: Tensor | None = None) -> Tensor:
+        """Raw class activation maps ``M_c(x, y) = sum_k W[c, k] f_k(x, y)``.
+
+        No bias, no softmax on the weights, no normalisation: ``mean_{x,y} M_c + b_c`` is exactly
+        the logit of class ``c``.
+
+        Args:
+            features: (B, K, h, w) from :meth:`forward_features`.
+            class_idx: ``None`` for the maps of every class, or a (B,) long tensor with one class
+                per sample.
+
+        Returns:
+            (B, C, h, w) for every class, or (B, h, w) for the chosen class of each sample.
+        """
+        weight = self.fc.weight.to(features.dtype)  # (C, K)
+        if class_idx is None:
+            return torch.einsum("ck,bkhw->bchw", weight, features)
+        return torch.einsum("bk,bkhw->bhw", weight[class_idx], features)
+
+    def forward(
+        self, x: Tensor, return_cam: bool = False, class_idx: int | Sequence[int] | Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Classify, and optionally return the CAM from the same forward pass.
+
+        Args:
+            x: RGB images in [0, 1], shape (B, 3, H, W), H, W >= 64.
+            return_cam: Also return the class activation map (``model(x, True)`` works).
+            class_idx: Class whose map to return: ``None`` for each sample's predicted class,
+                an int for the same class for all, or B ints (list or tensor), one per sample.
+
+        Returns:
+            Logits (B, C); with ``return_cam``, ``(logits, cam)`` with cam (B, h, w).
+
+        Raises:
+            ValueError: If ``class_idx`` is out of range or has the wrong length.
+        """
+        features = self.forward_features(x)
+        logits = self.forward_head(features)
+        if not return_cam:
+            return logits
+        if class_idx is None:
+            index = logits.argmax(dim=1)
+        else:
+            index = self._class_index(class_idx, batch_size=x.shape[0], device=x.device)
+        return logits, self.class_activation_maps(features, index)
+
+    def _class_index(self, class_idx: int | Sequence[int] | Tensor, batch_size: int, device: torch.device) -> Tensor:
+        index = torch.as_tensor(class_idx, device=device)
+        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise ValueError(f"class_idx must hold integers, got dtype {index.dtype}")
+        index = index.long()
+        if index.ndim == 0:
+            index = index.expand(batch_size)
+        if index.shape != (batch_size,):
+            raise ValueError(
+                f"class_idx must be an int or one class per sample ({batch_size}), "
+                f"got shape {tuple(index.shape)}"
+            )
+        if batch_size and (int(index.min()) < 0 or int(index.max()) >= self.num_classes):
+            raise ValueError(
+                f"class_idx values must lie in [0, {self.num_classes - 1}], "
+                f"got {index.tolist() if batch_size <= 16 else 'values outside it'}"
+            )
+        return index
+
+
+def _read_alexnet_state_dict(weights_path: str | os.PathLike | None) -> dict[str, Tensor]:
+    """torchvision AlexNet state dict from a local file or the torch hub cache."""
+    how_to = (
+        f"Download {ALEXNET_WEIGHTS_URL} on a machine with internet, then either put it in "
+        f"{Path(torch.hub.get_dir()) / 'checkpoints'} or pass its path (--pretrained PATH); "
+        "or train from scratch (--pretrained false)."
+    )
+    if weights_path is None:
+        try:
+            return torch.hub.load_state_dict_from_url(ALEXNET_WEIGHTS_URL, progress=True, weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as err:
+            raise PretrainedWeightsError(f"Could not get ImageNet AlexNet weights ({err}). {how_to}") from None
+    path = Path(weights_path).expanduser()
+    if not path.is_file():
+        raise PretrainedWeightsError(f"Pretrained weights file {str(path)!r} does not exist. {how_to}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise PretrainedWeightsError(f"Could not read pretrained weights {str(path)!r}: {err}. {how_to}") from None
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict", state.get("model")), Mapping):
+        state = state.get("state_dict", state.get("model"))
+    if not isinstance(state, Mapping):
+        raise PretrainedWeightsError(f"{str(path)!r} holds no state dict. {how_to}")
+    return dict(state)
+
+
+def build_model(arch: str, model_args: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a network from the architecture name and arguments a checkpoint stores."""
+    if arch != ARCH:
+        raise CheckpointError(f"unknown architecture {arch!r}; this version knows {ARCH!r}")
+    return AlexNetGAP(**dict(model_args))
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel and/or ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _plain(value: Any, key: str) -> Any:
+    """``value`` as types ``torch.load(weights_only=True)`` accepts; paths become strings."""
+    if value is None or isinstance(value, bool | int | float | str | Tensor | torch.dtype | torch.device):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v, f"{key}[{i}]") for i, v in enumerate(value))
+    raise TypeError(
+        f"checkpoint entry {key!r} is a {type(value).__name__}, which a safe (weights_only) load "
+        "cannot read; store plain types instead (for argparse arguments pass vars(args))"
+    )
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> Path:
+    """Write a self-describing checkpoint atomically.
+
+    The file holds the architecture and its arguments, the weights of the unwrapped model (no
+    ``module.`` prefix) and everything passed in ``state`` (class names, the filters ``car_type``,
+    ``car_brand``, ``car_production_year``, image size, epoch, metrics, optimizer state, training
+    arguments...). It is written to a temporary file beside ``path`` and moved into place, so a
+    crash mid-write never leaves half a checkpoint where a good one was.
+
+    Args:
+        path: Destination file; its folder is created if missing.
+        model: The network (possibly DDP- or compile-wrapped).
+        **state: Extra entries of plain types (dict, list, str, numbers, tensors, None).
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: If a state entry is not of a plain type.
+    """
+    path = Path(path)
+    bare = unwrap_model(model)
+    payload = {key: _plain(value, key) for key, value in state.items()}
+    payload.update(
+        format_version=CHECKPOINT_FORMAT_VERSION,
+        arch=ARCH,
+        model_args=dict(bare.model_args),
+        model=bare.state_dict(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from a checkpoint file alone.
+
+    The file is read with ``torch.load(weights_only=True)``: a checkpoint carrying a pickled
+    object that would run code is refused, and nothing in it runs.
+
+    Args:
+        path: A file written by :func:`save_checkpoint`.
+        map_location: Device for the model and tensors; ``None`` means CPU, so a file saved on a
+            GPU loads anywhere and the model takes CPU batches straight from a DataLoader.
+
+    Returns:
+        ``(model, checkpoint)``: the model in eval mode, and the checkpoint dict (``class_names``,
+        ``car_type``, ``car_brand``, ``car_production_year``, ``image_size``, ``epoch``, ...).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        CheckpointError: If the file is truncated, not a checkpoint, unsafe to load, or written
+            by a newer version of this project.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    location = torch.device("cpu") if map_location is None else map_location
+    try:
+        checkpoint = torch.load(path, map_location=location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"refused to load {str(path)!r}: it holds objects a safe (weights_only) load will not "
+            f"unpickle ({first_line}). Nothing in it was run. Only checkpoints written by "
+            "save_checkpoint load here; if you trust the file, re-save its tensors as plain types."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable checkpoint (truncated or not a torch file: {err})"
+        ) from None
+    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
+        raise CheckpointError(f"{str(path)!r} is a torch file but not a CAM_Stanford_Cars checkpoint")
+    version = checkpoint["format_version"]
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format {version!r}, newer than this version reads "
+            f"({CHECKPOINT_FORMAT_VERSION}); upgrade CAM_Stanford_Cars"
+        )
+    missing = [key for key in ("arch", "model_args", "model") if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} lacks the entries {missing}")
+    model = build_model(checkpoint["arch"], checkpoint["model_args"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"the weights in {str(path)!r} do not fit its architecture: {err}") from None
+    return model.to(location).eval(), checkpoint

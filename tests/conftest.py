@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny seeded models, and no test ever reaches the network."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail loudly if any test opens a network connection (loopback is allowed for gloo)."""
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self: socket.socket, address: object) -> object:
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if self.family == socket.AF_UNIX or str(host) in {"127.0.0.1", "localhost", "::1"} or str(host).startswith("127."):
+            return real_connect(self, address)
+        raise RuntimeError(f"test tried to reach the network ({address!r})")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_torch_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub cache per test, so no test depends on what this machine downloaded."""
+    home = tmp_path_factory.mktemp("torch_home")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    torch.hub.set_dir(str(home / "hub"))
+    return home
+
+
+@pytest.fixture
+def seeded() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def fake_alexnet_weights(tmp_path: Path) -> Path:
+    """A torchvision AlexNet state dict with random values, saved where a local file would be."""
+    from torchvision.models import alexnet
+
+    torch.manual_seed(123)
+    path = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(alexnet().state_dict(), path)
+    return path
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"torch {torch.__version__}, threads {torch.get_num_threads()}, CUDA {torch.cuda.is_available()}, CPUs {os.cpu_count()}"
