@@ -14,8 +14,13 @@ PACKAGE = "CAM_Stanford_Cars"
 
 
 def ensure_package() -> None:
-    """Import this folder as ``CAM_Stanford_Cars`` unless that name already points here."""
+    """Import this folder as ``CAM_Stanford_Cars`` unless that name already points here.
+
+    Also takes the folder itself off ``sys.path``, where running a script put it, so that no
+    other library's ``import train`` or ``import model`` finds this project's files by accident.
+    """
     root = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != root]
     loaded = sys.modules.get(PACKAGE)
     if loaded is not None and Path(loaded.__file__).resolve().parent == root:
         return
