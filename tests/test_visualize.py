@@ -98,7 +98,8 @@ def test_map_with_a_vanishing_range_is_treated_as_flat() -> None:
     cams[0, 0, 0] = 1e-44
     out = apply_cam(torch.full((1, 3, 4, 4), 0.5), cams)
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, 0.25 + 0.5 * colormap_lut("jet")[0].view(1, 3, 1, 1), atol=1e-6, rtol=0)
+    expected = (0.25 + 0.5 * colormap_lut("jet")[0].view(1, 3, 1, 1)).expand(1, 3, 4, 4)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 
 def test_constant_map_beside_varying_maps_does_not_leak() -> None:
