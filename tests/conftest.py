@@ -39,9 +39,15 @@ def _isolated_torch_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
     return home
 
 
-@pytest.fixture
-def seeded() -> None:
-    torch.manual_seed(0)
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic Stanford Cars (8 classes, the two BMW 2012 sedans among them), shared
+    read-only by the tests of a session."""
+    from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars
+
+    return write_synthetic_stanford_cars(
+        tmp_path_factory.mktemp("synthetic_cars"), n_train_per_class=6, n_test_per_class=3, image_size=(320, 208), seed=0
+    )
 
 
 @pytest.fixture

@@ -1,0 +1,212 @@
+"""Command line: train a CAM network on Stanford Cars, run the demo, list filters, evaluate.
+
+    python main.py --n_epochs 30 --batch_size 4 --checkpoints_dir runs/bmw \
+        --download_datasets true --root_datasets_dir stanford_cars_dataset \
+        --car_type Sedan --car_brand BMW --car_production_year 2012
+    python main.py --demo                       # synthetic data, no download, a minute or two
+    python main.py --list_filters --root_datasets_dir stanford_cars_dataset
+    python main.py --evaluate runs/bmw/best.pt --split test
+
+This file only parses arguments; the work is done by ``train.py`` (and ``demo.py``).
+Run with ``torchrun --nproc_per_node N main.py ...`` to train on N processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+if __package__ in (None, ""):
+    # Run as a script: make the clone importable as the package, whatever its folder is called.
+    import _bootstrap
+
+    _bootstrap.ensure_package()
+
+from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
+from CAM_Stanford_Cars.localization import format_metrics_table
+from CAM_Stanford_Cars.model import CheckpointError, PretrainedWeightsError
+from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit
+
+DEFAULTS = TrainConfig()
+
+
+def bool_flag(value: str) -> bool:
+    """``true/false/yes/no/1/0/on/off`` in any case."""
+    lowered = str(value).strip().lower()
+    if lowered in {"true", "yes", "1", "on", "y", "t"}:
+        return True
+    if lowered in {"false", "no", "0", "off", "n", "f"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {value!r}")
+
+
+def pretrained_flag(value: str) -> bool | str:
+    """A boolean, or the path of a local copy of torchvision's ImageNet AlexNet weights."""
+    try:
+        return bool_flag(value)
+    except argparse.ArgumentTypeError:
+        return value
+
+
+def text_list(value: str) -> str | list[str]:
+    """One value, or several separated by commas (``BMW,Audi``)."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected a value or a comma-separated list, got {value!r}")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def year_list(value: str) -> int | list[int]:
+    """A year, or several separated by commas (``2011,2012``)."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    try:
+        years = [int(part) for part in parts]
+    except ValueError:
+        years = []
+    if not years:
+        raise argparse.ArgumentTypeError(f"expected a year such as 2012, or several such as 2011,2012; got {value!r}")
+    return years[0] if len(years) == 1 else years
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return number
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit with status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The parser of ``main.py``; other launchers can reuse or extend it."""
+    parser = _Parser(
+        prog="main.py",
+        description="Train a GAP-AlexNet with class activation maps on (a filtered) Stanford Cars.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--root_datasets_dir", default=DEFAULTS.root, help="folder holding Stanford Cars (or where to put it)")
+    data.add_argument("--download_datasets", type=bool_flag, default=DEFAULTS.download_datasets, metavar="BOOL",
+                      help="fetch Stanford Cars from a public mirror when root holds no readable copy")
+    data.add_argument("--car_type", type=text_list, default=None, help="body type(s) to keep, e.g. Sedan or Sedan,Coupe (default: all)")
+    data.add_argument("--car_brand", type=text_list, default=None, help="brand(s) to keep, e.g. BMW or 'Land Rover,Audi' (default: all)")
+    data.add_argument("--car_production_year", type=year_list, default=None, help="year(s) to keep, e.g. 2012 or 2011,2012 (default: all)")
+    data.add_argument("--image_size", type=positive_int, default=DEFAULTS.image_size, help="side of the square images the network sees")
+    data.add_argument("--val_fraction", type=float, default=DEFAULTS.val_fraction, help="share of each class's train images held out to choose the best epoch")
+    data.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (default: cores per process - 1)")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--n_epochs", type=positive_int, default=DEFAULTS.n_epochs, help="number of epochs")
+    train.add_argument("--batch_size", type=positive_int, default=DEFAULTS.batch_size, help="images per batch (per process)")
+    train.add_argument("--pretrained", type=pretrained_flag, default=DEFAULTS.pretrained, metavar="BOOL|PATH",
+                       help="start from ImageNet AlexNet weights (torch hub cache or download), a local weights file, or false for scratch")
+    train.add_argument("--optimizer", choices=("sgd", "adamw"), default=DEFAULTS.optimizer, help="optimizer")
+    train.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate of the new layers")
+    train.add_argument("--backbone_lr_scale", type=float, default=DEFAULTS.backbone_lr_scale, help="learning-rate factor of the pretrained layers")
+    train.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="SGD momentum (Nesterov)")
+    train.add_argument("--weight_decay", type=float, default=DEFAULTS.weight_decay, help="weight decay (not on biases)")
+    train.add_argument("--warmup_epochs", type=float, default=DEFAULTS.warmup_epochs, help="linear warm-up before the cosine decay")
+    train.add_argument("--label_smoothing", type=float, default=DEFAULTS.label_smoothing, help="label smoothing of the loss")
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the split, order and augmentation (CPU runs repeat exactly)")
+    train.add_argument("--device", default=DEFAULTS.device, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    train.add_argument("--amp", type=bool_flag, default=DEFAULTS.amp, metavar="BOOL", help="mixed precision on CUDA (bf16 where supported)")
+    train.add_argument("--channels_last", type=bool_flag, default=DEFAULTS.channels_last, metavar="BOOL", help="channels-last memory format on CUDA")
+    train.add_argument("--compile", type=bool_flag, default=DEFAULTS.compile, metavar="BOOL", help="torch.compile the model")
+    train.add_argument("--eval_test_every_epoch", type=bool_flag, default=DEFAULTS.eval_test_every_epoch, metavar="BOOL",
+                       help="also report test metrics each epoch (never used to choose anything)")
+    train.add_argument("--progress", type=bool_flag, default=DEFAULTS.progress, metavar="BOOL", help="progress bars")
+
+    run = parser.add_argument_group("checkpoints and runs")
+    run.add_argument("--checkpoints_dir", default=DEFAULTS.checkpoints_dir, help="folder for last.pt, best.pt, args.json, metrics.jsonl and plots")
+    run.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in this checkpoint (its last.pt)")
+
+    other = parser.add_argument_group("other commands")
+    other.add_argument("--demo", action="store_true", help="write a synthetic Stanford Cars, train on it on CPU, and draw CAMs: no download")
+    other.add_argument("--demo_dir", default=None, help="folder for the demo's data and run (default: a new temporary folder)")
+    other.add_argument("--list_filters", action="store_true", help="list the brands, types and years in the data, with image counts, and exit")
+    other.add_argument("--evaluate", default=None, metavar="CHECKPOINT", help="score a checkpoint's classification and CAM localisation, and exit")
+    other.add_argument("--split", choices=("train", "test"), default="test", help="split for --evaluate")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The library's typed config from the parsed flags."""
+    return TrainConfig(
+        root=args.root_datasets_dir, checkpoints_dir=args.checkpoints_dir, car_type=args.car_type,
+        car_brand=args.car_brand, car_production_year=args.car_production_year,
+        download_datasets=args.download_datasets, n_epochs=args.n_epochs, batch_size=args.batch_size,
+        image_size=args.image_size, val_fraction=args.val_fraction, pretrained=args.pretrained,
+        optimizer=args.optimizer, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale, momentum=args.momentum,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        seed=args.seed, device=args.device, num_workers=args.num_workers, amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile, eval_test_every_epoch=args.eval_test_every_epoch,
+        resume=args.resume, progress=args.progress,
+    )
+
+
+def _setup_logging() -> None:
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch to the command the flags ask for; returns the exit status."""
+    if args.list_filters:
+        dataset = StanfordCarsCAM(args.root_datasets_dir, split="train", download_datasets=args.download_datasets)
+        print(format_filter_summary(dataset.root))
+        return 0
+    if args.evaluate:
+        metrics = evaluate_checkpoint(
+            args.evaluate, root=args.root_datasets_dir, split=args.split, batch_size=args.batch_size,
+            device=args.device, num_workers=args.num_workers, progress=args.progress,
+        )
+        print(format_metrics_table(metrics))
+        return 0
+    if args.demo:
+        from CAM_Stanford_Cars.demo import run_demo
+
+        result = run_demo(args.demo_dir, progress=args.progress, seed=args.seed)
+        print(f"\nDemo finished. Checkpoint: {result.checkpoint}\nCAM figure: {result.figure}\nRun folder: {result.run_dir}")
+        return 0
+    config = config_from_args(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in sorted(vars(args).items())}, default=str))
+    result = fit(config)
+    if result.interrupted:
+        return 130
+    print(f"\nBest checkpoint: {result.best_checkpoint}\nLast checkpoint: {result.last_checkpoint}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python main.py`` and the ``cam-stanford-cars`` command."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    _setup_logging()
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
+        print(f"main.py: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"main.py: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("main.py: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Training: the seed's command, resuming, seeds, distributed runs and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from CAM_Stanford_Cars import train as train_module
+from CAM_Stanford_Cars.model import load_checkpoint
+from CAM_Stanford_Cars.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    build_scheduler,
+    fit,
+    stratified_split,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MAIN = REPO_ROOT / "main.py"
+SEED_FILTERS = ["--car_type", "Sedan", "--car_brand", "BMW", "--car_production_year", "2012"]
+
+
+def tiny_config(root: Path, run_dir: Path, **overrides: object) -> TrainConfig:
+    settings: dict[str, object] = dict(
+        root=str(root), checkpoints_dir=str(run_dir), n_epochs=2, batch_size=4, image_size=64,
+        pretrained=False, device="cpu", num_workers=0, progress=False, seed=3, lr=0.01,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def run_main(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, str(MAIN), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def hub_cache_with_fake_weights(tmp_path: Path, weights: Path) -> Path:
+    """A TORCH_HOME whose hub cache holds (random) ImageNet AlexNet weights."""
+    home = tmp_path / "torch_home"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    shutil.copy(weights, home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    return home
+
+
+def test_the_seeds_command_runs_one_epoch(synthetic_root: Path, tmp_path: Path, fake_alexnet_weights: Path) -> None:
+    """The seed README's flags, paths changed; ImageNet weights come from the hub cache."""
+    run_dir = tmp_path / "path" / "to" / "checkpoints"
+    home = hub_cache_with_fake_weights(tmp_path, fake_alexnet_weights)
+    result = run_main(
+        ["--n_epochs", "1", "--batch_size", "4", "--checkpoints_dir", str(run_dir), "--download_datasets", "true",
+         "--root_datasets_dir", str(synthetic_root), *SEED_FILTERS, "--image_size", "64", "--num_workers", "0"],
+        cwd=tmp_path, env_extra={"TORCH_HOME": str(home)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" in result.stdout
+    assert {"last.pt", "best.pt", "args.json", "metrics.jsonl", "training_curves.png", "test_metrics.json"} <= {p.name for p in run_dir.iterdir()}
+    model, checkpoint = load_checkpoint(run_dir / "best.pt")
+    assert checkpoint["car_type"] == "Sedan" and checkpoint["car_brand"] == "BMW" and checkpoint["car_production_year"] == 2012
+    assert checkpoint["class_names"] == ["BMW ActiveHybrid 5 Sedan 2012", "BMW 3 Series Sedan 2012"]
+    assert model.fc.out_features == 2
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["epoch"] == 1 and 0.0 <= record["val_top1"] <= 1.0 and "val_maxboxacc" in record
+    test_metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    assert test_metrics["n_images"] > 0 and "maxboxacc_v2" in test_metrics
+
+
+def test_same_seed_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
+    first = fit(tiny_config(synthetic_root, tmp_path / "a", n_epochs=1))
+    second = fit(tiny_config(synthetic_root, tmp_path / "b", n_epochs=1))
+    other = fit(tiny_config(synthetic_root, tmp_path / "c", n_epochs=1, seed=4))
+    keys = ("train_loss", "train_top1", "val_loss", "val_top1")
+    assert [first.history[0][k] for k in keys] == [second.history[0][k] for k in keys]
+    assert first.history[0]["train_loss"] != other.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("stop_after_steps", [3, 5])  # mid-epoch, and at the end of the first epoch
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path, stop_after_steps: int) -> None:
+    whole = fit(tiny_config(synthetic_root, tmp_path / "whole"))
+    assert not whole.interrupted
+
+    part_dir = tmp_path / "parts"
+    first = fit(tiny_config(synthetic_root, part_dir), stop_after_steps=stop_after_steps)
+    assert first.interrupted
+    resumed = fit(tiny_config(synthetic_root, part_dir, resume=str(part_dir / "last.pt")))
+    assert not resumed.interrupted
+
+    a, _ = load_checkpoint(whole.last_checkpoint)
+    b, checkpoint = load_checkpoint(resumed.last_checkpoint)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert checkpoint["epoch"] == 2
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert resumed.history[-1]["train_loss"] == pytest.approx(whole.history[-1]["train_loss"], rel=1e-9)
+
+
+def test_resume_refuses_a_different_run(synthetic_root: Path, tmp_path: Path) -> None:
+    first = fit(tiny_config(synthetic_root, tmp_path / "r", n_epochs=2), stop_after_steps=2)
+    with pytest.raises(ValueError, match="batch_size=4.*same value"):
+        fit(tiny_config(synthetic_root, tmp_path / "r", batch_size=2, resume=str(first.last_checkpoint)))
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "nan"
+    fit(tiny_config(synthetic_root, run_dir, n_epochs=1))
+    good = (run_dir / "last.pt").read_bytes()
+
+    class ExplodingLoss(torch.nn.CrossEntropyLoss):
+        def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return super().forward(logits, labels) * float("nan")
+
+    monkeypatch.setattr(train_module.nn, "CrossEntropyLoss", ExplodingLoss)
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint is kept"):
+        fit(tiny_config(synthetic_root, run_dir, n_epochs=1))
+    assert (run_dir / "last.pt").read_bytes() == good
+
+
+def test_stratified_split_keeps_every_class_on_both_sides() -> None:
+    targets = [0] * 10 + [1] * 3 + [2] * 2
+    train_idx, val_idx = stratified_split(targets, 0.2, seed=0)
+    assert sorted(train_idx + val_idx) == list(range(15))
+    assert {targets[i] for i in val_idx} == {0, 1, 2} == {targets[i] for i in train_idx}
+    assert sum(targets[i] == 0 for i in val_idx) == 2
+    assert stratified_split(targets, 0.2, seed=0) == (train_idx, val_idx)
+    assert stratified_split(targets, 0.0, seed=0) == (list(range(15)), [])
+
+
+def test_schedule_warms_up_then_decays_to_zero() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, total_steps=10, warmup_steps=2)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.01)
+    assert rates[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:]))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_two_processes_with_gloo(synthetic_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    args = ["--n_epochs", "1", "--batch_size", "4", "--checkpoints_dir", str(run_dir), "--root_datasets_dir", str(synthetic_root),
+            *SEED_FILTERS, "--image_size", "64", "--num_workers", "0", "--pretrained", "false", "--device", "cpu", "--progress", "false"]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(MAIN), *args],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Only rank 0 writes and logs: one summary line, one metrics record.
+    assert result.stdout.count("epoch 1/1") == 1
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1
+    model, checkpoint = load_checkpoint(run_dir / "last.pt")
+    assert checkpoint["world_size"] == 2
+    # Same semantics as one process: every train image seen once per epoch (padded to the ranks),
+    # and ceil(n / (2 * batch)) steps.
+    single = fit(tiny_config(synthetic_root, tmp_path / "single", n_epochs=1, car_type="Sedan", car_brand="BMW", car_production_year=2012))
+    n_train = single.history[0]["train_images"]
+    assert records[0]["train_images"] == n_train + (n_train % 2)
+    steps_ddp = checkpoint["lr_scheduler"]["last_epoch"]
+    assert steps_ddp == -(-n_train // 8)
+    assert records[0]["val_n_images"] == single.history[0]["val_n_images"]
+
+
+BAD_INPUTS = [
+    (["--car_brand", "Tesla"], "Tesla"),
+    (["--batch_size", "-4"], "--batch_size"),
+    (["--car_production_year", "twenty"], "twenty"),
+    (["--download_datasets", "maybe"], "maybe"),
+]
+
+
+@pytest.mark.parametrize("args, named", BAD_INPUTS)
+def test_bad_input_is_one_clear_line_and_exit_2(synthetic_root: Path, tmp_path: Path, args: list[str], named: str) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"precious")
+    result = run_main(["--root_datasets_dir", str(synthetic_root), "--checkpoints_dir", str(run_dir), "--pretrained", "false", *args], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert named in result.stderr
+    assert (run_dir / "last.pt").read_bytes() == b"precious"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["last.pt"]
+
+
+def test_missing_data_without_download_says_how_to_get_it(tmp_path: Path) -> None:
+    result = run_main(["--root_datasets_dir", str(tmp_path / "nothing_here"), "--checkpoints_dir", str(tmp_path / "run")], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "nothing_here" in result.stderr and "--download_datasets" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_checkpoint_folder(synthetic_root: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run_main(["--root_datasets_dir", str(synthetic_root), "--checkpoints_dir", str(blocker / "run"), "--pretrained", "false", *SEED_FILTERS], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "not writable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_reads_as_documentation(tmp_path: Path) -> None:
+    result = run_main(["--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in ("--n_epochs", "--car_production_year", "--download_datasets", "--resume", "--demo", "--list_filters", "--evaluate"):
+        assert flag in result.stdout
+    assert "(default: 30)" in result.stdout
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(synthetic_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--n_epochs", "200", "--batch_size", "2", "--checkpoints_dir", str(run_dir), "--root_datasets_dir", str(synthetic_root),
+            "--image_size", "64", "--num_workers", "0", "--pretrained", "false", "--progress", "false", "--val_fraction", "0"]
+    process = subprocess.Popen([sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "--resume" in output and "Traceback" not in output
+    _, checkpoint = load_checkpoint(run_dir / "last.pt")
+    assert checkpoint["epoch_progress"] is not None or checkpoint["epoch"] >= 1
