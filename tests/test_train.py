@@ -33,6 +33,7 @@ def tiny_config(root: Path, run_dir: Path, **overrides: object) -> TrainConfig:
     settings: dict[str, object] = dict(
         root=str(root), checkpoints_dir=str(run_dir), n_epochs=2, batch_size=4, image_size=64,
         pretrained=False, device="cpu", num_workers=0, progress=False, seed=3, lr=0.01,
+        car_type="Sedan", car_brand="BMW", car_production_year=2012,
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -82,7 +83,8 @@ def test_same_seed_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
     assert first.history[0]["train_loss"] != other.history[0]["train_loss"]
 
 
-@pytest.mark.parametrize("stop_after_steps", [3, 5])  # mid-epoch, and at the end of the first epoch
+# 10 train images at batch 4 make 3 steps an epoch: stop mid-epoch 1, at its end, mid-epoch 2.
+@pytest.mark.parametrize("stop_after_steps", [2, 3, 4])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path, stop_after_steps: int) -> None:
     whole = fit(tiny_config(synthetic_root, tmp_path / "whole"))
     assert not whole.interrupted
@@ -167,7 +169,7 @@ def test_two_processes_with_gloo(synthetic_root: Path, tmp_path: Path) -> None:
     assert checkpoint["world_size"] == 2
     # Same semantics as one process: every train image seen once per epoch (padded to the ranks),
     # and ceil(n / (2 * batch)) steps.
-    single = fit(tiny_config(synthetic_root, tmp_path / "single", n_epochs=1, car_type="Sedan", car_brand="BMW", car_production_year=2012))
+    single = fit(tiny_config(synthetic_root, tmp_path / "single", n_epochs=1))
     n_train = single.history[0]["train_images"]
     assert records[0]["train_images"] == n_train + (n_train % 2)
     steps_ddp = checkpoint["lr_scheduler"]["last_epoch"]
@@ -194,6 +196,13 @@ def test_bad_input_is_one_clear_line_and_exit_2(synthetic_root: Path, tmp_path: 
     assert named in result.stderr
     assert (run_dir / "last.pt").read_bytes() == b"precious"
     assert sorted(p.name for p in run_dir.iterdir()) == ["last.pt"]
+
+
+def test_classes_without_train_images_are_refused(synthetic_root: Path, tmp_path: Path) -> None:
+    # The synthetic set lists all 196 names but has images for 8 classes only.
+    with pytest.raises(ValueError, match="have no train images.*narrow"):
+        fit(tiny_config(synthetic_root, tmp_path / "run", car_type=None, car_brand=None, car_production_year=None))
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_data_without_download_says_how_to_get_it(tmp_path: Path) -> None:
@@ -223,7 +232,7 @@ def test_help_reads_as_documentation(tmp_path: Path) -> None:
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(synthetic_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ["--n_epochs", "200", "--batch_size", "2", "--checkpoints_dir", str(run_dir), "--root_datasets_dir", str(synthetic_root),
-            "--image_size", "64", "--num_workers", "0", "--pretrained", "false", "--progress", "false", "--val_fraction", "0"]
+            "--image_size", "64", "--num_workers", "0", "--pretrained", "false", "--progress", "false", "--val_fraction", "0", *SEED_FILTERS]
     process = subprocess.Popen([sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120
