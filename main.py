@@ -177,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
     if args.demo:
         from CAM_Stanford_Cars.demo import run_demo
 
-        result = run_demo(args.demo_dir, progress=args.progress, seed=args.seed)
+        # The demo has its own settings; --n_epochs, when changed from its default, shortens it.
+        n_epochs = None if args.n_epochs == DEFAULTS.n_epochs else args.n_epochs
+        result = run_demo(args.demo_dir, progress=args.progress, seed=args.seed, n_epochs=n_epochs)
         print(f"\nDemo finished. Checkpoint: {result.checkpoint}\nCAM figure: {result.figure}\nRun folder: {result.run_dir}")
         return 0
     config = config_from_args(args)

@@ -14,6 +14,18 @@ model sees, pixel-edge coordinates (a box over pixel columns ``c0..c1`` has ``x1
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as ``python visualize.py``: hand over to the package's copy of this module.
+    import _bootstrap
+
+    _bootstrap.ensure_package()
+    from CAM_Stanford_Cars.visualize import main
+
+    sys.exit(main())
+
+import argparse
 import functools
 import logging
 import math
@@ -37,7 +49,7 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["apply_cam", "colormap_lut", "plot_training_curves", "visualize_cam"]
+__all__ = ["apply_cam", "colormap_lut", "plot_training_curves", "render_cam_grid", "visualize_cam"]
 
 LUT_SIZE = 256
 # Pixels (summed over a chunk's images) that apply_cam processes at a time on the CPU: 5 images
@@ -414,7 +426,7 @@ def _save_figure_atomically(fig: Figure, save_path: str | os.PathLike[str], dpi:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    logger.info("saved CAM figure to %s", path)
+    logger.debug("saved figure to %s", path)
     return path
 
 
@@ -669,3 +681,131 @@ def plot_training_curves(
 
         plt.show()
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# A CAM grid for a checkpoint, and the command line
+# --------------------------------------------------------------------------------------------
+def render_cam_grid(
+    checkpoint: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    split: str = "test",
+    n: int = 16,
+    out: str | os.PathLike[str] = "cams.png",
+    seed: int = 0,
+    threshold: float = 0.2,
+    device: str | torch.device = "cpu",
+    alpha: float = 0.5,
+    colormap: str = "jet",
+) -> Path:
+    """Draw CAM overlays of ``n`` images of a split, with predicted and true boxes.
+
+    The images are chosen at random by ``seed`` from the split of the data the checkpoint was
+    trained on (its filters, classes and image size). Each overlay shows the CAM of the
+    predicted class; the predicted box is the box of the largest connected region of the
+    normalised CAM at ``threshold`` (the CAM paper's rule, 0.2).
+
+    Args:
+        checkpoint: A file written by training (``best.pt`` or ``last.pt``).
+        root: The Stanford Cars folder the checkpoint was trained on.
+        split: ``"train"`` or ``"test"`` (train images are shown without augmentation).
+        n: Number of images, at most the split's size.
+        out: Figure path (format from the suffix), written atomically.
+        seed: Chooses the images.
+        threshold: CAM threshold of the predicted box, in [0, 1).
+        device: Where to run the model.
+        alpha: Overlay opacity.
+        colormap: Matplotlib colormap of the overlay.
+
+    Returns:
+        The path of the figure.
+
+    Raises:
+        ValueError: If ``n`` or ``threshold`` is out of range, or the data's classes are not the
+            checkpoint's.
+    """
+    from .dataset import StanfordCarsCAM
+    from .localization import boxes_from_cams
+    from .model import load_checkpoint
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
+    model, ckpt = load_checkpoint(checkpoint, map_location=device)
+    dataset = StanfordCarsCAM(
+        root, split=split, car_type=ckpt.get("car_type"), car_brand=ckpt.get("car_brand"),
+        car_production_year=ckpt.get("car_production_year"), image_size=int(ckpt["image_size"]),
+        augment=False, generate_img_for_cam=True, return_box=True,
+    )
+    if list(dataset.classes) != list(ckpt["class_names"]):
+        raise ValueError(
+            f"the data under {str(root)!r} has classes {list(dataset.classes)} but {str(checkpoint)!r} was trained "
+            f"on {list(ckpt['class_names'])}; pass the data folder it was trained on"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(dataset), generator=generator)[: min(n, len(dataset))].tolist()
+    items = [dataset[i] for i in chosen]
+    images = torch.stack([item[1] for item in items])  # (N, 3, S, S)
+    labels = torch.tensor([item[2] for item in items])
+    true_boxes = torch.stack([item[3] for item in items])  # (N, 4)
+    with torch.no_grad():
+        logits, cams = model(images.to(device), True)  # (N, C), (N, h, w)
+    probabilities = logits.softmax(dim=1).max(dim=1)
+    predicted_boxes = boxes_from_cams(cams.cpu(), tuple(images.shape[-2:]), threshold=threshold)
+    blended = apply_cam(images, cams.cpu(), alpha=alpha, colormap=colormap)
+    fig = visualize_cam(
+        images, blended, probabilities.indices.cpu(), labels,
+        boxes={"predicted": predicted_boxes, "true": true_boxes}, save_path=out,
+        class_names=list(dataset.classes), scores=probabilities.values.cpu(), colormap=colormap,
+    )
+    _close(fig)
+    return Path(out)
+
+
+def _close(fig: Figure) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Parser of ``python visualize.py CHECKPOINT ...``."""
+    parser = argparse.ArgumentParser(
+        prog="visualize.py",
+        description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("checkpoint", help="checkpoint written by main.py (best.pt or last.pt)")
+    parser.add_argument("--root_datasets_dir", "--root", dest="root", default=None,
+                        help="Stanford Cars folder (default: the one the checkpoint was trained on)")
+    parser.add_argument("--split", choices=("train", "test"), default="test", help="split to draw images from")
+    parser.add_argument("--n", type=int, default=16, help="number of images")
+    parser.add_argument("--out", default="cams.png", help="figure file (.png, .pdf, .svg, ...)")
+    parser.add_argument("--seed", type=int, default=0, help="chooses the images")
+    parser.add_argument("--threshold", type=float, default=0.2, help="CAM threshold of the predicted box")
+    parser.add_argument("--device", default="cpu", help="device to run the model on")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python visualize.py``; returns the exit status."""
+    from .dataset import DatasetError
+    from .model import CheckpointError
+
+    args = get_args_parser().parse_args(argv)
+    try:
+        root = args.root
+        if root is None:
+            from .model import load_checkpoint
+
+            root = load_checkpoint(args.checkpoint)[1].get("args", {}).get("root")
+            if root is None:
+                raise ValueError(f"{args.checkpoint!r} does not record its data folder; pass --root_datasets_dir")
+        path = render_cam_grid(args.checkpoint, root, split=args.split, n=args.n, out=args.out, seed=args.seed,
+                               threshold=args.threshold, device=args.device)
+    except (ValueError, FileNotFoundError, DatasetError, CheckpointError) as err:
+        print(f"visualize.py: error: {err}", file=sys.stderr)
+        return 2
+    print(f"CAM figure written to {path}")
+    return 0

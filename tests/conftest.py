@@ -63,3 +63,17 @@ def fake_alexnet_weights(tmp_path: Path) -> Path:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"torch {torch.__version__}, threads {torch.get_num_threads()}, CUDA {torch.cuda.is_available()}, CPUs {os.cpu_count()}"
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch run on the seed's filters (two BMW 2012 sedans); returns its folder."""
+    from CAM_Stanford_Cars.train import TrainConfig, fit
+
+    run_dir = tmp_path_factory.mktemp("trained_run")
+    fit(TrainConfig(
+        root=str(synthetic_root), checkpoints_dir=str(run_dir), car_type="Sedan", car_brand="BMW",
+        car_production_year=2012, n_epochs=1, batch_size=4, image_size=96, pretrained=False,
+        device="cpu", num_workers=0, progress=False, seed=0,
+    ))
+    return run_dir
