@@ -82,6 +82,15 @@ def positive_int(value: str) -> int:
     return number
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults in the help, except where there is none (the text then says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is argparse.SUPPRESS or isinstance(action.default, bool) and action.nargs == 0:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit with status 2."""
 
@@ -94,15 +103,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="main.py",
         description="Train a GAP-AlexNet with class activation maps on (a filtered) Stanford Cars.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--root_datasets_dir", default=DEFAULTS.root, help="folder holding Stanford Cars (or where to put it)")
+    data.add_argument("--root_datasets_dir", default=DEFAULTS.root, metavar="DIR", help="folder holding Stanford Cars (or where to put it)")
     data.add_argument("--download_datasets", type=bool_flag, default=DEFAULTS.download_datasets, metavar="BOOL",
                       help="fetch Stanford Cars from a public mirror when root holds no readable copy")
-    data.add_argument("--car_type", type=text_list, default=None, help="body type(s) to keep, e.g. Sedan or Sedan,Coupe (default: all)")
-    data.add_argument("--car_brand", type=text_list, default=None, help="brand(s) to keep, e.g. BMW or 'Land Rover,Audi' (default: all)")
-    data.add_argument("--car_production_year", type=year_list, default=None, help="year(s) to keep, e.g. 2012 or 2011,2012 (default: all)")
+    data.add_argument("--car_type", type=text_list, default=None, metavar="TYPE", help="body type(s) to keep, e.g. Sedan or Sedan,Coupe (default: all)")
+    data.add_argument("--car_brand", type=text_list, default=None, metavar="BRAND", help="brand(s) to keep, e.g. BMW or 'Land Rover,Audi' (default: all)")
+    data.add_argument("--car_production_year", type=year_list, default=None, metavar="YEAR", help="year(s) to keep, e.g. 2012 or 2011,2012 (default: all)")
     data.add_argument("--image_size", type=positive_int, default=DEFAULTS.image_size, help="side of the square images the network sees")
     data.add_argument("--val_fraction", type=float, default=DEFAULTS.val_fraction, help="share of each class's train images held out to choose the best epoch")
     data.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (default: cores per process - 1)")
@@ -129,12 +138,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     train.add_argument("--progress", type=bool_flag, default=DEFAULTS.progress, metavar="BOOL", help="progress bars")
 
     run = parser.add_argument_group("checkpoints and runs")
-    run.add_argument("--checkpoints_dir", default=DEFAULTS.checkpoints_dir, help="folder for last.pt, best.pt, args.json, metrics.jsonl and plots")
+    run.add_argument("--checkpoints_dir", default=DEFAULTS.checkpoints_dir, metavar="DIR", help="folder for last.pt, best.pt, args.json, metrics.jsonl and plots")
     run.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in this checkpoint (its last.pt)")
 
     other = parser.add_argument_group("other commands")
     other.add_argument("--demo", action="store_true", help="write a synthetic Stanford Cars, train on it on CPU, and draw CAMs: no download")
-    other.add_argument("--demo_dir", default=None, help="folder for the demo's data and run (default: a new temporary folder)")
+    other.add_argument("--demo_dir", default=None, metavar="DIR", help="folder for the demo's data and run (default: a new temporary folder)")
     other.add_argument("--list_filters", action="store_true", help="list the brands, types and years in the data, with image counts, and exit")
     other.add_argument("--evaluate", default=None, metavar="CHECKPOINT", help="score a checkpoint's classification and CAM localisation, and exit")
     other.add_argument("--split", choices=("train", "test"), default="test", help="split for --evaluate")

@@ -178,7 +178,7 @@ def test_two_processes_with_gloo(synthetic_root: Path, tmp_path: Path) -> None:
 
 
 BAD_INPUTS = [
-    (["--car_brand", "Tesla"], "Tesla"),
+    (["--car_brand", "Trabant"], "Trabant"),
     (["--batch_size", "-4"], "--batch_size"),
     (["--car_production_year", "twenty"], "twenty"),
     (["--download_datasets", "maybe"], "maybe"),
