@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 from tqdm.auto import tqdm
 
 from .dataset import StanfordCarsCAM
@@ -57,6 +57,7 @@ class TrainConfig:
     """Everything a training run needs; ``main.py`` builds it from the command line.
 
     Filters take None (all), one value, or a list of values, as ``StanfordCarsCAM`` does.
+    ``cache_dir`` keeps decoded images between epochs and runs (see ``dataset.ImageCache``).
     """
 
     root: str = "stanford_cars_dataset"
@@ -80,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_workers: int | None = None
+    cache_dir: str | None = None
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
@@ -179,8 +181,10 @@ def _cores_per_process(dist_info: DistInfo) -> int:
 
 
 # On a CPU-only machine the network's threads and the loader's workers share the cores. Measured
-# on 2 cores (benchmarks/run.py, "thread split"): PLACEHOLDER
-CPU_LOADER_WORKERS = 0
+# on 2 cores (benchmarks/run.py, "thread split"): torch on both cores trains twice as fast as on
+# one, and one worker process beats loading in the training process, whose batch stacking and
+# resizing then go through torch's thread pool and stall it whenever another process holds a core.
+CPU_LOADER_WORKERS = 1
 
 
 def default_num_workers(dist_info: DistInfo, device: torch.device | None = None) -> int:
@@ -256,7 +260,7 @@ def stratified_split(targets: Sequence[int], val_fraction: float, seed: int) -> 
 def build_datasets(config: TrainConfig) -> RunData:
     """The filtered train/validation/test datasets; raises before any file is written."""
     filters = dict(car_type=config.car_type, car_brand=config.car_brand, car_production_year=config.car_production_year)
-    common = dict(image_size=config.image_size, return_box=True, **filters)
+    common = dict(image_size=config.image_size, return_box=True, cache_dir=config.cache_dir, **filters)
     train_full = StanfordCarsCAM(
         config.root, split="train", download_datasets=config.download_datasets, augment=True, **common
     )
@@ -295,6 +299,24 @@ def eval_indices(n: int, dist_info: DistInfo) -> list[int]:
     return list(range(dist_info.rank, n, dist_info.world_size))
 
 
+def collate_batch(items: Sequence[tuple[Any, ...]]) -> Any:
+    """``default_collate``, except that in the training process itself tensors are stacked by NumPy.
+
+    A worker stacks straight into shared memory (``default_collate``); in the training process a
+    single-threaded copy is as fast as torch's parallel one and cannot stall on a busy machine.
+    """
+    if torch.utils.data.get_worker_info() is not None:
+        return default_collate(items)
+    columns = list(zip(*items))
+    out: list[Any] = []
+    for column in columns:
+        if isinstance(column[0], Tensor) and column[0].device.type == "cpu" and column[0].dtype != torch.bfloat16:
+            out.append(torch.from_numpy(np.stack([t.numpy() for t in column])))
+        else:
+            out.append(default_collate(list(column)))
+    return out
+
+
 def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, num_workers: int, device: torch.device, seed: int) -> DataLoader:
     """A loader over ``indices`` in that order (the order is decided by the caller)."""
     return DataLoader(
@@ -302,6 +324,7 @@ def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, num_w
         batch_size=batch_size,
         sampler=list(indices),
         num_workers=num_workers,
+        collate_fn=collate_batch,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
@@ -645,7 +668,8 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
-    num_workers = default_num_workers(dist_info) if config.num_workers is None else config.num_workers
+    configure_cpu_threads(dist_info, device)
+    num_workers = default_num_workers(dist_info, device) if config.num_workers is None else config.num_workers
     steps_per_epoch = math.ceil(len(EpochOrder.for_epoch(data.train, 0, config.seed, dist_info).indices) / config.batch_size)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.n_epochs, round(config.warmup_epochs * steps_per_epoch))
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
@@ -857,7 +881,8 @@ def evaluate_checkpoint(
             f"the data under {str(root)!r} gives classes {list(dataset.classes)[:4]}... but the checkpoint was "
             f"trained on {list(checkpoint['class_names'])[:4]}...; point --root_datasets_dir at the data it was trained on"
         )
-    workers = default_num_workers(DistInfo()) if num_workers is None else num_workers
+    configure_cpu_threads(DistInfo(), dev)
+    workers = default_num_workers(DistInfo(), dev) if num_workers is None else num_workers
     loader = make_loader(dataset, range(len(dataset)), batch_size, workers, dev, seed=0)
     metrics: dict[str, Any] = evaluate(model, loader, dev, checkpoint["image_size"], progress=progress, desc=f"evaluate {split}")
     metrics.update(split=split, checkpoint=str(checkpoint_path))

@@ -429,6 +429,54 @@ def test_jpegs_are_decoded_at_reduced_scale(tmp_path: Path, monkeypatch: pytest.
     assert float((fast.permute(1, 2, 0).double() - full).abs().mean()) < 0.03  # same picture
 
 
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_cache_returns_the_same_pixels_and_boxes_as_a_fresh_decode(tiny_root: Path, tmp_path: Path, split: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    kwargs = dict(split=split, image_size=48, return_box=True)
+    fresh = StanfordCarsCAM(tiny_root, **kwargs)
+    cached = StanfordCarsCAM(tiny_root, cache_dir=tmp_path / "cache", **kwargs)
+    for _ in range(2):  # the first pass fills the cache, the second reads it
+        for i in range(len(fresh)):
+            torch.manual_seed(i)
+            image, _, box = fresh[i]
+            torch.manual_seed(i)
+            image_c, _, box_c = cached[i]
+            assert torch.equal(image, image_c) and torch.equal(box, box_c)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == len(fresh)
+    decodes: list[str] = []
+    monkeypatch.setattr(dataset_module, "decode_image", lambda path, size: decodes.append(path))
+    cached[0]
+    assert decodes == []  # served from the cache
+
+
+def test_cache_decodes_afresh_when_the_file_changes(tiny_copy: Path, tmp_path: Path) -> None:
+    cars = StanfordCarsCAM(tiny_copy, split="test", image_size=32, cache_dir=tmp_path / "cache")
+    before = cars[0][0]
+    path = Path(cars.samples[0][0])
+    Image.open(path).convert("RGB").transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(path, "JPEG", quality=95)
+    after = cars[0][0]
+    assert torch.allclose(after, StanfordCarsCAM(tiny_copy, split="test", image_size=32)[0][0])
+    assert not torch.allclose(before, after, atol=0.05)
+
+
+def test_cache_works_in_dataloader_workers(tiny_root: Path, tmp_path: Path) -> None:
+    cars = StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=tmp_path / "cache")
+    first = torch.cat([b[0] for b in DataLoader(cars, batch_size=4, num_workers=2)])
+    second = torch.cat([b[0] for b in DataLoader(cars, batch_size=4, num_workers=2)])
+    assert torch.equal(first, second) and torch.equal(first, torch.stack([StanfordCarsCAM(tiny_root, split="test", image_size=32)[i][0] for i in range(len(cars))]))
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == len(cars) and not list((tmp_path / "cache").glob(".*.tmp"))
+
+
+def test_fast_resize_matches_pil_bilinear() -> None:
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((181, 263, 3)) * 255).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.Resampling.BOX).resize((263, 181), Image.Resampling.BICUBIC))
+    fast = dataset_module.resize_pixels(smooth, 100)
+    pil = np.asarray(Image.fromarray(smooth).resize((100, 100), Image.Resampling.BILINEAR))
+    assert fast.shape == (100, 100, 3) and fast.dtype == np.uint8
+    assert np.abs(fast.astype(int) - pil.astype(int)).max() <= 1
+
+
 def test_annotations_are_parsed_once(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dataset_module._read_class_names_cached.cache_clear()
     dataset_module._read_devkit_split_cached.cache_clear()

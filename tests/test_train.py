@@ -244,3 +244,34 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(synthetic_root: Path, 
     assert "--resume" in output and "Traceback" not in output
     _, checkpoint = load_checkpoint(run_dir / "last.pt")
     assert checkpoint["epoch_progress"] is not None or checkpoint["epoch"] >= 1
+
+
+def test_collate_in_the_training_process_equals_default_collate() -> None:
+    torch.manual_seed(0)
+    items = [(torch.rand(3, 8, 8), i, torch.rand(4)) for i in range(5)]
+    ours = train_module.collate_batch(items)
+    reference = torch.utils.data.default_collate(items)
+    assert len(ours) == len(reference) == 3
+    for a, b in zip(ours, reference):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_loader_defaults_match_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    single = train_module.DistInfo()
+    assert train_module.default_num_workers(single, torch.device("cpu")) == train_module.CPU_LOADER_WORKERS
+    assert train_module.default_num_workers(single, torch.device("cuda")) == 1  # one core left for the step
+    threads = torch.get_num_threads()
+    try:
+        assert train_module.configure_cpu_threads(single, torch.device("cpu")) == 2
+        assert train_module.configure_cpu_threads(train_module.DistInfo(0, 2, 0), torch.device("cpu")) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_training_with_an_image_cache_gives_the_same_run(synthetic_root: Path, tmp_path: Path) -> None:
+    plain = fit(tiny_config(synthetic_root, tmp_path / "plain", n_epochs=1))
+    cached = fit(tiny_config(synthetic_root, tmp_path / "cached", n_epochs=1, cache_dir=str(tmp_path / "cache")))
+    assert list((tmp_path / "cache").glob("*.npy"))
+    assert plain.history[0]["train_loss"] == cached.history[0]["train_loss"]
+    assert plain.test_metrics["top1"] == cached.test_metrics["top1"]
