@@ -103,7 +103,7 @@ class AlexNetGAP(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.fc = nn.Linear(cam_channels, num_classes)
-        self._init_new_layers()
+        self._init_layers()
         if pretrained:
             self.load_imagenet_features(None if pretrained is True else pretrained)
 
@@ -116,10 +116,14 @@ class AlexNetGAP(nn.Module):
         """Parameters of the layers the CAM paper adds (not in ImageNet AlexNet)."""
         return [*self.cam_conv.parameters(), *self.fc.parameters()]
 
-    def _init_new_layers(self) -> None:
-        conv = self.cam_conv[0]
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(conv.bias)
+    def _init_layers(self) -> None:
+        # He initialisation keeps the signal's scale through the ReLU stack; with PyTorch's
+        # default init a from-scratch AlexNet without batch norm idles for epochs at the majority
+        # class. Pretrained runs overwrite the convolutional part.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
 
