@@ -1,0 +1,714 @@
+"""Performance benchmark: is the network busy, and what do CAM, overlays, boxes and evaluation cost?
+
+Builds its own data with the synthetic Stanford Cars generator (JPEG quality 90, about 700x450),
+measures the figures of the table below on the machine it runs on, and writes
+``benchmarks/results.json`` and ``benchmarks/results.md``. Every figure is the median over
+repeated runs after a warm-up; a comparison is the median of ratios of runs made side by side
+(alternating) in the same process. A GPU is used where one is present (and its absolute
+images/s recorded), the CPU otherwise.
+
+| figure | what | target |
+|---|---|---|
+| pipeline efficiency | training images/s from JPEG files through the real loader / on tensors in memory | >= 0.95 CPU, >= 0.85 GPU |
+| decode speed-up | loader's decode + resize to 224 per core / ``Image.open().convert("RGB").resize()`` | >= 2x |
+| CAM overhead | forward with ``return_cam=True`` / without, batch 64 | <= 1.03x |
+| overlay speed | ``apply_cam`` / the faster of torchcam ``overlay_mask`` and grad-cam ``show_cam_on_image`` | >= 1.5x CPU, >= 20x GPU |
+| box sweep | one-pass sweep / ``scipy.ndimage.label`` per threshold, 100 thresholds | >= 20x |
+| evaluation speed | ``train.evaluate`` images/s / plain inference images/s | >= 0.5 |
+| memory | peak resident memory per training epoch, batch 32, CPU | flat from epoch to epoch |
+
+Usage::
+
+    pip install -e '.[bench]'        # torchcam, grad-cam, opencv (the peers)
+    python benchmarks/run.py         # a few minutes on 2 CPU cores
+    python benchmarks/run.py --quick --out /tmp/bench   # seconds, tiny sizes: a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from CAM_Stanford_Cars.dataset import StanfordCarsCAM
+from CAM_Stanford_Cars.localization import THRESHOLDS, normalize_cams, reference_boxes, sweep_boxes
+from CAM_Stanford_Cars.model import AlexNetGAP
+from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars
+from CAM_Stanford_Cars.train import (
+    DistInfo,
+    EpochProgress,
+    build_scheduler,
+    configure_cpu_threads,
+    default_num_workers,
+    evaluate,
+    make_loader,
+    train_one_epoch,
+)
+from CAM_Stanford_Cars.visualize import apply_cam
+
+logger = logging.getLogger("benchmarks")
+
+HERE = Path(__file__).resolve().parent
+TARGETS = {
+    "pipeline_efficiency": {"cpu": (">=", 0.95), "cuda": (">=", 0.85)},
+    "pipeline_efficiency_cached": {"cpu": (">=", 0.95), "cuda": (">=", 0.85)},
+    "decode_speedup": {"any": (">=", 2.0)},
+    "cam_overhead": {"any": ("<=", 1.03)},
+    "overlay_speedup": {"cpu": (">=", 1.5), "cuda": (">=", 20.0)},
+    "box_sweep_speedup": {"any": (">=", 20.0)},
+    "evaluation_speed": {"any": (">=", 0.5)},
+}
+
+
+@dataclass
+class Sizes:
+    """How big each measurement is; ``--quick`` shrinks everything to a smoke test."""
+
+    image_wh: tuple[int, int] = (700, 450)
+    image_size: int = 224
+    n_train_per_class: int = 24
+    n_test_per_class: int = 12
+    batch: int = 32
+    train_batches: int = 6
+    repeats: int = 3
+    decode_images: int = 64
+    cam_batch: int = 64
+    overlay_batch: int = 64
+    sweep_images: int = 16
+    eval_batches: int = 4
+    memory_epochs: int = 4
+    memory_batches: int = 3
+    split_batches: int = 3
+
+
+QUICK = Sizes(
+    image_wh=(160, 104), image_size=64, n_train_per_class=2, n_test_per_class=1, batch=4, train_batches=2, repeats=2,
+    decode_images=8, cam_batch=4, overlay_batch=4, sweep_images=2, eval_batches=2, memory_epochs=2, memory_batches=2,
+    split_batches=1,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds ``fn`` takes, the device's queue drained before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def side_by_side(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function, alternating between them run by run (after ``warmup`` rounds)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(warmup + repeats):
+        for name, fn in fns.items():
+            seconds = timed(fn, device)
+            if round_ >= warmup:
+                times[name].append(seconds)
+    return times
+
+
+def median_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median of the run-by-run ratios (runs made side by side share the machine's state)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+# --------------------------------------------------------------------------------------------
+# Machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cores": usable_cores(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "loader_workers": default_num_workers(DistInfo(), device),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+    }
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def build_data(folder: Path, sizes: Sizes) -> Path:
+    """A synthetic Stanford Cars at realistic JPEG sizes (quality 90), in ``folder``."""
+    return write_synthetic_stanford_cars(
+        folder, n_train_per_class=sizes.n_train_per_class, n_test_per_class=sizes.n_test_per_class,
+        image_size=sizes.image_wh, seed=0, quality=90,
+    )
+
+
+def take(n: int, length: int) -> list[int]:
+    """``n`` indices cycling over a dataset of ``length``."""
+    return [i % length for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def new_model(num_classes: int, device: torch.device) -> AlexNetGAP:
+    torch.manual_seed(0)
+    return AlexNetGAP(num_classes=num_classes).to(device)
+
+
+class TrainStep:
+    """The training step of ``train.py`` (same function, optimiser, schedule and AMP settings)."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.device = device
+        self.channels_last = device.type == "cuda"
+        self.model = new_model(num_classes, device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        self.scheduler = build_scheduler(self.optimizer, 10**6, 0)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def epoch(self, loader: Any) -> float:
+        """Run ``loader`` through ``train_one_epoch``; returns the steady-state images/s.
+
+        The clock starts when the second batch arrives, so neither the start of the loader's
+        workers nor the first batch's loading (paid once per epoch, hundreds of steps on the real
+        data) counts; every step after the first, and the loading of every batch after the
+        first, does.
+        """
+        timed_loader = _ClockedLoader(loader)
+        state = EpochProgress()
+        train_one_epoch(
+            self.model, timed_loader, self.optimizer, self.scheduler, self.criterion, self.device, 0, 1, state,
+            amp=True, channels_last=self.channels_last, progress=False, log_every=10**9,
+        )
+        sync(self.device)
+        if len(timed_loader.arrivals) < 2:
+            return state.sums[2] / state.seconds
+        return (state.sums[2] - timed_loader.first_size) / (time.perf_counter() - timed_loader.arrivals[1])
+
+
+class _ClockedLoader:
+    """Passes a loader's batches through, noting when each arrives."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.arrivals: list[float] = []
+        self.first_size = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        for batch in self.loader:
+            self.arrivals.append(time.perf_counter())
+            if len(self.arrivals) == 1:
+                self.first_size = len(batch[1])
+            yield batch
+
+
+def pipeline_efficiency(root: Path, cache_dir: Path, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Training images/s from JPEG files through ``make_loader`` vs the same step on tensors in memory."""
+    workers = default_num_workers(DistInfo(), device)
+    n = sizes.batch * sizes.train_batches
+    plain = StanfordCarsCAM(root, split="train", return_box=True, image_size=sizes.image_size)
+    cached = StanfordCarsCAM(root, split="train", return_box=True, image_size=sizes.image_size, cache_dir=cache_dir)
+    indices = take(n, len(plain))
+    generator = torch.Generator().manual_seed(0)
+    memory = [
+        (torch.rand(sizes.batch, 3, sizes.image_size, sizes.image_size, generator=generator),
+         torch.randint(0, len(plain.classes), (sizes.batch,), generator=generator))
+        for _ in range(sizes.train_batches)
+    ]
+    if device.type == "cuda":
+        memory = [(x.to(device), y.to(device)) for x, y in memory]
+    step = TrainStep(len(plain.classes), device)
+    for i in range(len(cached)):  # builds the cache, as a first epoch does
+        cached[i]
+    rates: dict[str, list[float]] = {"memory": [], "jpeg": [], "cached": []}
+    runs = {
+        "memory": lambda: step.epoch(memory),
+        "jpeg": lambda: step.epoch(make_loader(plain, indices, sizes.batch, workers, device, seed=0)),
+        "cached": lambda: step.epoch(make_loader(cached, indices, sizes.batch, workers, device, seed=0)),
+    }
+    step.epoch(memory[:1])  # warm-up: allocator, kernels, first workers
+    for _ in range(sizes.repeats):
+        for name, run in runs.items():
+            rates[name].append(run())
+    result = {
+        "value": statistics.median(j / m for j, m in zip(rates["jpeg"], rates["memory"])),
+        "cached": statistics.median(c / m for c, m in zip(rates["cached"], rates["memory"])),
+        "images_per_s_memory": statistics.median(rates["memory"]),
+        "images_per_s_jpeg": statistics.median(rates["jpeg"]),
+        "images_per_s_cached": statistics.median(rates["cached"]),
+        "batch": sizes.batch, "images_per_run": n, "loader_workers": workers, "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    return result
+
+
+def thread_split(root: Path, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """End-to-end training images/s from JPEG files for each split of the cores (torch threads, loader workers)."""
+    cores = usable_cores()
+    if device.type == "cuda" or cores > 4:
+        return {"skipped": "measured only on small CPU machines, where the split matters"}
+    dataset = StanfordCarsCAM(root, split="train", return_box=True, image_size=sizes.image_size)
+    indices = take(sizes.batch * sizes.split_batches, len(dataset))
+    before = torch.get_num_threads()
+    candidates = sorted({(t, w) for t in (1, cores) for w in (0, 1, cores - 1)})
+    rates: dict[str, list[float]] = {f"threads={t},workers={w}": [] for t, w in candidates}
+    step = TrainStep(len(dataset.classes), device)
+    try:
+        for round_ in range(1 + min(sizes.repeats, 2)):
+            for (t, w), name in zip(candidates, rates):
+                torch.set_num_threads(t)
+                rate = step.epoch(make_loader(dataset, indices, sizes.batch, w, device, seed=0))
+                if round_ > 0:
+                    rates[name].append(rate)
+    finally:
+        torch.set_num_threads(before)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    return {"images_per_s": medians, "best": max(medians, key=medians.get)}
+
+
+def decode_speedup(root: Path, cache_dir: Path, sizes: Sizes) -> dict[str, Any]:
+    """Per-core images/s of the loader's decode + resize vs plain PIL, on the same files."""
+    from PIL import Image
+
+    view = StanfordCarsCAM(root, split="test", image_size=sizes.image_size)
+    crops = StanfordCarsCAM(root, split="train", image_size=sizes.image_size)
+    cached = StanfordCarsCAM(root, split="test", image_size=sizes.image_size, cache_dir=cache_dir)
+    n = sizes.decode_images
+    paths = [view.samples[i][0] for i in take(n, len(view))]
+    size = (sizes.image_size, sizes.image_size)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core for each
+    try:
+        for i in range(len(cached)):
+            cached[i]
+        fns = {
+            "plain": lambda: [np.asarray(Image.open(p).convert("RGB").resize(size)) for p in paths],
+            "loader": lambda: [view[i] for i in take(n, len(view))],
+            "loader_train_crop": lambda: [crops[i] for i in take(n, len(crops))],
+            "loader_cached": lambda: [cached[i] for i in take(n, len(cached))],
+        }
+        times = side_by_side(fns, sizes.repeats, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
+    rate = {name: n / statistics.median(t) for name, t in times.items()}
+    return {
+        "value": median_ratio(times["plain"], times["loader"]),
+        "train_crop": median_ratio(times["plain"], times["loader_train_crop"]),
+        "cached": median_ratio(times["plain"], times["loader_cached"]),
+        "images_per_s_per_core": rate,
+        "plain": "np.asarray(Image.open(p).convert('RGB').resize((S, S)))  (PIL's default bicubic)",
+    }
+
+
+def cam_overhead(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Forward with ``return_cam=True`` vs without, inference mode."""
+    model = new_model(196, device).eval()
+    x = torch.rand(sizes.cam_batch, 3, sizes.image_size, sizes.image_size, device=device)
+    with torch.inference_mode():
+        times = side_by_side({"plain": lambda: model(x), "cam": lambda: model(x, return_cam=True)}, sizes.repeats + 2, device)
+    return {
+        "value": median_ratio(times["cam"], times["plain"]),
+        "images_per_s": {name: sizes.cam_batch / statistics.median(t) for name, t in times.items()},
+        "batch": sizes.cam_batch,
+    }
+
+
+def overlay_speed(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """``apply_cam`` vs torchcam's ``overlay_mask`` and grad-cam's ``show_cam_on_image``, same images and maps."""
+    generator = torch.Generator().manual_seed(0)
+    b, s = sizes.overlay_batch, sizes.image_size
+    images = torch.rand(b, 3, s, s, generator=generator)
+    cams = torch.randn(b, 13, 13, generator=generator)
+    ours_images, ours_cams = images.to(device), cams.to(device)
+    fns: dict[str, Callable[[], Any]] = {"apply_cam": lambda: apply_cam(ours_images, ours_cams, alpha=0.5)}
+    missing: dict[str, str] = {}
+    # The peers get their inputs in their own formats, converted beforehand; each one's timing
+    # holds what its API leaves to the caller: min-max normalisation and, for grad-cam, the resize.
+    hwc = [np.ascontiguousarray(img.permute(1, 2, 0).numpy()) for img in images]  # (H, W, 3) float32
+    maps = [c.numpy() for c in cams]
+    try:
+        from PIL import Image
+        from torchcam.utils import overlay_mask
+
+        pil_images = [Image.fromarray((img * 255).round().astype(np.uint8)) for img in hwc]
+
+        def torchcam_run() -> list[Any]:
+            out = []
+            for img, cam in zip(pil_images, maps):
+                norm = (cam - cam.min()) / max(float(cam.max() - cam.min()), 1e-12)
+                out.append(overlay_mask(img, Image.fromarray(norm.astype(np.float32), mode="F"), alpha=0.5))
+            return out
+
+        fns["torchcam_overlay_mask"] = torchcam_run
+    except ImportError as err:
+        missing["torchcam_overlay_mask"] = f"not installed ({err}); pip install torchcam"
+    try:
+        import cv2
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+
+        def gradcam_run() -> list[Any]:
+            out = []
+            for img, cam in zip(hwc, maps):
+                norm = (cam - cam.min()) / max(float(cam.max() - cam.min()), 1e-12)
+                mask = cv2.resize(norm, (s, s), interpolation=cv2.INTER_LINEAR)
+                out.append(show_cam_on_image(img, mask, use_rgb=True, image_weight=0.5))
+            return out
+
+        fns["gradcam_show_cam_on_image"] = gradcam_run
+    except ImportError as err:
+        missing["gradcam_show_cam_on_image"] = f"not installed ({err}); pip install grad-cam opencv-python-headless"
+    times = side_by_side(fns, sizes.repeats + 2, device)
+    rate = {name: b / statistics.median(t) for name, t in times.items()}
+    result: dict[str, Any] = {"images_per_s": rate, "batch": b, "missing": missing}
+    peers = [name for name in times if name != "apply_cam"]
+    if peers:
+        fastest = max(peers, key=lambda name: rate[name])
+        result.update(value=median_ratio(times[fastest], times["apply_cam"]), fastest_peer=fastest)
+    else:
+        result["value"] = None
+    return result
+
+
+def box_sweep(sizes: Sizes) -> dict[str, Any]:
+    """One-pass boxes for 100 thresholds vs ``scipy.ndimage.label`` per threshold, one core each."""
+    generator = torch.Generator().manual_seed(0)
+    raw = torch.randn(sizes.sweep_images, 13, 13, generator=generator)
+    maps = normalize_cams(raw, (sizes.image_size, sizes.image_size)).numpy()  # (N, S, S) like real CAMs
+    sweep_boxes(maps[:1], THRESHOLDS, num_threads=1)  # compile
+    fns = {
+        "sweep": lambda: sweep_boxes(maps, THRESHOLDS, num_threads=1),
+        "scipy_label": lambda: [reference_boxes(m, THRESHOLDS) for m in maps],
+    }
+    times = side_by_side(fns, sizes.repeats, torch.device("cpu"))
+    same = bool(np.array_equal(sweep_boxes(maps, THRESHOLDS, num_threads=1), np.stack([reference_boxes(m, THRESHOLDS) for m in maps])))
+    return {
+        "value": median_ratio(times["scipy_label"], times["sweep"]),
+        "images_per_s": {name: sizes.sweep_images / statistics.median(t) for name, t in times.items()},
+        "thresholds": len(THRESHOLDS), "equal_to_reference": same,
+    }
+
+
+def evaluation_speed(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """``train.evaluate`` (forward, CAM, all thresholds, metrics) vs plain inference, same batches in memory."""
+    model = new_model(196, device).eval()
+    generator = torch.Generator().manual_seed(0)
+    s = sizes.image_size
+    batches = []
+    for _ in range(sizes.eval_batches):
+        images = torch.rand(sizes.batch, 3, s, s, generator=generator)
+        corner = torch.rand(sizes.batch, 2, generator=generator) * s / 2
+        boxes = torch.cat([corner, corner + s / 3], dim=1)
+        batches.append((images.to(device), torch.randint(0, 196, (sizes.batch,), generator=generator), boxes))
+    channels_last = device.type == "cuda"
+
+    def plain() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+            for images, _, _ in batches:
+                model(images.contiguous(memory_format=torch.channels_last) if channels_last else images).float().cpu()
+
+    times = side_by_side(
+        {"plain": plain, "evaluate": lambda: evaluate(model, batches, device, s, amp=True, channels_last=channels_last)},
+        sizes.repeats, device,
+    )
+    n = sizes.batch * sizes.eval_batches
+    return {
+        "value": median_ratio(times["plain"], times["evaluate"]),
+        "images_per_s": {name: n / statistics.median(t) for name, t in times.items()},
+        "batch": sizes.batch,
+    }
+
+
+class RssSampler:
+    """Peak resident memory of this process and of this process plus its children (loader workers)."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak_tree = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _rss(pid: int | str) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    @staticmethod
+    def _children() -> list[str]:
+        kids: list[str] = []
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                kids += (task / "children").read_text().split()
+            except OSError:
+                pass
+        return kids
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = self._rss("self") + sum(self._rss(pid) for pid in self._children())
+            self.peak_tree = max(self.peak_tree, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        try:  # resets VmHWM, so the kernel's own peak covers this block alone
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_self = self._hwm()
+
+    @staticmethod
+    def _hwm() -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+
+def memory(root: Path, sizes: Sizes) -> dict[str, Any]:
+    """Peak resident memory of each training epoch (batch 32, CPU, the real loader), and whether it grows."""
+    if not Path("/proc/self/status").exists():
+        return {"value": None, "skipped": "needs Linux /proc"}
+    device = torch.device("cpu")
+    dataset = StanfordCarsCAM(root, split="train", return_box=True, image_size=sizes.image_size)
+    workers = default_num_workers(DistInfo(), device)
+    indices = take(sizes.batch * sizes.memory_batches, len(dataset))
+    step = TrainStep(len(dataset.classes), device)
+    before = RssSampler._rss("self")
+    peaks_self, peaks_tree = [], []
+    for epoch in range(sizes.memory_epochs):
+        torch.manual_seed(epoch)
+        with RssSampler() as sampler:
+            step.epoch(make_loader(dataset, indices, sizes.batch, workers, device, seed=epoch))
+        peaks_self.append(sampler.peak_self)
+        peaks_tree.append(sampler.peak_tree)
+    mib = [round(p / 2**20, 1) for p in peaks_self]
+    growth = (peaks_self[-1] - peaks_self[1 if len(peaks_self) > 2 else 0]) / 2**20
+    return {
+        "value": mib[-1],
+        "rss_mib_before_training": round(before / 2**20, 1),
+        "peak_rss_mib_per_epoch": mib,
+        "peak_rss_with_workers_mib_per_epoch": [round(p / 2**20, 1) for p in peaks_tree],
+        "growth_mib_after_first_epoch": round(growth, 1),
+        "flat": bool(growth <= max(16.0, 0.02 * mib[0])),
+        "batch": sizes.batch, "loader_workers": workers, "images_per_epoch": len(indices),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+ROWS = [
+    ("pipeline_efficiency", "pipeline efficiency (JPEG decoded every epoch)", "pipeline_efficiency", "value"),
+    ("pipeline_efficiency_cached", "pipeline efficiency (with `cache_dir`)", "pipeline_efficiency", "cached"),
+    ("decode_speedup", "decode speed-up (per core)", "decode_speedup", "value"),
+    ("cam_overhead", "CAM overhead (batch 64)", "cam_overhead", "value"),
+    ("overlay_speedup", "overlay speed vs faster peer", "overlay_speed", "value"),
+    ("box_sweep_speedup", "box sweep, 100 thresholds", "box_sweep", "value"),
+    ("evaluation_speed", "evaluation / plain inference", "evaluation_speed", "value"),
+]
+
+
+def target_for(key: str, device: torch.device) -> tuple[str, float] | None:
+    options = TARGETS.get(key, {})
+    return options.get("any") or options.get("cuda" if device.type == "cuda" else "cpu")
+
+
+def verdict(value: float | None, target: tuple[str, float] | None) -> bool | None:
+    if value is None or target is None:
+        return None
+    op, bound = target
+    return value >= bound if op == ">=" else value <= bound
+
+
+def summarize(figures: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
+    rows = []
+    for key, label, figure, field_name in ROWS:
+        data = figures.get(figure, {})
+        value = data.get(field_name) if isinstance(data, dict) else None
+        target = target_for(key, device)
+        rows.append({"figure": key, "label": label, "measured": value, "target": f"{target[0]} {target[1]:g}" if target else "",
+                     "met": verdict(value, target), "note": data.get("error") or data.get("missing") or ""})
+    mem = figures.get("memory", {})
+    rows.append({"figure": "memory", "label": f"memory: peak RSS per training epoch, batch {mem.get('batch', '?')}",
+                 "measured": mem.get("value"), "target": "flat", "met": mem.get("flat"),
+                 "note": mem.get("error") or mem.get("skipped") or f"per epoch {mem.get('peak_rss_mib_per_epoch')}"})
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Measured {m['date']} on {m['device_name']} ({m['cores']} cores usable, torch {m['torch']}, "
+        f"{m['torch_threads']} torch threads, {m['loader_workers']} loader workers, device `{m['device']}`).",
+        "",
+    ]
+    load = [m.get("load_average_at_start"), m.get("load_average_at_end")]
+    if all(load) and max(load[0][0], load[1][0]) > 0.5 * m["cores"] + 0.5:
+        lines += [f"The machine was busy with other work (1-minute load {load[0][0]} at the start, {load[1][0]} at the end, "
+                  f"on {m['cores']} cores): ratios are noisy.", ""]
+    lines += [
+        "| figure | measured | target | met? |",
+        "|---|---|---|---|",
+    ]
+    for row in results["summary"]:
+        value = row["measured"]
+        shown = "n/a" if value is None else (f"{value:.3g}x" if row["figure"] not in ("memory",) else f"{value:.0f} MiB")
+        if row["figure"] in ("evaluation_speed", "pipeline_efficiency", "pipeline_efficiency_cached") and value is not None:
+            shown = f"{value:.3f}"
+        met = {True: "yes", False: "**no**", None: "n/a"}[row["met"]]
+        note = row["note"]
+        if isinstance(note, dict):
+            note = "; ".join(f"{k}: {v}" for k, v in note.items())
+        lines.append(f"| {row['label']} | {shown}{' (' + str(note) + ')' if note else ''} | {row['target']} | {met} |")
+    pipe = results["figures"].get("pipeline_efficiency", {})
+    if "images_per_s_memory" in pipe:
+        lines += ["", f"Absolute training images/s ({pipe['device']}, batch {pipe['batch']}): in memory "
+                  f"{pipe['images_per_s_memory']:.1f}, from JPEG {pipe['images_per_s_jpeg']:.1f}, "
+                  f"from the cache {pipe['images_per_s_cached']:.1f}."]
+    split = results["figures"].get("thread_split", {})
+    if "images_per_s" in split:
+        lines += ["", "Training images/s from JPEG by split of the cores: " + ", ".join(
+            f"{name} {rate:.1f}" for name, rate in split["images_per_s"].items()) + f" (best: {split['best']})."]
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds: a smoke test of every figure")
+    parser.add_argument("--out", default=str(HERE), help="folder for results.json and results.md")
+    parser.add_argument("--data", default=None, help="folder for the synthetic data and cache (default: a temporary one)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
+    parser.add_argument("--repeats", type=int, default=None, help="measured runs per figure (after a warm-up)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        choices=["pipeline", "split", "decode", "cam", "overlay", "sweep", "evaluate", "memory"],
+                        help="run only these figures")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    sizes = QUICK if args.quick else Sizes()
+    if args.repeats is not None:
+        sizes.repeats = max(1, args.repeats)
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    configure_cpu_threads(DistInfo(), device)
+    only = set(args.only) if args.only else None
+    results: dict[str, Any] = {"machine": machine_info(device), "sizes": vars(sizes) | {"quick": args.quick}, "figures": {}}
+    with tempfile.TemporaryDirectory(prefix="cam_bench_") as scratch:
+        base = Path(args.data) if args.data else Path(scratch)
+        root = build_data(base / "data", sizes)
+        cache_dir = base / "cache"
+        jobs: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+            ("pipeline", "pipeline_efficiency", lambda: pipeline_efficiency(root, cache_dir, sizes, device)),
+            ("decode", "decode_speedup", lambda: decode_speedup(root, cache_dir, sizes)),
+            ("cam", "cam_overhead", lambda: cam_overhead(sizes, device)),
+            ("overlay", "overlay_speed", lambda: overlay_speed(sizes, device)),
+            ("sweep", "box_sweep", lambda: box_sweep(sizes)),
+            ("evaluate", "evaluation_speed", lambda: evaluation_speed(sizes, device)),
+            ("memory", "memory", lambda: memory(root, sizes)),
+            ("split", "thread_split", lambda: thread_split(root, sizes, device)),
+        ]
+        for short, name, job in jobs:
+            if only is not None and short not in only:
+                continue
+            logger.info("measuring %s", name)
+            start = time.perf_counter()
+            try:
+                results["figures"][name] = job()
+            except Exception as err:  # one broken figure must not lose the others
+                logger.exception("%s failed", name)
+                results["figures"][name] = {"value": None, "error": f"{type(err).__name__}: {err}"}
+            results["figures"][name]["seconds"] = round(time.perf_counter() - start, 1)
+    try:
+        results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    results["summary"] = summarize(results["figures"], device)
+    out = Path(args.out)
+    atomic_write(out / "results.json", json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write(out / "results.md", markdown(results))
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,40 @@
+"""The benchmark's quick mode runs end to end and reports every figure with a number (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ["pipeline_efficiency", "decode_speedup", "cam_overhead", "overlay_speed", "box_sweep", "evaluation_speed", "memory", "thread_split"]
+
+
+def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "run.py"), "--quick", "--repeats", "1", "--device", "cpu",
+         "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    for key in ("date", "cpu", "cores", "torch", "torch_threads", "device", "device_name"):
+        assert results["machine"][key] not in (None, "")
+    figures = results["figures"]
+    assert sorted(figures) == sorted(FIGURES)
+    for name in FIGURES:
+        assert "error" not in figures[name], (name, figures[name])
+    peers_missing = len(figures["overlay_speed"]["missing"]) == 2  # the bench extra is not installed
+    for row in results["summary"]:
+        if row["figure"] == "overlay_speedup" and peers_missing:
+            assert row["measured"] is None and figures["overlay_speed"]["images_per_s"]["apply_cam"] > 0
+            continue
+        assert isinstance(row["measured"], float) and math.isfinite(row["measured"]) and row["measured"] > 0, row
+        assert isinstance(row["met"], bool), row
+    assert figures["box_sweep"]["equal_to_reference"] is True
+    assert len(figures["memory"]["peak_rss_mib_per_epoch"]) == 2
+    assert figures["thread_split"]["best"] in figures["thread_split"]["images_per_s"]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert table.count("\n|") >= 1 + len(results["summary"]) and "| figure | measured | target | met? |" in table
