@@ -44,7 +44,7 @@ def demo_config(data_root: Path, run_dir: Path, seed: int = 0, progress: bool = 
         root=str(data_root),
         checkpoints_dir=str(run_dir),
         **DEMO_FILTERS,
-        n_epochs=12,
+        n_epochs=16,
         batch_size=32,
         image_size=DEMO_IMAGE_SIZE,
         val_fraction=0.15,
