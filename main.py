@@ -20,6 +20,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+# With torch's default spinning wait, its threads stall for whole scheduler slices whenever
+# another process holds a core (measured 25x slower overlays on a busy 2-core machine). Must be
+# set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 if __package__ in (None, ""):
     # Run as a script: make the clone importable as the package, whatever its folder is called.
     import _bootstrap
@@ -114,7 +119,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--car_production_year", type=year_list, default=None, metavar="YEAR", help="year(s) to keep, e.g. 2012 or 2011,2012 (default: all)")
     data.add_argument("--image_size", type=positive_int, default=DEFAULTS.image_size, help="side of the square images the network sees")
     data.add_argument("--val_fraction", type=float, default=DEFAULTS.val_fraction, help="share of each class's train images held out to choose the best epoch")
-    data.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (default: cores per process - 1)")
+    data.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (default: 1 on CPU, cores per process - 1 on GPU)")
+    data.add_argument("--cache_dir", default=None, metavar="DIR",
+                      help="keep decoded images in memory-mapped files here, reused across epochs and runs (default: no cache)")
 
     train = parser.add_argument_group("training")
     train.add_argument("--n_epochs", type=positive_int, default=DEFAULTS.n_epochs, help="number of epochs")
@@ -159,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         image_size=args.image_size, val_fraction=args.val_fraction, pretrained=args.pretrained,
         optimizer=args.optimizer, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale, momentum=args.momentum,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        seed=args.seed, device=args.device, num_workers=args.num_workers, amp=args.amp,
+        seed=args.seed, device=args.device, num_workers=args.num_workers, cache_dir=args.cache_dir, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, eval_test_every_epoch=args.eval_test_every_epoch,
         resume=args.resume, progress=args.progress,
     )

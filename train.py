@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .dataset import StanfordCarsCAM
 from .localization import LocalizationMeter

@@ -14,7 +14,7 @@ FIGURES = ["pipeline_efficiency", "decode_speedup", "cam_overhead", "overlay_spe
 
 def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "run.py"), "--quick", "--repeats", "1", "--device", "cpu",
+        [sys.executable, str(REPO_ROOT / "benchmarks/run.py"), "--quick", "--repeats", "1", "--device", "cpu",
          "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data")],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )

@@ -57,6 +57,7 @@ COMMAND_TESTS: dict[str, str] = {
         "tests/test_cli.py::test_visualize_command_draws_a_grid_with_boxes",
     "python main.py --evaluate path/to/dir/for/checkpoints/best.pt --root_datasets_dir stanford_cars_dataset --split test":
         "tests/test_cli.py::test_evaluate_command_prints_a_table_and_writes_json",
+    "python benchmarks/run.py": "tests/test_benchmarks.py::test_quick_benchmark_writes_every_figure",  # in --quick mode
 }
 
 # CI commands that do what a README command does, and more: README command -> CI's command.
