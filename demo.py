@@ -94,5 +94,7 @@ def run_demo(
     if n_epochs is not None:
         config.n_epochs = n_epochs
     result = fit(config)
+    if result.interrupted:
+        raise KeyboardInterrupt
     figure = render_cam_grid(result.best_checkpoint, data_root, split="test", n=8, out=base / "cam_demo.png", seed=seed)
     return DemoResult(data_root, run_dir, result.best_checkpoint, figure, result.test_metrics)

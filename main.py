@@ -187,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_checkpoint(
             args.evaluate, root=args.root_datasets_dir, split=args.split, batch_size=args.batch_size,
             device=args.device, num_workers=args.num_workers, progress=args.progress,
+            download_datasets=args.download_datasets,
         )
         print(format_metrics_table(metrics))
         return 0
@@ -215,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     try:
         return run(args)
-    except (ValueError, FileNotFoundError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
+    except (ValueError, OSError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
         print(f"main.py: error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

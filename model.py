@@ -271,6 +271,13 @@ def _read_alexnet_state_dict(weights_path: str | os.PathLike | None) -> dict[str
     return dict(state)
 
 
+def require_entries(checkpoint: Mapping[str, Any], keys: Sequence[str], path: str | os.PathLike) -> None:
+    """Raise ``CheckpointError`` naming the entries of ``keys`` that ``checkpoint`` lacks."""
+    missing = [key for key in keys if checkpoint.get(key) is None]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} lacks the entries {missing}; was it written by main.py's training?")
+
+
 def build_model(arch: str, model_args: Mapping[str, Any]) -> nn.Module:
     """Rebuild a network from the architecture name and arguments a checkpoint stores."""
     if arch != ARCH:
@@ -303,6 +310,13 @@ def _plain(value: Any, key: str) -> Any:
         f"checkpoint entry {key!r} is a {type(value).__name__}, which a safe (weights_only) load "
         "cannot read; store plain types instead (for argparse arguments pass vars(args))"
     )
+
+
+def default_file_mode() -> int:
+    """The permissions a plain ``open()`` would give a new file (``mkstemp`` gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> Path:
@@ -341,6 +355,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> 
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -395,9 +410,7 @@ def load_checkpoint(
             f"{str(path)!r} has checkpoint format {version!r}, newer than this version reads "
             f"({CHECKPOINT_FORMAT_VERSION}); upgrade CAM_Stanford_Cars"
         )
-    missing = [key for key in ("arch", "model_args", "model") if key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{str(path)!r} lacks the entries {missing}")
+    require_entries(checkpoint, ("arch", "model_args", "model"), path)
     model = build_model(checkpoint["arch"], checkpoint["model_args"])
     try:
         model.load_state_dict(checkpoint["model"])

@@ -9,9 +9,11 @@ The same code runs on one process or under ``torchrun`` as DistributedDataParall
 reads its shard through a ``DistributedSampler``, metrics are summed across ranks, and only rank
 0 writes files and draws progress bars.
 
-Determinism: the order of each epoch comes from ``(seed, epoch)`` and the augmentation RNG is
-re-seeded from them at every epoch start, so an epoch's batches do not depend on what ran before.
-That is what lets ``--resume`` continue a run exactly where an epoch ended.
+Determinism: the order of each epoch comes from ``(seed, epoch)`` and the augmentation RNG (the
+loader workers' seeds too) is re-seeded from them at every epoch start, so an epoch's batches do
+not depend on what ran before: ``--resume`` continues exactly where an epoch ended. A run stopped
+mid-epoch also saves its RNG state, which makes the rest of that epoch exact with
+``num_workers=0``; with workers, its remaining images get fresh augmentation draws.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from tqdm import tqdm
 
 from .dataset import StanfordCarsCAM
 from .localization import LocalizationMeter
-from .model import AlexNetGAP, load_checkpoint, save_checkpoint, unwrap_model
+from .model import AlexNetGAP, default_file_mode, load_checkpoint, require_entries, save_checkpoint, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,6 @@ class TrainConfig:
     eval_test_every_epoch: bool = False
     resume: str | None = None
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first value that cannot work, and its fix."""
@@ -139,7 +140,7 @@ def init_distributed(device_name: str) -> DistInfo:
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    use_cuda = (device_name == "auto" or device_name.startswith("cuda")) and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(info.local_rank)
     if not dist.is_initialized():
@@ -340,7 +341,7 @@ def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, num_w
 def build_optimizer(model: AlexNetGAP, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD (default) or AdamW; the pretrained layers learn at ``backbone_lr_scale`` times the rate.
 
-    Biases and the normalisation buffers get no weight decay.
+    Biases get no weight decay.
     """
     new = {id(p) for p in model.new_layer_parameters()}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
@@ -368,6 +369,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """float64 for running sums, except on Apple MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 class NonFiniteLossError(RuntimeError):
@@ -426,7 +432,7 @@ def train_one_epoch(
         NonFiniteLossError: If the loss stops being finite.
     """
     model.train()
-    sums = torch.tensor(state.sums, device=device, dtype=torch.float64)
+    sums = torch.tensor(state.sums, device=device, dtype=accumulator_dtype(device))
     total = state.step + len(loader)
     bar = tqdm(
         total=total, initial=state.step, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch",
@@ -436,7 +442,8 @@ def train_one_epoch(
     completed = True
 
     def read_sums() -> tuple[float, float, float]:
-        loss_sum, correct, seen = sums.tolist()
+        # Summed over ranks, so every rank sees a non-finite loss at the same step and stops.
+        loss_sum, correct, seen = all_reduce_sum(sums, dist_info).tolist()
         if not math.isfinite(loss_sum):
             bar.close()
             raise NonFiniteLossError(
@@ -464,14 +471,14 @@ def train_one_epoch(
         scheduler.step()
         n = labels.shape[0]
         with torch.no_grad():
-            sums[0] += loss.detach().double() * n
+            sums[0] += loss.detach().to(sums.dtype) * n
             sums[1] += (logits.argmax(1) == labels).sum()
             sums[2] += n
         state.step += 1
         bar.update(1)
         if state.step % log_every == 0:
             loss_sum, correct, seen = read_sums()
-            rate = seen * dist_info.world_size / (time.perf_counter() - start)
+            rate = seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
         if should_stop() and state.step < total:
             completed = False
@@ -485,7 +492,7 @@ def train_one_epoch(
 
 def epoch_train_metrics(state: EpochProgress, optimizer: torch.optim.Optimizer, dist_info: DistInfo, device: torch.device) -> dict[str, float]:
     """Loss, accuracy and speed of a finished epoch, summed over all ranks."""
-    loss_sum, correct, seen = all_reduce_sum(torch.tensor(state.sums, device=device, dtype=torch.float64), dist_info).tolist()
+    loss_sum, correct, seen = all_reduce_sum(torch.tensor(state.sums, device=device, dtype=accumulator_dtype(device)), dist_info).tolist()
     return {
         "train_loss": loss_sum / max(seen, 1),
         "train_top1": correct / max(seen, 1),
@@ -530,7 +537,8 @@ def evaluate(
     bare = unwrap_model(model)
     bare.eval()
     meter = LocalizationMeter()
-    loss_sum = torch.zeros(2, device=device, dtype=torch.float64)
+    loss_sum = torch.zeros((), device=device, dtype=accumulator_dtype(device))
+    n_seen = 0
     for images, labels, boxes in tqdm(loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -541,13 +549,15 @@ def evaluate(
             logits = bare.forward_head(features).float()
             cams = bare.class_activation_maps(features, labels).float()  # (B, h, w)
         if criterion is not None:
-            loss_sum += torch.stack([criterion(logits, labels).double() * labels.shape[0], torch.tensor(float(labels.shape[0]), device=device, dtype=torch.float64)])
+            loss_sum += criterion(logits, labels).to(loss_sum.dtype) * labels.shape[0]
+            n_seen += labels.shape[0]
         meter.update(logits.cpu(), labels.cpu(), cams.cpu(), boxes, (image_size, image_size))
-    state = all_reduce_sum(meter.state_tensor().to(device), dist_info).cpu()
-    meter.load_state_tensor(state)
+    if dist_info.distributed:
+        meter.load_state_tensor(all_reduce_sum(meter.state_tensor().to(device), dist_info).cpu())
     metrics = meter.compute()
     if criterion is not None:
-        total, count = all_reduce_sum(loss_sum, dist_info).tolist()
+        counts = torch.stack([loss_sum, torch.tensor(float(n_seen), device=device, dtype=loss_sum.dtype)])
+        total, count = all_reduce_sum(counts, dist_info).tolist()
         metrics["loss"] = total / max(count, 1)
     return metrics
 
@@ -563,6 +573,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -781,11 +794,16 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
                 write_metrics_log(run_dir / METRICS_LOG, history)
                 _plot_curves(history, run_dir / CURVES_FIGURE)
                 logger.info(summary_line(record, config.n_epochs))
-            if stop.requested or (stop_after_steps is not None and steps_run >= stop_after_steps and epoch + 1 < config.n_epochs):
+            stop_now = stop.requested or (stop_after_steps is not None and steps_run >= stop_after_steps and epoch + 1 < config.n_epochs)
+            if dist_info.distributed:
+                stop_now = bool(all_reduce_sum(torch.tensor([float(stop_now)], device=device), dist_info).item() > 0)
+            if stop_now:
                 interrupted = True
                 break
 
     if interrupted:
+        if dist_info.distributed:
+            dist.barrier()  # the other ranks wait until rank 0 has saved
         if dist_info.is_main:
             logger.warning("Stopped early; the run is saved in %s. Continue it with --resume %s", run_dir / LAST_CHECKPOINT, run_dir / LAST_CHECKPOINT)
         return RunResult(run_dir, run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT, history, {}, interrupted=True)
@@ -807,14 +825,22 @@ def _test_loader(data: RunData, config: TrainConfig, num_workers: int, device: t
 
 def _read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
     """The checkpoint to continue, checked against the run it is asked to continue."""
-    from .model import CheckpointError
-
     _, checkpoint = load_checkpoint(path)
-    missing = [k for k in ("optimizer", "lr_scheduler", "epoch", "args") if checkpoint.get(k) is None]
-    if missing:
-        raise CheckpointError(f"--resume {str(path)!r} cannot continue a run: it lacks {missing} (is it a best.pt from an old run?)")
+    require_entries(checkpoint, ("optimizer", "lr_scheduler", "epoch", "args"), path)
     saved = checkpoint["args"]
-    for key in ("n_epochs", "batch_size", "image_size", "car_type", "car_brand", "car_production_year", "seed"):
+    run_dir = Path(config.checkpoints_dir).expanduser()
+    if path.parent.resolve() != run_dir.resolve():
+        raise ValueError(
+            f"--resume {str(path)!r} belongs to the run in {str(path.parent)!r} but --checkpoints_dir is "
+            f"{str(run_dir)!r}; pass --checkpoints_dir {str(path.parent)!r} to continue that run"
+        )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if checkpoint.get("epoch_progress") and checkpoint.get("world_size", 1) != world_size:
+        raise ValueError(
+            f"--resume {str(path)!r} stopped mid-epoch with {checkpoint.get('world_size', 1)} processes; "
+            f"continue it with the same number of processes (this run has {world_size})"
+        )
+    for key in ("n_epochs", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year", "seed"):
         if saved.get(key) != json.loads(json.dumps(getattr(config, key))):
             raise ValueError(
                 f"--resume {str(path)!r} was trained with {key}={saved.get(key)!r} but this run has "
@@ -871,6 +897,7 @@ def evaluate_checkpoint(
     """
     dev = select_device(device)
     model, checkpoint = load_checkpoint(checkpoint_path, map_location=dev)
+    require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
     dataset = StanfordCarsCAM(
         root, split=split, car_type=checkpoint.get("car_type"), car_brand=checkpoint.get("car_brand"),
         car_production_year=checkpoint.get("car_production_year"), image_size=checkpoint["image_size"],

@@ -726,17 +726,18 @@ def render_cam_grid(
     """
     from .dataset import StanfordCarsCAM
     from .localization import boxes_from_cams
-    from .model import load_checkpoint
+    from .model import load_checkpoint, require_entries
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
+    require_entries(ckpt, ("image_size", "class_names"), checkpoint)
     dataset = StanfordCarsCAM(
         root, split=split, car_type=ckpt.get("car_type"), car_brand=ckpt.get("car_brand"),
         car_production_year=ckpt.get("car_production_year"), image_size=int(ckpt["image_size"]),
-        augment=False, generate_img_for_cam=True, return_box=True,
+        augment=False, return_box=True,
     )
     if list(dataset.classes) != list(ckpt["class_names"]):
         raise ValueError(
@@ -746,9 +747,9 @@ def render_cam_grid(
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(dataset), generator=generator)[: min(n, len(dataset))].tolist()
     items = [dataset[i] for i in chosen]
-    images = torch.stack([item[1] for item in items])  # (N, 3, S, S)
-    labels = torch.tensor([item[2] for item in items])
-    true_boxes = torch.stack([item[3] for item in items])  # (N, 4)
+    images = torch.stack([item[0] for item in items])  # (N, 3, S, S)
+    labels = torch.tensor([item[1] for item in items])
+    true_boxes = torch.stack([item[2] for item in items])  # (N, 4)
     with torch.no_grad():
         logits, cams = model(images.to(device), True)  # (N, C), (N, h, w)
     probabilities = logits.softmax(dim=1).max(dim=1)
@@ -804,8 +805,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"{args.checkpoint!r} does not record its data folder; pass --root_datasets_dir")
         path = render_cam_grid(args.checkpoint, root, split=args.split, n=args.n, out=args.out, seed=args.seed,
                                threshold=args.threshold, device=args.device)
-    except (ValueError, FileNotFoundError, DatasetError, CheckpointError) as err:
+    except (ValueError, OSError, DatasetError, CheckpointError) as err:
         print(f"visualize.py: error: {err}", file=sys.stderr)
         return 2
     print(f"CAM figure written to {path}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -186,6 +186,9 @@ def test_checkpoint_round_trip(model: AlexNetGAP, tmp_path: Path) -> None:
     assert checkpoint["args"] == {"root": str(tmp_path)}
     assert checkpoint["epoch"] == 3 and checkpoint["format_version"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would create it, not 0600
 
 
 def test_checkpoint_of_a_wrapped_model_has_no_module_prefix(model: AlexNetGAP, tmp_path: Path) -> None:

@@ -110,6 +110,13 @@ def test_resume_refuses_a_different_run(synthetic_root: Path, tmp_path: Path) ->
         fit(tiny_config(synthetic_root, tmp_path / "r", batch_size=2, resume=str(first.last_checkpoint)))
 
 
+def test_resume_refuses_another_checkpoints_dir(synthetic_root: Path, tmp_path: Path) -> None:
+    first = fit(tiny_config(synthetic_root, tmp_path / "r", n_epochs=2), stop_after_steps=2)
+    with pytest.raises(ValueError, match="--checkpoints_dir"):
+        fit(tiny_config(synthetic_root, tmp_path / "elsewhere", resume=str(first.last_checkpoint)))
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
