@@ -23,9 +23,10 @@ import logging
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
@@ -319,6 +320,31 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write ``path`` through a temporary file beside it, moved into place only on success.
+
+    Readers never see half a file, and a crash (or Ctrl-C) mid-write leaves the previous file as
+    it was. The new file is flushed to disk and gets the permissions ``open()`` would give it.
+
+    Args:
+        path: The file to (re)place; its folder is created if missing.
+        mode: ``"wb"`` or ``"w"`` (UTF-8 text).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> Path:
     """Write a self-describing checkpoint atomically.
 
@@ -348,18 +374,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> 
         model_args=dict(bare.model_args),
         model=bare.state_dict(),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as handle:
+        torch.save(payload, handle)
     return path
 
 

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from .dataset import StanfordCarsCAM
 from .localization import LocalizationMeter
-from .model import AlexNetGAP, default_file_mode, load_checkpoint, require_entries, save_checkpoint, unwrap_model
+from .model import AlexNetGAP, atomic_file, load_checkpoint, require_entries, save_checkpoint, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -568,18 +568,8 @@ def evaluate(
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w") as handle:
+        handle.write(text)
 
 
 def check_writable(folder: Path) -> None:
