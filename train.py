@@ -280,19 +280,11 @@ def build_datasets(config: TrainConfig) -> RunData:
     return RunData(Subset(train_full, train_idx), val, test, list(train_full.classes))
 
 
-@dataclass
-class EpochOrder:
-    """This rank's sample order for one epoch, from a ``DistributedSampler`` seeded by the run."""
-
-    indices: list[int]
-
-    @classmethod
-    def for_epoch(cls, dataset: Dataset, epoch: int, seed: int, dist_info: DistInfo, shuffle: bool = True) -> "EpochOrder":
-        sampler = DistributedSampler(
-            dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=shuffle, seed=seed
-        )
-        sampler.set_epoch(epoch)
-        return cls(list(sampler))
+def epoch_sampler(dataset: Dataset, epoch: int, seed: int, dist_info: DistInfo) -> DistributedSampler:
+    """This rank's shuffled share of ``dataset`` for one epoch, seeded by ``(seed, epoch)``."""
+    sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return sampler
 
 
 def eval_indices(n: int, dist_info: DistInfo) -> list[int]:
@@ -539,9 +531,9 @@ def evaluate(
     meter = LocalizationMeter()
     loss_sum = torch.zeros((), device=device, dtype=accumulator_dtype(device))
     n_seen = 0
-    for images, labels, boxes in tqdm(loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False):
+    for images, labels_cpu, boxes in tqdm(loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False):
         images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+        labels = labels_cpu.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, amp):
@@ -551,7 +543,7 @@ def evaluate(
         if criterion is not None:
             loss_sum += criterion(logits, labels).to(loss_sum.dtype) * labels.shape[0]
             n_seen += labels.shape[0]
-        meter.update(logits.cpu(), labels.cpu(), cams.cpu(), boxes, (image_size, image_size))
+        meter.update(logits.cpu(), labels_cpu, cams.cpu(), boxes, (image_size, image_size))
     if dist_info.distributed:
         meter.load_state_tensor(all_reduce_sum(meter.state_tensor().to(device), dist_info).cpu())
     metrics = meter.compute()
@@ -673,7 +665,7 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
     optimizer = build_optimizer(model, config)
     configure_cpu_threads(dist_info, device)
     num_workers = default_num_workers(dist_info, device) if config.num_workers is None else config.num_workers
-    steps_per_epoch = math.ceil(len(EpochOrder.for_epoch(data.train, 0, config.seed, dist_info).indices) / config.batch_size)
+    steps_per_epoch = math.ceil(len(epoch_sampler(data.train, 0, config.seed, dist_info)) / config.batch_size)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.n_epochs, round(config.warmup_epochs * steps_per_epoch))
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
@@ -750,8 +742,8 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
             else:
                 # Each epoch's order and augmentation depend on (seed, epoch) alone.
                 torch.manual_seed(config.seed * 100_003 + epoch)
-            order = EpochOrder.for_epoch(data.train, epoch, config.seed, dist_info)
-            remaining = order.indices[state.step * config.batch_size:]
+            order = list(epoch_sampler(data.train, epoch, config.seed, dist_info))
+            remaining = order[state.step * config.batch_size:]
             loader = make_loader(data.train, remaining, config.batch_size, num_workers, device, config.seed + epoch)
             completed = train_one_epoch(
                 train_model, loader, optimizer, scheduler, criterion, device, epoch, config.n_epochs, state, dist_info,

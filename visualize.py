@@ -688,7 +688,7 @@ def plot_training_curves(
 # --------------------------------------------------------------------------------------------
 def render_cam_grid(
     checkpoint: str | os.PathLike[str],
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
     split: str = "test",
     n: int = 16,
     out: str | os.PathLike[str] = "cams.png",
@@ -707,7 +707,8 @@ def render_cam_grid(
 
     Args:
         checkpoint: A file written by training (``best.pt`` or ``last.pt``).
-        root: The Stanford Cars folder the checkpoint was trained on.
+        root: The Stanford Cars folder the checkpoint was trained on; None takes the one its
+            training arguments name.
         split: ``"train"`` or ``"test"`` (train images are shown without augmentation).
         n: Number of images, at most the split's size.
         out: Figure path (format from the suffix), written atomically.
@@ -734,6 +735,10 @@ def render_cam_grid(
         raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
     require_entries(ckpt, ("image_size", "class_names"), checkpoint)
+    if root is None:
+        root = (ckpt.get("args") or {}).get("root")
+        if root is None:
+            raise ValueError(f"{str(checkpoint)!r} does not record its data folder; pass it (--root_datasets_dir)")
     dataset = StanfordCarsCAM(
         root, split=split, car_type=ckpt.get("car_type"), car_brand=ckpt.get("car_brand"),
         car_production_year=ckpt.get("car_production_year"), image_size=int(ckpt["image_size"]),
@@ -796,14 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = get_args_parser().parse_args(argv)
     try:
-        root = args.root
-        if root is None:
-            from .model import load_checkpoint
-
-            root = load_checkpoint(args.checkpoint)[1].get("args", {}).get("root")
-            if root is None:
-                raise ValueError(f"{args.checkpoint!r} does not record its data folder; pass --root_datasets_dir")
-        path = render_cam_grid(args.checkpoint, root, split=args.split, n=args.n, out=args.out, seed=args.seed,
+        path = render_cam_grid(args.checkpoint, args.root, split=args.split, n=args.n, out=args.out, seed=args.seed,
                                threshold=args.threshold, device=args.device)
     except (ValueError, OSError, DatasetError, CheckpointError) as err:
         print(f"visualize.py: error: {err}", file=sys.stderr)
