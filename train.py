@@ -18,12 +18,14 @@ mid-epoch also saves its RNG state, which makes the rest of that epoch exact wit
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -265,7 +267,9 @@ def build_datasets(config: TrainConfig) -> RunData:
     train_full = StanfordCarsCAM(
         config.root, split="train", download_datasets=config.download_datasets, augment=True, **common
     )
-    train_plain = StanfordCarsCAM(config.root, split="train", augment=False, **common)
+    # The validation images are train images seen without augmentation: the same parsed split.
+    train_plain = copy.copy(train_full)
+    train_plain.augment = False
     test = StanfordCarsCAM(config.root, split="test", augment=False, **common)
     empty = sorted(set(range(len(train_full.classes))) - set(train_full.targets))
     if empty:
@@ -494,6 +498,21 @@ def epoch_train_metrics(state: EpochProgress, optimizer: torch.optim.Optimizer, 
     }
 
 
+def gather_rng_states(dist_info: DistInfo, device: torch.device) -> list[Tensor]:
+    """Every rank's CPU RNG state, in rank order (each a uint8 tensor; one in a one-process run).
+
+    Augmentation draws a varying number of random numbers per image, so the ranks' states differ
+    and each rank resumes from its own.
+    """
+    state = torch.get_rng_state()
+    if not dist_info.distributed:
+        return [state]
+    local = state.to(device)
+    states = [torch.empty_like(local) for _ in range(dist_info.world_size)]
+    dist.all_gather(states, local)
+    return [s.cpu() for s in states]
+
+
 def all_reduce_sum(values: Tensor, dist_info: DistInfo) -> Tensor:
     """Sum a tensor over all ranks (a no-op in a one-process run)."""
     if not dist_info.distributed:
@@ -684,7 +703,10 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
         history = [r for r in read_metrics_log(run_dir / METRICS_LOG) if r["epoch"] <= start_epoch]
         if resume_state.get("epoch_progress") and dist_info.world_size == resume_state.get("world_size", 1):
             partial = EpochProgress(**resume_state["epoch_progress"])
-            rng_state = resume_state.get("rng_state")
+            # The saved sums are over all ranks: rank 0 carries them, the others start from zero.
+            if not dist_info.is_main:
+                partial.sums = [0.0] * len(partial.sums)
+            rng_state = resume_state["rng_states"][dist_info.rank]
 
     train_model: nn.Module = model
     if dist_info.distributed:
@@ -699,13 +721,16 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
         world_size=dist_info.world_size,
     )
 
-    def save(name: str, epoch: int, metrics: dict[str, Any], progress: EpochProgress | None = None) -> Path:
+    def save(
+        name: str, epoch: int, metrics: dict[str, Any], progress: EpochProgress | None = None,
+        rng_states: list[Tensor] | None = None,
+    ) -> Path:
         return save_checkpoint(
             run_dir / name, model, epoch=epoch, metrics=metrics, best_score=best_score,
             optimizer=optimizer.state_dict(), lr_scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict() if scaler is not None else None,
             epoch_progress=dataclasses.asdict(progress) if progress else None,
-            rng_state=torch.get_rng_state() if progress else None, **common_state,
+            rng_states=rng_states, **common_state,
         )
 
     if dist_info.is_main:
@@ -751,8 +776,13 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
             )
             steps_run += state.step - first_step
             if not completed:
+                # Every rank stopped at the same step; the checkpoint keeps the sums over all ranks
+                # and each rank's RNG state, so the epoch continues as if never stopped.
+                sums = all_reduce_sum(torch.tensor(state.sums, dtype=accumulator_dtype(device), device=device), dist_info)
+                progress = dataclasses.replace(state, sums=sums.tolist())
+                rng_states = gather_rng_states(dist_info, device)
                 if dist_info.is_main:
-                    save(LAST_CHECKPOINT, epoch, history[-1] if history else {}, progress=state)
+                    save(LAST_CHECKPOINT, epoch, history[-1] if history else {}, progress=progress, rng_states=rng_states)
                 interrupted = True
                 break
             record: dict[str, Any] = {"epoch": epoch + 1, **epoch_train_metrics(state, optimizer, dist_info, device)}
@@ -770,9 +800,11 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
             best_score = max(best_score, score)
             history.append(record)
             if dist_info.is_main:
-                save(LAST_CHECKPOINT, epoch + 1, record)
+                last = save(LAST_CHECKPOINT, epoch + 1, record)
                 if record["best"]:
-                    save(BEST_CHECKPOINT, epoch + 1, record)
+                    # The same contents: copied, not serialised a second time.
+                    with atomic_file(run_dir / BEST_CHECKPOINT) as handle, open(last, "rb") as source:
+                        shutil.copyfileobj(source, handle, length=1 << 22)
                 write_metrics_log(run_dir / METRICS_LOG, history)
                 _plot_curves(history, run_dir / CURVES_FIGURE)
                 logger.info(summary_line(record, config.n_epochs))
@@ -816,6 +848,8 @@ def _read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
             f"--resume {str(path)!r} belongs to the run in {str(path.parent)!r} but --checkpoints_dir is "
             f"{str(run_dir)!r}; pass --checkpoints_dir {str(path.parent)!r} to continue that run"
         )
+    if checkpoint.get("epoch_progress"):
+        require_entries(checkpoint, ("rng_states",), path)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if checkpoint.get("epoch_progress") and checkpoint.get("world_size", 1) != world_size:
         raise ValueError(

@@ -16,6 +16,7 @@ import torch
 
 from CAM_Stanford_Cars import train as train_module
 from CAM_Stanford_Cars.model import load_checkpoint
+from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars
 from CAM_Stanford_Cars.train import (
     NonFiniteLossError,
     TrainConfig,
@@ -26,6 +27,7 @@ from CAM_Stanford_Cars.train import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = REPO_ROOT / "main.py"
+SEED_CLASSES = ("BMW 3 Series Sedan 2012", "BMW ActiveHybrid 5 Sedan 2012")
 SEED_FILTERS = ["--car_type", "Sedan", "--car_brand", "BMW", "--car_production_year", "2012"]
 
 
@@ -182,6 +184,54 @@ def test_two_processes_with_gloo(synthetic_root: Path, tmp_path: Path) -> None:
     steps_ddp = checkpoint["lr_scheduler"]["last_epoch"]
     assert steps_ddp == -(-n_train // 8)
     assert records[0]["val_n_images"] == single.history[0]["val_n_images"]
+
+
+
+DDP_SCRIPT = """
+import json, sys
+from CAM_Stanford_Cars.train import TrainConfig, fit
+settings = json.loads(sys.argv[1])
+stop = settings.pop("stop_after_steps")
+fit(TrainConfig(**settings), stop_after_steps=stop)
+"""
+
+
+def run_two_ranks(tmp_path: Path, settings: dict[str, object]) -> None:
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), json.dumps(settings)],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_two_processes_resume_mid_epoch_as_if_never_stopped(tmp_path: Path) -> None:
+    # 40 train images at batch 1: 20 steps per rank, so the ranks agree to stop at step 10, mid-epoch.
+    root = write_synthetic_stanford_cars(
+        tmp_path / "cars", class_names=SEED_CLASSES, n_train_per_class=22, n_test_per_class=1, image_size=(96, 64), seed=1
+    )
+    settings: dict[str, object] = dict(
+        root=str(root), car_type="Sedan", car_brand="BMW", car_production_year=2012, n_epochs=1, batch_size=1, image_size=64, pretrained=False, device="cpu",
+        num_workers=0, progress=False, seed=5, lr=0.01, stop_after_steps=None,
+    )
+    run_two_ranks(tmp_path, {**settings, "checkpoints_dir": str(tmp_path / "whole")})
+    stopped = tmp_path / "stopped"
+    run_two_ranks(tmp_path, {**settings, "checkpoints_dir": str(stopped), "stop_after_steps": 1})
+    _, partial = load_checkpoint(stopped / "last.pt")
+    assert partial["epoch_progress"]["step"] == 10
+    # The saved running sums count both ranks' images, and each rank's RNG state is kept.
+    assert partial["epoch_progress"]["sums"][2] == 20
+    assert len(partial["rng_states"]) == 2
+    run_two_ranks(tmp_path, {**settings, "checkpoints_dir": str(stopped), "resume": str(stopped / "last.pt")})
+
+    whole_model, whole = load_checkpoint(tmp_path / "whole" / "last.pt")
+    resumed_model, resumed = load_checkpoint(stopped / "last.pt")
+    for key in ("train_loss", "train_top1", "train_images", "val_loss", "val_top1"):
+        assert resumed["metrics"][key] == whole["metrics"][key], key
+    for name, tensor in whole_model.state_dict().items():
+        assert torch.equal(tensor, resumed_model.state_dict()[name]), name
 
 
 BAD_INPUTS = [
