@@ -332,3 +332,17 @@ def test_training_with_an_image_cache_gives_the_same_run(synthetic_root: Path, t
     assert list((tmp_path / "cache").glob("*.npy"))
     assert plain.history[0]["train_loss"] == cached.history[0]["train_loss"]
     assert plain.test_metrics["top1"] == cached.test_metrics["top1"]
+
+
+def test_compiled_training_matches_eager_and_saves_plain_weights(synthetic_root: Path, tmp_path: Path) -> None:
+    eager = fit(tiny_config(synthetic_root, tmp_path / "eager", n_epochs=1))
+    compiled = fit(tiny_config(synthetic_root, tmp_path / "compiled", n_epochs=1, compile=True))
+    assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=1e-4)
+    assert compiled.test_metrics["maxboxacc"] == pytest.approx(eager.test_metrics["maxboxacc"], abs=1e-6)
+    # The checkpoint holds the bare model's keys, loadable without torch.compile.
+    model, checkpoint = load_checkpoint(compiled.best_checkpoint)
+    assert checkpoint["args"]["compile"] is True
+    assert not any("_orig_mod" in key or key.startswith("module.") for key in checkpoint["model"])
+    eager_model, _ = load_checkpoint(eager.best_checkpoint)
+    for name, tensor in eager_model.state_dict().items():
+        assert torch.allclose(tensor, model.state_dict()[name], atol=1e-5), name
