@@ -19,10 +19,14 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
+import re
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -159,6 +163,21 @@ class AlexNetGAP(nn.Module):
         Returns:
             Feature map ``f``, shape (B, K, h, w) with K = cam_channels (13x13 at 224x224).
         """
+        self._check_images(x)
+        x = (x - self.mean) / self.std
+        return self.cam_conv(self.features(x))
+
+    def _check_images(self, x: Any) -> None:
+        """Refuse input the convolutions would fail on deep inside torch.
+
+        Only metadata is read (type, shape, dtype, device), never values: a check such as
+        ``x.max()`` would wait for the GPU on every batch.
+        """
+        if not isinstance(x, Tensor):
+            how = "torch.from_numpy(images)" if type(x).__module__ == "numpy" else "torch.as_tensor(images)"
+            raise TypeError(
+                f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}; use {how}"
+            )
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(x.shape)}")
         if min(x.shape[-2:]) < MIN_INPUT_SIZE:
@@ -166,8 +185,26 @@ class AlexNetGAP(nn.Module):
                 f"images must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got "
                 f"{x.shape[-2]}x{x.shape[-1]}; resize them (e.g. image_size=224)"
             )
-        x = (x - self.mean) / self.std
-        return self.cam_conv(self.features(x))
+        if not x.is_floating_point():
+            raise ValueError(
+                f"images must be floating point RGB in [0, 1], got dtype {x.dtype}; "
+                "convert 0..255 pixel values with images.float() / 255"
+            )
+        if x.device != self.mean.device:
+            raise ValueError(
+                f"images are on {x.device} but the model is on {self.mean.device}; "
+                f"move them with images.to({str(self.mean.device)!r})"
+            )
+        # Under autocast the convolutions cast their input themselves. Without it, the
+        # normalisation promotes float16/bfloat16 images to the buffers' dtype, which is the
+        # weights' dtype, but float64 images stay float64 and a float32 convolution refuses them.
+        weight_dtype = self.features[0].weight.dtype
+        normalised_dtype = torch.promote_types(x.dtype, self.mean.dtype)
+        if normalised_dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            how = "images.float()" if weight_dtype == torch.float32 else f"images.to({weight_dtype})"
+            raise ValueError(
+                f"images have dtype {x.dtype} but the model's weights are {weight_dtype}; convert them with {how}"
+            )
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Global average pooling and the linear layer.
@@ -180,24 +217,48 @@ class AlexNetGAP(nn.Module):
         """
         return self.fc(features.mean(dim=(2, 3)))
 
-    def class_activation_maps(self, features: Tensor, class_idx: Tensor | None = None) -> Tensor:
+    def class_activation_maps(
+        self, features: Tensor, class_idx: int | Sequence[int] | Tensor | None = None
+    ) -> Tensor:
         """Raw class activation maps ``M_c(x, y) = sum_k W[c, k] f_k(x, y)``.
 
         No bias, no softmax on the weights, no normalisation: ``mean_{x,y} M_c + b_c`` is exactly
-        the logit of class ``c``.
+        the logit of class ``c``. The maps are computed in float32 (float64 for a float64 model)
+        even under autocast, so a bf16/fp16 forward pass still returns maps ``.numpy()`` and the
+        localisation code take as they are.
 
         Args:
             features: (B, K, h, w) from :meth:`forward_features`.
-            class_idx: ``None`` for the maps of every class, or a (B,) long tensor with one class
-                per sample.
+            class_idx: ``None`` for the maps of every class, an int for the same class for all
+                samples, or B ints (list or (B,) integer tensor), one per sample.
 
         Returns:
-            (B, C, h, w) for every class, or (B, h, w) for the chosen class of each sample.
+            (B, C, h, w) for every class, or (B, h, w) for the chosen class of each sample;
+            float32, or float64 for float64 features.
+
+        Raises:
+            ValueError: If ``features`` is not (B, K, h, w) with K = ``cam_channels``, or
+                ``class_idx`` is out of range or has the wrong length.
         """
-        weight = self.fc.weight.to(features.dtype)  # (C, K)
-        if class_idx is None:
-            return torch.einsum("ck,bkhw->bchw", weight, features)
-        return torch.einsum("bk,bkhw->bhw", weight[class_idx], features)
+        if not isinstance(features, Tensor) or features.ndim != 4 or features.shape[1] != self.cam_channels:
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(
+                f"features must be (B, {self.cam_channels}, h, w) as forward_features returns, got {shape}"
+            )
+        index = None if class_idx is None else self._class_index(class_idx, features.shape[0], features.device)
+        return self._cams(features, index)
+
+    def _cams(self, features: Tensor, index: Tensor | None) -> Tensor:
+        """:meth:`class_activation_maps` without the checks; ``index`` is None or valid (B,) long."""
+        dtype = torch.promote_types(features.dtype, torch.float32)
+        # Autocast would run the einsum in bf16/fp16 again; the maps are small, so full precision
+        # costs nothing and keeps the returned map a dtype numpy and the metrics accept.
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.to(dtype)
+            weight = self.fc.weight.to(dtype)  # (C, K)
+            if index is None:
+                return torch.einsum("ck,bkhw->bchw", weight, features)  # (B, C, h, w)
+            return torch.einsum("bk,bkhw->bhw", weight[index], features)  # (B, h, w)
 
     def forward(
         self, x: Tensor, return_cam: bool = False, class_idx: int | Sequence[int] | Tensor | None = None
@@ -211,10 +272,14 @@ class AlexNetGAP(nn.Module):
                 an int for the same class for all, or B ints (list or tensor), one per sample.
 
         Returns:
-            Logits (B, C); with ``return_cam``, ``(logits, cam)`` with cam (B, h, w).
+            Logits (B, C); with ``return_cam``, ``(logits, cam)`` with cam (B, h, w). The logits
+            have the dtype autocast gives them; the cam is always float32 (float64 for a float64
+            model).
 
         Raises:
-            ValueError: If ``class_idx`` is out of range or has the wrong length.
+            TypeError: If ``x`` is not a tensor.
+            ValueError: If ``x`` is not (B, 3, H, W) floating point of the model's dtype on its
+                device, or ``class_idx`` is out of range or has the wrong length.
         """
         features = self.forward_features(x)
         logits = self.forward_head(features)
@@ -224,10 +289,25 @@ class AlexNetGAP(nn.Module):
             index = logits.argmax(dim=1)
         else:
             index = self._class_index(class_idx, batch_size=x.shape[0], device=x.device)
-        return logits, self.class_activation_maps(features, index)
+        return logits, self._cams(features, index)
 
     def _class_index(self, class_idx: int | Sequence[int] | Tensor, batch_size: int, device: torch.device) -> Tensor:
-        index = torch.as_tensor(class_idx, device=device)
+        """``class_idx`` as a (B,) long tensor on ``device``, checked against the classes."""
+        if isinstance(class_idx, str | bytes):
+            raise ValueError(
+                f"class_idx must be an int or one int per sample, got the string {class_idx!r}; "
+                "map class names to indices with the dataset's class_to_idx"
+            )
+        if isinstance(class_idx, int) and not isinstance(class_idx, bool) and not 0 <= class_idx < self.num_classes:
+            # Checked before torch.as_tensor, which cannot hold ints beyond 64 bits.
+            raise ValueError(f"class_idx values must lie in [0, {self.num_classes - 1}], got {class_idx}")
+        try:
+            index = torch.as_tensor(class_idx, device=device)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+            raise ValueError(
+                f"class_idx must be an int, or one int in [0, {self.num_classes - 1}] per sample "
+                f"(list or tensor), got {_short_repr(class_idx)} ({err})"
+            ) from None
         if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
             raise ValueError(f"class_idx must hold integers, got dtype {index.dtype}")
         index = index.long()
@@ -248,28 +328,152 @@ class AlexNetGAP(nn.Module):
 
 def _read_alexnet_state_dict(weights_path: str | os.PathLike | None) -> dict[str, Tensor]:
     """torchvision AlexNet state dict from a local file or the torch hub cache."""
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS_URL.rsplit("/", 1)[1]
     how_to = (
         f"Download {ALEXNET_WEIGHTS_URL} on a machine with internet, then either put it in "
-        f"{Path(torch.hub.get_dir()) / 'checkpoints'} or pass its path (--pretrained PATH); "
+        f"{hub_file.parent} or pass its path (--pretrained PATH); "
         "or train from scratch (--pretrained false)."
     )
-    if weights_path is None:
+    if weights_path is None and not hub_file.is_file():
         try:
             return torch.hub.load_state_dict_from_url(ALEXNET_WEIGHTS_URL, progress=True, weights_only=True)
         except (OSError, RuntimeError, pickle.UnpicklingError) as err:
-            raise PretrainedWeightsError(f"Could not get ImageNet AlexNet weights ({err}). {how_to}") from None
-    path = Path(weights_path).expanduser()
+            raise PretrainedWeightsError(f"Could not get ImageNet AlexNet weights ({_first_line(err)}). {how_to}") from None
+    if weights_path is None:
+        # The hub's copy, read like a local file so a damaged one gets the same one-line error.
+        path, how_to = hub_file, f"Delete it to download it again, or: {how_to}"
+    else:
+        path = Path(weights_path).expanduser()
+    if path.is_dir():
+        raise PretrainedWeightsError(
+            f"Pretrained weights path {str(path)!r} is a folder; pass the weights file in it "
+            f"(e.g. {str(path / hub_file.name)!r}). {how_to}"
+        )
     if not path.is_file():
         raise PretrainedWeightsError(f"Pretrained weights file {str(path)!r} does not exist. {how_to}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise PretrainedWeightsError(f"Could not read pretrained weights {str(path)!r}: {err}. {how_to}") from None
+        state = _safe_torch_load(path, torch.device("cpu"))
+    except _TorchFileError as err:
+        raise PretrainedWeightsError(
+            f"{str(path)!r} is not a torch weights file ({err}). {how_to}" if err.kind == "not_torch"
+            else f"Could not read pretrained weights {str(path)!r} ({err}). {how_to}"
+        ) from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict", state.get("model")), Mapping):
         state = state.get("state_dict", state.get("model"))
     if not isinstance(state, Mapping):
         raise PretrainedWeightsError(f"{str(path)!r} holds no state dict. {how_to}")
     return dict(state)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading torch files safely
+
+
+class _TorchFileError(Exception):
+    """Why a file could not be read by ``torch.load(weights_only=True)``.
+
+    ``kind`` is ``"not_torch"`` (not written by ``torch.save``), ``"unsafe"`` (a pickle that
+    names objects a safe load refuses) or ``"unreadable"`` (truncated or damaged).
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+# Where torch's weights-only unpickler stops at an object it will not build (its messages name a
+# GLOBAL, a function to call, or a class to instantiate); any other refusal is a damaged file.
+_UNSAFE_OBJECT = re.compile(r"GLOBAL (\S+)|unrecognized function (.+?)(?: which|$)|new object .* but got (.+)$", re.M)
+
+
+def _first_line(err: BaseException) -> str:
+    """The first non-empty line of ``err``'s message, or its class name when it has none."""
+    for line in str(err).splitlines():
+        if line.strip():
+            return line.strip().strip("'\"") or type(err).__name__
+    return type(err).__name__
+
+
+def _unpickler_reason(err: pickle.UnpicklingError) -> str:
+    """The unpickler's own words from torch's multi-line wrapper ("Unsupported operand 149")."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Check the documentation")]
+    return lines[0] if lines else type(err).__name__
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts like a ``torch.save`` file: a zip archive, or a legacy pickle.
+
+    A truncated archive has lost the central directory ``zipfile.is_zipfile`` looks for at the
+    end, but still starts with a zip entry header, so it counts (and is then reported truncated).
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80" or zipfile.is_zipfile(path)
+
+
+def _safe_torch_load(path: Path, location: torch.device) -> Any:
+    """``torch.load(path, weights_only=True)`` whose every failure is a :class:`_TorchFileError`."""
+    try:
+        size = path.stat().st_size
+        is_torch = size > 0 and _looks_like_torch_file(path)
+    except OSError as err:
+        raise _TorchFileError("unreadable", f"cannot open it: {err.strerror or _first_line(err)}") from None
+    if size == 0:
+        raise _TorchFileError("not_torch", "it is empty, 0 bytes; was its writing interrupted?")
+    if not is_torch:
+        raise _TorchFileError("not_torch", "not a file written by torch.save")
+    try:
+        with warnings.catch_warnings():
+            # A plain pickle of a newer protocol draws torch's "please file an issue" warning
+            # before it is refused; the error below says all there is to say.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = _UNSAFE_OBJECT.search(str(err))
+        if found:
+            name = next(group for group in found.groups() if group).strip()
+            raise _TorchFileError("unsafe", f"it holds objects a safe (weights_only) load will not unpickle, such as {name}") from None
+        raise _TorchFileError("unreadable", f"truncated or damaged: {_unpickler_reason(err)}") from None
+    except Exception as err:  # noqa: BLE001 - torch.load leaks KeyError, IndexError, ... on damaged files
+        raise _TorchFileError("unreadable", f"truncated or damaged: {_first_line(err)}") from None
+
+
+def _resolve_map_location(map_location: str | torch.device | None) -> torch.device:
+    """``map_location`` as a device that exists here, so a device problem never reads as a bad file."""
+    if map_location is None:
+        return torch.device("cpu")
+    if not isinstance(map_location, str | torch.device):
+        raise TypeError(
+            f"map_location must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
+            f"got {type(map_location).__name__}"
+        )
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"map_location {map_location!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"map_location {str(map_location)!r} asks for CUDA, which is not available here; use 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"map_location {str(map_location)!r} names a GPU this machine does not have "
+                f"({torch.cuda.device_count()} visible); use 'cuda:0' or 'cpu'"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"map_location {str(map_location)!r} asks for MPS, which is not available here; use 'cpu'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"map_location {str(map_location)!r} is not supported here; use 'cpu', 'cuda' or 'mps'")
+    return device
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def require_entries(checkpoint: Mapping[str, Any], keys: Sequence[str], path: str | os.PathLike) -> None:
@@ -321,7 +525,7 @@ def default_file_mode() -> int:
 
 
 @contextmanager
-def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Write ``path`` through a temporary file beside it, moved into place only on success.
 
     Readers never see half a file, and a crash (or Ctrl-C) mid-write leaves the previous file as
@@ -330,19 +534,61 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     Args:
         path: The file to (re)place; its folder is created if missing.
         mode: ``"wb"`` or ``"w"`` (UTF-8 text).
+
+    Raises:
+        IsADirectoryError: If ``path`` is an existing folder (checked before anything is written).
+        OSError: If the file cannot be written there; of the same class as the underlying error
+            (``PermissionError``, ...), naming ``path`` rather than the hidden temporary file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = Path(path)
+    if path.is_dir():
+        raise _folder_error(f"{str(path)!r} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _write_error(path, err) from None
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
+            try:
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as err:
+                raise _write_error(path, err) from None
+        try:
+            os.chmod(tmp, default_file_mode())
+            os.replace(tmp, path)
+        except OSError as err:
+            raise _write_error(path, err) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _folder_error(message: str) -> IsADirectoryError:
+    """An ``IsADirectoryError`` with errno EISDIR whose ``str()`` is just ``message``."""
+    err = IsADirectoryError(message)
+    err.errno = errno.EISDIR
+    return err
+
+
+def _write_error(path: Path, err: OSError) -> OSError:
+    """``err`` restated about ``path`` (the hidden temp file means nothing to the user), same class and errno."""
+    blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocker is not None:
+        # mkdir reports a file in the way as "File exists", which reads as if the target existed.
+        new: OSError = NotADirectoryError(
+            f"could not write {str(path)!r}: {str(blocker)!r} is a file, not a folder; choose another path"
+        )
+        new.errno = errno.ENOTDIR
+        return new
+    if path.is_dir():
+        return _folder_error(f"{str(path)!r} is a folder; give a file name")
+    reason = err.strerror or _first_line(err)
+    new = type(err)(f"could not write {str(path)!r}: {reason}; choose another path")
+    new.errno = err.errno  # set after construction, so str() stays the message above
+    return new
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> Path:
@@ -397,27 +643,39 @@ def load_checkpoint(
         ``car_type``, ``car_brand``, ``car_production_year``, ``image_size``, ``epoch``, ...).
 
     Raises:
+        TypeError: If ``path`` is not a path (e.g. None) or ``map_location`` not a device.
+        ValueError: If ``map_location`` names a device that does not exist here.
         FileNotFoundError: If ``path`` does not exist.
-        CheckpointError: If the file is truncated, not a checkpoint, unsafe to load, or written
-            by a newer version of this project.
+        IsADirectoryError: If ``path`` is a folder.
+        CheckpointError: If the file is not a torch file, truncated, not a checkpoint, unsafe to
+            load, or written by a newer version of this project.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a checkpoint file (a str or os.PathLike), got {_short_repr(path)}")
     path = Path(path).expanduser()
-    if not path.is_file():
+    # The device first: a missing GPU must not be reported as a damaged file.
+    location = _resolve_map_location(map_location)
+    if path.is_dir():
+        raise _folder_error(f"{str(path)!r} is a folder; pass a checkpoint file in it, e.g. {str(path / 'best.pt')!r}")
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    location = torch.device("cpu") if map_location is None else map_location
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} is not a regular file; pass the best.pt or last.pt of a run")
     try:
-        checkpoint = torch.load(path, map_location=location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"refused to load {str(path)!r}: it holds objects a safe (weights_only) load will not "
-            f"unpickle ({first_line}). Nothing in it was run. Only checkpoints written by "
-            "save_checkpoint load here; if you trust the file, re-save its tensors as plain types."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{str(path)!r} is not a readable checkpoint (truncated or not a torch file: {err})"
-        ) from None
+        checkpoint = _safe_torch_load(path, location)
+    except _TorchFileError as err:
+        if err.kind == "not_torch":
+            message = (
+                f"{str(path)!r} is not a torch checkpoint ({err}); pass the best.pt or last.pt of a run"
+            )
+        elif err.kind == "unsafe":
+            message = (
+                f"refused to load {str(path)!r}: {err}. Nothing in it was run. Only checkpoints written by "
+                "save_checkpoint load here; if you trust the file, re-save its tensors as plain types."
+            )
+        else:
+            message = f"{str(path)!r} is not a readable checkpoint ({err})"
+        raise CheckpointError(message) from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise CheckpointError(f"{str(path)!r} is a torch file but not a CAM_Stanford_Cars checkpoint")
     version = checkpoint["format_version"]

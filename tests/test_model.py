@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import errno
 import pickle
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from CAM_Stanford_Cars.model import (
     AlexNetGAP,
     CheckpointError,
     PretrainedWeightsError,
+    atomic_file,
     load_checkpoint,
     save_checkpoint,
 )
@@ -139,6 +144,63 @@ def test_bad_inputs_are_refused(model: AlexNetGAP) -> None:
         AlexNetGAP(num_classes=0)
 
 
+@pytest.mark.parametrize(
+    "images, error, message",
+    [
+        (np.zeros((1, 3, 64, 64), np.float32), TypeError, r"torch\.Tensor of shape \(B, 3, H, W\), got ndarray; use torch\.from_numpy"),
+        ([[[[0.0] * 64] * 64] * 3], TypeError, r"got list; use torch\.as_tensor"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), ValueError, r"torch\.uint8.*images\.float\(\) / 255"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.int64), ValueError, r"torch\.int64.*images\.float\(\) / 255"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.float64), ValueError, r"float64.*weights are torch\.float32.*images\.float\(\)"),
+    ],
+)
+def test_images_of_the_wrong_type_get_a_hint(model: AlexNetGAP, images: object, error: type, message: str) -> None:
+    for call in (model, model.forward_features):
+        with pytest.raises(error, match=message):
+            call(images)
+
+
+def test_half_precision_images_run_on_a_float32_model(model: AlexNetGAP) -> None:
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x.bfloat16()), model(x.bfloat16().float()))
+
+
+@pytest.mark.parametrize(
+    "class_idx, message",
+    [("2", "string '2'.*class_to_idx"), (2**70, r"\[0, 4\], got 1180591620717411303424"), ([0, 2**70], r"\[0, 4\] per sample")],
+)
+def test_class_idx_of_the_wrong_kind_is_refused(model: AlexNetGAP, class_idx: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        model(torch.rand(2, 3, 64, 64), True, class_idx)
+
+
+def test_cam_under_bf16_autocast_is_float32(model: AlexNetGAP) -> None:
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, cam = model(x, True)
+        features = model.forward_features(x)
+        all_maps = model.class_activation_maps(features)
+    assert logits.dtype == torch.bfloat16 and features.dtype == torch.bfloat16
+    assert cam.dtype == torch.float32 and all_maps.dtype == torch.float32
+    assert cam.numpy().shape == (2, 3, 3)
+    # The same bf16 features, contracted in float32.
+    expected = torch.einsum("bk,bkhw->bhw", model.fc.weight[logits.argmax(1)].detach(), features.float())
+    torch.testing.assert_close(cam, expected)
+
+
+def test_class_activation_maps_checks_its_arguments(model: AlexNetGAP) -> None:
+    with torch.no_grad():
+        features = model.forward_features(torch.rand(2, 3, 64, 64))  # (2, 32, 3, 3)
+        torch.testing.assert_close(model.class_activation_maps(features, 3), model.class_activation_maps(features)[:, 3])
+    with pytest.raises(ValueError, match=r"\[0, 4\], got 5"):
+        model.class_activation_maps(features, 5)
+    with pytest.raises(ValueError, match=r"\[0, 4\], got \[0, -1\]"):
+        model.class_activation_maps(features, torch.tensor([0, -1]))
+    with pytest.raises(ValueError, match=r"features must be \(B, 32, h, w\).*got \(2, 16, 3, 3\)"):
+        model.class_activation_maps(features[:, :16])
+
+
 def test_pretrained_from_a_local_file(fake_alexnet_weights: Path) -> None:
     net = AlexNetGAP(num_classes=3, pretrained=fake_alexnet_weights)
     reference = alexnet()
@@ -165,6 +227,27 @@ def test_pretrained_without_weights_says_how_to_get_them(tmp_path: Path) -> None
     torch.save({"features.0.weight": torch.zeros(1)}, wrong)
     with pytest.raises(PretrainedWeightsError, match="do not fit"):
         AlexNetGAP(num_classes=3, pretrained=wrong)
+
+
+def test_pretrained_file_that_is_not_torch_gets_one_line(tmp_path: Path) -> None:
+    png = tmp_path / "car.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    with pytest.raises(PretrainedWeightsError) as caught:
+        AlexNetGAP(num_classes=3, pretrained=png)
+    message = str(caught.value)
+    assert "'" + str(png) + "' is not a torch weights file" in message
+    assert "\n" not in message and "file an issue" not in message
+    with pytest.raises(PretrainedWeightsError, match="is a folder; pass the weights file"):
+        AlexNetGAP(num_classes=3, pretrained=tmp_path)
+
+
+def test_damaged_weights_in_the_hub_cache_get_one_line() -> None:
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "alexnet-owt-7be5be79.pth").write_bytes(b"\x80\x02)R.")  # a legacy header, then junk
+    with pytest.raises(PretrainedWeightsError, match="alexnet-owt-7be5be79.pth.*damaged.*Delete it") as caught:
+        AlexNetGAP(num_classes=3, pretrained=True)
+    assert "\n" not in str(caught.value)
 
 
 FILTERS = {"car_type": "Sedan", "car_brand": ["BMW", "Audi"], "car_production_year": 2012}
@@ -258,6 +341,116 @@ def test_bad_checkpoint_files_get_clear_errors(model: AlexNetGAP, tmp_path: Path
     torch.save(payload, newer)
     with pytest.raises(CheckpointError, match="newer.*upgrade"):
         load_checkpoint(newer)
+
+
+NOT_TORCH = {
+    "readme.md": b"# CAM_Stanford_Cars\n\nTrain a class-activation-map network.\n",
+    "passwd": b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
+    "car.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64),
+    "noise.bin": bytes(range(7, 256)) * 8,
+    "pickle_of_a_dict.pkl": pickle.dumps({"a": 1}, protocol=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_TORCH))
+def test_files_not_written_by_torch_save_are_named_as_such(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(NOT_TORCH[name])
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert str(caught.value) == (
+        f"{str(path)!r} is not a torch checkpoint (not a file written by torch.save); pass the best.pt or last.pt of a run"
+    )
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", r"is not a torch checkpoint \(it is empty, 0 bytes; was its writing interrupted\?\)"),
+        (b"\x80\x02h\x05.", r"not a readable checkpoint \(truncated or damaged: 5\)"),  # KeyError inside torch
+        (b"\x80\x02)R.", r"not a readable checkpoint \(truncated or damaged: list index out of range\)"),  # IndexError
+        (b"\x80\x02X\x05\x00\x00\x00abc", r"not a readable checkpoint \(truncated or damaged: EOFError\)"),
+        (pickle.dumps({"a": 1}, protocol=4), r"not a readable checkpoint \(truncated or damaged: Unsupported operand"),
+    ],
+)
+def test_damaged_torch_files_get_one_clear_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        load_checkpoint(path)
+    assert "refused" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_checkpoint_path_that_is_a_folder_or_none(tmp_path: Path) -> None:
+    run = tmp_path / "run1"
+    run.mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        load_checkpoint(run)
+    assert str(caught.value) == f"{str(run)!r} is a folder; pass a checkpoint file in it, e.g. {str(run / 'best.pt')!r}"
+    with pytest.raises(TypeError, match="path must be a checkpoint file.*got None"):
+        load_checkpoint(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "map_location, message",
+    [
+        ("bogus", r"map_location 'bogus' is not a device; use 'cpu'"),
+        ("auto", r"map_location 'auto' is not a device"),
+        (3, r"map_location must be a device name"),
+        pytest.param("cuda", r"asks for CUDA, which is not available here; use 'cpu'",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
+    ],
+)
+def test_device_problems_are_not_reported_as_a_bad_file(
+    model: AlexNetGAP, tmp_path: Path, map_location: object, message: str
+) -> None:
+    good = save_checkpoint(tmp_path / "good.pt", model)
+    with pytest.raises((ValueError, TypeError), match=message) as caught:
+        load_checkpoint(good, map_location=map_location)  # type: ignore[arg-type]
+    assert not isinstance(caught.value, CheckpointError)
+    _, checkpoint = load_checkpoint(good, map_location=torch.device("cpu"))
+    assert checkpoint["arch"] == "alexnet_gap"
+
+
+def test_atomic_file_under_a_regular_file_names_the_target(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    target = blocker / "x.png"
+    with pytest.raises(NotADirectoryError) as caught:
+        with atomic_file(target) as handle:
+            handle.write(b"never")
+    assert str(caught.value) == f"could not write {str(target)!r}: {str(blocker)!r} is a file, not a folder; choose another path"
+    assert caught.value.errno == errno.ENOTDIR
+    assert blocker.read_text() == "not a folder"
+
+
+def test_atomic_file_refuses_a_folder_before_writing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    ran = False
+    with pytest.raises(IsADirectoryError, match=r"'.*out' is a folder; give a file name$"):
+        with atomic_file(out) as handle:
+            ran = True
+            handle.write(b"never")
+    assert not ran and list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("step", ["mkstemp", "replace"])
+def test_atomic_file_errors_name_the_target_not_the_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    target = tmp_path / "ro" / "x.png"
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(tmp_path / "ro" / ".x.png.4136.tmp"))
+
+    monkeypatch.setattr(tempfile if step == "mkstemp" else os, step, denied)
+    with pytest.raises(PermissionError) as caught:
+        with atomic_file(target) as handle:
+            handle.write(b"data")
+    assert str(caught.value) == f"could not write {str(target)!r}: Operation not permitted; choose another path"
+    assert caught.value.errno == errno.EPERM
+    assert list((tmp_path / "ro").iterdir()) == []  # no temp file left behind
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
