@@ -546,15 +546,28 @@ def _sweep_kernel(
                 out_iou[b, t] = heap_keys[0] if heap_len > 0 else 0.0
 
 
+def _maps_array(maps: np.ndarray | Tensor) -> np.ndarray:
+    """``maps`` as a CPU numpy array the sweep kernel reads (float32 or float64).
+
+    A tensor may live on a GPU, require grad or be bf16, none of which numpy takes: it is
+    detached and copied to the CPU, float64 kept, every other dtype widened to float32
+    (exact for bf16 and fp16), so the result equals the float32 numpy path.
+    """
+    if isinstance(maps, Tensor):
+        dtype = torch.float64 if maps.dtype == torch.float64 else torch.float32
+        return maps.detach().to("cpu", dtype).numpy()
+    return np.asarray(maps)
+
+
 def _run_sweep(
-    maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None, num_threads: int | None = None
+    maps: np.ndarray | Tensor, thresholds: np.ndarray, gt_boxes: np.ndarray | None, num_threads: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Validate, then run the kernel over the batch, split across threads when compiled."""
     global _warned_no_numba
     if not HAVE_NUMBA and not _warned_no_numba:
         logger.warning("numba is not installed: the localisation sweep runs as plain Python (about 100x slower); pip install numba")
         _warned_no_numba = True
-    maps = np.asarray(maps)
+    maps = _maps_array(maps)
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, H, W), got shape {maps.shape}")
     if maps.dtype not in (np.float32, np.float64):
@@ -600,7 +613,7 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def sweep_boxes(maps: np.ndarray, thresholds: np.ndarray = THRESHOLDS, num_threads: int | None = None) -> np.ndarray:
+def sweep_boxes(maps: np.ndarray | Tensor, thresholds: np.ndarray = THRESHOLDS, num_threads: int | None = None) -> np.ndarray:
     """Box of the largest 8-connected component of ``map >= t`` for every threshold, in one pass.
 
     Equal to :func:`reference_boxes` exactly, ties included: of equal-size components the one
@@ -610,7 +623,9 @@ def sweep_boxes(maps: np.ndarray, thresholds: np.ndarray = THRESHOLDS, num_threa
     1.5 ms per 224x224 map on one core with numba, some 30x less than :func:`reference_boxes`).
 
     Args:
-        maps: (B, H, W) or (H, W) finite maps (normally :func:`normalize_cams` output).
+        maps: (B, H, W) or (H, W) finite maps (normally :func:`normalize_cams` output): an
+            array, or a tensor of any float dtype on any device (bf16 and fp16 are compared as
+            float32).
         thresholds: (T,) strictly increasing thresholds; default :data:`THRESHOLDS`.
         num_threads: threads sharing the batch; ``None`` uses every CPU this process may run on.
 
@@ -620,14 +635,14 @@ def sweep_boxes(maps: np.ndarray, thresholds: np.ndarray = THRESHOLDS, num_threa
     Raises:
         ValueError: on a wrong shape, non-finite values or unsorted thresholds.
     """
-    arr = np.asarray(maps)
+    arr = _maps_array(maps)
     single = arr.ndim == 2
     boxes, _ = _run_sweep(arr[None] if single else arr, thresholds, None, num_threads)
     return boxes[0] if single else boxes
 
 
 def sweep_best_iou(
-    maps: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray = THRESHOLDS, num_threads: int | None = None
+    maps: np.ndarray | Tensor, gt_boxes: np.ndarray, thresholds: np.ndarray = THRESHOLDS, num_threads: int | None = None
 ) -> np.ndarray:
     """Best IoU with the ground truth over every 8-connected component of ``map >= t``, per threshold.
 
@@ -638,7 +653,7 @@ def sweep_best_iou(
     component's box, and those inner boxes are not matched here.)
 
     Args:
-        maps: (B, H, W) finite maps.
+        maps: (B, H, W) finite maps, an array or a tensor of any float dtype on any device.
         gt_boxes: (B, 4) ground-truth boxes; a missing (all-NaN) box gives a row of NaN.
         thresholds: (T,) strictly increasing thresholds.
         num_threads: threads sharing the batch; ``None`` uses every CPU this process may run on.
@@ -646,8 +661,8 @@ def sweep_best_iou(
     Returns:
         (B, T) float64 IoUs; 0 where the mask is empty.
     """
-    maps = np.asarray(maps)
-    gt = _check_boxes(np.asarray(gt_boxes, dtype=np.float64), "gt_boxes")
+    maps = _maps_array(maps)
+    gt = _check_boxes(_maps_array(gt_boxes).astype(np.float64), "gt_boxes")
     if maps.ndim != 3 or gt.shape != (maps.shape[0], 4):
         raise ValueError(f"maps must be (B, H, W) and gt_boxes (B, 4), got shapes {maps.shape} and {gt.shape}")
     thresholds = _check_thresholds(thresholds)

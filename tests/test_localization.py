@@ -233,6 +233,30 @@ def test_sweep_threads_give_the_same_answer() -> None:
     assert np.array_equal(one[0], three[0]) and np.array_equal(one[1], three[1])
 
 
+@pytest.mark.parametrize("make", [
+    lambda m: torch.from_numpy(m).bfloat16(),
+    lambda m: torch.from_numpy(m).half(),
+    lambda m: torch.from_numpy(m).requires_grad_(),
+], ids=["bf16", "fp16", "requires_grad"])
+def test_sweeps_take_tensors_as_the_float32_numpy_path(make) -> None:
+    rng = np.random.default_rng(8)
+    maps = smooth_maps(rng, 4, (14, 15)).astype(np.float32)
+    gt = torch.from_numpy(random_gt(rng, 4, (14, 15)))
+    tensor = make(maps)
+    # What the float32 numpy path sees: the tensor's own values, widened.
+    expected_maps = tensor.detach().float().numpy()
+    assert np.array_equal(sweep_boxes(tensor), sweep_boxes(expected_maps))
+    assert np.array_equal(sweep_boxes(tensor[0]), sweep_boxes(expected_maps[0]))
+    assert np.array_equal(sweep_best_iou(tensor, gt), sweep_best_iou(expected_maps, gt.numpy()))
+    assert np.array_equal(L._run_sweep(tensor, THRESHOLDS, None)[0], sweep_boxes(expected_maps))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sweeps_take_cuda_tensors() -> None:
+    maps = smooth_maps(np.random.default_rng(9), 3, (10, 12)).astype(np.float32)
+    assert np.array_equal(sweep_boxes(torch.from_numpy(maps).cuda()), sweep_boxes(maps))
+
+
 def test_sweep_best_iou_missing_gt_rows_are_nan() -> None:
     maps = noise_maps(np.random.default_rng(7), 3, (6, 6))
     gt = np.array([[0.0, 0.0, 3.0, 3.0], NAN4, [1.0, 1.0, 6.0, 4.0]])
