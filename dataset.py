@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,7 +96,19 @@ class DatasetError(Exception):
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """No layout that the reader accepts was found under ``root``."""
+    """No layout that the reader accepts was found under ``root``.
+
+    Attributes:
+        problem: What was looked for and not found, without the advice on getting the data, so
+            a caller with other means (the visualize CLI's ``--root``) can give its own.
+    """
+
+    def __init__(self, problem: str, how_to: str = "") -> None:
+        super().__init__(f"{problem} {how_to}".strip())
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:  # DataLoader workers send errors back pickled
+        return type(self), (self.problem, str(self)[len(self.problem):].strip())
 
 
 class AnnotationError(DatasetError, ValueError):
@@ -480,6 +493,16 @@ def _how_to_get_the_data(root: Path) -> str:
     )
 
 
+def _root_path(root: PathLike, name: str = "root") -> Path:
+    """``root`` as an expanded ``Path``; anything but a str or path is refused by ``name``."""
+    if not isinstance(root, str | os.PathLike):
+        raise TypeError(
+            f"{name} must be the folder holding Stanford Cars (a str or path, e.g. 'stanford_cars_dataset'), "
+            f"got {root!r}"[:300]
+        )
+    return Path(os.path.expanduser(os.fspath(root)))
+
+
 def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
     """Detect which Stanford Cars layout ``root`` holds, for the given splits.
 
@@ -497,7 +520,7 @@ def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
         DatasetNotFoundError: If no layout is complete; the message lists what was looked for
             and where (or, for a partial copy, what is missing) and how to get the data.
     """
-    root = Path(os.path.expanduser(os.fspath(root)))
+    root = _root_path(root)
     bases = [root / "stanford_cars", root]
     candidates: list[_Candidate] = []
     for base in bases:
@@ -513,7 +536,7 @@ def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
         best = max(partial, key=lambda c: len(c.found))
         raise DatasetNotFoundError(
             f"Stanford Cars under {str(root)!r} is incomplete: found a {best.kind} layout at {best.base} "
-            f"({', '.join(best.found)}) but not {', '.join(best.missing)}. {_how_to_get_the_data(root)}"
+            f"({', '.join(best.found)}) but not {', '.join(best.missing)}.", _how_to_get_the_data(root)
         )
     where = f"{root / 'stanford_cars'} and {root}"
     raise DatasetNotFoundError(
@@ -521,7 +544,7 @@ def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
         f"torchvision's layout (devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat, "
         f"cars_train/, cars_test/); Kaggle's layout (cars_train/cars_train/, cars_test/cars_test/ with devkit/ or "
         f"car_devkit/devkit/ and cars_test_annos_withlabels.mat beside them); the original all-in-one layout "
-        f"(cars_annos.mat, car_ims/). {_how_to_get_the_data(root)}"
+        f"(cars_annos.mat, car_ims/).", _how_to_get_the_data(root)
     )
 
 
@@ -871,7 +894,7 @@ def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path
             back is incomplete.
     """
     mirror = mirror if mirror is not None else DEFAULT_MIRROR
-    root = Path(os.path.expanduser(os.fspath(root)))
+    root = _root_path(root)
     try:
         layout = find_layout(root)
     except DatasetNotFoundError as err:
@@ -1034,13 +1057,31 @@ class ImageCache:
     HEADER_BYTES = 20
 
     def __init__(self, folder: PathLike, min_free_bytes: int = 1 << 30) -> None:
+        if not isinstance(folder, str | os.PathLike):
+            raise TypeError(f"cache_dir must be a folder (a str or path) or None, got {folder!r}"[:300])
         self.folder = Path(os.path.expanduser(os.fspath(folder)))
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"cache_dir {os.fspath(folder)!r} is a file, not a folder; choose another folder or leave it out")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ValueError(f"cache_dir={os.fspath(folder)!r} cannot be created ({err.strerror}); choose a writable folder or None") from None
+            raise ValueError(
+                f"cache_dir {os.fspath(folder)!r} cannot be created ({err.strerror or err}); "
+                "choose another folder or leave it out"
+            ) from None
+        # Once, here: otherwise an unwritable cache only shows as a warning per image.
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write_probe.", suffix=".tmp", dir=self.folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise ValueError(
+                f"cache_dir {os.fspath(folder)!r} is not writable ({err.strerror or err}); "
+                "choose another folder or leave it out"
+            ) from None
         self.min_free_bytes = int(min_free_bytes)
         self._warned_full = False
+        self._warned_write = False
 
     def path_for(self, path: str, view: str) -> Path:
         """The cache file of ``view`` (``"view224"``, ``"base224"``) of image ``path``."""
@@ -1078,7 +1119,10 @@ class ImageCache:
             os.replace(tmp, target)
         except OSError as err:
             tmp.unlink(missing_ok=True)
-            logger.warning("Image cache %s: could not write %s (%s)", self.folder, target.name, err)
+            if not self._warned_write:
+                logger.warning("Image cache %s: could not write %s (%s); images that fail to cache are decoded every time",
+                               self.folder, target.name, err)
+                self._warned_write = True
 
 
 def _decoded(path: str, min_size: tuple[int, int], view: str, cache: ImageCache | None) -> tuple[np.ndarray, int, tuple[int, int]]:
@@ -1221,6 +1265,7 @@ class StanfordCarsCAM(VisionDataset):
         return_box: bool = False,
         cache_dir: PathLike | None = None,
     ) -> None:
+        _root_path(root)  # a None root would otherwise fail deep inside VisionDataset
         super().__init__(root)
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: expected 'train' or 'test'")

@@ -467,6 +467,49 @@ def test_cache_works_in_dataloader_workers(tiny_root: Path, tmp_path: Path) -> N
     assert len(list((tmp_path / "cache").glob("*.npy"))) == len(cars) and not list((tmp_path / "cache").glob(".*.tmp"))
 
 
+def test_unwritable_cache_dir_is_one_clear_error(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "ro"
+    cache.mkdir()
+
+    def denied(*args: object, dir: str | None = None, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(Path(dir or ".") / ".probe.tmp"))
+
+    # As root a chmod'ed folder stays writable, so the refusal the probe meets is simulated.
+    monkeypatch.setattr(dataset_module.tempfile, "mkstemp", denied)
+    with pytest.raises(ValueError) as caught:
+        StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=cache)
+    assert str(caught.value) == f"cache_dir {str(cache)!r} is not writable (Permission denied); choose another folder or leave it out"
+
+
+def test_cache_dir_probe_leaves_nothing_and_a_file_is_refused(tiny_root: Path, tmp_path: Path) -> None:
+    StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cache_dir .*file' is a file, not a folder"):
+        StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=tmp_path / "file")
+
+
+def test_cache_write_failures_warn_once(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    cars = StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=tmp_path / "cache")
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dataset_module.np, "save", full)
+    with caplog.at_level("WARNING", logger=dataset_module.__name__):
+        images = [cars[i][0] for i in range(3)]
+    assert len([r for r in caplog.records if "could not write" in r.getMessage()]) == 1
+    assert all(image.shape == (3, 32, 32) for image in images)  # decoded all the same
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("root", [None, 3])
+def test_root_that_is_not_a_path_names_root(root: object) -> None:
+    with pytest.raises(TypeError, match=rf"root must be the folder holding Stanford Cars .*got {root}"):
+        StanfordCarsCAM(root)  # type: ignore[arg-type]
+
+
 def test_fast_resize_matches_pil_bilinear() -> None:
     rng = np.random.default_rng(0)
     pixels = (rng.random((181, 263, 3)) * 255).astype(np.uint8)
