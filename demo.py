@@ -17,7 +17,7 @@ from pathlib import Path
 from .class_names import STANFORD_CARS_CLASS_NAMES
 from .dataset import select_classes
 from .synthetic import write_synthetic_stanford_cars
-from .train import TrainConfig, fit
+from .train import TrainConfig, check_writable, fit
 from .visualize import render_cam_grid
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def demo_config(data_root: Path, run_dir: Path, seed: int = 0, progress: bool = 
         label_smoothing=0.1,
         seed=seed,
         device="cpu",
+        overwrite=True,
         progress=progress,
     )
 
@@ -71,7 +72,8 @@ def run_demo(
     """Write synthetic data, train on it, evaluate, and draw the CAMs.
 
     Args:
-        out_dir: Folder for ``data/``, ``run/`` and the figure; a new temporary folder if None.
+        out_dir: Folder for ``data/``, ``run/`` and the figure; a new temporary folder if None. A
+            demo run already there is replaced.
         seed: Seed of the data, the split and the training.
         progress: Show progress bars.
         n_train_per_class: Synthetic train images per class.
@@ -81,15 +83,19 @@ def run_demo(
     Returns:
         A :class:`DemoResult`.
     """
-    base = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="cam_stanford_cars_demo_"))
+    base = Path(out_dir).expanduser() if out_dir is not None else Path(tempfile.mkdtemp(prefix="cam_stanford_cars_demo_"))
+    check_writable(base, "--demo_dir")
     data_root = base / "data"
     run_dir = base / "run"
     class_names = [STANFORD_CARS_CLASS_NAMES[i] for i in select_classes(STANFORD_CARS_CLASS_NAMES, **DEMO_FILTERS)]
     logger.info("Writing a synthetic Stanford Cars (%d classes) to %s", len(class_names), data_root)
-    write_synthetic_stanford_cars(
-        data_root, class_names=class_names, n_train_per_class=n_train_per_class,
-        n_test_per_class=n_test_per_class, seed=seed,
-    )
+    try:
+        write_synthetic_stanford_cars(
+            data_root, class_names=class_names, n_train_per_class=n_train_per_class,
+            n_test_per_class=n_test_per_class, seed=seed,
+        )
+    except ValueError as err:
+        raise ValueError(f"--demo_dir {str(base)!r}: {err}") from None
     config = demo_config(data_root, run_dir, seed=seed, progress=progress)
     if n_epochs is not None:
         config.n_epochs = n_epochs

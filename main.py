@@ -147,13 +147,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("checkpoints and runs")
     run.add_argument("--checkpoints_dir", default=DEFAULTS.checkpoints_dir, metavar="DIR", help="folder for last.pt, best.pt, args.json, metrics.jsonl and plots")
     run.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in this checkpoint (its last.pt)")
+    run.add_argument("--overwrite", type=bool_flag, default=DEFAULTS.overwrite, metavar="BOOL",
+                     help="start over in a --checkpoints_dir that holds a run, deleting its checkpoints and logs")
 
     other = parser.add_argument_group("other commands")
     other.add_argument("--demo", action="store_true", help="write a synthetic Stanford Cars, train on it on CPU, and draw CAMs: no download")
     other.add_argument("--demo_dir", default=None, metavar="DIR", help="folder for the demo's data and run (default: a new temporary folder)")
     other.add_argument("--list_filters", action="store_true", help="list the brands, types and years in the data, with image counts, and exit")
     other.add_argument("--evaluate", default=None, metavar="CHECKPOINT", help="score a checkpoint's classification and CAM localisation, and exit")
-    other.add_argument("--split", choices=("train", "test"), default="test", help="split for --evaluate")
+    other.add_argument("--split", choices=("train", "test"), default=None, help="split for --evaluate (default: test)")
     return parser
 
 
@@ -168,7 +170,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         seed=args.seed, device=args.device, num_workers=args.num_workers, cache_dir=args.cache_dir, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, eval_test_every_epoch=args.eval_test_every_epoch,
-        resume=args.resume, progress=args.progress,
+        resume=args.resume, overwrite=args.overwrite, progress=args.progress,
     )
 
 
@@ -177,15 +179,29 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
 
 
+def check_commands(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` for flags that ask for two commands at once or name an empty path."""
+    commands = [flag for flag, given in (("--demo", args.demo), ("--list_filters", args.list_filters),
+                                         ("--evaluate", args.evaluate is not None)) if given]
+    if len(commands) > 1:
+        raise ValueError(f"{' and '.join(commands)} are separate commands; run them one at a time")
+    if args.split is not None and args.evaluate is None:
+        raise ValueError("--split chooses the split of --evaluate; add --evaluate CHECKPOINT, or leave --split out")
+    for flag, value in (("--evaluate", args.evaluate), ("--demo_dir", args.demo_dir), ("--cache_dir", args.cache_dir)):
+        if value is not None and not value.strip():
+            raise ValueError(f"{flag} is empty; pass a path, or leave {flag} out")
+
+
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the command the flags ask for; returns the exit status."""
+    check_commands(args)
     if args.list_filters:
         dataset = StanfordCarsCAM(args.root_datasets_dir, split="train", download_datasets=args.download_datasets)
         print(format_filter_summary(dataset.root))
         return 0
-    if args.evaluate:
+    if args.evaluate is not None:
         metrics = evaluate_checkpoint(
-            args.evaluate, root=args.root_datasets_dir, split=args.split, batch_size=args.batch_size,
+            args.evaluate, root=args.root_datasets_dir, split=args.split or "test", batch_size=args.batch_size,
             device=args.device, num_workers=args.num_workers, progress=args.progress,
             download_datasets=args.download_datasets,
         )
@@ -225,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("main.py: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # Under torchrun, leave the process group cleanly (NCCL warns, or can hang, otherwise).
+        if "torch.distributed" in sys.modules and sys.modules["torch.distributed"].is_initialized():
+            sys.modules["torch.distributed"].destroy_process_group()
 
 
 if __name__ == "__main__":

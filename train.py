@@ -49,6 +49,10 @@ from .model import AlexNetGAP, atomic_file, load_checkpoint, require_entries, sa
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pt"
+# A side of 1024 already makes 12 MiB per image; larger ones are typos, and would exhaust memory.
+MAX_IMAGE_SIZE = 1024
+# More loader workers than this per core only queue up behind each other.
+MAX_WORKERS_PER_CORE = 4
 BEST_CHECKPOINT = "best.pt"
 METRICS_LOG = "metrics.jsonl"
 ARGS_FILE = "args.json"
@@ -91,22 +95,37 @@ class TrainConfig:
     compile: bool = False
     eval_test_every_epoch: bool = False
     resume: str | None = None
+    overwrite: bool = False
     progress: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first value that cannot work, and its fix."""
+        finite = math.isfinite
+        max_workers = MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)
         checks = [
+            (bool(str(self.root).strip()), "--root_datasets_dir is empty; pass the folder that holds Stanford Cars"),
+            (bool(str(self.checkpoints_dir).strip()), "--checkpoints_dir is empty; pass a folder for the run's files"),
+            (self.resume is None or bool(str(self.resume).strip()), "--resume is empty; pass the run's last.pt, or leave --resume out"),
             (self.n_epochs >= 1, f"--n_epochs must be at least 1, got {self.n_epochs}"),
             (self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}"),
             (self.image_size >= 64, f"--image_size must be at least 64, got {self.image_size}"),
+            (self.image_size <= MAX_IMAGE_SIZE,
+             f"--image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size} (one image alone would take "
+             f"{3 * 4 * self.image_size ** 2 / 2**30:.2g} GiB); the paper uses 224"),
             (0.0 <= self.val_fraction < 1.0, f"--val_fraction must lie in [0, 1), got {self.val_fraction}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.backbone_lr_scale >= 0, f"--backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}"),
-            (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (finite(self.lr) and self.lr > 0, f"--lr must be a finite positive number, got {self.lr}"),
+            (finite(self.backbone_lr_scale) and self.backbone_lr_scale >= 0,
+             f"--backbone_lr_scale must be a finite number >= 0, got {self.backbone_lr_scale}"),
+            (0.0 <= self.momentum < 1.0, f"--momentum must lie in [0, 1), got {self.momentum}"),
+            (finite(self.weight_decay) and self.weight_decay >= 0, f"--weight_decay must be a finite number >= 0, got {self.weight_decay}"),
+            (finite(self.warmup_epochs) and self.warmup_epochs >= 0, f"--warmup_epochs must be a finite number >= 0, got {self.warmup_epochs}"),
             (0.0 <= self.label_smoothing < 1.0, f"--label_smoothing must lie in [0, 1), got {self.label_smoothing}"),
             (self.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {self.optimizer!r}"),
+            (0 <= self.seed < 2**32, f"--seed must be a whole number in [0, 2**32), got {self.seed}"),
             (self.num_workers is None or self.num_workers >= 0, f"--num_workers must be >= 0, got {self.num_workers}"),
+            (self.num_workers is None or self.num_workers <= max_workers,
+             f"--num_workers {self.num_workers} is far more than this machine's {os.cpu_count()} cores can feed; "
+             f"use at most {max_workers}, or leave it out for the measured default"),
         ]
         for ok, message in checks:
             if not ok:
@@ -376,11 +395,24 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``device``: bf16 on GPUs that compute in it, fp16 on older GPUs, None off CUDA.
+
+    Pre-Ampere GPUs (T4, V100) only emulate bf16 and have no bf16 cuDNN convolutions, so they
+    get fp16 (and a GradScaler); ``is_bf16_supported()`` alone counts emulation as support.
+    """
+    if device.type != "cuda":
+        return None
+    with torch.cuda.device(device):
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native_bf16 else torch.float16
+
+
 def autocast_context(device: torch.device, enabled: bool) -> Any:
-    """bf16 autocast on CUDA where supported (fp16 otherwise), nothing elsewhere."""
-    if not enabled or device.type != "cuda":
+    """Autocast to :func:`amp_dtype` on CUDA, nothing elsewhere."""
+    dtype = amp_dtype(device) if enabled else None
+    if dtype is None:
         return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
@@ -557,8 +589,11 @@ def evaluate(
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, amp):
             features = bare.forward_features(images)
-            logits = bare.forward_head(features).float()
-            cams = bare.class_activation_maps(features, labels).float()  # (B, h, w)
+        # The head and the CAM in float32: in bf16, close logits tie or swap (top-1 changes) and
+        # CAM values round enough to move boxes; both cost next to nothing next to the features.
+        features = features.float()
+        logits = bare.forward_head(features)  # (B, C)
+        cams = bare.class_activation_maps(features, labels)  # (B, h, w)
         if criterion is not None:
             loss_sum += criterion(logits, labels).to(loss_sum.dtype) * labels.shape[0]
             n_seen += labels.shape[0]
@@ -583,21 +618,51 @@ def atomic_write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def check_writable(folder: Path) -> None:
-    """Raise ``ValueError`` if ``folder`` cannot be created or written to."""
+def check_writable(folder: Path, flag: str = "--checkpoints_dir") -> None:
+    """Raise ``ValueError`` naming ``flag`` if ``folder`` cannot be created or written to."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise ValueError(f"--checkpoints_dir {str(folder)!r} is not writable ({err.strerror}); choose another folder") from None
+        raise ValueError(f"{flag} {str(folder)!r} is not writable ({err.strerror}); choose another folder") from None
+
+
+def check_new_run(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to start a run over another one in ``run_dir``, unless ``overwrite``."""
+    last = run_dir / LAST_CHECKPOINT
+    if last.exists() and not overwrite:
+        raise ValueError(
+            f"--checkpoints_dir {str(run_dir)!r} already holds a run ({last.name}); continue it with "
+            f"--resume {str(last)!r}, start over with --overwrite true, or choose another folder"
+        )
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Delete what an earlier run left in ``run_dir`` (checkpoints, logs, figures, scores), nothing else."""
+    names = [LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS]
+    stems = (Path(LAST_CHECKPOINT).stem, Path(BEST_CHECKPOINT).stem)
+    scores = [p.name for p in run_dir.glob("*_metrics.json") if p.name.split("_", 1)[0] in stems]
+    for name in names + scores:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def read_metrics_log(path: Path) -> list[dict[str, Any]]:
     """The per-epoch records of ``metrics.jsonl``; an absent file gives an empty list."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{str(path)!r} is damaged ({err.msg} on line {number}); delete it to resume without the "
+                "earlier epochs' records, or restore it"
+            ) from None
+    return records
 
 
 def write_metrics_log(path: Path, history: Sequence[dict[str, Any]]) -> None:
@@ -667,13 +732,24 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
         NonFiniteLossError: If the loss stops being finite (the last good checkpoint stays).
     """
     config.validate()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and config.device.startswith("cuda:"):
+        raise ValueError(
+            f"--device {config.device} puts every process on one GPU; under torchrun each process takes "
+            "the GPU of its LOCAL_RANK: pass --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose GPUs"
+        )
     dist_info = init_distributed(config.device)
     device = select_device(config.device, dist_info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # pinned memory and capability queries then use this GPU
     run_dir = Path(config.checkpoints_dir).expanduser()
     resume_state = _read_resume_state(Path(config.resume).expanduser(), config) if config.resume else None
+    if resume_state is None:
+        check_new_run(run_dir, config.overwrite)
     data = build_datasets(config)
     if dist_info.is_main:
         check_writable(run_dir)
+        if resume_state is None and config.overwrite:
+            remove_run_files(run_dir)
 
     seed_everything(config.seed)
     model = AlexNetGAP(num_classes=len(data.class_names), pretrained=False if resume_state else config.pretrained)
@@ -686,7 +762,7 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
     num_workers = default_num_workers(dist_info, device) if config.num_workers is None else config.num_workers
     steps_per_epoch = math.ceil(len(epoch_sampler(data.train, 0, config.seed, dist_info)) / config.batch_size)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.n_epochs, round(config.warmup_epochs * steps_per_epoch))
-    use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
+    use_scaler = config.amp and amp_dtype(device) == torch.float16
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
@@ -837,6 +913,14 @@ def _test_loader(data: RunData, config: TrainConfig, num_workers: int, device: t
     return make_loader(data.test, eval_indices(len(data.test), dist_info), config.batch_size, num_workers, device, config.seed)
 
 
+# Settings a resumed run must share with the run it continues: the data, its order and the
+# optimisation (the optimizer and schedule states saved in the checkpoint were built from them).
+RESUME_MUST_MATCH = (
+    "n_epochs", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year", "seed",
+    "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
+)
+
+
 def _read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
     """The checkpoint to continue, checked against the run it is asked to continue."""
     _, checkpoint = load_checkpoint(path)
@@ -856,12 +940,17 @@ def _read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
             f"--resume {str(path)!r} stopped mid-epoch with {checkpoint.get('world_size', 1)} processes; "
             f"continue it with the same number of processes (this run has {world_size})"
         )
-    for key in ("n_epochs", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year", "seed"):
+    for key in RESUME_MUST_MATCH:
         if saved.get(key) != json.loads(json.dumps(getattr(config, key))):
             raise ValueError(
                 f"--resume {str(path)!r} was trained with {key}={saved.get(key)!r} but this run has "
                 f"{key}={getattr(config, key)!r}; pass the same value to continue it"
             )
+    if int(checkpoint["epoch"]) >= config.n_epochs and not checkpoint.get("epoch_progress"):
+        raise ValueError(
+            f"--resume {str(path)!r}: that run already finished all {config.n_epochs} epochs; its best "
+            f"checkpoint is {str(path.with_name(BEST_CHECKPOINT))!r} (score it with --evaluate). Start a new run in another folder to train longer"
+        )
     return checkpoint
 
 
@@ -913,6 +1002,16 @@ def evaluate_checkpoint(
     """
     dev = select_device(device)
     model, checkpoint = load_checkpoint(checkpoint_path, map_location=dev)
+    path = Path(checkpoint_path)
+    out = path.with_name(f"{path.stem}_{split}_metrics.json")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"the scores are written beside the checkpoint, as {str(out)!r}, but that folder is not writable "
+            f"({err.strerror}); copy the checkpoint somewhere writable and evaluate that copy"
+        ) from None
     require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
     dataset = StanfordCarsCAM(
         root, split=split, car_type=checkpoint.get("car_type"), car_brand=checkpoint.get("car_brand"),
@@ -929,6 +1028,5 @@ def evaluate_checkpoint(
     loader = make_loader(dataset, range(len(dataset)), batch_size, workers, dev, seed=0)
     metrics: dict[str, Any] = evaluate(model, loader, dev, checkpoint["image_size"], progress=progress, desc=f"evaluate {split}")
     metrics.update(split=split, checkpoint=str(checkpoint_path))
-    path = Path(checkpoint_path)
-    atomic_write_text(path.with_name(f"{path.stem}_{split}_metrics.json"), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics

@@ -135,3 +135,40 @@ def test_demo_command_leaves_a_checkpoint_and_a_figure(tmp_path: Path) -> None:
 
     _, saved = load_checkpoint(checkpoint)
     assert saved["car_brand"] == "BMW" and len(saved["class_names"]) == 9
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--evaluate", ""], "--evaluate is empty"),
+    (["--demo", "--evaluate", "best.pt"], "--demo and --evaluate are separate commands"),
+    (["--list_filters", "--demo"], "--demo and --list_filters are separate commands"),
+    (["--split", "train"], "--split chooses the split of --evaluate"),
+    (["--demo", "--demo_dir", " "], "--demo_dir is empty"),
+])
+def test_commands_that_contradict_or_name_nothing_are_refused(
+    argv: list[str], named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    from CAM_Stanford_Cars.main import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_dir_problems_name_the_flag(tmp_path: Path) -> None:
+    from CAM_Stanford_Cars.demo import run_demo
+
+    (tmp_path / "file.txt").write_text("not a folder")
+    with pytest.raises(ValueError, match="--demo_dir .*file.txt/demo' is not writable"):
+        run_demo(tmp_path / "file.txt" / "demo", progress=False)
+
+
+def test_a_second_demo_in_the_same_folder_replaces_the_first(tmp_path: Path) -> None:
+    from CAM_Stanford_Cars.demo import run_demo
+
+    first = run_demo(tmp_path, progress=False, n_train_per_class=3, n_test_per_class=1, n_epochs=1)
+    before = first.checkpoint.read_bytes()
+    second = run_demo(tmp_path, seed=1, progress=False, n_train_per_class=3, n_test_per_class=1, n_epochs=1)
+    assert second.checkpoint == first.checkpoint and second.checkpoint.read_bytes() != before
+    assert len((second.run_dir / "metrics.jsonl").read_text().splitlines()) == 1

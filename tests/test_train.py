@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -110,6 +111,93 @@ def test_resume_refuses_a_different_run(synthetic_root: Path, tmp_path: Path) ->
     first = fit(tiny_config(synthetic_root, tmp_path / "r", n_epochs=2), stop_after_steps=2)
     with pytest.raises(ValueError, match="batch_size=4.*same value"):
         fit(tiny_config(synthetic_root, tmp_path / "r", batch_size=2, resume=str(first.last_checkpoint)))
+    # The optimizer's saved state was built with these; a new value would be silently ignored.
+    with pytest.raises(ValueError, match="lr=0.01.*same value"):
+        fit(tiny_config(synthetic_root, tmp_path / "r", lr=0.5, resume=str(first.last_checkpoint)))
+
+
+def test_a_new_run_keeps_off_an_earlier_run_unless_told_to_start_over(synthetic_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    first = fit(tiny_config(synthetic_root, run_dir, n_epochs=1))
+    before = first.last_checkpoint.read_bytes()
+    with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite true"):
+        fit(tiny_config(synthetic_root, run_dir, n_epochs=1, seed=4))
+    assert first.last_checkpoint.read_bytes() == before
+    # A finished run has nothing left to resume.
+    with pytest.raises(ValueError, match="already finished all 1 epochs.*--evaluate"):
+        fit(tiny_config(synthetic_root, run_dir, n_epochs=1, resume=str(first.last_checkpoint)))
+    # Starting over removes the earlier run's files, and only those.
+    (run_dir / "best_test_metrics.json").write_text("{}")
+    (run_dir / "notes.txt").write_text("mine")
+    fit(tiny_config(synthetic_root, run_dir, n_epochs=1, seed=4, overwrite=True))
+    assert not (run_dir / "best_test_metrics.json").exists()
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    assert first.last_checkpoint.read_bytes() != before
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("setting, value, named", [
+    ("lr", float("inf"), "--lr must be a finite positive number"),
+    ("momentum", -0.5, "--momentum must lie in"),
+    ("momentum", float("nan"), "--momentum must lie in"),
+    ("weight_decay", float("inf"), "--weight_decay"),
+    ("warmup_epochs", float("inf"), "--warmup_epochs must be a finite"),
+    ("backbone_lr_scale", float("nan"), "--backbone_lr_scale"),
+    ("seed", 10**23, "--seed must be a whole number in"),
+    ("image_size", 10_000, "--image_size must be at most 1024"),
+    ("num_workers", 10_000, "--num_workers 10000 is far more"),
+    ("checkpoints_dir", " ", "--checkpoints_dir is empty"),
+    ("resume", "", "--resume is empty"),
+])
+def test_settings_that_cannot_work_are_named_before_anything_runs(
+    synthetic_root: Path, tmp_path: Path, setting: str, value: object, named: str
+) -> None:
+    config = tiny_config(synthetic_root, tmp_path / "r", **{setting: value})
+    with pytest.raises(ValueError, match=named):
+        fit(config)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_gpu_index_under_torchrun_is_refused(synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--device cuda:1 puts every process on one GPU.*LOCAL_RANK"):
+        fit(tiny_config(synthetic_root, tmp_path / "r", device="cuda:1"))
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_gpus_that_only_emulate_bf16_get_fp16_and_a_scaler(
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool, expected: torch.dtype
+) -> None:
+    asked: list[bool] = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return native_bf16 or including_emulation  # a T4 or V100 "supports" bf16 by emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    assert train_module.amp_dtype(torch.device("cuda", 0)) == expected
+    assert asked == [False]
+    assert train_module.amp_dtype(torch.device("cpu")) is None
+
+
+def test_a_damaged_metrics_log_is_named(tmp_path: Path) -> None:
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"epoch": 1}\n{"epoch": 2, "lo')
+    with pytest.raises(ValueError, match="metrics.jsonl' is damaged.*line 2"):
+        train_module.read_metrics_log(log)
+
+
+def test_evaluate_says_before_scoring_when_the_checkpoint_folder_is_not_writable(
+    trained_run: Path, synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(train_module.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: pytest.fail("scored before checking the folder"))
+    with pytest.raises(ValueError, match="best_test_metrics.json.*not writable.*Operation not permitted"):
+        train_module.evaluate_checkpoint(trained_run / "best.pt", root=synthetic_root, progress=False)
 
 
 def test_resume_refuses_another_checkpoints_dir(synthetic_root: Path, tmp_path: Path) -> None:
@@ -123,7 +211,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = tmp_path / "nan"
-    fit(tiny_config(synthetic_root, run_dir, n_epochs=1))
+    first = fit(tiny_config(synthetic_root, run_dir), stop_after_steps=1)
+    assert first.interrupted
     good = (run_dir / "last.pt").read_bytes()
 
     class ExplodingLoss(torch.nn.CrossEntropyLoss):
@@ -132,7 +221,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(train_module.nn, "CrossEntropyLoss", ExplodingLoss)
     with pytest.raises(NonFiniteLossError, match="last good checkpoint is kept"):
-        fit(tiny_config(synthetic_root, run_dir, n_epochs=1))
+        fit(tiny_config(synthetic_root, run_dir, resume=str(run_dir / "last.pt")))
     assert (run_dir / "last.pt").read_bytes() == good
 
 
@@ -239,6 +328,7 @@ BAD_INPUTS = [
     (["--batch_size", "-4"], "--batch_size"),
     (["--car_production_year", "twenty"], "twenty"),
     (["--download_datasets", "maybe"], "maybe"),
+    (["--warmup_epochs", "inf"], "--warmup_epochs"),
 ]
 
 
@@ -247,7 +337,10 @@ def test_bad_input_is_one_clear_line_and_exit_2(synthetic_root: Path, tmp_path: 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "last.pt").write_bytes(b"precious")
-    result = run_main(["--root_datasets_dir", str(synthetic_root), "--checkpoints_dir", str(run_dir), "--pretrained", "false", *args], cwd=tmp_path)
+    result = run_main(
+        ["--root_datasets_dir", str(synthetic_root), "--checkpoints_dir", str(run_dir), "--pretrained", "false", "--overwrite", "true", *args],
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert named in result.stderr
