@@ -12,8 +12,10 @@ reads its shard through a ``DistributedSampler``, metrics are summed across rank
 Determinism: the order of each epoch comes from ``(seed, epoch)`` and the augmentation RNG (the
 loader workers' seeds too) is re-seeded from them at every epoch start, so an epoch's batches do
 not depend on what ran before: ``--resume`` continues exactly where an epoch ended. A run stopped
-mid-epoch also saves its RNG state, which makes the rest of that epoch exact with
-``num_workers=0``; with workers, its remaining images get fresh augmentation draws.
+mid-epoch also saves every rank's RNG state, which makes the rest of that epoch exact with
+``num_workers=0``; with workers, its remaining images get fresh augmentation draws. "Exact" means
+bit-identical weights on the CPU; on a GPU, cuDNN's non-deterministic kernels make a resumed run
+as close to an uninterrupted one as two uninterrupted runs are to each other.
 """
 
 from __future__ import annotations
@@ -739,6 +741,9 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
         )
     dist_info = init_distributed(config.device)
     device = select_device(config.device, dist_info.local_rank)
+    if dist_info.distributed and device.type == "mps":
+        # gloo, the only backend off CUDA, cannot reduce tensors that live on Apple's GPU.
+        raise ValueError("torchrun cannot train on Apple MPS (no distributed backend supports it); use --device cpu, or run one process")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # pinned memory and capability queries then use this GPU
     run_dir = Path(config.checkpoints_dir).expanduser()
