@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import textwrap
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -330,6 +329,9 @@ def _class_labels(
     for value in classes:
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             value = int(value)
+            if value < 0:
+                # With a list of names, -1 would quietly name the last class.
+                raise ValueError(f"{name} holds class index {value}; class indices are 0 or more")
             if class_names is not None:
                 try:
                     labels.append(str(class_names[value]))
@@ -402,30 +404,57 @@ def _new_figure(figsize: tuple[float, float], dpi: float, show: bool, display: b
     return Figure(figsize=figsize, dpi=dpi, layout="constrained")
 
 
-def _save_format(save_path: str | os.PathLike[str]) -> str:
-    """The image format named by ``save_path``'s suffix, e.g. ``"png"``."""
+def _save_format(save_path: str | os.PathLike[str], name: str = "save_path") -> str:
+    """The image format named by ``save_path``'s suffix, e.g. ``"png"``; ``name`` is the argument's name in errors."""
     fmt = Path(save_path).suffix[1:].lower()
     supported = FigureCanvasBase.get_supported_filetypes()
     if fmt not in supported:
         raise ValueError(
-            f"cannot tell the image format of save_path {str(save_path)!r} from its suffix; "
+            f"cannot tell the image format of {name} {str(save_path)!r} from its suffix; "
             f"use one of {', '.join('.' + s for s in sorted(supported))}"
         )
     return fmt
 
 
+def _check_save_path(save_path: str | os.PathLike[str], name: str = "save_path") -> str:
+    """Refuse a figure path that cannot be written, before anything is drawn; return its format.
+
+    Args:
+        save_path: The figure file.
+        name: How the caller calls it in messages (``"save_path"``, ``"--out"``).
+
+    Raises:
+        TypeError: If ``save_path`` is not a str or path.
+        ValueError: If it is a folder, lies under a file, or has no known image suffix.
+    """
+    if not isinstance(save_path, str | os.PathLike):
+        raise TypeError(f"{name} must be a file name such as 'cams.png', got {type(save_path).__name__}")
+    path = Path(save_path)
+    if path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a folder; give a file name such as {str(path / 'cams.png')!r}")
+    blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"{name} {str(path)!r} cannot be written: {str(blocker)!r} is a file, not a folder; choose another path")
+    return _save_format(path, name)
+
+
+def _check_dpi(dpi: Any) -> float:
+    """``dpi`` as a positive finite float, checked before anything is drawn."""
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float, np.integer, np.floating)) or not (
+        math.isfinite(float(dpi)) and float(dpi) > 0
+    ):
+        raise ValueError(f"dpi must be a positive number of dots per inch such as 100, got {dpi!r}")
+    return float(dpi)
+
+
 def _save_figure_atomically(fig: Figure, save_path: str | os.PathLike[str], dpi: float) -> Path:
+    from .model import atomic_file
+
     path = Path(save_path)
     fmt = _save_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden sibling, so a crash never leaves a half-written figure under the final name.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        fig.savefig(tmp, format=fmt, dpi=dpi, metadata=None)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # Through a hidden sibling, so a crash never leaves a half-written figure under the final name.
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format=fmt, dpi=dpi, metadata=None)
     logger.debug("saved figure to %s", path)
     return path
 
@@ -479,8 +508,9 @@ def visualize_cam(
         The matplotlib figure, with two axes per image (image, overlay), plus the colour bar's.
 
     Raises:
-        ValueError: On mismatched shapes or counts, a malformed ``boxes``, or a ``save_path``
-            whose suffix names no supported format.
+        ValueError: On mismatched shapes or counts, a negative class index, a malformed
+            ``boxes``, a ``dpi`` that is not a positive number, or a ``save_path`` that is a
+            folder or whose suffix names no supported format.
 
     Example:
         >>> blended = apply_cam(images, cams)
@@ -496,8 +526,9 @@ def visualize_cam(
     batch, height, width, _ = image_array.shape
     if batch == 0:
         raise ValueError("images is an empty batch (0, 3, H, W); there is nothing to draw")
+    dpi = _check_dpi(dpi)
     if save_path is not None:
-        _save_format(save_path)  # a bad suffix fails before any drawing
+        _check_save_path(save_path)  # a folder or a bad suffix fails before any drawing
     predicted = _class_labels("predicted_classes", predicted_classes, batch, class_names)
     true = None if true_classes is None else _class_labels("true_classes", true_classes, batch, class_names)
     predicted_boxes, true_boxes = _parse_boxes(boxes, batch)
@@ -627,16 +658,17 @@ def plot_training_curves(
         The matplotlib figure.
 
     Raises:
-        ValueError: If ``history`` is empty, a record has no ``epoch``, or ``save_path`` has no
-            supported suffix.
+        ValueError: If ``history`` is empty, a record has no ``epoch``, ``dpi`` is not a positive
+            number, or ``save_path`` is a folder or has no supported suffix.
     """
     records = list(history)
     if not records:
         raise ValueError("history is empty: there are no epochs to plot")
     if any("epoch" not in record for record in records):
         raise ValueError("every history record needs an 'epoch' key")
+    dpi = _check_dpi(dpi)
     if save_path is not None:
-        _save_format(save_path)
+        _check_save_path(save_path)
     records.sort(key=lambda record: record["epoch"])
     epochs = [record["epoch"] for record in records]
 
@@ -708,13 +740,14 @@ def render_cam_grid(
     Args:
         checkpoint: A file written by training (``best.pt`` or ``last.pt``).
         root: The Stanford Cars folder the checkpoint was trained on; None takes the one its
-            training arguments name.
+            training arguments name (a relative one is relative to where training ran).
         split: ``"train"`` or ``"test"`` (train images are shown without augmentation).
         n: Number of images, at most the split's size.
         out: Figure path (format from the suffix), written atomically.
         seed: Chooses the images.
         threshold: CAM threshold of the predicted box, in [0, 1).
-        device: Where to run the model.
+        device: Where to run the model: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
         alpha: Overlay opacity.
         colormap: Matplotlib colormap of the overlay.
 
@@ -722,28 +755,45 @@ def render_cam_grid(
         The path of the figure.
 
     Raises:
-        ValueError: If ``n`` or ``threshold`` is out of range, or the data's classes are not the
-            checkpoint's.
+        ValueError: If ``n``, ``threshold``, ``out`` or ``device`` is unusable, or the data's
+            classes are not the checkpoint's.
+        DatasetNotFoundError: If no Stanford Cars is under the data folder.
     """
-    from .dataset import StanfordCarsCAM
+    from .dataset import DatasetNotFoundError, StanfordCarsCAM
     from .localization import boxes_from_cams
     from .model import load_checkpoint, require_entries
+    from .train import select_device
 
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a whole number of images, at least 1, got {n!r}")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
+    _check_save_path(out, "out")  # before minutes of loading and drawing
+    # By name, as training does, so "auto" works and a missing GPU is not reported as a bad file.
+    device = select_device(str(device))
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
     require_entries(ckpt, ("image_size", "class_names"), checkpoint)
-    if root is None:
+    recorded = root is None
+    if recorded:
         root = (ckpt.get("args") or {}).get("root")
         if root is None:
-            raise ValueError(f"{str(checkpoint)!r} does not record its data folder; pass it (--root_datasets_dir)")
-    dataset = StanfordCarsCAM(
-        root, split=split, car_type=ckpt.get("car_type"), car_brand=ckpt.get("car_brand"),
-        car_production_year=ckpt.get("car_production_year"), image_size=int(ckpt["image_size"]),
-        augment=False, return_box=True,
-    )
+            raise ValueError(f"{str(checkpoint)!r} does not record its data folder; pass it (root=..., or --root DIR)")
+    try:
+        dataset = StanfordCarsCAM(
+            root, split=split, car_type=ckpt.get("car_type"), car_brand=ckpt.get("car_brand"),
+            car_production_year=ckpt.get("car_production_year"), image_size=int(ckpt["image_size"]),
+            augment=False, return_box=True,
+        )
+    except DatasetNotFoundError as err:
+        where = (
+            f"{str(root)!r} is the data folder recorded in {str(checkpoint)!r}"
+            + ("; a relative path there is relative to the folder training ran in" if not Path(root).is_absolute() else "")
+            + ". " if recorded else ""
+        )
+        raise DatasetNotFoundError(
+            err.problem,
+            f"{where}Pass the folder holding the data the checkpoint was trained on: root=... (visualize.py: --root DIR).",
+        ) from None
     if list(dataset.classes) != list(ckpt["class_names"]):
         raise ValueError(
             f"the data under {str(root)!r} has classes {list(dataset.classes)} but {str(checkpoint)!r} was trained "
@@ -775,22 +825,52 @@ def _close(fig: Figure) -> None:
     plt.close(fig)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit with status 2, as main.py's.
+
+    A copy of main.py's few lines rather than an import: this module sits below main.py.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return number
+
+
+def _threshold(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0.0 <= number < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) such as 0.2, got {value!r}")
+    return number
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """Parser of ``python visualize.py CHECKPOINT ...``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="visualize.py",
         description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint written by main.py (best.pt or last.pt)")
     parser.add_argument("--root_datasets_dir", "--root", dest="root", default=None,
-                        help="Stanford Cars folder (default: the one the checkpoint was trained on)")
+                        help="Stanford Cars folder (default: the one the checkpoint was trained on, relative to where training ran)")
     parser.add_argument("--split", choices=("train", "test"), default="test", help="split to draw images from")
-    parser.add_argument("--n", type=int, default=16, help="number of images")
+    parser.add_argument("--n", type=_positive_int, default=16, help="number of images")
     parser.add_argument("--out", default="cams.png", help="figure file (.png, .pdf, .svg, ...)")
     parser.add_argument("--seed", type=int, default=0, help="chooses the images")
-    parser.add_argument("--threshold", type=float, default=0.2, help="CAM threshold of the predicted box")
-    parser.add_argument("--device", default="cpu", help="device to run the model on")
+    parser.add_argument("--threshold", type=_threshold, default=0.2, help="CAM threshold of the predicted box, in [0, 1)")
+    parser.add_argument("--device", default="cpu", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     return parser
 
 
@@ -801,9 +881,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = get_args_parser().parse_args(argv)
     try:
+        _check_save_path(args.out, "--out")  # named as the user typed it, before any work
         path = render_cam_grid(args.checkpoint, args.root, split=args.split, n=args.n, out=args.out, seed=args.seed,
                                threshold=args.threshold, device=args.device)
-    except (ValueError, OSError, DatasetError, CheckpointError) as err:
+    except (ValueError, TypeError, OSError, DatasetError, CheckpointError) as err:
         print(f"visualize.py: error: {err}", file=sys.stderr)
         return 2
     print(f"CAM figure written to {path}")

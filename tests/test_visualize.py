@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -374,7 +375,10 @@ def test_failed_save_leaves_neither_temp_nor_partial_file(tmp_path: Path, monkey
     path.write_bytes(b"old figure")
 
     def broken_savefig(self: Figure, fname: object, **kwargs: object) -> None:
-        Path(str(fname)).write_bytes(b"half a fig")
+        if hasattr(fname, "write"):
+            fname.write(b"half a fig")
+        else:
+            Path(str(fname)).write_bytes(b"half a fig")
         raise OSError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)
@@ -427,6 +431,14 @@ def test_displayable_backend_gets_a_pyplot_figure(monkeypatch: pytest.MonkeyPatc
         ({"scores": [0.5]}, r"scores has 1 entries"),
         ({"images": torch.rand(0, 3, 24, 24), "blended_images": torch.rand(0, 3, 24, 24), "predicted_classes": []},
          r"empty batch"),
+        # -1 would name the last class, and a wrong label would be marked right.
+        ({"predicted_classes": [0, -1], "true_classes": [0, 2], "class_names": CLASSES}, r"predicted_classes holds class index -1; class indices are 0 or more"),
+        ({"true_classes": torch.tensor([0, -1])}, r"true_classes holds class index -1"),
+        ({"predicted_classes": [0, -2]}, r"class index -2"),
+        ({"dpi": 0}, r"dpi must be a positive number .* got 0"),
+        ({"dpi": -72}, r"dpi must be a positive number .* got -72"),
+        ({"dpi": math.nan}, r"dpi must be a positive number .* got nan"),
+        ({"dpi": "100"}, r"dpi must be a positive number .* got '100'"),
     ],
 )
 def test_visualize_cam_rejects_bad_input(kwargs: dict, match: str) -> None:
@@ -434,6 +446,26 @@ def test_visualize_cam_rejects_bad_input(kwargs: dict, match: str) -> None:
     arguments = {"images": images, "blended_images": blended, "predicted_classes": CLASSES[:2], **kwargs}
     with pytest.raises(ValueError, match=match):
         visualize_cam(**arguments)
+
+
+def test_bad_dpi_or_folder_fails_before_drawing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[object] = []
+    monkeypatch.setattr(visualize, "_new_figure", lambda *args, **kwargs: drawn.append(args))
+    images, blended = batch_of(1)
+    with pytest.raises(ValueError, match="dpi"):
+        visualize_cam(images, blended, CLASSES[:1], dpi=0, save_path=tmp_path / "cams.png")
+    with pytest.raises(ValueError, match="dpi"):
+        plot_training_curves([{"epoch": 1, "train_loss": 1.0}], dpi=-1)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError) as caught:
+        visualize_cam(images, blended, CLASSES[:1], save_path=out)
+    assert str(caught.value) == f"save_path {str(out)!r} is a folder; give a file name such as {str(out / 'cams.png')!r}"
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=r"file\.txt' is a file, not a folder; choose another path"):
+        plot_training_curves([{"epoch": 1, "train_loss": 1.0}], save_path=blocker / "curves.png")
+    assert drawn == [] and list(out.iterdir()) == [] and blocker.read_text() == "x"
 
 
 def test_seed_readme_snippet_on_model_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -516,3 +548,92 @@ def test_training_curves_never_register_with_pyplot(monkeypatch: pytest.MonkeyPa
 def test_training_curves_reject_unusable_history(history: list, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         plot_training_curves(history)
+
+
+# ------------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def cam_checkpoint(synthetic_root: Path, tmp_path: Path) -> Path:
+    """An untrained checkpoint on the seed's filters (the two BMW 2012 sedans), 64x64 images."""
+    from CAM_Stanford_Cars.dataset import StanfordCarsCAM
+    from CAM_Stanford_Cars.model import AlexNetGAP, save_checkpoint
+
+    filters = {"car_type": "Sedan", "car_brand": "BMW", "car_production_year": 2012}
+    classes = StanfordCarsCAM(synthetic_root, split="test", **filters).classes
+    torch.manual_seed(0)
+    model = AlexNetGAP(num_classes=len(classes), cam_channels=8)
+    return save_checkpoint(tmp_path / "run" / "best.pt", model, class_names=classes, image_size=64,
+                           args={"root": str(synthetic_root)}, **filters)
+
+
+def test_render_cam_grid_resolves_the_device_by_name(cam_checkpoint: Path, tmp_path: Path) -> None:
+    out = visualize.render_cam_grid(cam_checkpoint, n=2, out=tmp_path / "cams.png", device="auto")
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("bogus", r"--device must be auto, cpu, cuda, cuda:N or mps, got 'bogus'"),
+        pytest.param("cuda", r"--device cuda was asked for but is not available here; use --device auto or cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
+    ],
+)
+def test_cli_device_problems_are_not_a_bad_checkpoint(
+    cam_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str, message: str
+) -> None:
+    status = visualize.main([str(cam_checkpoint), "--device", device, "--out", str(tmp_path / "cams.png")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert re.search(message, err) and "checkpoint" not in err
+
+
+def test_cli_out_that_is_a_folder_names_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    outdir = tmp_path / "outdir"
+    outdir.mkdir()
+    status = visualize.main([str(tmp_path / "never_read.pt"), "--out", str(outdir)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err == f"visualize.py: error: --out {str(outdir)!r} is a folder; give a file name such as {str(outdir / 'cams.png')!r}\n"
+    status = visualize.main([str(tmp_path / "never_read.pt"), "--out", str(tmp_path / "cams.xyz")])
+    assert status == 2 and "of --out " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["best.pt", "--n", "0"], "argument --n: expected a positive whole number, got '0'"),
+        (["best.pt", "--threshold", "1.5"], "argument --threshold: expected a number in [0, 1)"),
+        (["best.pt", "--split", "val"], "argument --split: invalid choice: 'val'"),
+        ([], "the following arguments are required: checkpoint"),
+    ],
+)
+def test_cli_argument_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        visualize.main(argv)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert err.startswith("visualize.py: error: ") and message in err and err.count("\n") == 1 and "usage:" not in err
+
+
+def test_missing_data_points_at_the_visualize_root_flag(cam_checkpoint: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from CAM_Stanford_Cars.model import load_checkpoint, save_checkpoint
+
+    model, saved = load_checkpoint(cam_checkpoint)
+    extra = {key: saved[key] for key in ("class_names", "image_size", "car_type", "car_brand", "car_production_year")}
+    moved = save_checkpoint(tmp_path / "moved.pt", model, args={"root": "stanford_cars_dataset"}, **extra)
+    monkeypatch.chdir(tmp_path)
+    status = visualize.main([str(moved), "--out", str(tmp_path / "cams.png")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "No Stanford Cars found under 'stanford_cars_dataset'" in err
+    assert "is the data folder recorded in" in err and "relative to the folder training ran in" in err
+    assert "--root DIR" in err and "--download_datasets" not in err
+    # A folder given on the command line gets the same advice, without the note on recorded paths.
+    status = visualize.main([str(moved), "--root", str(tmp_path / "elsewhere"), "--out", str(tmp_path / "cams.png")])
+    err = capsys.readouterr().err
+    assert status == 2 and "--root DIR" in err and "recorded" not in err and "--download_datasets" not in err
