@@ -318,7 +318,9 @@ class AlexNetGAP(nn.Module):
                 f"class_idx must be an int or one class per sample ({batch_size}), "
                 f"got shape {tuple(index.shape)}"
             )
-        if batch_size and (int(index.min()) < 0 or int(index.max()) >= self.num_classes):
+        # One host sync for both bounds (the evaluation loop passes labels here every batch).
+        low, high = torch.stack(torch.aminmax(index)).tolist() if batch_size else (0, 0)
+        if low < 0 or high >= self.num_classes:
             raise ValueError(
                 f"class_idx values must lie in [0, {self.num_classes - 1}], "
                 f"got {index.tolist() if batch_size <= 16 else 'values outside it'}"
