@@ -31,22 +31,13 @@ if __package__ in (None, ""):
 
     _bootstrap.ensure_package()
 
+from CAM_Stanford_Cars.cli import HelpFormatter, OneLineParser, bool_flag, positive_int
 from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
 from CAM_Stanford_Cars.localization import format_metrics_table
 from CAM_Stanford_Cars.model import CheckpointError, PretrainedWeightsError
 from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit
 
 DEFAULTS = TrainConfig()
-
-
-def bool_flag(value: str) -> bool:
-    """``true/false/yes/no/1/0/on/off`` in any case."""
-    lowered = str(value).strip().lower()
-    if lowered in {"true", "yes", "1", "on", "y", "t"}:
-        return True
-    if lowered in {"false", "no", "0", "off", "n", "f"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {value!r}")
 
 
 def pretrained_flag(value: str) -> bool | str:
@@ -77,38 +68,12 @@ def year_list(value: str) -> int | list[int]:
     return years[0] if len(years) == 1 else years
 
 
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
-    return number
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults in the help, except where there is none (the text then says what happens)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is argparse.SUPPRESS or isinstance(action.default, bool) and action.nargs == 0:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and exit with status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     """The parser of ``main.py``; other launchers can reuse or extend it."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="main.py",
         description="Train a GAP-AlexNet with class activation maps on (a filtered) Stanford Cars.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--root_datasets_dir", default=DEFAULTS.root, metavar="DIR", help="folder holding Stanford Cars (or where to put it)")

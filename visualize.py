@@ -46,6 +46,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
+from .cli import OneLineParser, positive_int
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["apply_cam", "colormap_lut", "plot_training_curves", "render_cam_grid", "visualize_cam"]
@@ -825,26 +827,6 @@ def _close(fig: Figure) -> None:
     plt.close(fig)
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and exit with status 2, as main.py's.
-
-    A copy of main.py's few lines rather than an import: this module sits below main.py.
-    """
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
-    return number
-
-
 def _threshold(value: str) -> float:
     try:
         number = float(value)
@@ -857,7 +839,7 @@ def _threshold(value: str) -> float:
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Parser of ``python visualize.py CHECKPOINT ...``."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="visualize.py",
         description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -866,7 +848,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root_datasets_dir", "--root", dest="root", default=None,
                         help="Stanford Cars folder (default: the one the checkpoint was trained on, relative to where training ran)")
     parser.add_argument("--split", choices=("train", "test"), default="test", help="split to draw images from")
-    parser.add_argument("--n", type=_positive_int, default=16, help="number of images")
+    parser.add_argument("--n", type=positive_int, default=16, help="number of images")
     parser.add_argument("--out", default="cams.png", help="figure file (.png, .pdf, .svg, ...)")
     parser.add_argument("--seed", type=int, default=0, help="chooses the images")
     parser.add_argument("--threshold", type=_threshold, default=0.2, help="CAM threshold of the predicted box, in [0, 1)")

@@ -1,0 +1,43 @@
+"""Command-line building blocks shared by ``main.py`` and ``visualize.py``: one-line errors,
+help that shows defaults, and the argument types both use."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults in the help, except where there is none (the text then says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is argparse.SUPPRESS or isinstance(action.default, bool) and action.nargs == 0:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit with status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def bool_flag(value: str) -> bool:
+    """``true/false/yes/no/1/0/on/off`` in any case."""
+    lowered = str(value).strip().lower()
+    if lowered in {"true", "yes", "1", "on", "y", "t"}:
+        return True
+    if lowered in {"false", "no", "0", "off", "n", "f"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {value!r}")
+
+
+def positive_int(value: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return number
