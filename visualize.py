@@ -26,12 +26,13 @@ if __name__ == "__main__" and not __package__:
     sys.exit(main())
 
 import argparse
+import contextlib
 import functools
 import logging
 import math
 import os
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -244,16 +245,51 @@ def apply_cam(
     out = _empty_like_images((batch, 3, height, width), images.dtype, images.device)
     if batch == 0:
         return out
-    chunk = max(1, CPU_CHUNK_PIXELS // (height * width)) if images.device.type == "cpu" else batch
+    on_cpu = images.device.type == "cpu"
+    chunk = max(1, CPU_CHUNK_PIXELS // (height * width)) if on_cpu else batch
     chunk = min(chunk, batch)
     # Reused by every chunk, so the allocator hands out no fresh (page-faulting) memory per chunk.
     index_buffer = torch.empty(chunk * height * width, dtype=torch.int32, device=images.device)
     heat_buffer = torch.empty(3 * chunk * height * width, dtype=images.dtype, device=images.device)
+    with _one_cpu_thread() if on_cpu else contextlib.nullcontext():
+        _blend_chunks(images, cams.to(work_dtype), table, alpha, chunk, index_buffer, heat_buffer, out)
+    return out[0] if single else out
+
+
+# Each cache-sized chunk is ~60 small element-wise passes. Split over torch's threads, every pass
+# wakes the other threads and waits for the slowest: on 2-core VMs that made apply_cam 1-4x slower
+# than one thread, varying run to run (benchmarks/run.py, overlay), and one thread was never slower.
+@contextlib.contextmanager
+def _one_cpu_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _blend_chunks(
+    images: Tensor, cams: Tensor, table: Tensor, alpha: float, chunk: int,
+    index_buffer: Tensor, heat_buffer: Tensor, out: Tensor,
+) -> None:
+    """Write ``clamp((1 - alpha) * images + table[:, index(cams)], 0, 1)`` into ``out``, ``chunk`` images at a time.
+
+    Args:
+        images: (B, 3, H, W) floats.
+        cams: (B, h, w) maps in the working dtype.
+        table: (3, 257) colour table with ``alpha`` folded in.
+        chunk: Images per pass.
+        index_buffer: (chunk * H * W,) int32 scratch.
+        heat_buffer: (3 * chunk * H * W,) scratch in the images' dtype.
+        out: (B, 3, H, W) result.
+    """
+    batch, _, height, width = images.shape
     for start in range(0, batch, chunk):
         stop = min(start + chunk, batch)
         n = stop - start
         index = index_buffer[: n * height * width]
-        _heat_index(cams[start:stop].to(work_dtype), height, width, out=index)
+        _heat_index(cams[start:stop], height, width, out=index)
         # A contiguous prefix, not heat_buffer[:, :m]: index_select into a strided out is ~10x slower.
         heat = heat_buffer[: 3 * n * height * width].view(3, n * height * width)
         torch.index_select(table, 1, index, out=heat)  # (3, n*H*W): all channels in one lookup
@@ -261,7 +297,6 @@ def apply_cam(
         heat = heat.view(3, n, height, width).transpose(0, 1)  # (n, 3, H, W)
         torch.add(heat, images[start:stop], alpha=1.0 - alpha, out=out_chunk)
         out_chunk.clamp_(0.0, 1.0)
-    return out[0] if single else out
 
 
 def _heat_index(cams: Tensor, height: int, width: int, out: Tensor) -> Tensor:
