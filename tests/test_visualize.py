@@ -637,3 +637,14 @@ def test_missing_data_points_at_the_visualize_root_flag(cam_checkpoint: Path, tm
     status = visualize.main([str(moved), "--root", str(tmp_path / "elsewhere"), "--out", str(tmp_path / "cams.png")])
     err = capsys.readouterr().err
     assert status == 2 and "--root DIR" in err and "recorded" not in err and "--download_datasets" not in err
+
+
+def test_apply_cam_leaves_torchs_thread_count_as_it_was() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = apply_cam(torch.rand(3, 3, 32, 32), torch.rand(3, 4, 4))
+        assert out.shape == (3, 3, 32, 32)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
