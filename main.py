@@ -35,7 +35,7 @@ from CAM_Stanford_Cars.cli import HelpFormatter, OneLineParser, bool_flag, posit
 from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
 from CAM_Stanford_Cars.localization import format_metrics_table
 from CAM_Stanford_Cars.model import CheckpointError, PretrainedWeightsError
-from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit
+from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit, shutdown_distributed
 
 DEFAULTS = TrainConfig()
 
@@ -207,9 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("main.py: interrupted", file=sys.stderr)
         return 130
     finally:
-        # Under torchrun, leave the process group cleanly (NCCL warns, or can hang, otherwise).
-        if "torch.distributed" in sys.modules and sys.modules["torch.distributed"].is_initialized():
-            sys.modules["torch.distributed"].destroy_process_group()
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -575,9 +575,14 @@ def _folder_error(message: str) -> IsADirectoryError:
     return err
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The file among ``path``'s parent folders that keeps it from being written, if any."""
+    return next((parent for parent in Path(path).parents if parent.exists() and not parent.is_dir()), None)
+
+
 def _write_error(path: Path, err: OSError) -> OSError:
     """``err`` restated about ``path`` (the hidden temp file means nothing to the user), same class and errno."""
-    blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    blocker = file_in_the_way(path)
     if blocker is not None:
         # mkdir reports a file in the way as "File exists", which reads as if the target existed.
         new: OSError = NotADirectoryError(

@@ -51,15 +51,15 @@ from .model import AlexNetGAP, atomic_file, load_checkpoint, require_entries, sa
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pt"
-# A side of 1024 already makes 12 MiB per image; larger ones are typos, and would exhaust memory.
-MAX_IMAGE_SIZE = 1024
-# More loader workers than this per core only queue up behind each other.
-MAX_WORKERS_PER_CORE = 4
 BEST_CHECKPOINT = "best.pt"
 METRICS_LOG = "metrics.jsonl"
 ARGS_FILE = "args.json"
 CURVES_FIGURE = "training_curves.png"
 TEST_METRICS = "test_metrics.json"
+# A side of 1024 already makes 12 MiB per image; larger ones are typos, and would exhaust memory.
+MAX_IMAGE_SIZE = 1024
+# More loader workers than this per core only queue up behind each other.
+MAX_WORKERS_PER_CORE = 4
 
 
 @dataclass
@@ -169,6 +169,12 @@ def init_distributed(device_name: str) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return info
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group ``init_distributed`` joined, if any (NCCL warns, or can hang, otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -620,14 +626,22 @@ def atomic_write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def check_writable(folder: Path, flag: str = "--checkpoints_dir") -> None:
-    """Raise ``ValueError`` naming ``flag`` if ``folder`` cannot be created or written to."""
+def unwritable_reason(folder: Path) -> str | None:
+    """Why ``folder`` cannot be created or written to (the OS's words), or None if it can."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise ValueError(f"{flag} {str(folder)!r} is not writable ({err.strerror}); choose another folder") from None
+        return err.strerror
+    return None
+
+
+def check_writable(folder: Path, flag: str = "--checkpoints_dir") -> None:
+    """Raise ``ValueError`` naming ``flag`` if ``folder`` cannot be created or written to."""
+    reason = unwritable_reason(folder)
+    if reason is not None:
+        raise ValueError(f"{flag} {str(folder)!r} is not writable ({reason}); choose another folder")
 
 
 def check_new_run(run_dir: Path, overwrite: bool) -> None:
@@ -1009,14 +1023,12 @@ def evaluate_checkpoint(
     model, checkpoint = load_checkpoint(checkpoint_path, map_location=dev)
     path = Path(checkpoint_path)
     out = path.with_name(f"{path.stem}_{split}_metrics.json")
-    try:
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
-    except OSError as err:
+    reason = unwritable_reason(out.parent)
+    if reason is not None:
         raise ValueError(
             f"the scores are written beside the checkpoint, as {str(out)!r}, but that folder is not writable "
-            f"({err.strerror}); copy the checkpoint somewhere writable and evaluate that copy"
-        ) from None
+            f"({reason}); copy the checkpoint somewhere writable and evaluate that copy"
+        )
     require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
     dataset = StanfordCarsCAM(
         root, split=split, car_type=checkpoint.get("car_type"), car_brand=checkpoint.get("car_brand"),

@@ -469,7 +469,9 @@ def _check_save_path(save_path: str | os.PathLike[str], name: str = "save_path")
     path = Path(save_path)
     if path.is_dir():
         raise ValueError(f"{name} {str(path)!r} is a folder; give a file name such as {str(path / 'cams.png')!r}")
-    blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    from .model import file_in_the_way
+
+    blocker = file_in_the_way(path)
     if blocker is not None:
         raise ValueError(f"{name} {str(path)!r} cannot be written: {str(blocker)!r} is a file, not a folder; choose another path")
     return _save_format(path, name)
