@@ -47,6 +47,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
+from . import overlay_kernel
 from .cli import OneLineParser, positive_int
 
 logger = logging.getLogger(__name__)
@@ -206,9 +207,11 @@ def apply_cam(
 
         out = clamp((1 - alpha) * image + alpha * colormap(normalise(upsample(cam))), 0, 1)
 
-    The colour of a normalised value ``x`` is matplotlib's ``colormap(x)`` (256 levels). On the CPU
-    the batch is processed in cache-sized chunks; results do not depend on the chunking. Nothing
-    here builds an autograd graph.
+    The colour of a normalised value ``x`` is matplotlib's ``colormap(x)`` (256 levels). On the CPU,
+    float32 images go through a compiled kernel that does all of this in one pass per image,
+    spread over ``torch.get_num_threads()`` threads (:mod:`overlay_kernel`); other dtypes are
+    processed in cache-sized chunks. Both give the torch reference's colours, whatever the batch
+    split. Nothing here builds an autograd graph.
 
     Args:
         images: (B, 3, H, W) RGB in [0, 1], any float dtype, or a single image (3, H, W).
@@ -246,6 +249,12 @@ def apply_cam(
     if batch == 0:
         return out
     on_cpu = images.device.type == "cpu"
+    if on_cpu and _kernel_applies(images, cams):
+        overlay_kernel.blend_overlays(
+            images.contiguous().numpy(), cams.float().contiguous().numpy(), table.numpy(), alpha, out.numpy(),
+            threads=torch.get_num_threads(),
+        )
+        return out[0] if single else out
     chunk = max(1, CPU_CHUNK_PIXELS // (height * width)) if on_cpu else batch
     chunk = min(chunk, batch)
     # Reused by every chunk, so the allocator hands out no fresh (page-faulting) memory per chunk.
@@ -254,6 +263,16 @@ def apply_cam(
     with _one_cpu_thread() if on_cpu else contextlib.nullcontext():
         _blend_chunks(images, cams.to(work_dtype), table, alpha, chunk, index_buffer, heat_buffer, out)
     return out[0] if single else out
+
+
+def _kernel_applies(images: Tensor, cams: Tensor) -> bool:
+    """Whether the fused CPU kernel computes what the torch path would: float32 images, maps at most float32."""
+    return (
+        overlay_kernel.HAVE_NUMBA
+        and images.dtype == torch.float32
+        and torch.promote_types(cams.dtype, torch.float32) == torch.float32
+        and overlay_kernel.matches_torch(tuple(cams.shape[1:]), tuple(images.shape[2:]))
+    )
 
 
 # Each cache-sized chunk is ~60 small element-wise passes. Split over torch's threads, every pass

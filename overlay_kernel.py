@@ -1,0 +1,201 @@
+"""The CPU overlay kernel: ``apply_cam``'s upsample, normalise, colour and blend in one pass per image.
+
+A chain of batched torch ops streams the batch through main memory once per op; this kernel
+(compiled with numba) keeps each image's upsampled map in cache and touches every pixel of the
+images and the output once. It reproduces torch's arithmetic rather than approximating it: the
+bilinear upsample is ``F.interpolate(mode="bilinear", align_corners=False)`` bit for bit, so every
+pixel gets the same colour-table entry as in the torch path. Whether it does on the running
+torch build is checked once per map and image size (:func:`matches_torch`); where it does not,
+or where numba is missing, ``apply_cam`` keeps its torch path.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+try:
+    from numba import njit, types
+    from numba.extending import intrinsic
+
+    HAVE_NUMBA = True
+except ImportError:  # apply_cam then runs its torch path
+    HAVE_NUMBA = False
+
+__all__ = ["HAVE_NUMBA", "bilinear_taps", "blend_overlays", "matches_torch", "upsample"]
+
+# Work items per thread: more than one, so a thread slowed by other load on its core hands its
+# share to the others instead of holding up the whole batch.
+TASKS_PER_THREAD = 4
+# Pixels (over a thread's images) below which another thread costs more to start than it saves:
+# about 5 images at 224x224, a millisecond of work.
+MIN_PIXELS_PER_THREAD = 1 << 18
+
+Taps = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def bilinear_taps(in_size: int, out_size: int) -> Taps:
+    """Source indices and weights of ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis.
+
+    Output pixel ``i`` is ``w0[i] * src[i0[i]] + w1[i] * src[i1[i]]``. Computed as torch's CPU kernel
+    computes them: in float32, with the source coordinate ``scale * (i + 0.5) - 0.5`` rounded once
+    (torch's vectorised builds contract it into a fused multiply-add).
+
+    Args:
+        in_size: Length of the map along this axis.
+        out_size: Length of the output along this axis.
+
+    Returns:
+        ``(i0, i1, w0, w1)``: (out_size,) int64 indices and (out_size,) float32 weights.
+    """
+    scale = np.float32(in_size) / np.float32(out_size)
+    centres = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
+    # float32 * float32 is exact in float64, so one rounding to float32 is the fused multiply-add.
+    source = np.maximum((np.float64(scale) * centres - 0.5).astype(np.float32), np.float32(0.0))
+    i0 = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    w1 = np.clip(source - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
+    i1 = i0 + (i0 < in_size - 1)
+    return i0, i1, (np.float32(1.0) - w1).astype(np.float32), w1
+
+
+if HAVE_NUMBA:
+
+    @intrinsic
+    def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+        """``a * b + c`` rounded once (LLVM's ``fma``), as torch's vectorised kernels compute it."""
+        if not (isinstance(a, types.Float) and a == b == c):
+            return None
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            return builder.fma(*args)
+
+        return a(a, b, c), codegen
+
+    @njit(cache=True, nogil=True)
+    def _lerp(a: float, wa: float, b: float, wb: float) -> float:  # pragma: no cover - compiled
+        # torch's `t0 * w0 + t1 * w1`, as its compiler contracts it.
+        return _fma(a, wa, b * wb)
+
+    @njit(cache=True, nogil=True)
+    def _upsample_one(cam, ty, tx, rows, up):  # pragma: no cover - compiled
+        """Upsample one (h, w) map into ``up`` (H, W); ``rows`` (h, W) is scratch."""
+        y0, y1, wy0, wy1 = ty
+        x0, x1, wx0, wx1 = tx
+        for r in range(cam.shape[0]):
+            for x in range(up.shape[1]):
+                rows[r, x] = _lerp(cam[r, x0[x]], wx0[x], cam[r, x1[x]], wx1[x])
+        for y in range(up.shape[0]):
+            a, b, wa, wb = y0[y], y1[y], wy0[y], wy1[y]
+            for x in range(up.shape[1]):
+                up[y, x] = _lerp(rows[a, x], wa, rows[b, x], wb)
+
+    @njit(cache=True, nogil=True)
+    def _upsample(cams, ty, tx, out):  # pragma: no cover - compiled
+        rows = np.empty((cams.shape[1], out.shape[2]), dtype=np.float32)
+        for i in range(cams.shape[0]):
+            _upsample_one(cams[i], ty, tx, rows, out[i])
+
+    # error_model="numpy": 256 / 0 is inf, as in torch, not a ZeroDivisionError.
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _blend(images, cams, table, beta, ty, tx, out, start, stop):  # pragma: no cover - compiled
+        """Overlays of images ``start:stop``; see :func:`blend_overlays`."""
+        height, width = images.shape[2], images.shape[3]
+        rows = np.empty((cams.shape[1], width), dtype=np.float32)
+        up = np.empty((height, width), dtype=np.float32)
+        index = np.empty((height, width), dtype=np.int32)
+        zero, one = np.float32(0.0), np.float32(1.0)
+        for i in range(start, stop):
+            _upsample_one(cams[i], ty, tx, rows, up)
+            low, high = up[0, 0], up[0, 0]
+            for y in range(height):
+                for x in range(width):
+                    low = min(low, up[y, x])
+                    high = max(high, up[y, x])
+            # As the torch path: a flat map (256 / 0 = inf, or an overflowing 256 / tiny span)
+            # gets scale 0, the colour of its minimum everywhere.
+            scale = np.float32(256.0) / (high - low)
+            if not math.isfinite(scale):
+                scale = zero
+            for y in range(height):
+                for x in range(width):
+                    index[y, x] = np.int32((up[y, x] - low) * scale)
+            for c in range(3):
+                colours = table[c]
+                for y in range(height):
+                    for x in range(width):
+                        value = colours[index[y, x]] + beta * images[i, c, y, x]
+                        out[i, c, y, x] = min(max(value, zero), one)
+
+
+def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The kernel's bilinear upsample on its own (what :func:`matches_torch` compares).
+
+    Args:
+        cams: (n, h, w) float32 maps.
+        size: Output ``(H, W)``.
+
+    Returns:
+        (n, H, W) float32.
+    """
+    if not HAVE_NUMBA:
+        raise RuntimeError("the overlay kernel needs numba: pip install numba")
+    n, h, w = cams.shape
+    out = np.empty((n, *size), dtype=np.float32)
+    _upsample(np.ascontiguousarray(cams, dtype=np.float32), bilinear_taps(h, size[0]), bilinear_taps(w, size[1]), out)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def matches_torch(map_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """Whether the kernel's upsample equals this torch build's ``F.interpolate``, bit for bit.
+
+    torch picks its CPU kernel by shape (small outputs take another code path) and its rounding by
+    build (fused multiply-adds or not), so this compares the two on a random map of this size.
+    A differing arithmetic differs on most of the map's pixels, so one map decides.
+
+    Args:
+        map_size: ``(h, w)`` of the maps.
+        image_size: ``(H, W)`` of the images.
+    """
+    if not HAVE_NUMBA:
+        return False
+    probe = torch.randn(1, *map_size, generator=torch.Generator().manual_seed(0))
+    expected = F.interpolate(probe[:, None], size=image_size, mode="bilinear", align_corners=False)[:, 0]
+    return bool(np.array_equal(upsample(probe.numpy(), image_size), expected.numpy()))
+
+
+def blend_overlays(images: np.ndarray, cams: np.ndarray, table: np.ndarray, alpha: float, out: np.ndarray, threads: int) -> None:
+    """Write ``clamp((1 - alpha) * images + table[:, index], 0, 1)`` into ``out``, one image per pass.
+
+    ``index = floor(256 * normalise(upsample(cam)))`` per pixel, as ``apply_cam`` defines it.
+
+    Args:
+        images: (B, 3, H, W) float32, C-contiguous.
+        cams: (B, h, w) float32 maps, C-contiguous.
+        table: (3, 257) float32 colour table with ``alpha`` folded in.
+        alpha: The heat map's weight.
+        out: (B, 3, H, W) float32 result.
+        threads: Threads to spread the batch over (the kernel releases the GIL).
+    """
+    batch, _, height, width = images.shape
+    ty, tx = bilinear_taps(cams.shape[1], height), bilinear_taps(cams.shape[2], width)
+    beta = np.float32(1.0 - alpha)
+    workers = max(1, min(threads, batch * height * width // MIN_PIXELS_PER_THREAD))
+    tasks = 1 if workers == 1 else min(batch, workers * TASKS_PER_THREAD)
+    bounds = [batch * k // tasks for k in range(tasks + 1)]
+
+    def run(k: int) -> None:
+        _blend(images, cams, table, beta, ty, tx, out, bounds[k], bounds[k + 1])
+
+    if tasks == 1:
+        run(0)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply_cam") as pool:
+        for _ in pool.map(run, range(tasks)):
+            pass
