@@ -95,6 +95,9 @@ class Sizes:
     batch: int = 32
     train_batches: int = 6
     repeats: int = 3
+    # Throughput on a shared VM moves by +-15 % from run to run: more rounds for these ratios.
+    pipeline_repeats: int = 6
+    overlay_repeats: int = 15
     decode_images: int = 64
     cam_batch: int = 64
     overlay_batch: int = 64
@@ -106,7 +109,7 @@ class Sizes:
 
 
 QUICK = Sizes(
-    image_wh=(160, 104), image_size=64, n_train_per_class=2, n_test_per_class=1, batch=4, train_batches=2, repeats=2,
+    image_wh=(160, 104), image_size=64, n_train_per_class=2, n_test_per_class=1, batch=4, train_batches=2, repeats=2, pipeline_repeats=2, overlay_repeats=2,
     decode_images=8, cam_batch=4, overlay_batch=4, sweep_images=2, eval_batches=2, memory_epochs=2, memory_batches=2,
     split_batches=1,
 )
@@ -130,11 +133,18 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def rotated(names: Sequence[str], round_: int) -> list[str]:
+    """``names`` started at a different one each round, so none always runs after the same other one."""
+    k = round_ % len(names)
+    return list(names[k:]) + list(names[:k])
+
+
 def side_by_side(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
     """Seconds per call of each function, alternating between them run by run (after ``warmup`` rounds)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(warmup + repeats):
-        for name, fn in fns.items():
+        for name in rotated(list(fns), round_):
+            fn = fns[name]
             seconds = timed(fn, device)
             if round_ >= warmup:
                 times[name].append(seconds)
@@ -324,15 +334,16 @@ def pipeline_efficiency(root: Path, cache_dir: Path, sizes: Sizes, device: torch
         "cached": lambda: step.epoch(make_loader(cached, indices, sizes.batch, workers, device, seed=0)),
     }
     step.epoch(memory[:1])  # warm-up: allocator, kernels, first workers
-    for _ in range(sizes.repeats):
-        for name, run in runs.items():
-            rates[name].append(run())
+    for round_ in range(sizes.pipeline_repeats):
+        for name in rotated(list(runs), round_):
+            rates[name].append(runs[name]())
     result = {
         "value": statistics.median(j / m for j, m in zip(rates["jpeg"], rates["memory"])),
         "cached": statistics.median(c / m for c, m in zip(rates["cached"], rates["memory"])),
         "images_per_s_memory": statistics.median(rates["memory"]),
         "images_per_s_jpeg": statistics.median(rates["jpeg"]),
         "images_per_s_cached": statistics.median(rates["cached"]),
+        "images_per_s_by_round": {name: [round(r, 2) for r in values] for name, values in rates.items()},
         "batch": sizes.batch, "images_per_run": n, "loader_workers": workers, "torch_threads": torch.get_num_threads(),
         "device": str(device),
     }
@@ -454,7 +465,7 @@ def overlay_speed(sizes: Sizes, device: torch.device) -> dict[str, Any]:
         fns["gradcam_show_cam_on_image"] = gradcam_run
     except ImportError as err:
         missing["gradcam_show_cam_on_image"] = f"not installed ({err}); pip install grad-cam opencv-python-headless"
-    times = side_by_side(fns, sizes.repeats + 2, device)
+    times = side_by_side(fns, sizes.overlay_repeats, device)
     rate = {name: b / statistics.median(t) for name, t in times.items()}
     result: dict[str, Any] = {"images_per_s": rate, "batch": b, "missing": missing}
     peers = [name for name in times if name != "apply_cam"]
@@ -709,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sizes = QUICK if args.quick else Sizes()
     if args.repeats is not None:
-        sizes.repeats = max(1, args.repeats)
+        sizes.repeats = sizes.pipeline_repeats = sizes.overlay_repeats = max(1, args.repeats)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     configure_cpu_threads(DistInfo(), device)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ["pipeline_efficiency", "decode_speedup", "cam_overhead", "overlay_speed", "box_sweep", "evaluation_speed", "memory", "thread_split"]
@@ -35,6 +38,21 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert isinstance(row["met"], bool), row
     assert figures["box_sweep"]["equal_to_reference"] is True
     assert len(figures["memory"]["peak_rss_mib_per_epoch"]) == 2
+    rounds = figures["pipeline_efficiency"]["images_per_s_by_round"]
+    assert sorted(rounds) == ["cached", "jpeg", "memory"] and all(len(r) == 1 for r in rounds.values())
     assert figures["thread_split"]["best"] in figures["thread_split"]["images_per_s"]
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.count("\n|") >= 1 + len(results["summary"]) and "| figure | measured | target | met? |" in table
+
+
+def test_side_by_side_rotates_which_run_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("bench_run", REPO_ROOT / "benchmarks/run.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_run", bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    order: list[str] = []
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    times = bench.side_by_side(fns, repeats=3, device=bench.torch.device("cpu"), warmup=1)
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+    firsts = order[::3]
+    assert firsts == ["a", "b", "c", "a"] and sorted(order[3:6]) == ["a", "b", "c"]
