@@ -3,10 +3,11 @@
 A chain of batched torch ops streams the batch through main memory once per op; this kernel
 (compiled with numba) keeps each image's upsampled map in cache and touches every pixel of the
 images and the output once. It reproduces torch's arithmetic rather than approximating it: the
-bilinear upsample is ``F.interpolate(mode="bilinear", align_corners=False)`` bit for bit, so every
-pixel gets the same colour-table entry as in the torch path. Whether it does on the running
-torch build is checked once per map and image size (:func:`matches_torch`); where it does not,
-or where numba is missing, ``apply_cam`` keeps its torch path.
+bilinear upsample is ``F.interpolate(mode="bilinear", align_corners=False)`` bit for bit, and the
+blend rounds as torch's ``add`` does, so the overlay equals the torch path's exactly. Whether the
+upsample matches on the running torch build is checked once per map and image size
+(:func:`matches_torch`); where it does not, or where numba is missing, ``apply_cam`` keeps its
+torch path.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def bilinear_taps(in_size: int, out_size: int) -> Taps:
     scale = np.float32(in_size) / np.float32(out_size)
     centres = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
     # float32 * float32 is exact in float64, so one rounding to float32 is the fused multiply-add.
-    source = np.maximum((np.float64(scale) * centres - 0.5).astype(np.float32), np.float32(0.0))
+    source = centres.astype(np.float64) * np.float64(scale) - 0.5
+    source = np.maximum(source.astype(np.float32), np.float32(0.0))
     i0 = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
     w1 = np.clip(source - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
     i1 = i0 + (i0 < in_size - 1)
@@ -109,7 +111,7 @@ if HAVE_NUMBA:
         rows = np.empty((cams.shape[1], width), dtype=np.float32)
         up = np.empty((height, width), dtype=np.float32)
         index = np.empty((height, width), dtype=np.int32)
-        zero, one = np.float32(0.0), np.float32(1.0)
+        zero, one, end = np.float32(0.0), np.float32(1.0), np.float32(257.0)
         for i in range(start, stop):
             _upsample_one(cams[i], ty, tx, rows, up)
             low, high = up[0, 0], up[0, 0]
@@ -124,12 +126,16 @@ if HAVE_NUMBA:
                 scale = zero
             for y in range(height):
                 for x in range(width):
-                    index[y, x] = np.int32((up[y, x] - low) * scale)
+                    # In [0, 256] for every map apply_cam accepts; the bounds keep any other
+                    # input (a NaN from an overflowing span) inside the table.
+                    position = (up[y, x] - low) * scale
+                    index[y, x] = np.int32(position) if position >= zero and position < end else 0
             for c in range(3):
                 colours = table[c]
                 for y in range(height):
                     for x in range(width):
-                        value = colours[index[y, x]] + beta * images[i, c, y, x]
+                        # torch's add(heat, image, alpha=1 - alpha): one fused multiply-add.
+                        value = _fma(beta, images[i, c, y, x], colours[index[y, x]])
                         out[i, c, y, x] = min(max(value, zero), one)
 
 
@@ -170,6 +176,20 @@ def matches_torch(map_size: tuple[int, int], image_size: tuple[int, int]) -> boo
     return bool(np.array_equal(upsample(probe.numpy(), image_size), expected.numpy()))
 
 
+def _check_blend_arguments(images: np.ndarray, cams: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """Refuse what would make the compiled kernel read or write outside its arrays."""
+    named = {"images": images, "cams": cams, "table": table, "out": out}
+    for name, array in named.items():
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32 or not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous float32 numpy array, got {getattr(array, 'dtype', type(array).__name__)}")
+    if images.ndim != 4 or images.shape[1] != 3 or out.shape != images.shape or cams.ndim != 3 or cams.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"expected images and out (B, 3, H, W) and cams (B, h, w), got images {images.shape}, out {out.shape}, cams {cams.shape}"
+        )
+    if table.shape != (3, 257) or min(cams.shape[1:], default=0) < 1 or not out.flags.writeable:
+        raise ValueError(f"expected a (3, 257) table, non-empty maps and a writable out, got table {table.shape}, cams {cams.shape}")
+
+
 def blend_overlays(images: np.ndarray, cams: np.ndarray, table: np.ndarray, alpha: float, out: np.ndarray, threads: int) -> None:
     """Write ``clamp((1 - alpha) * images + table[:, index], 0, 1)`` into ``out``, one image per pass.
 
@@ -183,6 +203,7 @@ def blend_overlays(images: np.ndarray, cams: np.ndarray, table: np.ndarray, alph
         out: (B, 3, H, W) float32 result.
         threads: Threads to spread the batch over (the kernel releases the GIL).
     """
+    _check_blend_arguments(images, cams, table, out)
     batch, _, height, width = images.shape
     ty, tx = bilinear_taps(cams.shape[1], height), bilinear_taps(cams.shape[2], width)
     beta = np.float32(1.0 - alpha)

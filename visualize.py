@@ -180,6 +180,16 @@ def _validate_overlay_inputs(images: Tensor, cams: Tensor, alpha: float) -> tupl
         raise ValueError(f"empty image or map: images {tuple(images.shape)}, cams {tuple(cams.shape)}")
     if cams.numel() and not bool(torch.isfinite(cams).all()):
         raise ValueError("cams contain NaN or infinite values; a class activation map must be finite")
+    if cams.numel():
+        # Normalising divides by max - min in the working dtype; a span that overflows it has no scale.
+        work = cams.detach().flatten(1).to(torch.promote_types(cams.dtype, torch.float32))
+        span = work.amax(dim=1) - work.amin(dim=1)
+        if not bool(torch.isfinite(span).all()):
+            index = int(torch.nonzero(~torch.isfinite(span))[0])
+            raise ValueError(
+                f"cams[{index}] spans more than {work.dtype} can hold (max - min overflows); "
+                "rescale the maps, e.g. cams / cams.abs().amax()"
+            )
     return images, cams, single
 
 
