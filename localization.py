@@ -44,7 +44,7 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,27 +52,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
+from .jit import HAVE_NUMBA, njit  # without numba the same functions run as plain Python, ~100x slower
+
 logger = logging.getLogger(__name__)
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-try:
-    from numba import njit
-
-    HAVE_NUMBA = True
-except ImportError:  # the same functions then run as plain Python, about 100x slower
-    HAVE_NUMBA = False
-
-    def njit(*args: Any, **kwargs: Any) -> Any:
-        """Stand-in for ``numba.njit`` that leaves the function as it is."""
-        if len(args) == 1 and callable(args[0]) and not kwargs:
-            return args[0]
-
-        def decorate(func: _F) -> _F:
-            return func
-
-        return decorate
-
 
 THRESHOLDS: np.ndarray = np.arange(100) / 100
 """CAM thresholds ``0, 0.01, ..., 0.99`` (float64), wsolevaluation's ``cam_curve_interval=0.01``."""

@@ -21,13 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-try:
-    from numba import njit, types
-    from numba.extending import intrinsic
+from .jit import HAVE_NUMBA, njit
 
-    HAVE_NUMBA = True
-except ImportError:  # apply_cam then runs its torch path
-    HAVE_NUMBA = False
+if HAVE_NUMBA:  # without numba, apply_cam runs its torch path
+    from numba import types
+    from numba.extending import intrinsic
 
 __all__ = ["HAVE_NUMBA", "bilinear_taps", "blend_overlays", "matches_torch", "upsample"]
 
