@@ -43,7 +43,6 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -52,7 +51,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from .jit import HAVE_NUMBA, njit  # without numba the same functions run as plain Python, ~100x slower
+from .jit import HAVE_NUMBA, njit, run_in_ranges  # without numba the same functions run as plain Python, ~100x slower
 
 logger = logging.getLogger(__name__)
 
@@ -571,19 +570,12 @@ def _run_sweep(
         out_iou = np.zeros((n_images, 0), dtype=np.float64)
     if n_images == 0 or maps.shape[1] * maps.shape[2] == 0:
         return out_boxes, (out_iou if with_iou else None)
-    # The compiled kernel releases the GIL, so plain threads share a batch with no extra compilation.
-    n_threads = min(n_images, _default_threads() if num_threads is None else int(num_threads)) if HAVE_NUMBA else 1
-    if n_threads <= 1:
-        _sweep_kernel(maps, thresholds, gt, with_iou, _GROUPS, out_boxes, out_iou)
-    else:
-        edges = np.linspace(0, n_images, n_threads + 1).astype(int)
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            jobs = [
-                pool.submit(_sweep_kernel, maps[lo:hi], thresholds, gt[lo:hi], with_iou, _GROUPS, out_boxes[lo:hi], out_iou[lo:hi])
-                for lo, hi in zip(edges[:-1], edges[1:])
-            ]
-            for job in jobs:
-                job.result()
+    n_threads = (_default_threads() if num_threads is None else int(num_threads)) if HAVE_NUMBA else 1
+
+    def run(lo: int, hi: int) -> None:
+        _sweep_kernel(maps[lo:hi], thresholds, gt[lo:hi], with_iou, _GROUPS, out_boxes[lo:hi], out_iou[lo:hi])
+
+    run_in_ranges(run, n_images, n_threads)
     return out_boxes, (out_iou if with_iou else None)
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .jit import HAVE_NUMBA, njit
+from .jit import HAVE_NUMBA, njit, run_in_ranges
 
 if HAVE_NUMBA:  # without numba, apply_cam runs its torch path
     from numba import types
@@ -200,21 +199,18 @@ def blend_overlays(images: np.ndarray, cams: np.ndarray, table: np.ndarray, alph
         alpha: The heat map's weight.
         out: (B, 3, H, W) float32 result.
         threads: Threads to spread the batch over (the kernel releases the GIL).
+
+    Raises:
+        ValueError: If an array has the wrong dtype, layout or shape (the kernel would read or
+            write outside it).
     """
     _check_blend_arguments(images, cams, table, out)
     batch, _, height, width = images.shape
     ty, tx = bilinear_taps(cams.shape[1], height), bilinear_taps(cams.shape[2], width)
     beta = np.float32(1.0 - alpha)
-    workers = max(1, min(threads, batch * height * width // MIN_PIXELS_PER_THREAD))
-    tasks = 1 if workers == 1 else min(batch, workers * TASKS_PER_THREAD)
-    bounds = [batch * k // tasks for k in range(tasks + 1)]
+    workers = min(threads, batch * height * width // MIN_PIXELS_PER_THREAD)
 
-    def run(k: int) -> None:
-        _blend(images, cams, table, beta, ty, tx, out, bounds[k], bounds[k + 1])
+    def run(start: int, stop: int) -> None:
+        _blend(images, cams, table, beta, ty, tx, out, start, stop)
 
-    if tasks == 1:
-        run(0)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply_cam") as pool:
-        for _ in pool.map(run, range(tasks)):
-            pass
+    run_in_ranges(run, batch, workers, tasks=workers * TASKS_PER_THREAD)

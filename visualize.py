@@ -48,7 +48,7 @@ from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
 from . import overlay_kernel
-from .cli import OneLineParser, positive_int
+from .cli import HelpFormatter, OneLineParser, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +178,15 @@ def _validate_overlay_inputs(images: Tensor, cams: Tensor, alpha: float) -> tupl
         )
     if min(images.shape[2:]) < 1 or min(cams.shape[1:]) < 1:
         raise ValueError(f"empty image or map: images {tuple(images.shape)}, cams {tuple(cams.shape)}")
-    if cams.numel() and not bool(torch.isfinite(cams).all()):
-        raise ValueError("cams contain NaN or infinite values; a class activation map must be finite")
     if cams.numel():
-        # Normalising divides by max - min in the working dtype; a span that overflows it has no scale.
+        # Normalising divides by max - min in the working dtype; a span that overflows it has no
+        # scale. A NaN or infinite value makes the span non-finite too, so one check (one wait for
+        # a GPU) serves both.
         work = cams.detach().flatten(1).to(torch.promote_types(cams.dtype, torch.float32))
         span = work.amax(dim=1) - work.amin(dim=1)
         if not bool(torch.isfinite(span).all()):
+            if not bool(torch.isfinite(cams).all()):
+                raise ValueError("cams contain NaN or infinite values; a class activation map must be finite")
             index = int(torch.nonzero(~torch.isfinite(span))[0])
             raise ValueError(
                 f"cams[{index}] spans more than {work.dtype} can hold (max - min overflows); "
@@ -245,10 +247,11 @@ def apply_cam(
     images, cams, single = _validate_overlay_inputs(images, cams, alpha)
     lut = colormap_lut(colormap, images.device)
     alpha = float(alpha)
-    # The maps are tiny next to the images: bring them to the images, whose device the result keeps.
-    images, cams = images.detach(), cams.detach().to(images.device)
+    # The maps are tiny next to the images: bring them to the images, whose device the result
+    # keeps, in the working dtype (float32, or float64 for float64 maps).
+    images = images.detach()
+    cams = cams.detach().to(images.device, torch.promote_types(cams.dtype, torch.float32))
     batch, _, height, width = images.shape
-    work_dtype = torch.promote_types(cams.dtype, torch.float32)
 
     # Per-channel tables with alpha folded in, so the blend is a single add per element. Entry 256
     # repeats entry 255: a maximum that rounds to 256.00001 after scaling needs no extra clamp pass.
@@ -261,7 +264,7 @@ def apply_cam(
     on_cpu = images.device.type == "cpu"
     if on_cpu and _kernel_applies(images, cams):
         overlay_kernel.blend_overlays(
-            images.contiguous().numpy(), cams.float().contiguous().numpy(), table.numpy(), alpha, out.numpy(),
+            images.contiguous().numpy(), cams.contiguous().numpy(), table.numpy(), alpha, out.numpy(),
             threads=torch.get_num_threads(),
         )
         return out[0] if single else out
@@ -271,16 +274,16 @@ def apply_cam(
     index_buffer = torch.empty(chunk * height * width, dtype=torch.int32, device=images.device)
     heat_buffer = torch.empty(3 * chunk * height * width, dtype=images.dtype, device=images.device)
     with _one_cpu_thread() if on_cpu else contextlib.nullcontext():
-        _blend_chunks(images, cams.to(work_dtype), table, alpha, chunk, index_buffer, heat_buffer, out)
+        _blend_chunks(images, cams, table, alpha, chunk, index_buffer, heat_buffer, out)
     return out[0] if single else out
 
 
 def _kernel_applies(images: Tensor, cams: Tensor) -> bool:
-    """Whether the fused CPU kernel computes what the torch path would: float32 images, maps at most float32."""
+    """Whether the fused CPU kernel computes what the torch path would: float32 images and maps."""
     return (
         overlay_kernel.HAVE_NUMBA
         and images.dtype == torch.float32
-        and torch.promote_types(cams.dtype, torch.float32) == torch.float32
+        and cams.dtype == torch.float32
         and overlay_kernel.matches_torch(tuple(cams.shape[1:]), tuple(images.shape[2:]))
     )
 
@@ -908,7 +911,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="visualize.py",
         description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint written by main.py (best.pt or last.pt)")
     parser.add_argument("--root_datasets_dir", "--root", dest="root", default=None,
