@@ -14,10 +14,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .class_names import STANFORD_CARS_CLASS_NAMES
+from .data.class_names import STANFORD_CARS_CLASS_NAMES
 from .dataset import select_classes
 from .synthetic import write_synthetic_stanford_cars
-from .train import TrainConfig, check_writable, fit
+from .config import TrainConfig
+from .files import check_writable
+from .train import fit
 from .visualize import render_cam_grid
 
 logger = logging.getLogger(__name__)

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from .jit import HAVE_NUMBA, njit, run_in_ranges  # without numba the same functions run as plain Python, ~100x slower
+from .accel.jit import HAVE_NUMBA, njit, run_in_ranges  # without numba the same functions run as plain Python, ~100x slower
 
 logger = logging.getLogger(__name__)
 
@@ -826,6 +826,12 @@ class LocalizationMeter:
         self.load_state_tensor(self.state_tensor() + other.state_tensor())
         return self
 
+
+METRIC_LABELS: dict[str, str] = {
+    "loss": "loss", "top1": "top-1", "top5": "top-5", "gt_known_loc": "GT-known Loc", "top1_loc": "Top-1 Loc",
+    "maxboxacc": "MaxBoxAcc", "maxboxacc_v2": "MaxBoxAccV2",
+}
+"""Short names of the metrics, for logs and figure legends."""
 
 _TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("top1", "Top-1 accuracy", "classification"),

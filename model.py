@@ -19,26 +19,22 @@ Example:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import pickle
-import re
-import tempfile
-import warnings
-import zipfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import CHECKPOINT_FORMAT_VERSION, read_checkpoint, require_entries, save_checkpoint, unwrap_model
+from .files import CheckpointError, _first_line, _safe_torch_load, _short_repr, _TorchFileError, atomic_file
+
 logger = logging.getLogger(__name__)
 
 ARCH = "alexnet_gap"
-CHECKPOINT_FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_INPUT_SIZE = 64
@@ -46,10 +42,6 @@ MIN_INPUT_SIZE = 64
 ALEXNET_WEIGHTS_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 
 PretrainedSpec = bool | str | os.PathLike | None
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read, or was not written by this project."""
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -111,6 +103,8 @@ class AlexNetGAP(nn.Module):
         self._init_layers()
         if pretrained:
             self.load_imagenet_features(None if pretrained is True else pretrained)
+
+    arch = ARCH
 
     @property
     def model_args(self) -> dict[str, int]:
@@ -371,118 +365,6 @@ def _read_alexnet_state_dict(weights_path: str | os.PathLike | None) -> dict[str
 # Reading torch files safely
 
 
-class _TorchFileError(Exception):
-    """Why a file could not be read by ``torch.load(weights_only=True)``.
-
-    ``kind`` is ``"not_torch"`` (not written by ``torch.save``), ``"unsafe"`` (a pickle that
-    names objects a safe load refuses) or ``"unreadable"`` (truncated or damaged).
-    """
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-
-
-# Where torch's weights-only unpickler stops at an object it will not build (its messages name a
-# GLOBAL, a function to call, or a class to instantiate); any other refusal is a damaged file.
-_UNSAFE_OBJECT = re.compile(r"GLOBAL (\S+)|unrecognized function (.+?)(?: which|$)|new object .* but got (.+)$", re.M)
-
-
-def _first_line(err: BaseException) -> str:
-    """The first non-empty line of ``err``'s message, or its class name when it has none."""
-    for line in str(err).splitlines():
-        if line.strip():
-            return line.strip().strip("'\"") or type(err).__name__
-    return type(err).__name__
-
-
-def _unpickler_reason(err: pickle.UnpicklingError) -> str:
-    """The unpickler's own words from torch's multi-line wrapper ("Unsupported operand 149")."""
-    text = str(err)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Check the documentation")]
-    return lines[0] if lines else type(err).__name__
-
-
-def _looks_like_torch_file(path: Path) -> bool:
-    """Whether ``path`` starts like a ``torch.save`` file: a zip archive, or a legacy pickle.
-
-    A truncated archive has lost the central directory ``zipfile.is_zipfile`` looks for at the
-    end, but still starts with a zip entry header, so it counts (and is then reported truncated).
-    """
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    return head == b"PK\x03\x04" or head[:1] == b"\x80" or zipfile.is_zipfile(path)
-
-
-def _safe_torch_load(path: Path, location: torch.device) -> Any:
-    """``torch.load(path, weights_only=True)`` whose every failure is a :class:`_TorchFileError`."""
-    try:
-        size = path.stat().st_size
-        is_torch = size > 0 and _looks_like_torch_file(path)
-    except OSError as err:
-        raise _TorchFileError("unreadable", f"cannot open it: {err.strerror or _first_line(err)}") from None
-    if size == 0:
-        raise _TorchFileError("not_torch", "it is empty, 0 bytes; was its writing interrupted?")
-    if not is_torch:
-        raise _TorchFileError("not_torch", "not a file written by torch.save")
-    try:
-        with warnings.catch_warnings():
-            # A plain pickle of a newer protocol draws torch's "please file an issue" warning
-            # before it is refused; the error below says all there is to say.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = _UNSAFE_OBJECT.search(str(err))
-        if found:
-            name = next(group for group in found.groups() if group).strip()
-            raise _TorchFileError("unsafe", f"it holds objects a safe (weights_only) load will not unpickle, such as {name}") from None
-        raise _TorchFileError("unreadable", f"truncated or damaged: {_unpickler_reason(err)}") from None
-    except Exception as err:  # noqa: BLE001 - torch.load leaks KeyError, IndexError, ... on damaged files
-        raise _TorchFileError("unreadable", f"truncated or damaged: {_first_line(err)}") from None
-
-
-def _resolve_map_location(map_location: str | torch.device | None) -> torch.device:
-    """``map_location`` as a device that exists here, so a device problem never reads as a bad file."""
-    if map_location is None:
-        return torch.device("cpu")
-    if not isinstance(map_location, str | torch.device):
-        raise TypeError(
-            f"map_location must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
-            f"got {type(map_location).__name__}"
-        )
-    try:
-        device = torch.device(map_location)
-    except (RuntimeError, ValueError):
-        raise ValueError(
-            f"map_location {map_location!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"map_location {str(map_location)!r} asks for CUDA, which is not available here; use 'cpu'")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"map_location {str(map_location)!r} names a GPU this machine does not have "
-                f"({torch.cuda.device_count()} visible); use 'cuda:0' or 'cpu'"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"map_location {str(map_location)!r} asks for MPS, which is not available here; use 'cpu'")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"map_location {str(map_location)!r} is not supported here; use 'cpu', 'cuda' or 'mps'")
-    return device
-
-
-def _short_repr(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def require_entries(checkpoint: Mapping[str, Any], keys: Sequence[str], path: str | os.PathLike) -> None:
-    """Raise ``CheckpointError`` naming the entries of ``keys`` that ``checkpoint`` lacks."""
-    missing = [key for key in keys if checkpoint.get(key) is None]
-    if missing:
-        raise CheckpointError(f"{str(path)!r} lacks the entries {missing}; was it written by main.py's training?")
 
 
 def build_model(arch: str, model_args: Mapping[str, Any]) -> nn.Module:
@@ -490,146 +372,6 @@ def build_model(arch: str, model_args: Mapping[str, Any]) -> nn.Module:
     if arch != ARCH:
         raise CheckpointError(f"unknown architecture {arch!r}; this version knows {ARCH!r}")
     return AlexNetGAP(**dict(model_args))
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare model inside DistributedDataParallel and/or ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _plain(value: Any, key: str) -> Any:
-    """``value`` as types ``torch.load(weights_only=True)`` accepts; paths become strings."""
-    if value is None or isinstance(value, bool | int | float | str | Tensor | torch.dtype | torch.device):
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, Mapping):
-        return {k: _plain(v, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_plain(v, f"{key}[{i}]") for i, v in enumerate(value))
-    raise TypeError(
-        f"checkpoint entry {key!r} is a {type(value).__name__}, which a safe (weights_only) load "
-        "cannot read; store plain types instead (for argparse arguments pass vars(args))"
-    )
-
-
-def default_file_mode() -> int:
-    """The permissions a plain ``open()`` would give a new file (``mkstemp`` gives 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write ``path`` through a temporary file beside it, moved into place only on success.
-
-    Readers never see half a file, and a crash (or Ctrl-C) mid-write leaves the previous file as
-    it was. The new file is flushed to disk and gets the permissions ``open()`` would give it.
-
-    Args:
-        path: The file to (re)place; its folder is created if missing.
-        mode: ``"wb"`` or ``"w"`` (UTF-8 text).
-
-    Raises:
-        IsADirectoryError: If ``path`` is an existing folder (checked before anything is written).
-        OSError: If the file cannot be written there; of the same class as the underlying error
-            (``PermissionError``, ...), naming ``path`` rather than the hidden temporary file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise _folder_error(f"{str(path)!r} is a folder; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise _write_error(path, err) from None
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            yield handle
-            try:
-                handle.flush()
-                os.fsync(handle.fileno())
-            except OSError as err:
-                raise _write_error(path, err) from None
-        try:
-            os.chmod(tmp, default_file_mode())
-            os.replace(tmp, path)
-        except OSError as err:
-            raise _write_error(path, err) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _folder_error(message: str) -> IsADirectoryError:
-    """An ``IsADirectoryError`` with errno EISDIR whose ``str()`` is just ``message``."""
-    err = IsADirectoryError(message)
-    err.errno = errno.EISDIR
-    return err
-
-
-def file_in_the_way(path: str | os.PathLike) -> Path | None:
-    """The file among ``path``'s parent folders that keeps it from being written, if any."""
-    return next((parent for parent in Path(path).parents if parent.exists() and not parent.is_dir()), None)
-
-
-def _write_error(path: Path, err: OSError) -> OSError:
-    """``err`` restated about ``path`` (the hidden temp file means nothing to the user), same class and errno."""
-    blocker = file_in_the_way(path)
-    if blocker is not None:
-        # mkdir reports a file in the way as "File exists", which reads as if the target existed.
-        new: OSError = NotADirectoryError(
-            f"could not write {str(path)!r}: {str(blocker)!r} is a file, not a folder; choose another path"
-        )
-        new.errno = errno.ENOTDIR
-        return new
-    if path.is_dir():
-        return _folder_error(f"{str(path)!r} is a folder; give a file name")
-    reason = err.strerror or _first_line(err)
-    new = type(err)(f"could not write {str(path)!r}: {reason}; choose another path")
-    new.errno = err.errno  # set after construction, so str() stays the message above
-    return new
-
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> Path:
-    """Write a self-describing checkpoint atomically.
-
-    The file holds the architecture and its arguments, the weights of the unwrapped model (no
-    ``module.`` prefix) and everything passed in ``state`` (class names, the filters ``car_type``,
-    ``car_brand``, ``car_production_year``, image size, epoch, metrics, optimizer state, training
-    arguments...). It is written to a temporary file beside ``path`` and moved into place, so a
-    crash mid-write never leaves half a checkpoint where a good one was.
-
-    Args:
-        path: Destination file; its folder is created if missing.
-        model: The network (possibly DDP- or compile-wrapped).
-        **state: Extra entries of plain types (dict, list, str, numbers, tensors, None).
-
-    Returns:
-        The path written.
-
-    Raises:
-        TypeError: If a state entry is not of a plain type.
-    """
-    path = Path(path)
-    bare = unwrap_model(model)
-    payload = {key: _plain(value, key) for key, value in state.items()}
-    payload.update(
-        format_version=CHECKPOINT_FORMAT_VERSION,
-        arch=ARCH,
-        model_args=dict(bare.model_args),
-        model=bare.state_dict(),
-    )
-    with atomic_file(path, "wb") as handle:
-        torch.save(payload, handle)
-    return path
 
 
 def load_checkpoint(
@@ -650,51 +392,13 @@ def load_checkpoint(
         ``car_type``, ``car_brand``, ``car_production_year``, ``image_size``, ``epoch``, ...).
 
     Raises:
-        TypeError: If ``path`` is not a path (e.g. None) or ``map_location`` not a device.
-        ValueError: If ``map_location`` names a device that does not exist here.
-        FileNotFoundError: If ``path`` does not exist.
-        IsADirectoryError: If ``path`` is a folder.
-        CheckpointError: If the file is not a torch file, truncated, not a checkpoint, unsafe to
-            load, or written by a newer version of this project.
+        CheckpointError: If the file is not a readable checkpoint of this project (see
+            :func:`CAM_Stanford_Cars.checkpoint.read_checkpoint` for the other errors).
     """
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a checkpoint file (a str or os.PathLike), got {_short_repr(path)}")
-    path = Path(path).expanduser()
-    # The device first: a missing GPU must not be reported as a damaged file.
-    location = _resolve_map_location(map_location)
-    if path.is_dir():
-        raise _folder_error(f"{str(path)!r} is a folder; pass a checkpoint file in it, e.g. {str(path / 'best.pt')!r}")
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"{str(path)!r} is not a regular file; pass the best.pt or last.pt of a run")
-    try:
-        checkpoint = _safe_torch_load(path, location)
-    except _TorchFileError as err:
-        if err.kind == "not_torch":
-            message = (
-                f"{str(path)!r} is not a torch checkpoint ({err}); pass the best.pt or last.pt of a run"
-            )
-        elif err.kind == "unsafe":
-            message = (
-                f"refused to load {str(path)!r}: {err}. Nothing in it was run. Only checkpoints written by "
-                "save_checkpoint load here; if you trust the file, re-save its tensors as plain types."
-            )
-        else:
-            message = f"{str(path)!r} is not a readable checkpoint ({err})"
-        raise CheckpointError(message) from None
-    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
-        raise CheckpointError(f"{str(path)!r} is a torch file but not a CAM_Stanford_Cars checkpoint")
-    version = checkpoint["format_version"]
-    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{str(path)!r} has checkpoint format {version!r}, newer than this version reads "
-            f"({CHECKPOINT_FORMAT_VERSION}); upgrade CAM_Stanford_Cars"
-        )
-    require_entries(checkpoint, ("arch", "model_args", "model"), path)
+    checkpoint, device = read_checkpoint(path, map_location)
     model = build_model(checkpoint["arch"], checkpoint["model_args"])
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:
         raise CheckpointError(f"the weights in {str(path)!r} do not fit its architecture: {err}") from None
-    return model.to(location).eval(), checkpoint
+    return model.to(device).eval(), checkpoint

@@ -39,8 +39,8 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .class_names import STANFORD_CARS_CLASS_NAMES
-from .dataset import parse_class_name
+from .data.class_names import STANFORD_CARS_CLASS_NAMES
+from .data.names import parse_class_name
 
 logger = logging.getLogger(__name__)
 

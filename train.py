@@ -26,13 +26,9 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
-import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,210 +37,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm import tqdm
 
+from .checkpoint import require_entries, save_checkpoint, unwrap_model
+from .config import TrainConfig
 from .dataset import StanfordCarsCAM
+from .distributed import (DistInfo, all_reduce_sum, epoch_sampler, eval_indices, gather_rng_states, init_distributed,
+                          shutdown_distributed)
+from .files import atomic_file, atomic_write_text, check_writable, unwritable_reason
 from .localization import LocalizationMeter
-from .model import AlexNetGAP, atomic_file, load_checkpoint, require_entries, save_checkpoint, unwrap_model
+from .model import AlexNetGAP, load_checkpoint
+from .runs import (ARGS_FILE, BEST_CHECKPOINT, CURVES_FIGURE, LAST_CHECKPOINT, METRICS_LOG, TEST_METRICS, _read_resume_state,
+                   _StopRequest, check_new_run, plain_config, read_metrics_log, remove_run_files, write_metrics_log)
+from .runtime import (accumulator_dtype, amp_dtype, autocast_context, configure_cpu_threads, default_num_workers,
+                      seed_everything, select_device)
 
 logger = logging.getLogger(__name__)
-
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
-METRICS_LOG = "metrics.jsonl"
-ARGS_FILE = "args.json"
-CURVES_FIGURE = "training_curves.png"
-TEST_METRICS = "test_metrics.json"
-# A side of 1024 already makes 12 MiB per image; larger ones are typos, and would exhaust memory.
-MAX_IMAGE_SIZE = 1024
-# More loader workers than this per core only queue up behind each other.
-MAX_WORKERS_PER_CORE = 4
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; ``main.py`` builds it from the command line.
-
-    Filters take None (all), one value, or a list of values, as ``StanfordCarsCAM`` does.
-    ``cache_dir`` keeps decoded images between epochs and runs (see ``dataset.ImageCache``).
-    """
-
-    root: str = "stanford_cars_dataset"
-    checkpoints_dir: str = "checkpoints"
-    car_type: str | list[str] | None = None
-    car_brand: str | list[str] | None = None
-    car_production_year: int | list[int] | None = None
-    download_datasets: bool = False
-    n_epochs: int = 30
-    batch_size: int = 32
-    image_size: int = 224
-    val_fraction: float = 0.1
-    pretrained: bool | str = True
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    backbone_lr_scale: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int | None = None
-    cache_dir: str | None = None
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    eval_test_every_epoch: bool = False
-    resume: str | None = None
-    overwrite: bool = False
-    progress: bool = True
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first value that cannot work, and its fix."""
-        finite = math.isfinite
-        max_workers = MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)
-        checks = [
-            (bool(str(self.root).strip()), "--root_datasets_dir is empty; pass the folder that holds Stanford Cars"),
-            (bool(str(self.checkpoints_dir).strip()), "--checkpoints_dir is empty; pass a folder for the run's files"),
-            (self.resume is None or bool(str(self.resume).strip()), "--resume is empty; pass the run's last.pt, or leave --resume out"),
-            (self.n_epochs >= 1, f"--n_epochs must be at least 1, got {self.n_epochs}"),
-            (self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}"),
-            (self.image_size >= 64, f"--image_size must be at least 64, got {self.image_size}"),
-            (self.image_size <= MAX_IMAGE_SIZE,
-             f"--image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size} (one image alone would take "
-             f"{3 * 4 * self.image_size ** 2 / 2**30:.2g} GiB); the paper uses 224"),
-            (0.0 <= self.val_fraction < 1.0, f"--val_fraction must lie in [0, 1), got {self.val_fraction}"),
-            (finite(self.lr) and self.lr > 0, f"--lr must be a finite positive number, got {self.lr}"),
-            (finite(self.backbone_lr_scale) and self.backbone_lr_scale >= 0,
-             f"--backbone_lr_scale must be a finite number >= 0, got {self.backbone_lr_scale}"),
-            (0.0 <= self.momentum < 1.0, f"--momentum must lie in [0, 1), got {self.momentum}"),
-            (finite(self.weight_decay) and self.weight_decay >= 0, f"--weight_decay must be a finite number >= 0, got {self.weight_decay}"),
-            (finite(self.warmup_epochs) and self.warmup_epochs >= 0, f"--warmup_epochs must be a finite number >= 0, got {self.warmup_epochs}"),
-            (0.0 <= self.label_smoothing < 1.0, f"--label_smoothing must lie in [0, 1), got {self.label_smoothing}"),
-            (self.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {self.optimizer!r}"),
-            (0 <= self.seed < 2**32, f"--seed must be a whole number in [0, 2**32), got {self.seed}"),
-            (self.num_workers is None or self.num_workers >= 0, f"--num_workers must be >= 0, got {self.num_workers}"),
-            (self.num_workers is None or self.num_workers <= max_workers,
-             f"--num_workers {self.num_workers} is far more than this machine's {os.cpu_count()} cores can feed; "
-             f"use at most {max_workers}, or leave it out for the measured default"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
 
 # --------------------------------------------------------------------------------------------
 # Processes and devices
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process stands in a (possibly one-process) run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_name: str) -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment, if any.
-
-    NCCL on CUDA, gloo otherwise. A plain ``python main.py`` gets a one-process ``DistInfo``.
-    """
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = (device_name == "auto" or device_name.startswith("cuda")) and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(info.local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return info
-
-
-def shutdown_distributed() -> None:
-    """Leave the process group ``init_distributed`` joined, if any (NCCL warns, or can hang, otherwise)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """CUDA, then Apple MPS, then CPU for ``"auto"``; otherwise the named device.
-
-    Raises:
-        ValueError: If the named device is not available here.
-    """
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-    }
-    kind = name.split(":")[0]
-    if kind not in available:
-        raise ValueError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
-    if not available[kind]:
-        raise ValueError(f"--device {name} was asked for but is not available here; use --device auto or cpu")
-    return torch.device(name) if ":" in name or kind != "cuda" else torch.device("cuda", local_rank)
-
-
-def _cores_per_process(dist_info: DistInfo) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // dist_info.world_size)
-
-
-# On a CPU-only machine the network's threads and the loader's workers share the cores. Measured
-# on 2 cores (benchmarks/run.py, "thread split"): torch on both cores trains twice as fast as on
-# one, and one worker process beats loading in the training process, whose batch stacking and
-# resizing then go through torch's thread pool and stall it whenever another process holds a core.
-CPU_LOADER_WORKERS = 1
-
-
-def default_num_workers(dist_info: DistInfo, device: torch.device | None = None) -> int:
-    """Loader workers for this process.
-
-    With an accelerator: the cores this process may use, less one for the training step, at most
-    8. When the network itself runs on the CPU: ``CPU_LOADER_WORKERS``, as measured best (the
-    loader then works between steps instead of competing with the network's threads).
-    """
-    per_process = _cores_per_process(dist_info)
-    if device is not None and device.type == "cpu":
-        return min(CPU_LOADER_WORKERS, per_process)
-    return max(0, min(8, per_process - 1))
-
-
-def configure_cpu_threads(dist_info: DistInfo, device: torch.device) -> int:
-    """When the network runs on the CPU, give torch one intra-op thread per core of this process.
-
-    Returns:
-        The number of torch threads now set.
-    """
-    if device.type == "cpu":
-        torch.set_num_threads(_cores_per_process(dist_info))
-    return torch.get_num_threads()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,18 +122,6 @@ def build_datasets(config: TrainConfig) -> RunData:
     train_idx, val_idx = stratified_split(train_full.targets, config.val_fraction, config.seed)
     val = Subset(train_plain, val_idx) if val_idx else None
     return RunData(Subset(train_full, train_idx), val, test, list(train_full.classes))
-
-
-def epoch_sampler(dataset: Dataset, epoch: int, seed: int, dist_info: DistInfo) -> DistributedSampler:
-    """This rank's shuffled share of ``dataset`` for one epoch, seeded by ``(seed, epoch)``."""
-    sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=seed)
-    sampler.set_epoch(epoch)
-    return sampler
-
-
-def eval_indices(n: int, dist_info: DistInfo) -> list[int]:
-    """This rank's share of an evaluation set, with no padding, so every image counts once."""
-    return list(range(dist_info.rank, n, dist_info.world_size))
 
 
 def collate_batch(items: Sequence[tuple[Any, ...]]) -> Any:
@@ -394,34 +195,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def accumulator_dtype(device: torch.device) -> torch.dtype:
-    """float64 for running sums, except on Apple MPS, which has no float64."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``device``: bf16 on GPUs that compute in it, fp16 on older GPUs, None off CUDA.
-
-    Pre-Ampere GPUs (T4, V100) only emulate bf16 and have no bf16 cuDNN convolutions, so they
-    get fp16 (and a GradScaler); ``is_bf16_supported()`` alone counts emulation as support.
-    """
-    if device.type != "cuda":
-        return None
-    with torch.cuda.device(device):
-        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.bfloat16 if native_bf16 else torch.float16
-
-
-def autocast_context(device: torch.device, enabled: bool) -> Any:
-    """Autocast to :func:`amp_dtype` on CUDA, nothing elsewhere."""
-    dtype = amp_dtype(device) if enabled else None
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 @dataclass
@@ -538,30 +313,6 @@ def epoch_train_metrics(state: EpochProgress, optimizer: torch.optim.Optimizer, 
     }
 
 
-def gather_rng_states(dist_info: DistInfo, device: torch.device) -> list[Tensor]:
-    """Every rank's CPU RNG state, in rank order (each a uint8 tensor; one in a one-process run).
-
-    Augmentation draws a varying number of random numbers per image, so the ranks' states differ
-    and each rank resumes from its own.
-    """
-    state = torch.get_rng_state()
-    if not dist_info.distributed:
-        return [state]
-    local = state.to(device)
-    states = [torch.empty_like(local) for _ in range(dist_info.world_size)]
-    dist.all_gather(states, local)
-    return [s.cpu() for s in states]
-
-
-def all_reduce_sum(values: Tensor, dist_info: DistInfo) -> Tensor:
-    """Sum a tensor over all ranks (a no-op in a one-process run)."""
-    if not dist_info.distributed:
-        return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -620,76 +371,6 @@ def evaluate(
 # Files of a run
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so readers never see half of it."""
-    with atomic_file(path, "w") as handle:
-        handle.write(text)
-
-
-def unwritable_reason(folder: Path) -> str | None:
-    """Why ``folder`` cannot be created or written to (the OS's words), or None if it can."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        return err.strerror
-    return None
-
-
-def check_writable(folder: Path, flag: str = "--checkpoints_dir") -> None:
-    """Raise ``ValueError`` naming ``flag`` if ``folder`` cannot be created or written to."""
-    reason = unwritable_reason(folder)
-    if reason is not None:
-        raise ValueError(f"{flag} {str(folder)!r} is not writable ({reason}); choose another folder")
-
-
-def check_new_run(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to start a run over another one in ``run_dir``, unless ``overwrite``."""
-    last = run_dir / LAST_CHECKPOINT
-    if last.exists() and not overwrite:
-        raise ValueError(
-            f"--checkpoints_dir {str(run_dir)!r} already holds a run ({last.name}); continue it with "
-            f"--resume {str(last)!r}, start over with --overwrite true, or choose another folder"
-        )
-
-
-def remove_run_files(run_dir: Path) -> None:
-    """Delete what an earlier run left in ``run_dir`` (checkpoints, logs, figures, scores), nothing else."""
-    names = [LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS]
-    stems = (Path(LAST_CHECKPOINT).stem, Path(BEST_CHECKPOINT).stem)
-    scores = [p.name for p in run_dir.glob("*_metrics.json") if p.name.split("_", 1)[0] in stems]
-    for name in names + scores:
-        (run_dir / name).unlink(missing_ok=True)
-
-
-def read_metrics_log(path: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of ``metrics.jsonl``; an absent file gives an empty list."""
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{str(path)!r} is damaged ({err.msg} on line {number}); delete it to resume without the "
-                "earlier epochs' records, or restore it"
-            ) from None
-    return records
-
-
-def write_metrics_log(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in history))
-
-
-def plain_config(config: TrainConfig) -> dict[str, Any]:
-    """The run's arguments as plain JSON types (what checkpoints and ``args.json`` store)."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-
-
 # --------------------------------------------------------------------------------------------
 # The run
 
@@ -704,31 +385,6 @@ class RunResult:
     history: list[dict[str, Any]]
     test_metrics: dict[str, float]
     interrupted: bool = False
-
-
-class _StopRequest:
-    """Turns the first Ctrl-C (SIGINT) into a flag the loop checks after each step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    @contextmanager
-    def installed(self) -> Iterator["_StopRequest"]:
-        def handler(signum: int, frame: Any) -> None:
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            logger.warning("Interrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
-
-        try:
-            previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            yield self
-            return
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
 
 def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
@@ -930,47 +586,6 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
 
 def _test_loader(data: RunData, config: TrainConfig, num_workers: int, device: torch.device, dist_info: DistInfo) -> DataLoader:
     return make_loader(data.test, eval_indices(len(data.test), dist_info), config.batch_size, num_workers, device, config.seed)
-
-
-# Settings a resumed run must share with the run it continues: the data, its order and the
-# optimisation (the optimizer and schedule states saved in the checkpoint were built from them).
-RESUME_MUST_MATCH = (
-    "n_epochs", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year", "seed",
-    "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
-)
-
-
-def _read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
-    """The checkpoint to continue, checked against the run it is asked to continue."""
-    _, checkpoint = load_checkpoint(path)
-    require_entries(checkpoint, ("optimizer", "lr_scheduler", "epoch", "args"), path)
-    saved = checkpoint["args"]
-    run_dir = Path(config.checkpoints_dir).expanduser()
-    if path.parent.resolve() != run_dir.resolve():
-        raise ValueError(
-            f"--resume {str(path)!r} belongs to the run in {str(path.parent)!r} but --checkpoints_dir is "
-            f"{str(run_dir)!r}; pass --checkpoints_dir {str(path.parent)!r} to continue that run"
-        )
-    if checkpoint.get("epoch_progress"):
-        require_entries(checkpoint, ("rng_states",), path)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if checkpoint.get("epoch_progress") and checkpoint.get("world_size", 1) != world_size:
-        raise ValueError(
-            f"--resume {str(path)!r} stopped mid-epoch with {checkpoint.get('world_size', 1)} processes; "
-            f"continue it with the same number of processes (this run has {world_size})"
-        )
-    for key in RESUME_MUST_MATCH:
-        if saved.get(key) != json.loads(json.dumps(getattr(config, key))):
-            raise ValueError(
-                f"--resume {str(path)!r} was trained with {key}={saved.get(key)!r} but this run has "
-                f"{key}={getattr(config, key)!r}; pass the same value to continue it"
-            )
-    if int(checkpoint["epoch"]) >= config.n_epochs and not checkpoint.get("epoch_progress"):
-        raise ValueError(
-            f"--resume {str(path)!r}: that run already finished all {config.n_epochs} epochs; its best "
-            f"checkpoint is {str(path.with_name(BEST_CHECKPOINT))!r} (score it with --evaluate). Start a new run in another folder to train longer"
-        )
-    return checkpoint
 
 
 METRIC_LABELS = (

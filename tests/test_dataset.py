@@ -18,7 +18,9 @@ import torchvision
 from PIL import Image, JpegImagePlugin
 from torch.utils.data import DataLoader
 
-from CAM_Stanford_Cars import dataset as dataset_module
+from CAM_Stanford_Cars.data import download as download_module
+from CAM_Stanford_Cars.data import images as images_module
+from CAM_Stanford_Cars.data import layouts as layouts_module
 from CAM_Stanford_Cars.dataset import (
     KAGGLE_HANDLE,
     AnnotationError,
@@ -399,7 +401,7 @@ def test_random_crop_is_mild_and_keeps_most_of_the_car() -> None:
         width, height = int(rng.integers(200, 900)), int(rng.integers(150, 700))
         x1, y1 = rng.uniform(0, width * 0.5), rng.uniform(0, height * 0.5)
         box = np.array([x1, y1, rng.uniform(x1 + 10, width), rng.uniform(y1 + 10, height)])
-        cx0, cy0, cx1, cy1 = dataset_module._sample_crop(width, height, box)
+        cx0, cy0, cx1, cy1 = images_module._sample_crop(width, height, box)
         assert 0 <= cx0 < cx1 <= width + 1e-6 and 0 <= cy0 < cy1 <= height + 1e-6
         area = (cx1 - cx0) * (cy1 - cy0) / (width * height)
         relative_aspect = ((cx1 - cx0) / (cy1 - cy0)) / (width / height)
@@ -444,7 +446,7 @@ def test_cache_returns_the_same_pixels_and_boxes_as_a_fresh_decode(tiny_root: Pa
             assert torch.equal(image, image_c) and torch.equal(box, box_c)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == len(fresh)
     decodes: list[str] = []
-    monkeypatch.setattr(dataset_module, "decode_image", lambda path, size: decodes.append(path))
+    monkeypatch.setattr(images_module, "decode_image", lambda path, size: decodes.append(path))
     cached[0]
     assert decodes == []  # served from the cache
 
@@ -475,7 +477,7 @@ def test_unwritable_cache_dir_is_one_clear_error(tiny_root: Path, tmp_path: Path
         raise PermissionError(13, "Permission denied", str(Path(dir or ".") / ".probe.tmp"))
 
     # As root a chmod'ed folder stays writable, so the refusal the probe meets is simulated.
-    monkeypatch.setattr(dataset_module.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(images_module.tempfile, "mkstemp", denied)
     with pytest.raises(ValueError) as caught:
         StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=cache)
     assert str(caught.value) == f"cache_dir {str(cache)!r} is not writable (Permission denied); choose another folder or leave it out"
@@ -496,8 +498,8 @@ def test_cache_write_failures_warn_once(tiny_root: Path, tmp_path: Path, monkeyp
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dataset_module.np, "save", full)
-    with caplog.at_level("WARNING", logger=dataset_module.__name__):
+    monkeypatch.setattr(images_module.np, "save", full)
+    with caplog.at_level("WARNING", logger=images_module.__name__):
         images = [cars[i][0] for i in range(3)]
     assert len([r for r in caplog.records if "could not write" in r.getMessage()]) == 1
     assert all(image.shape == (3, 32, 32) for image in images)  # decoded all the same
@@ -514,15 +516,15 @@ def test_fast_resize_matches_pil_bilinear() -> None:
     rng = np.random.default_rng(0)
     pixels = (rng.random((181, 263, 3)) * 255).astype(np.uint8)
     smooth = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.Resampling.BOX).resize((263, 181), Image.Resampling.BICUBIC))
-    fast = dataset_module.resize_pixels(smooth, 100)
+    fast = images_module.resize_pixels(smooth, 100)
     pil = np.asarray(Image.fromarray(smooth).resize((100, 100), Image.Resampling.BILINEAR))
     assert fast.shape == (100, 100, 3) and fast.dtype == np.uint8
     assert np.abs(fast.astype(int) - pil.astype(int)).max() <= 1
 
 
 def test_annotations_are_parsed_once(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    dataset_module._read_class_names_cached.cache_clear()
-    dataset_module._read_devkit_split_cached.cache_clear()
+    layouts_module._read_class_names_cached.cache_clear()
+    layouts_module._read_devkit_split_cached.cache_clear()
     loads: list[str] = []
     real = sio.loadmat
 
@@ -695,7 +697,7 @@ def test_download_links_from_the_client_cache_when_it_has_no_output_dir(tmp_path
 
 def test_dataset_constructor_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_kagglehub(monkeypatch, tmp_path / "cache", write_mirror)
-    monkeypatch.setattr(dataset_module, "DEFAULT_MIRROR", TINY_MIRROR)
+    monkeypatch.setattr(download_module, "DEFAULT_MIRROR", TINY_MIRROR)
     cars = StanfordCarsCAM(tmp_path / "data", split="train", download_datasets=True, **SEED_FILTERS)
     assert cars.classes == SEED_CLASSES and len(cars) == 6
 

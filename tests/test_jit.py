@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from CAM_Stanford_Cars import jit
+from CAM_Stanford_Cars.accel import jit
 
 needs_numba = pytest.mark.skipif(not jit.HAVE_NUMBA, reason="needs numba")
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from CAM_Stanford_Cars import overlay_kernel, visualize
+from CAM_Stanford_Cars import overlay as visualize
+from CAM_Stanford_Cars.accel import overlay_kernel
 from CAM_Stanford_Cars.visualize import apply_cam
 
 pytestmark = pytest.mark.skipif(not overlay_kernel.HAVE_NUMBA, reason="the overlay kernel needs numba")

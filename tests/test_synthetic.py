@@ -13,7 +13,7 @@ import scipy.io as sio
 import torchvision
 from PIL import Image
 
-from CAM_Stanford_Cars.class_names import STANFORD_CARS_CLASS_NAMES
+from CAM_Stanford_Cars.data.class_names import STANFORD_CARS_CLASS_NAMES
 from CAM_Stanford_Cars.synthetic import (
     DEFAULT_CLASS_NAMES,
     MARKER_FILE,

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from CAM_Stanford_Cars import files as files_module
+from CAM_Stanford_Cars import runtime as runtime_module
 from CAM_Stanford_Cars import train as train_module
 from CAM_Stanford_Cars.model import load_checkpoint
 from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars
@@ -176,9 +178,9 @@ def test_gpus_that_only_emulate_bf16_get_fp16_and_a_scaler(
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    assert train_module.amp_dtype(torch.device("cuda", 0)) == expected
+    assert runtime_module.amp_dtype(torch.device("cuda", 0)) == expected
     assert asked == [False]
-    assert train_module.amp_dtype(torch.device("cpu")) is None
+    assert runtime_module.amp_dtype(torch.device("cpu")) is None
 
 
 def test_a_damaged_metrics_log_is_named(tmp_path: Path) -> None:
@@ -194,7 +196,7 @@ def test_evaluate_says_before_scoring_when_the_checkpoint_folder_is_not_writable
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(train_module.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(files_module.tempfile, "TemporaryFile", refuse)
     monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: pytest.fail("scored before checking the folder"))
     with pytest.raises(ValueError, match="best_test_metrics.json.*not writable.*Operation not permitted"):
         train_module.evaluate_checkpoint(trained_run / "best.pt", root=synthetic_root, progress=False)
@@ -408,13 +410,13 @@ def test_collate_in_the_training_process_equals_default_collate() -> None:
 
 def test_loader_defaults_match_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    single = train_module.DistInfo()
-    assert train_module.default_num_workers(single, torch.device("cpu")) == train_module.CPU_LOADER_WORKERS
-    assert train_module.default_num_workers(single, torch.device("cuda")) == 1  # one core left for the step
+    single = runtime_module.DistInfo()
+    assert runtime_module.default_num_workers(single, torch.device("cpu")) == runtime_module.CPU_LOADER_WORKERS
+    assert runtime_module.default_num_workers(single, torch.device("cuda")) == 1  # one core left for the step
     threads = torch.get_num_threads()
     try:
-        assert train_module.configure_cpu_threads(single, torch.device("cpu")) == 2
-        assert train_module.configure_cpu_threads(train_module.DistInfo(0, 2, 0), torch.device("cpu")) == 1
+        assert runtime_module.configure_cpu_threads(single, torch.device("cpu")) == 2
+        assert runtime_module.configure_cpu_threads(runtime_module.DistInfo(0, 2, 0), torch.device("cpu")) == 1
     finally:
         torch.set_num_threads(threads)
 

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+import CAM_Stanford_Cars.overlay as overlay
 import CAM_Stanford_Cars.visualize as visualize
 from CAM_Stanford_Cars.visualize import apply_cam, colormap_lut, plot_training_curves, visualize_cam
 
@@ -145,7 +146,7 @@ def test_apply_cam_matches_unchunked_reference(
     colormap: str,
 ) -> None:
     if chunk_pixels is not None:
-        monkeypatch.setattr(visualize, "CPU_CHUNK_PIXELS", chunk_pixels)
+        monkeypatch.setattr(overlay, "CPU_CHUNK_PIXELS", chunk_pixels)
     generator = torch.Generator().manual_seed(batch)
     images = torch.rand(batch, 3, *image_size, generator=generator)
     # Different scales and offsets per map, so a map normalised against a neighbour shows.

@@ -1,0 +1,168 @@
+"""Self-describing checkpoints: saved atomically, loaded safely, rebuilt from the file alone."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .files import CheckpointError, _folder_error, _safe_torch_load, _short_repr, _TorchFileError, atomic_file
+
+
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+def _resolve_map_location(map_location: str | torch.device | None) -> torch.device:
+    """``map_location`` as a device that exists here, so a device problem never reads as a bad file."""
+    if map_location is None:
+        return torch.device("cpu")
+    if not isinstance(map_location, str | torch.device):
+        raise TypeError(
+            f"map_location must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
+            f"got {type(map_location).__name__}"
+        )
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"map_location {map_location!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"map_location {str(map_location)!r} asks for CUDA, which is not available here; use 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"map_location {str(map_location)!r} names a GPU this machine does not have "
+                f"({torch.cuda.device_count()} visible); use 'cuda:0' or 'cpu'"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"map_location {str(map_location)!r} asks for MPS, which is not available here; use 'cpu'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"map_location {str(map_location)!r} is not supported here; use 'cpu', 'cuda' or 'mps'")
+    return device
+
+
+def require_entries(checkpoint: Mapping[str, Any], keys: Sequence[str], path: str | os.PathLike) -> None:
+    """Raise ``CheckpointError`` naming the entries of ``keys`` that ``checkpoint`` lacks."""
+    missing = [key for key in keys if checkpoint.get(key) is None]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} lacks the entries {missing}; was it written by main.py's training?")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel and/or ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _plain(value: Any, key: str) -> Any:
+    """``value`` as types ``torch.load(weights_only=True)`` accepts; paths become strings."""
+    if value is None or isinstance(value, bool | int | float | str | Tensor | torch.dtype | torch.device):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v, f"{key}[{i}]") for i, v in enumerate(value))
+    raise TypeError(
+        f"checkpoint entry {key!r} is a {type(value).__name__}, which a safe (weights_only) load "
+        "cannot read; store plain types instead (for argparse arguments pass vars(args))"
+    )
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> Path:
+    """Write a self-describing checkpoint atomically.
+
+    The file holds the architecture and its arguments, the weights of the unwrapped model (no
+    ``module.`` prefix) and everything passed in ``state`` (class names, the filters ``car_type``,
+    ``car_brand``, ``car_production_year``, image size, epoch, metrics, optimizer state, training
+    arguments...). It is written to a temporary file beside ``path`` and moved into place, so a
+    crash mid-write never leaves half a checkpoint where a good one was.
+
+    Args:
+        path: Destination file; its folder is created if missing.
+        model: The network (possibly DDP- or compile-wrapped).
+        **state: Extra entries of plain types (dict, list, str, numbers, tensors, None).
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: If a state entry is not of a plain type.
+    """
+    path = Path(path)
+    bare = unwrap_model(model)
+    payload = {key: _plain(value, key) for key, value in state.items()}
+    payload.update(
+        format_version=CHECKPOINT_FORMAT_VERSION,
+        arch=bare.arch,
+        model_args=dict(bare.model_args),
+        model=bare.state_dict(),
+    )
+    with atomic_file(path, "wb") as handle:
+        torch.save(payload, handle)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = None) -> tuple[dict[str, Any], torch.device]:
+    """The dict a checkpoint file holds, read safely (``weights_only=True``: nothing in it runs).
+
+    :func:`CAM_Stanford_Cars.model.load_checkpoint` rebuilds the model from it.
+
+    Returns:
+        ``(checkpoint, device)``: the dict, its tensors on ``device`` (CPU for ``None``).
+
+    Raises:
+        TypeError: If ``path`` is not a path (e.g. None) or ``map_location`` not a device.
+        ValueError: If ``map_location`` names a device that does not exist here.
+        FileNotFoundError: If ``path`` does not exist.
+        IsADirectoryError: If ``path`` is a folder.
+        CheckpointError: If the file is not a torch file, truncated, not a checkpoint, unsafe to
+            load, or written by a newer version of this project.
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a checkpoint file (a str or os.PathLike), got {_short_repr(path)}")
+    path = Path(path).expanduser()
+    # The device first: a missing GPU must not be reported as a damaged file.
+    location = _resolve_map_location(map_location)
+    if path.is_dir():
+        raise _folder_error(f"{str(path)!r} is a folder; pass a checkpoint file in it, e.g. {str(path / 'best.pt')!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} is not a regular file; pass the best.pt or last.pt of a run")
+    try:
+        checkpoint = _safe_torch_load(path, location)
+    except _TorchFileError as err:
+        if err.kind == "not_torch":
+            message = (
+                f"{str(path)!r} is not a torch checkpoint ({err}); pass the best.pt or last.pt of a run"
+            )
+        elif err.kind == "unsafe":
+            message = (
+                f"refused to load {str(path)!r}: {err}. Nothing in it was run. Only checkpoints written by "
+                "save_checkpoint load here; if you trust the file, re-save its tensors as plain types."
+            )
+        else:
+            message = f"{str(path)!r} is not a readable checkpoint ({err})"
+        raise CheckpointError(message) from None
+    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
+        raise CheckpointError(f"{str(path)!r} is a torch file but not a CAM_Stanford_Cars checkpoint")
+    version = checkpoint["format_version"]
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format {version!r}, newer than this version reads "
+            f"({CHECKPOINT_FORMAT_VERSION}); upgrade CAM_Stanford_Cars"
+        )
+    require_entries(checkpoint, ("arch", "model_args", "model"), path)
+    return checkpoint, location

@@ -1,0 +1,64 @@
+"""Names every part of ``data/`` shares: path and filter types, splits, layouts, errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Union
+
+
+PathLike = Union[str, os.PathLike]
+
+
+FilterValue = Union[str, int, Sequence[Union[str, int]], None]
+
+
+SPLITS = ("train", "test")
+
+
+LAYOUTS = ("torchvision", "kaggle", "car_ims")
+
+
+KAGGLE_HANDLE = "rickyyyyyyy/torchvision-stanford-cars"
+
+
+KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_HANDLE}"
+
+
+DOWNLOAD_EXTRA_HINT = "pip install 'CAM_Stanford_Cars[download]'  (or: pip install kagglehub)"
+
+
+class DatasetError(Exception):
+    """Stanford Cars could not be found, read, downloaded or loaded."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """No layout that the reader accepts was found under ``root``.
+
+    Attributes:
+        problem: What was looked for and not found, without the advice on getting the data, so
+            a caller with other means (the visualize CLI's ``--root``) can give its own.
+    """
+
+    def __init__(self, problem: str, how_to: str = "") -> None:
+        super().__init__(f"{problem} {how_to}".strip())
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:  # DataLoader workers send errors back pickled
+        return type(self), (self.problem, str(self)[len(self.problem):].strip())
+
+
+class AnnotationError(DatasetError, ValueError):
+    """A ``.mat`` annotation file is unreadable or lacks a variable or field."""
+
+
+class ImageLoadError(DatasetError, OSError):
+    """An image file could not be decoded."""
+
+
+class MissingImageError(ImageLoadError, FileNotFoundError):
+    """An image named by the annotations is not on disk."""
+
+
+class DownloadError(DatasetError, RuntimeError):
+    """Fetching Stanford Cars from the mirror failed, or what came back is not complete."""

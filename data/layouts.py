@@ -1,0 +1,337 @@
+"""Where Stanford Cars lies on disk (three layouts) and its annotation files."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import (DOWNLOAD_EXTRA_HINT, KAGGLE_HANDLE, KAGGLE_URL, SPLITS, AnnotationError, DatasetError,
+                     DatasetNotFoundError, PathLike)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the files of one Stanford Cars copy are.
+
+    Attributes:
+        kind: ``"torchvision"``, ``"kaggle"`` or ``"car_ims"``.
+        base: The folder that holds it (``root/stanford_cars`` or ``root``).
+        meta_file: The ``.mat`` file with ``class_names``.
+        annotation_files: Per split, the ``.mat`` file with its ``annotations``.
+        image_dirs: Per split, the folder the annotations' file names are relative to.
+    """
+
+    kind: str
+    base: Path
+    meta_file: Path
+    annotation_files: dict[str, Path]
+    image_dirs: dict[str, Path]
+
+
+@dataclass
+class _Candidate:
+    kind: str
+    base: Path
+    found: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    layout: Layout | None = None
+
+
+def _first_existing(paths: Sequence[Path], is_dir: bool = False) -> Path | None:
+    for path in paths:
+        if (path.is_dir() if is_dir else path.is_file()):
+            return path
+    return None
+
+
+def _devkit_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
+    """torchvision's layout, or Kaggle's (nested image folders, devkit possibly in car_devkit/)."""
+    devkit = _first_existing([base / "devkit", base / "car_devkit" / "devkit", base / "car_devkit"], is_dir=True)
+    meta = devkit / "cars_meta.mat" if devkit is not None else None
+    nested = any((base / f"cars_{split}" / f"cars_{split}").is_dir() for split in SPLITS)
+    kind = "kaggle" if nested or (devkit is not None and devkit != base / "devkit") else "torchvision"
+    candidate = _Candidate(kind, base)
+    if meta is not None and meta.is_file():
+        candidate.found.append(str(meta))
+    else:
+        candidate.missing.append(str(base / "devkit" / "cars_meta.mat"))
+    annotation_files: dict[str, Path] = {}
+    image_dirs: dict[str, Path] = {}
+    for split in splits:
+        if split == "train":
+            annos = devkit / "cars_train_annos.mat" if devkit is not None else None
+            annos = annos if annos is not None and annos.is_file() else None
+            expected = base / "devkit" / "cars_train_annos.mat"
+        else:
+            roots = [base] + ([devkit] if devkit is not None else [])
+            annos = _first_existing([
+                folder / name for folder in roots
+                for name in ("cars_test_annos_withlabels.mat", "cars_test_annos_withlabels (1).mat")
+            ])
+            expected = base / "cars_test_annos_withlabels.mat"
+        if annos is not None:
+            candidate.found.append(str(annos))
+            annotation_files[split] = annos
+        else:
+            note = ""
+            if split == "test" and devkit is not None and (devkit / "cars_test_annos.mat").is_file():
+                note = " (devkit/cars_test_annos.mat has no labels; the test labels come in cars_test_annos_withlabels.mat)"
+            candidate.missing.append(str(expected) + note)
+        images = _first_existing([base / f"cars_{split}" / f"cars_{split}", base / f"cars_{split}"], is_dir=True)
+        if images is not None:
+            candidate.found.append(str(images) + os.sep)
+            image_dirs[split] = images
+        else:
+            candidate.missing.append(str(base / f"cars_{split}") + os.sep)
+    if not candidate.missing and meta is not None:
+        candidate.layout = Layout(candidate.kind, base, meta, annotation_files, image_dirs)
+    return candidate
+
+
+def _car_ims_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
+    candidate = _Candidate("car_ims", base)
+    annos = base / "cars_annos.mat"
+    images = base / "car_ims"
+    for path, ok in ((annos, annos.is_file()), (images, images.is_dir())):
+        (candidate.found if ok else candidate.missing).append(str(path) + (os.sep if path is images else ""))
+    if not candidate.missing:
+        candidate.layout = Layout("car_ims", base, annos, {split: annos for split in splits}, {split: base for split in splits})
+    return candidate
+
+
+def _how_to_get_the_data(root: Path) -> str:
+    return (
+        f"To get the data: pass download_datasets=True (CLI: --download_datasets true) to fetch it from the Kaggle "
+        f"mirror {KAGGLE_HANDLE} (needs {DOWNLOAD_EXTRA_HINT}), or download {KAGGLE_URL} yourself, unzip it and "
+        f"put its stanford_cars folder at {root / 'stanford_cars'} so that "
+        f"{root / 'stanford_cars' / 'devkit' / 'cars_meta.mat'} exists."
+    )
+
+
+def _root_path(root: PathLike, name: str = "root") -> Path:
+    """``root`` as an expanded ``Path``; anything but a str or path is refused by ``name``."""
+    if not isinstance(root, str | os.PathLike):
+        raise TypeError(
+            f"{name} must be the folder holding Stanford Cars (a str or path, e.g. 'stanford_cars_dataset'), "
+            f"got {root!r}"[:300]
+        )
+    return Path(os.path.expanduser(os.fspath(root)))
+
+
+def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
+    """Detect which Stanford Cars layout ``root`` holds, for the given splits.
+
+    Looks in ``root/stanford_cars`` first, then in ``root`` itself, for torchvision's layout,
+    Kaggle's and the original ``car_ims/`` + ``cars_annos.mat``.
+
+    Args:
+        root: The dataset root (or the ``stanford_cars`` folder itself).
+        splits: The splits that must be readable.
+
+    Returns:
+        The first complete :class:`Layout`.
+
+    Raises:
+        DatasetNotFoundError: If no layout is complete; the message lists what was looked for
+            and where (or, for a partial copy, what is missing) and how to get the data.
+    """
+    root = _root_path(root)
+    bases = [root / "stanford_cars", root]
+    candidates: list[_Candidate] = []
+    for base in bases:
+        if not base.is_dir():
+            continue
+        for make in (_devkit_candidate, _car_ims_candidate):
+            candidate = make(base, splits)
+            if candidate.layout is not None:
+                return candidate.layout
+            candidates.append(candidate)
+    partial = [c for c in candidates if c.found]
+    if partial:
+        best = max(partial, key=lambda c: len(c.found))
+        raise DatasetNotFoundError(
+            f"Stanford Cars under {str(root)!r} is incomplete: found a {best.kind} layout at {best.base} "
+            f"({', '.join(best.found)}) but not {', '.join(best.missing)}.", _how_to_get_the_data(root)
+        )
+    where = f"{root / 'stanford_cars'} and {root}"
+    raise DatasetNotFoundError(
+        f"No Stanford Cars found under {str(root)!r}. Looked in {where} for: "
+        f"torchvision's layout (devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat, "
+        f"cars_train/, cars_test/); Kaggle's layout (cars_train/cars_train/, cars_test/cars_test/ with devkit/ or "
+        f"car_devkit/devkit/ and cars_test_annos_withlabels.mat beside them); the original all-in-one layout "
+        f"(cars_annos.mat, car_ims/).", _how_to_get_the_data(root)
+    )
+
+
+@dataclass(frozen=True)
+class SplitAnnotations:
+    """The annotations of one split, in file order.
+
+    Attributes:
+        paths: Image paths, built as torchvision builds them (``str(image_dir / fname)``).
+        labels: (N,) int64, 0-based class indices.
+        boxes: (N, 4) float64, ``[x1, y1, x2, y2]`` in original pixels, 0-based half-open.
+    """
+
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    boxes: np.ndarray
+
+
+def _loadmat(path: Path) -> dict[str, Any]:
+    import scipy.io as sio
+
+    try:
+        return sio.loadmat(str(path), squeeze_me=True)
+    except Exception as err:  # scipy raises ValueError, TypeError, OSError... for a bad file
+        raise AnnotationError(
+            f"{path} is not a readable MATLAB .mat file ({type(err).__name__}: {err}); re-download it"
+        ) from err
+
+
+def _struct_columns(mat: Mapping[str, Any], path: Path, variable: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
+    if variable not in mat:
+        present = sorted(key for key in mat if not key.startswith("__"))
+        raise AnnotationError(f"{path} has no variable {variable!r} (it holds {present}); is it the right file?")
+    records = np.atleast_1d(mat[variable])
+    names = records.dtype.names or ()
+    for name in fields:
+        if name not in names:
+            raise AnnotationError(
+                f"{path}: the {variable!r} struct has no field {name!r} (its fields: {list(names)}); is it the right file?"
+            )
+    return {name: np.atleast_1d(records[name]) for name in fields}
+
+
+def _int_column(values: np.ndarray, path: Path, name: str) -> np.ndarray:
+    try:
+        return np.array([int(np.asarray(value).item()) for value in values], dtype=np.int64)
+    except (TypeError, ValueError) as err:
+        raise AnnotationError(f"{path}: field {name!r} holds a value that is not one whole number ({err})") from err
+
+
+def _boxes(columns: Mapping[str, np.ndarray], path: Path) -> np.ndarray:
+    x1, y1, x2, y2 = (_int_column(columns[name], path, name) for name in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
+    # 1-based inclusive pixel indices -> 0-based half-open edges.
+    return np.stack([x1 - 1, y1 - 1, x2, y2], axis=1).astype(np.float64)
+
+
+def _check_labels(labels: np.ndarray, n_classes: int, path: Path) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise AnnotationError(
+            f"{path}: field 'class' holds values {labels.min() + 1}..{labels.max() + 1} but there are "
+            f"{n_classes} class names (1..{n_classes})"
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _read_class_names_cached(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    mat = _loadmat(Path(path))
+    if "class_names" not in mat:
+        present = sorted(key for key in mat if not key.startswith("__"))
+        raise AnnotationError(f"{path} has no variable 'class_names' (it holds {present}); is it the right file?")
+    return tuple(str(name) for name in np.atleast_1d(mat["class_names"]).tolist())
+
+
+@functools.lru_cache(maxsize=8)
+def _read_devkit_split_cached(path: str, mtime_ns: int, size: int, image_dir: str) -> SplitAnnotations:
+    mat_path = Path(path)
+    columns = _struct_columns(_loadmat(mat_path), mat_path, "annotations",
+                              ("fname", "class", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
+    folder = Path(image_dir)
+    paths = tuple(str(folder / str(fname)) for fname in columns["fname"])
+    labels = _int_column(columns["class"], mat_path, "class") - 1
+    return SplitAnnotations(paths, labels, _boxes(columns, mat_path))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_car_ims_cached(path: str, mtime_ns: int, size: int, base: str) -> dict[str, SplitAnnotations]:
+    mat_path = Path(path)
+    columns = _struct_columns(_loadmat(mat_path), mat_path, "annotations",
+                              ("relative_im_path", "class", "test", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
+    folder = Path(base)
+    paths = np.array([str(folder / str(rel)) for rel in columns["relative_im_path"]], dtype=object)
+    labels = _int_column(columns["class"], mat_path, "class") - 1
+    is_test = _int_column(columns["test"], mat_path, "test").astype(bool)
+    boxes = _boxes(columns, mat_path)
+    return {
+        split: SplitAnnotations(tuple(paths[mask].tolist()), labels[mask], boxes[mask])
+        for split, mask in (("train", ~is_test), ("test", is_test))
+    }
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+def read_class_names(layout: Layout) -> list[str]:
+    """The class names of a layout, in the devkit's order (label 0 first)."""
+    return list(_read_class_names_cached(*_file_key(layout.meta_file)))
+
+
+def read_split(layout: Layout, split: str) -> SplitAnnotations:
+    """The annotations of one split of a layout, parsed once per file and cached.
+
+    Raises:
+        AnnotationError: If the ``.mat`` file is unreadable, lacks a variable or field, or names
+            classes that ``class_names`` does not have.
+    """
+    if layout.kind == "car_ims":
+        annotations = _read_car_ims_cached(*_file_key(layout.annotation_files[split]), str(layout.image_dirs[split]))[split]
+    else:
+        annotations = _read_devkit_split_cached(*_file_key(layout.annotation_files[split]), str(layout.image_dirs[split]))
+    _check_labels(annotations.labels, len(read_class_names(layout)), layout.annotation_files[split])
+    return annotations
+
+
+def verify_stanford_cars(
+    root: PathLike, num_classes: int = 196, num_train: int = 8144, num_test: int = 8041,
+) -> Layout:
+    """Check that ``root`` holds a complete Stanford Cars: classes, annotations with boxes, every image.
+
+    Args:
+        root: The dataset root, or the folder holding the layout.
+        num_classes: Class names expected in the meta file.
+        num_train: Annotated train images expected.
+        num_test: Annotated (labelled) test images expected.
+
+    Returns:
+        The verified :class:`Layout`.
+
+    Raises:
+        DatasetNotFoundError: If no layout is found.
+        DatasetError: Listing every count that differs and the first missing image files.
+    """
+    layout = find_layout(root)
+    problems: list[str] = []
+    names = read_class_names(layout)
+    if len(names) != num_classes:
+        problems.append(f"{layout.meta_file} has {len(names)} class names, expected {num_classes}")
+    for split, expected in (("train", num_train), ("test", num_test)):
+        annotations = read_split(layout, split)
+        if len(annotations.paths) != expected:
+            problems.append(f"{layout.annotation_files[split]} annotates {len(annotations.paths)} {split} images, expected {expected}")
+        present: dict[str, set[str]] = {}
+        missing = []
+        for path in annotations.paths:
+            folder, name = os.path.split(path)
+            if folder not in present:
+                present[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+            if name not in present[folder]:
+                missing.append(path)
+        if missing:
+            problems.append(f"{len(missing)} {split} images are missing, e.g. {missing[:3]}")
+        boxes = annotations.boxes
+        bad = int(np.sum((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])))
+        if bad:
+            problems.append(f"{bad} {split} boxes in {layout.annotation_files[split]} are empty")
+    if problems:
+        raise DatasetError(f"Stanford Cars at {layout.base} is not complete: " + "; ".join(problems))
+    return layout
