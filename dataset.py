@@ -1,28 +1,20 @@
 """Stanford Cars for class activation maps: find the files, parse and filter the classes, load images with boxes.
 
-:class:`StanfordCarsCAM` reads the layouts Stanford Cars is found in today and yields square RGB
-tensors in [0, 1] with their labels and, on request, the car's bounding box in the returned
-image's pixels:
+:class:`StanfordCarsCAM` is the face of ``data/``: it reads the layouts Stanford Cars is found in
+(torchvision's ``root/stanford_cars/{devkit/, cars_train/, cars_test/, cars_test_annos_withlabels.mat}``,
+Kaggle's nested ``cars_train/cars_train/``, and the original ``car_ims/`` + ``cars_annos.mat``)
+and yields square RGB tensors in [0, 1] with their labels and, on request, the car's box. On
+torchvision's layout, without filters, the samples (paths, labels, order) and class names are
+exactly those of ``torchvision.datasets.StanfordCars``.
 
-* torchvision's: ``root/stanford_cars/{devkit/cars_meta.mat, devkit/cars_train_annos.mat,
-  cars_test_annos_withlabels.mat, cars_train/, cars_test/}`` (``root`` may also be the
-  ``stanford_cars`` folder itself). On this layout, without filters, the samples (paths, labels,
-  order) and class names are exactly those of ``torchvision.datasets.StanfordCars``.
-* Kaggle's: ``cars_train/cars_train/*.jpg`` and ``cars_test/cars_test/*.jpg`` with the devkit
-  (``devkit/`` or ``car_devkit/devkit/``) and ``cars_test_annos_withlabels.mat`` beside them.
-* the original all-in-one release: ``car_ims/*.jpg`` and ``cars_annos.mat`` (whose ``test`` field
-  says the split).
+Class names read "Make Model Type Year" (:func:`parse_class_name`); the ``car_brand`` /
+``car_type`` / ``car_production_year`` filters keep a subset of the classes, renumbered 0..K-1 in
+the devkit's order. :func:`summarize` and :func:`format_filter_summary` list the values present;
+:func:`download_stanford_cars` fetches the data from a Kaggle mirror when asked to.
 
-Class names read "Make Model Type Year"; :func:`parse_class_name` splits them and the
-``car_brand`` / ``car_type`` / ``car_production_year`` filters keep a subset of the classes,
-renumbered 0..K-1 in the devkit's order. :func:`summarize` and :func:`format_filter_summary` list
-the values present with image counts. :func:`download_stanford_cars` fetches the data from a
-Kaggle mirror through ``kagglehub`` when asked to.
-
-Boxes follow the package's convention: float ``[x1, y1, x2, y2]``, 0-based, continuous,
-half-open pixel edges in the image the model sees. A Stanford Cars annotation (1-based,
-inclusive ``bbox_x1..bbox_x2``) maps to ``x1 = bbox_x1 - 1, x2 = bbox_x2`` in original pixels,
-then is scaled (and, on the train split, cropped and flipped) with the image.
+Boxes are float ``[x1, y1, x2, y2]``, 0-based, half-open pixel edges in the image the model sees:
+an annotation's 1-based inclusive ``bbox_x1..bbox_x2`` maps to ``x1 = bbox_x1 - 1, x2 = bbox_x2``
+in original pixels, then is scaled (and, on the train split, cropped and flipped) with the image.
 
 Example:
     >>> from CAM_Stanford_Cars.dataset import StanfordCarsCAM
@@ -43,51 +35,33 @@ import numpy as np
 import torch
 from torchvision.datasets import VisionDataset
 
-from .data.common import (KAGGLE_HANDLE, KAGGLE_URL, LAYOUTS, SPLITS, AnnotationError, DatasetError,
+from .data.common import (DOWNLOAD_EXTRA_HINT, KAGGLE_HANDLE, KAGGLE_URL, LAYOUTS, SPLITS, AnnotationError, DatasetError,
                           DatasetNotFoundError, DownloadError, FilterValue, ImageLoadError, MissingImageError, PathLike)
 from .data.download import DEFAULT_MIRROR, Mirror, download_stanford_cars
-from .data.images import ImageCache, _open_image, decode_image, load_view, resize_pixels
-from .data.layouts import Layout, SplitAnnotations, _root_path, find_layout, read_class_names, read_split, verify_stanford_cars
+from .data.images import (CROP_AREA_RANGE, CROP_ATTEMPTS, CROP_MIN_BOX_VISIBLE, CROP_RELATIVE_ASPECT_RANGE, DRAFT_MIN_SHARE,
+                          FLIP_PROBABILITY, MIN_CROP_SIDE, ImageCache, decode_image, load_view, open_image, resize_pixels)
+from .data.layouts import Layout, SplitAnnotations, find_layout, read_class_names, read_split, root_path, verify_stanford_cars
 from .data.names import (BODY_TYPES, FILTER_NAMES, TWO_WORD_MAKES, CarClass, ClassToIdx, FilterSummary, FilterValueCount,
                          _per_class_counts, format_filter_summary, parse_class_name, select_classes, summarize)
 
+__all__ = [
+    "StanfordCarsCAM",
+    # data/common.py
+    "PathLike", "FilterValue", "SPLITS", "LAYOUTS", "KAGGLE_HANDLE", "KAGGLE_URL", "DOWNLOAD_EXTRA_HINT",
+    "DatasetError", "DatasetNotFoundError", "AnnotationError", "ImageLoadError", "MissingImageError", "DownloadError",
+    # data/names.py
+    "TWO_WORD_MAKES", "BODY_TYPES", "FILTER_NAMES", "CarClass", "parse_class_name", "ClassToIdx", "select_classes",
+    "FilterValueCount", "FilterSummary", "summarize", "format_filter_summary",
+    # data/layouts.py
+    "Layout", "find_layout", "SplitAnnotations", "read_class_names", "read_split", "verify_stanford_cars",
+    # data/download.py
+    "Mirror", "DEFAULT_MIRROR", "download_stanford_cars",
+    # data/images.py
+    "CROP_AREA_RANGE", "CROP_RELATIVE_ASPECT_RANGE", "CROP_MIN_BOX_VISIBLE", "CROP_ATTEMPTS", "FLIP_PROBABILITY",
+    "MIN_CROP_SIDE", "DRAFT_MIN_SHARE", "decode_image", "resize_pixels", "ImageCache", "load_view",
+]
+
 logger = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------
-# Errors
-
-
-# --------------------------------------------------------------------------------------------
-# Class names
-
-
-# --------------------------------------------------------------------------------------------
-# Filters
-
-
-# --------------------------------------------------------------------------------------------
-# Finding the files
-
-
-# --------------------------------------------------------------------------------------------
-# Reading the annotations (once per file: cached on path, size and modification time)
-
-
-# --------------------------------------------------------------------------------------------
-# Listing what is there
-
-
-# --------------------------------------------------------------------------------------------
-# Download
-
-
-# --------------------------------------------------------------------------------------------
-# Images
-
-
-# --------------------------------------------------------------------------------------------
-# The dataset
 
 
 class StanfordCarsCAM(VisionDataset):
@@ -108,21 +82,19 @@ class StanfordCarsCAM(VisionDataset):
         image_size: Side S of the square images returned.
         augment: Random crop and flip; None means True for ``"train"`` and False for ``"test"``.
         return_box: Append the car's box to every item.
-        cache_dir: Folder for an :class:`ImageCache` of decoded uint8 pixels, reused across epochs
-            and runs (the un-augmented view, or the decoded image augmented views are cropped
-            from); items are the same with or without it. None decodes every time.
+        cache_dir: Folder for an :class:`ImageCache` of decoded pixels, reused across epochs and
+            runs; items are the same with or without it. None decodes every time.
 
     Items: ``(image, label)``, or ``(image_predict, image_visualize, label)``, with ``box`` appended
     when ``return_box``. ``image``: (3, S, S) float32 RGB in [0, 1] (grayscale and CMYK files are
     converted). ``label``: int in 0..K-1. ``box``: (4,) float32 ``[x1, y1, x2, y2]`` in the returned
     image's pixels, 0-based half-open, clipped to [0, S].
 
-    Views: without augmentation the whole image is resized to S x S (deterministic). With
-    augmentation a crop covering 60-100% of the image's area, with an aspect within 3/4..4/3 of the
-    image's, is drawn until one keeps at least 75% of the car's box (10 tries, else the whole image),
-    resized to S x S, and flipped left-right with probability 0.5; the box is cropped, scaled,
-    clipped and flipped with it, so it stays the visible car's extent. No colour change is applied.
-    Randomness comes from torch's global generator.
+    Views: without augmentation the whole image is resized to S x S. With augmentation a crop
+    covering 60-100% of the image's area, with an aspect within 3/4..4/3 of the image's, is drawn
+    until one keeps at least 75% of the car's box (10 tries, else the whole image), resized to
+    S x S, and flipped left-right with probability 0.5; the box follows the crop and flip. No colour
+    change is applied. Randomness comes from torch's global generator.
 
     Attributes:
         root: As given. ``layout``: the :class:`Layout` found. ``classes``: kept class names,
@@ -172,7 +144,7 @@ class StanfordCarsCAM(VisionDataset):
         return_box: bool = False,
         cache_dir: PathLike | None = None,
     ) -> None:
-        _root_path(root)  # a None root would otherwise fail deep inside VisionDataset
+        root_path(root)  # a None root would otherwise fail deep inside VisionDataset
         super().__init__(root)
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: expected 'train' or 'test'")
@@ -196,7 +168,7 @@ class StanfordCarsCAM(VisionDataset):
         self.classes = [all_names[index] for index in self.class_ids]
         self.class_to_idx = ClassToIdx(self.classes)
 
-        remap = np.full(len(all_names), -1, dtype=np.int64)
+        remap = np.full(len(all_names), -1, dtype=np.int64)  # full-set label -> kept label, or -1
         remap[self.class_ids] = np.arange(len(self.class_ids))
         new_labels = remap[annotations.labels]
         keep = np.flatnonzero(new_labels >= 0)
@@ -221,14 +193,9 @@ class StanfordCarsCAM(VisionDataset):
         """``(image, label)``, ``(image_predict, image_visualize, label)``, each ``+ (box,)`` if ``return_box``."""
         path, label = self.samples[index]
         image, box = load_view(path, self.boxes[index], self.image_size, self.augment, self.cache)
-        if self.generate_img_for_cam:
-            # A copy, so that drawing on the visualisation never changes the network's input.
-            item: tuple[Any, ...] = (image, torch.from_numpy(image.numpy().copy()), label)
-        else:
-            item = (image, label)
-        if self.return_box:
-            item += (box,)
-        return item
+        # A copy, so that drawing on the visualisation never changes the network's input.
+        item: tuple[Any, ...] = (image, torch.from_numpy(image.numpy().copy()), label) if self.generate_img_for_cam else (image, label)
+        return item + (box,) if self.return_box else item
 
     def original_box(self, index: int) -> torch.Tensor:
         """The box of sample ``index`` in its file's pixels: (4,) float32, 0-based half-open."""
@@ -240,12 +207,8 @@ class StanfordCarsCAM(VisionDataset):
         Reads the image's header (not its pixels) for its size. For the box of an augmented view,
         use ``return_box=True``: the crop and flip are drawn per item.
         """
-        path = self.samples[index][0]
-        image = _open_image(path)
-        try:
+        with open_image(self.samples[index][0]) as image:
             width, height = image.size
-        finally:
-            image.close()
         box = np.clip(self.boxes[index], 0.0, [width, height, width, height])
         scale = np.array([self.image_size / width, self.image_size / height] * 2)
         return torch.as_tensor(box * scale, dtype=torch.float32)

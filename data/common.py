@@ -1,4 +1,4 @@
-"""Names every part of ``data/`` shares: path and filter types, splits, layouts, errors."""
+"""Names every part of ``data/`` shares: path and filter types, splits, layouts, the mirror, errors."""
 
 from __future__ import annotations
 
@@ -6,25 +6,14 @@ import os
 from collections.abc import Sequence
 from typing import Any, Union
 
-
 PathLike = Union[str, os.PathLike]
-
-
 FilterValue = Union[str, int, Sequence[Union[str, int]], None]
 
-
 SPLITS = ("train", "test")
-
-
 LAYOUTS = ("torchvision", "kaggle", "car_ims")
 
-
 KAGGLE_HANDLE = "rickyyyyyyy/torchvision-stanford-cars"
-
-
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_HANDLE}"
-
-
 DOWNLOAD_EXTRA_HINT = "pip install 'CAM_Stanford_Cars[download]'  (or: pip install kagglehub)"
 
 

@@ -10,12 +10,17 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from .common import DOWNLOAD_EXTRA_HINT, KAGGLE_HANDLE, DatasetError, DatasetNotFoundError, DownloadError, PathLike
-from .layouts import Layout, _root_path, find_layout, verify_stanford_cars
+from .layouts import Layout, by_hand, find_layout, root_path, verify_stanford_cars
 
 logger = logging.getLogger(__name__)
+
+# Exception class names of requests and urllib3 that mean the network failed, not the server.
+_NETWORK_ERRORS = {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "MaxRetryError",
+                   "NewConnectionError", "NameResolutionError", "ProtocolError"}
 
 
 @dataclass(frozen=True)
@@ -33,15 +38,13 @@ DEFAULT_MIRROR = Mirror()
 
 def _is_network_error(err: BaseException) -> bool:
     """True for connection failures, whether raised by the socket layer, urllib3 or requests."""
-    names = {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "MaxRetryError",
-             "NewConnectionError", "NameResolutionError", "ProtocolError"}
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror, socket.timeout)):
+        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)):
             return True
-        if any(cls.__name__ in names for cls in type(current).__mro__):
+        if any(cls.__name__ in _NETWORK_ERRORS for cls in type(current).__mro__):
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -49,25 +52,21 @@ def _is_network_error(err: BaseException) -> bool:
 
 def _place_by_hand(root: Path, mirror: Mirror) -> str:
     return (
-        f"To place the files by hand: on a machine with network, download https://www.kaggle.com/datasets/{mirror.handle} "
-        f"(the Download button, or `kaggle datasets download {mirror.handle}`), unzip it and put its stanford_cars folder "
-        f"at {root / 'stanford_cars'} so that {root / 'stanford_cars' / 'devkit' / 'cars_meta.mat'} exists "
-        f"(Kaggle's cars_train/cars_train layout and the original car_ims/ + cars_annos.mat are read too)."
+        f"To place the files by hand: on a machine with network, {by_hand(root, mirror.handle)} (the page's Download "
+        f"button or `kaggle datasets download {mirror.handle}` fetch it; Kaggle's cars_train/cars_train layout and "
+        f"the original car_ims/ + cars_annos.mat are read too)."
     )
 
 
-def _find_fetched_layout(fetched: Path) -> Layout:
-    """The layout inside what the client returned: at its top, in ``stanford_cars``, or one folder down."""
-    places = [fetched]
-    if fetched.is_dir():
-        places += sorted(path for path in fetched.iterdir() if path.is_dir())
-    errors = []
-    for place in places:
-        try:
-            return find_layout(place)
-        except DatasetNotFoundError as err:
-            errors.append(str(err))
-    raise DownloadError(f"the download at {fetched} holds no Stanford Cars layout this reader accepts: {errors[0]}")
+def _import_kagglehub(root: Path, mirror: Mirror) -> ModuleType:
+    try:
+        import kagglehub  # the optional ``download`` extra
+    except ImportError as err:
+        raise DownloadError(
+            f"download_datasets=True fetches Stanford Cars from Kaggle ({mirror.handle}) through the kagglehub "
+            f"package, which is not installed: {DOWNLOAD_EXTRA_HINT}. {_place_by_hand(root, mirror)}"
+        ) from err
+    return kagglehub
 
 
 def _accepts_keyword(function: Any, name: str) -> bool:
@@ -78,12 +77,31 @@ def _accepts_keyword(function: Any, name: str) -> bool:
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def _is_within(path: Path, folder: Path) -> bool:
+def _fetch(kagglehub: ModuleType, mirror: Mirror, root: Path, staging: Path) -> Path:
+    """Download the mirror into ``staging`` (older clients: into their own cache); the folder it is in."""
+    kwargs = {"output_dir": str(staging)} if _accepts_keyword(kagglehub.dataset_download, "output_dir") else {}
+    logger.info("Downloading Stanford Cars (about 1.9 GB) from Kaggle: %s", mirror.handle)
     try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+        return Path(kagglehub.dataset_download(mirror.handle, **kwargs))
+    except Exception as err:  # the client raises requests/urllib3/kagglehub errors alike
+        if _is_network_error(err):
+            cause = f"Kaggle could not be reached; this machine seems to have no network access ({type(err).__name__}: {err})."
+        else:
+            cause = (f"kagglehub failed ({type(err).__name__}: {err}); if Kaggle asks for credentials, run "
+                     f"kagglehub.login() or set KAGGLE_USERNAME and KAGGLE_KEY.")
+        raise DownloadError(f"Could not download Stanford Cars from {mirror.handle}: {cause} {_place_by_hand(root, mirror)}") from err
+
+
+def _find_fetched_layout(fetched: Path) -> Layout:
+    """The layout inside what the client returned: at its top, in ``stanford_cars``, or one folder down."""
+    places = [fetched] + (sorted(path for path in fetched.iterdir() if path.is_dir()) if fetched.is_dir() else [])
+    errors = []
+    for place in places:
+        try:
+            return find_layout(place)
+        except DatasetNotFoundError as err:
+            errors.append(str(err))
+    raise DownloadError(f"the download at {fetched} holds no Stanford Cars layout this reader accepts: {errors[0]}")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -101,12 +119,10 @@ def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path
     """Make sure ``root`` holds Stanford Cars, fetching it from a Kaggle mirror if it does not.
 
     A readable copy already under ``root`` (any layout :func:`find_layout` accepts) is used as
-    is and nothing is fetched. Otherwise ``kagglehub.dataset_download(mirror.handle)`` fetches
-    the mirror (by default ``rickyyyyyyy/torchvision-stanford-cars``, torchvision's layout with
-    the devkit's boxes and the labelled test annotations), :func:`verify_stanford_cars` checks it
-    (196 classes, 8,144 train and 8,041 test images, annotations with boxes, every image file),
-    and it is moved to ``root/stanford_cars`` (or, where the client cannot write there, linked
-    from its cache).
+    is. Otherwise ``kagglehub.dataset_download(mirror.handle)`` fetches the mirror,
+    :func:`verify_stanford_cars` checks it (the mirror's class and image counts, boxes, every
+    image file), and it is moved to ``root/stanford_cars`` (or, where the client cannot write
+    there, linked from its cache).
 
     Args:
         root: Where the data should be.
@@ -117,46 +133,26 @@ def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path
 
     Raises:
         DownloadError: If ``kagglehub`` is not installed, the fetch fails (the message says
-            whether the network is unreachable and how to place the files by hand), or what came
-            back is incomplete.
+            whether the network is unreachable and how to place the files by hand), what came
+            back is incomplete, or a broken copy is in the way.
     """
     mirror = mirror if mirror is not None else DEFAULT_MIRROR
-    root = _root_path(root)
+    root = root_path(root)
+    target = root / "stanford_cars"
     try:
         layout = find_layout(root)
-    except DatasetNotFoundError as err:
-        reason = str(err)
-    else:
         logger.info("Stanford Cars already at %s (%s layout); nothing to download", layout.base, layout.kind)
         return layout.base
-    target = root / "stanford_cars"
-    if target.exists() or target.is_symlink():
-        raise DownloadError(
-            f"{target} exists but is not a readable Stanford Cars ({reason}). Complete it, or move it aside so "
-            f"download_datasets=True can put a fresh copy there."
-        )
-    try:
-        import kagglehub
-    except ImportError as err:
-        raise DownloadError(
-            f"download_datasets=True fetches Stanford Cars from Kaggle ({mirror.handle}) through the kagglehub "
-            f"package, which is not installed: {DOWNLOAD_EXTRA_HINT}. {_place_by_hand(root, mirror)}"
-        ) from err
+    except DatasetNotFoundError as err:
+        if target.exists() or target.is_symlink():
+            raise DownloadError(
+                f"{target} exists but is not a readable Stanford Cars ({err}). Complete it, or move it aside so "
+                f"download_datasets=True can put a fresh copy there."
+            ) from None
+    kagglehub = _import_kagglehub(root, mirror)
     root.mkdir(parents=True, exist_ok=True)
     staging = root / ".stanford_cars_download"
-    kwargs: dict[str, Any] = {}
-    if _accepts_keyword(kagglehub.dataset_download, "output_dir"):
-        kwargs["output_dir"] = str(staging)
-    logger.info("Downloading Stanford Cars (about 1.9 GB) from Kaggle: %s", mirror.handle)
-    try:
-        fetched = Path(kagglehub.dataset_download(mirror.handle, **kwargs))
-    except Exception as err:  # the client raises requests/urllib3/kagglehub errors alike
-        if _is_network_error(err):
-            cause = f"Kaggle could not be reached; this machine seems to have no network access ({type(err).__name__}: {err})."
-        else:
-            cause = (f"kagglehub failed ({type(err).__name__}: {err}); if Kaggle asks for credentials, run "
-                     f"kagglehub.login() or set KAGGLE_USERNAME and KAGGLE_KEY.")
-        raise DownloadError(f"Could not download Stanford Cars from {mirror.handle}: {cause} {_place_by_hand(root, mirror)}") from err
+    fetched = _fetch(kagglehub, mirror, root, staging)
     layout = _find_fetched_layout(fetched)
     try:
         verify_stanford_cars(layout.base, mirror.num_classes, mirror.num_train, mirror.num_test)
@@ -165,7 +161,7 @@ def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path
             f"the download from {mirror.handle} at {fetched} is not complete ({err}); retry, or place the files by hand. "
             f"{_place_by_hand(root, mirror)}"
         ) from err
-    if _is_within(layout.base, staging):
+    if layout.base.resolve().is_relative_to(staging.resolve()):
         os.replace(layout.base, target)
         shutil.rmtree(staging, ignore_errors=True)
     else:

@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -15,29 +14,30 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..files import unwritable_reason
 from .common import ImageLoadError, MissingImageError, PathLike
 
 logger = logging.getLogger(__name__)
 
-
 # Train-split augmentation (see StanfordCarsCAM): a crop keeps 60-100% of the image area with an
 # aspect within 3/4..4/3 of the image's and at least this share of the car's box, else the whole image.
 CROP_AREA_RANGE = (0.6, 1.0)
-
-
 CROP_RELATIVE_ASPECT_RANGE = (3 / 4, 4 / 3)
-
-
 CROP_MIN_BOX_VISIBLE = 0.75
-
-
 CROP_ATTEMPTS = 10
-
-
 FLIP_PROBABILITY = 0.5
 
+# The smallest crop keeps this share of each side of the image; the decoder's reduced scale must
+# still leave such a crop S pixels across.
+MIN_CROP_SIDE = math.sqrt(CROP_AREA_RANGE[0] * CROP_RELATIVE_ASPECT_RANGE[0])
 
-def _open_image(path: str) -> Image.Image:
+# The JPEG decoder may return as little as this share of the pixels a view asks for: the final
+# resize then stretches a little, for a picture hard to tell apart and a much cheaper decode.
+DRAFT_MIN_SHARE = 0.9
+
+
+def open_image(path: str) -> Image.Image:
+    """``PIL.Image.open``, its failures as :class:`MissingImageError` / :class:`ImageLoadError` naming the file."""
     try:
         return Image.open(path)
     except FileNotFoundError as err:
@@ -49,35 +49,20 @@ def _open_image(path: str) -> Image.Image:
 def _sample_crop(width: int, height: int, box: np.ndarray) -> tuple[float, float, float, float]:
     """A random crop ``(x0, y0, x1, y1)`` in original pixels that keeps most of ``box``; uses torch's RNG."""
     box_area = max((box[2] - box[0]) * (box[3] - box[1]), 0.0)
+    log_aspects = (math.log(CROP_RELATIVE_ASPECT_RANGE[0]), math.log(CROP_RELATIVE_ASPECT_RANGE[1]))
     for _ in range(CROP_ATTEMPTS):
         area = torch.empty(()).uniform_(*CROP_AREA_RANGE).item()
-        log_aspect = torch.empty(()).uniform_(math.log(CROP_RELATIVE_ASPECT_RANGE[0]), math.log(CROP_RELATIVE_ASPECT_RANGE[1])).item()
-        aspect = math.exp(log_aspect)
-        crop_w = width * math.sqrt(area * aspect)
-        crop_h = height * math.sqrt(area / aspect)
+        aspect = math.exp(torch.empty(()).uniform_(*log_aspects).item())
+        crop_w, crop_h = width * math.sqrt(area * aspect), height * math.sqrt(area / aspect)
         if crop_w > width or crop_h > height:
             continue
         x0 = torch.empty(()).uniform_(0.0, width - crop_w).item()
         y0 = torch.empty(()).uniform_(0.0, height - crop_h).item()
         x1, y1 = x0 + crop_w, y0 + crop_h
-        inter_w = min(box[2], x1) - max(box[0], x0)
-        inter_h = min(box[3], y1) - max(box[1], y0)
-        visible = max(inter_w, 0.0) * max(inter_h, 0.0)
+        visible = max(min(box[2], x1) - max(box[0], x0), 0.0) * max(min(box[3], y1) - max(box[1], y0), 0.0)
         if box_area > 0 and visible >= CROP_MIN_BOX_VISIBLE * box_area:
             return x0, y0, x1, y1
     return 0.0, 0.0, float(width), float(height)
-
-
-# An augmented view is a crop keeping at least this share of each side of the image (60% of the
-# area at 3/4 of the image's aspect, or at 4/3 for the height); the decoder's reduced scale must
-# still leave such a crop S pixels across.
-MIN_CROP_SIDE = math.sqrt(CROP_AREA_RANGE[0] * CROP_RELATIVE_ASPECT_RANGE[0])
-
-
-# The JPEG decoder may return as little as this share of the pixels a view asks for (a 90% side is
-# stretched by at most 1.11 in the final resize); most ~700x450 photos then decode at half scale,
-# which costs a fifth less than a full decode for a picture that is hard to tell apart.
-DRAFT_MIN_SHARE = 0.9
 
 
 def decode_image(path: str, min_size: tuple[int, int]) -> tuple[np.ndarray, int, tuple[int, int]]:
@@ -96,12 +81,12 @@ def decode_image(path: str, min_size: tuple[int, int]) -> tuple[np.ndarray, int,
         MissingImageError: If the file does not exist.
         ImageLoadError: If it cannot be decoded.
     """
-    image = _open_image(path)
+    image = open_image(path)
     try:
         width, height = image.size
         scale = 1
         if min_size[0] < width and min_size[1] < height:
-            drafted = image.draft("RGB", min_size)
+            drafted = image.draft("RGB", min_size)  # PIL's draft mode: (mode, box of the full image in decoded pixels)
             if drafted is not None:
                 scale = round(width / drafted[1][2])
         image.load()
@@ -116,10 +101,10 @@ def decode_image(path: str, min_size: tuple[int, int]) -> tuple[np.ndarray, int,
 def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
     """Antialiased bilinear resize of (h, w, 3) uint8 pixels to (size, size, 3) uint8.
 
-    torch's uint8 channels-last kernel: within one grey level of PIL's ``BILINEAR`` resize and about
-    four times faster. It runs on a contiguous copy, as a strided view takes a slow path.
+    torch's uint8 channels-last kernel, within one grey level of PIL's ``BILINEAR`` resize and
+    faster. It runs on a private contiguous copy: a strided view takes a slow path, and a
+    read-only memory map cannot be wrapped by torch.
     """
-    # Always a private copy: the pixels may be a read-only memory map, which torch refuses to wrap.
     chw = torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C", copy=True)).permute(2, 0, 1)[None]  # (1, 3, h, w)
     out = torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return out[0].permute(1, 2, 0).numpy()  # (S, S, 3), contiguous: the output keeps the input's channels-last layout
@@ -128,13 +113,12 @@ def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
 class ImageCache:
     """Decoded, resized uint8 pixels on disk, memory-mapped back on later reads.
 
-    One ``.npy`` file per image and view, named after a hash of the image's absolute path, size in
-    bytes, modification time and the view (so a changed file is decoded afresh). Each holds a flat
-    uint8 array: a 20-byte header of five little-endian uint32 (the file's width and height, the
-    pixels' rows and columns, the decoder's reduction or 0 for a resized view), then the
-    (rows, cols, 3) pixels. Files are written atomically, so
-    DataLoader workers may fill the cache side by side. A write that would leave less than
-    ``min_free_bytes`` on the disk is skipped (the item is then decoded every time).
+    One ``.npy`` file per image and view, named after a hash of the image's absolute path, size,
+    modification time and the view (so a changed file is decoded afresh). Each holds a flat uint8
+    array: a header of five little-endian uint32 (the file's width and height, the pixels' rows
+    and columns, the decoder's reduction or 0 for a resized view), then the (rows, cols, 3)
+    pixels. Files are written atomically, so DataLoader workers may fill the cache side by side.
+    A write that would leave less than ``min_free_bytes`` on the disk is skipped.
 
     Args:
         folder: Where the files go; created if absent.
@@ -149,26 +133,17 @@ class ImageCache:
         self.folder = Path(os.path.expanduser(os.fspath(folder)))
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"cache_dir {os.fspath(folder)!r} is a file, not a folder; choose another folder or leave it out")
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ValueError(
-                f"cache_dir {os.fspath(folder)!r} cannot be created ({err.strerror or err}); "
-                "choose another folder or leave it out"
-            ) from None
-        # Once, here: otherwise an unwritable cache only shows as a warning per image.
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".write_probe.", suffix=".tmp", dir=self.folder)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as err:
-            raise ValueError(
-                f"cache_dir {os.fspath(folder)!r} is not writable ({err.strerror or err}); "
-                "choose another folder or leave it out"
-            ) from None
+        # Checked once, here: otherwise an unwritable cache only shows as a warning per image.
+        reason = unwritable_reason(self.folder)
+        if reason is not None:
+            raise ValueError(f"cache_dir {os.fspath(folder)!r} is not writable ({reason}); choose another folder or leave it out")
         self.min_free_bytes = int(min_free_bytes)
-        self._warned_full = False
-        self._warned_write = False
+        self._warned: set[str] = set()
+
+    def _warn_once(self, kind: str, message: str, *args: object) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            logger.warning(message, *args)
 
     def path_for(self, path: str, view: str) -> Path:
         """The cache file of ``view`` (``"view224"``, ``"base224"``) of image ``path``."""
@@ -195,9 +170,7 @@ class ImageCache:
         header = np.array([size[0], size[1], pixels.shape[0], pixels.shape[1], scale], dtype="<u4").view(np.uint8)
         flat = np.concatenate([header, np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1)])
         if shutil.disk_usage(self.folder).free < flat.nbytes + self.min_free_bytes:
-            if not self._warned_full:
-                logger.warning("Image cache %s: the disk is nearly full, so new images are not cached", self.folder)
-                self._warned_full = True
+            self._warn_once("full", "Image cache %s: the disk is nearly full, so new images are not cached", self.folder)
             return
         tmp = target.with_name(f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
@@ -206,22 +179,37 @@ class ImageCache:
             os.replace(tmp, target)
         except OSError as err:
             tmp.unlink(missing_ok=True)
-            if not self._warned_write:
-                logger.warning("Image cache %s: could not write %s (%s); images that fail to cache are decoded every time",
-                               self.folder, target.name, err)
-                self._warned_write = True
+            self._warn_once("write", "Image cache %s: could not write %s (%s); images that fail to cache are decoded "
+                            "every time", self.folder, target.name, err)
 
 
-def _decoded(path: str, min_size: tuple[int, int], view: str, cache: ImageCache | None) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """decode_image, through the cache when there is one; the scale follows from the pixels' size."""
-    if cache is not None:
-        hit = cache.get(path, view)
-        if hit is not None:
-            return hit
-    pixels, scale, size = decode_image(path, min_size)
+def _cached_pixels(
+    path: str, min_side: int, view: str, cache: ImageCache | None, resize_to: int | None = None,
+) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """:func:`decode_image` (then resized to ``resize_to`` squared, scale 0), through the cache when there is one."""
+    hit = cache.get(path, view) if cache is not None else None
+    if hit is not None:
+        return hit
+    pixels, scale, size = decode_image(path, (min_side, min_side))
+    if resize_to is not None:
+        pixels, scale = resize_pixels(pixels, resize_to), 0
     if cache is not None:
         cache.put(path, view, pixels, scale, size)
     return pixels, scale, size
+
+
+def _random_crop(
+    base: np.ndarray, scale: int, size: tuple[int, int], box: np.ndarray, image_size: int,
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A random crop of the decoded ``base``, resized to S x S, and its extent in original pixels."""
+    width, height = size
+    x0, y0, x1, y1 = _sample_crop(width, height, box)
+    # The crop in whole decoded pixels (at least one), then back in original pixels for the box.
+    rows, cols = base.shape[:2]
+    c0, r0 = min(round(x0 / scale), cols - 1), min(round(y0 / scale), rows - 1)
+    c1, r1 = max(min(round(x1 / scale), cols), c0 + 1), max(min(round(y1 / scale), rows), r0 + 1)
+    crop = (c0 * scale, r0 * scale, min(c1 * scale, width), min(r1 * scale, height))
+    return resize_pixels(base[r0:r1, c0:c1], image_size), crop
 
 
 def load_view(
@@ -229,15 +217,10 @@ def load_view(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode an image and its box into the view the network sees.
 
-    Without augmentation the whole image is resized to ``image_size`` squared. With it, a random
-    crop (see :class:`StanfordCarsCAM`) is resized instead and flipped left-right half the time.
-    JPEGs are decoded at a reduced DCT scale (PIL draft mode) when the view needs fewer pixels
-    (:data:`DRAFT_MIN_SHARE` of them at least): for augmented views, the scale that leaves the
-    smallest allowed crop ``image_size`` pixels across, so every crop of an image comes from the
-    same decoded pixels. The view is resized with :func:`resize_pixels`; crops are whole decoded pixels.
-
-    With a ``cache``, the un-augmented view (S, S, 3) and the decoded pixels augmented views are
-    cropped from are kept as uint8 and reused: the result is the same, bit for bit, as without.
+    Without augmentation the whole image is resized to S x S; with it, a random crop (see
+    :class:`StanfordCarsCAM`), flipped left-right half the time. Augmented views are cut from
+    pixels decoded once at the scale that leaves the smallest allowed crop S pixels across, so a
+    ``cache`` can keep them (or the resized view) and give the same result, bit for bit.
 
     Args:
         path: Image file.
@@ -257,33 +240,18 @@ def load_view(
     """
     if augment:
         side = math.ceil(DRAFT_MIN_SHARE * image_size / MIN_CROP_SIDE)
-        base, scale, (width, height) = _decoded(path, (side, side), f"base{image_size}", cache)
-        box = np.clip(np.asarray(box, dtype=np.float64), 0.0, [width, height, width, height])
-        x0, y0, x1, y1 = _sample_crop(width, height, box)
-        flip = torch.rand(()).item() < FLIP_PROBABILITY
-        # The crop in whole decoded pixels (at least one), and back in original pixels for the box.
-        rows, cols = base.shape[:2]
-        c0, r0 = min(round(x0 / scale), cols - 1), min(round(y0 / scale), rows - 1)
-        c1, r1 = max(min(round(x1 / scale), cols), c0 + 1), max(min(round(y1 / scale), rows), r0 + 1)
-        pixels = resize_pixels(base[r0:r1, c0:c1], image_size)
-        crop = (c0 * scale, r0 * scale, min(c1 * scale, width), min(r1 * scale, height))
+        base, scale, (width, height) = _cached_pixels(path, side, f"base{image_size}", cache)
     else:
-        view = f"view{image_size}"
-        hit = cache.get(path, view) if cache is not None else None
-        if hit is not None:
-            pixels, _, (width, height) = hit
-        else:
-            side = math.ceil(DRAFT_MIN_SHARE * image_size)
-            decoded, _, (width, height) = decode_image(path, (side, side))
-            pixels = resize_pixels(decoded, image_size)
-            if cache is not None:
-                cache.put(path, view, pixels, 0, (width, height))
-        box = np.clip(np.asarray(box, dtype=np.float64), 0.0, [width, height, width, height])
-        crop, flip = (0.0, 0.0, float(width), float(height)), False
-    crop_w, crop_h = crop[2] - crop[0], crop[3] - crop[1]
+        side = math.ceil(DRAFT_MIN_SHARE * image_size)
+        pixels, _, (width, height) = _cached_pixels(path, side, f"view{image_size}", cache, resize_to=image_size)
+    box = np.clip(np.asarray(box, dtype=np.float64), 0.0, [width, height, width, height])
+    crop, flip = (0.0, 0.0, float(width), float(height)), False
+    if augment:
+        pixels, crop = _random_crop(base, scale, (width, height), box, image_size)
+        flip = torch.rand(()).item() < FLIP_PROBABILITY
     # NumPy, not torch, for the per-image arithmetic: torch's intra-op threads cost more than
-    # they save on tensors this small, and starve each other on a busy machine.
-    scale_xy = np.array([image_size / crop_w, image_size / crop_h] * 2)
+    # they save on arrays this small, and starve each other in DataLoader workers.
+    scale_xy = np.array([image_size / (crop[2] - crop[0]), image_size / (crop[3] - crop[1])] * 2)
     out_box = np.clip((box - np.array([crop[0], crop[1]] * 2)) * scale_xy, 0.0, image_size)
     if flip:
         pixels = pixels[:, ::-1]

@@ -11,8 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from .common import (DOWNLOAD_EXTRA_HINT, KAGGLE_HANDLE, KAGGLE_URL, SPLITS, AnnotationError, DatasetError,
+from .common import (DOWNLOAD_EXTRA_HINT, KAGGLE_HANDLE, SPLITS, AnnotationError, DatasetError,
                      DatasetNotFoundError, PathLike)
+
+_BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+_TEST_ANNOTATIONS = ("cars_test_annos_withlabels.mat", "cars_test_annos_withlabels (1).mat")
 
 
 @dataclass(frozen=True)
@@ -36,89 +39,90 @@ class Layout:
 
 @dataclass
 class _Candidate:
+    """A layout being looked for under ``base``: what was found, what is missing."""
+
     kind: str
     base: Path
     found: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     layout: Layout | None = None
 
+    def note(self, path: Path | None, expected: str, folder: bool = False) -> None:
+        if path is None:
+            self.missing.append(expected)
+        else:
+            self.found.append(str(path) + (os.sep if folder else ""))
+
 
 def _first_existing(paths: Sequence[Path], is_dir: bool = False) -> Path | None:
-    for path in paths:
-        if (path.is_dir() if is_dir else path.is_file()):
-            return path
-    return None
+    return next((path for path in paths if (path.is_dir() if is_dir else path.is_file())), None)
+
+
+def _annotation_file(base: Path, devkit: Path | None, split: str) -> tuple[Path | None, str]:
+    """The annotation file of ``split`` (None if absent) and, for the message, where it was expected."""
+    if split == "train":
+        found = _first_existing([devkit / "cars_train_annos.mat"]) if devkit is not None else None
+        return found, str(base / "devkit" / "cars_train_annos.mat")
+    folders = [base] + ([devkit] if devkit is not None else [])
+    found = _first_existing([folder / name for folder in folders for name in _TEST_ANNOTATIONS])
+    expected = str(base / "cars_test_annos_withlabels.mat")
+    if found is None and devkit is not None and (devkit / "cars_test_annos.mat").is_file():
+        expected += " (devkit/cars_test_annos.mat has no labels; the test labels come in cars_test_annos_withlabels.mat)"
+    return found, expected
 
 
 def _devkit_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
     """torchvision's layout, or Kaggle's (nested image folders, devkit possibly in car_devkit/)."""
     devkit = _first_existing([base / "devkit", base / "car_devkit" / "devkit", base / "car_devkit"], is_dir=True)
-    meta = devkit / "cars_meta.mat" if devkit is not None else None
     nested = any((base / f"cars_{split}" / f"cars_{split}").is_dir() for split in SPLITS)
     kind = "kaggle" if nested or (devkit is not None and devkit != base / "devkit") else "torchvision"
     candidate = _Candidate(kind, base)
-    if meta is not None and meta.is_file():
-        candidate.found.append(str(meta))
-    else:
-        candidate.missing.append(str(base / "devkit" / "cars_meta.mat"))
+    meta = _first_existing([devkit / "cars_meta.mat"]) if devkit is not None else None
+    candidate.note(meta, str(base / "devkit" / "cars_meta.mat"))
     annotation_files: dict[str, Path] = {}
     image_dirs: dict[str, Path] = {}
     for split in splits:
-        if split == "train":
-            annos = devkit / "cars_train_annos.mat" if devkit is not None else None
-            annos = annos if annos is not None and annos.is_file() else None
-            expected = base / "devkit" / "cars_train_annos.mat"
-        else:
-            roots = [base] + ([devkit] if devkit is not None else [])
-            annos = _first_existing([
-                folder / name for folder in roots
-                for name in ("cars_test_annos_withlabels.mat", "cars_test_annos_withlabels (1).mat")
-            ])
-            expected = base / "cars_test_annos_withlabels.mat"
-        if annos is not None:
-            candidate.found.append(str(annos))
-            annotation_files[split] = annos
-        else:
-            note = ""
-            if split == "test" and devkit is not None and (devkit / "cars_test_annos.mat").is_file():
-                note = " (devkit/cars_test_annos.mat has no labels; the test labels come in cars_test_annos_withlabels.mat)"
-            candidate.missing.append(str(expected) + note)
+        annotations, expected = _annotation_file(base, devkit, split)
+        candidate.note(annotations, expected)
         images = _first_existing([base / f"cars_{split}" / f"cars_{split}", base / f"cars_{split}"], is_dir=True)
-        if images is not None:
-            candidate.found.append(str(images) + os.sep)
-            image_dirs[split] = images
-        else:
-            candidate.missing.append(str(base / f"cars_{split}") + os.sep)
-    if not candidate.missing and meta is not None:
-        candidate.layout = Layout(candidate.kind, base, meta, annotation_files, image_dirs)
+        candidate.note(images, str(base / f"cars_{split}") + os.sep, folder=True)
+        if annotations is not None and images is not None:
+            annotation_files[split], image_dirs[split] = annotations, images
+    if not candidate.missing:
+        candidate.layout = Layout(kind, base, meta, annotation_files, image_dirs)  # type: ignore[arg-type]
     return candidate
 
 
 def _car_ims_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
     candidate = _Candidate("car_ims", base)
-    annos = base / "cars_annos.mat"
-    images = base / "car_ims"
-    for path, ok in ((annos, annos.is_file()), (images, images.is_dir())):
-        (candidate.found if ok else candidate.missing).append(str(path) + (os.sep if path is images else ""))
+    annotations, images = base / "cars_annos.mat", base / "car_ims"
+    candidate.note(annotations if annotations.is_file() else None, str(annotations))
+    candidate.note(images if images.is_dir() else None, str(images) + os.sep, folder=True)
     if not candidate.missing:
-        candidate.layout = Layout("car_ims", base, annos, {split: annos for split in splits}, {split: base for split in splits})
+        candidate.layout = Layout("car_ims", base, annotations, dict.fromkeys(splits, annotations), dict.fromkeys(splits, base))
     return candidate
+
+
+def by_hand(root: Path, handle: str = KAGGLE_HANDLE) -> str:
+    """How to place a Kaggle mirror under ``root`` by hand (the end of a sentence)."""
+    return (
+        f"download https://www.kaggle.com/datasets/{handle} yourself, unzip it and put its stanford_cars folder at "
+        f"{root / 'stanford_cars'} so that {root / 'stanford_cars' / 'devkit' / 'cars_meta.mat'} exists"
+    )
 
 
 def _how_to_get_the_data(root: Path) -> str:
     return (
         f"To get the data: pass download_datasets=True (CLI: --download_datasets true) to fetch it from the Kaggle "
-        f"mirror {KAGGLE_HANDLE} (needs {DOWNLOAD_EXTRA_HINT}), or download {KAGGLE_URL} yourself, unzip it and "
-        f"put its stanford_cars folder at {root / 'stanford_cars'} so that "
-        f"{root / 'stanford_cars' / 'devkit' / 'cars_meta.mat'} exists."
+        f"mirror {KAGGLE_HANDLE} (needs {DOWNLOAD_EXTRA_HINT}), or {by_hand(root)}."
     )
 
 
-def _root_path(root: PathLike, name: str = "root") -> Path:
-    """``root`` as an expanded ``Path``; anything but a str or path is refused by ``name``."""
+def root_path(root: PathLike) -> Path:
+    """``root`` as an expanded ``Path``; anything but a str or path is refused."""
     if not isinstance(root, str | os.PathLike):
         raise TypeError(
-            f"{name} must be the folder holding Stanford Cars (a str or path, e.g. 'stanford_cars_dataset'), "
+            f"root must be the folder holding Stanford Cars (a str or path, e.g. 'stanford_cars_dataset'), "
             f"got {root!r}"[:300]
         )
     return Path(os.path.expanduser(os.fspath(root)))
@@ -141,14 +145,13 @@ def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
         DatasetNotFoundError: If no layout is complete; the message lists what was looked for
             and where (or, for a partial copy, what is missing) and how to get the data.
     """
-    root = _root_path(root)
-    bases = [root / "stanford_cars", root]
+    root = root_path(root)
     candidates: list[_Candidate] = []
-    for base in bases:
+    for base in (root / "stanford_cars", root):
         if not base.is_dir():
             continue
-        for make in (_devkit_candidate, _car_ims_candidate):
-            candidate = make(base, splits)
+        for look in (_devkit_candidate, _car_ims_candidate):
+            candidate = look(base, splits)
             if candidate.layout is not None:
                 return candidate.layout
             candidates.append(candidate)
@@ -159,9 +162,8 @@ def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
             f"Stanford Cars under {str(root)!r} is incomplete: found a {best.kind} layout at {best.base} "
             f"({', '.join(best.found)}) but not {', '.join(best.missing)}.", _how_to_get_the_data(root)
         )
-    where = f"{root / 'stanford_cars'} and {root}"
     raise DatasetNotFoundError(
-        f"No Stanford Cars found under {str(root)!r}. Looked in {where} for: "
+        f"No Stanford Cars found under {str(root)!r}. Looked in {root / 'stanford_cars'} and {root} for: "
         f"torchvision's layout (devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat, "
         f"cars_train/, cars_test/); Kaggle's layout (cars_train/cars_train/, cars_test/cars_test/ with devkit/ or "
         f"car_devkit/devkit/ and cars_test_annos_withlabels.mat beside them); the original all-in-one layout "
@@ -185,7 +187,7 @@ class SplitAnnotations:
 
 
 def _loadmat(path: Path) -> dict[str, Any]:
-    import scipy.io as sio
+    import scipy.io as sio  # here, not at the top: it takes longer to import than the CLI needs to start
 
     try:
         return sio.loadmat(str(path), squeeze_me=True)
@@ -195,11 +197,15 @@ def _loadmat(path: Path) -> dict[str, Any]:
         ) from err
 
 
-def _struct_columns(mat: Mapping[str, Any], path: Path, variable: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
+def _variable(mat: Mapping[str, Any], path: Path, variable: str) -> Any:
     if variable not in mat:
         present = sorted(key for key in mat if not key.startswith("__"))
         raise AnnotationError(f"{path} has no variable {variable!r} (it holds {present}); is it the right file?")
-    records = np.atleast_1d(mat[variable])
+    return mat[variable]
+
+
+def _struct_columns(mat: Mapping[str, Any], path: Path, variable: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
+    records = np.atleast_1d(_variable(mat, path, variable))
     names = records.dtype.names or ()
     for name in fields:
         if name not in names:
@@ -216,54 +222,29 @@ def _int_column(values: np.ndarray, path: Path, name: str) -> np.ndarray:
         raise AnnotationError(f"{path}: field {name!r} holds a value that is not one whole number ({err})") from err
 
 
-def _boxes(columns: Mapping[str, np.ndarray], path: Path) -> np.ndarray:
-    x1, y1, x2, y2 = (_int_column(columns[name], path, name) for name in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
-    # 1-based inclusive pixel indices -> 0-based half-open edges.
-    return np.stack([x1 - 1, y1 - 1, x2, y2], axis=1).astype(np.float64)
-
-
-def _check_labels(labels: np.ndarray, n_classes: int, path: Path) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise AnnotationError(
-            f"{path}: field 'class' holds values {labels.min() + 1}..{labels.max() + 1} but there are "
-            f"{n_classes} class names (1..{n_classes})"
-        )
-
-
+# Cached on (path, modification time, size): each file is parsed once however many datasets read it.
 @functools.lru_cache(maxsize=8)
 def _read_class_names_cached(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    mat = _loadmat(Path(path))
-    if "class_names" not in mat:
-        present = sorted(key for key in mat if not key.startswith("__"))
-        raise AnnotationError(f"{path} has no variable 'class_names' (it holds {present}); is it the right file?")
-    return tuple(str(name) for name in np.atleast_1d(mat["class_names"]).tolist())
+    names = _variable(_loadmat(Path(path)), Path(path), "class_names")
+    return tuple(str(name) for name in np.atleast_1d(names).tolist())
 
 
 @functools.lru_cache(maxsize=8)
-def _read_devkit_split_cached(path: str, mtime_ns: int, size: int, image_dir: str) -> SplitAnnotations:
+def _read_annotations_cached(path: str, mtime_ns: int, size: int, image_dir: str, car_ims: bool) -> dict[str, SplitAnnotations]:
+    """The ``annotations`` of a file: per split for ``cars_annos.mat`` (its ``test`` field), else under ``"all"``."""
     mat_path = Path(path)
-    columns = _struct_columns(_loadmat(mat_path), mat_path, "annotations",
-                              ("fname", "class", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
-    folder = Path(image_dir)
-    paths = tuple(str(folder / str(fname)) for fname in columns["fname"])
+    name_field = "relative_im_path" if car_ims else "fname"
+    fields = (name_field, "class") + (("test",) if car_ims else ()) + _BOX_FIELDS
+    columns = _struct_columns(_loadmat(mat_path), mat_path, "annotations", fields)
+    paths = np.array([str(Path(image_dir) / str(name)) for name in columns[name_field]], dtype=object)
     labels = _int_column(columns["class"], mat_path, "class") - 1
-    return SplitAnnotations(paths, labels, _boxes(columns, mat_path))
-
-
-@functools.lru_cache(maxsize=8)
-def _read_car_ims_cached(path: str, mtime_ns: int, size: int, base: str) -> dict[str, SplitAnnotations]:
-    mat_path = Path(path)
-    columns = _struct_columns(_loadmat(mat_path), mat_path, "annotations",
-                              ("relative_im_path", "class", "test", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
-    folder = Path(base)
-    paths = np.array([str(folder / str(rel)) for rel in columns["relative_im_path"]], dtype=object)
-    labels = _int_column(columns["class"], mat_path, "class") - 1
-    is_test = _int_column(columns["test"], mat_path, "test").astype(bool)
-    boxes = _boxes(columns, mat_path)
-    return {
-        split: SplitAnnotations(tuple(paths[mask].tolist()), labels[mask], boxes[mask])
-        for split, mask in (("train", ~is_test), ("test", is_test))
-    }
+    is_test = _int_column(columns["test"], mat_path, "test").astype(bool) if car_ims else None
+    x1, y1, x2, y2 = (_int_column(columns[name], mat_path, name) for name in _BOX_FIELDS)
+    boxes = np.stack([x1 - 1, y1 - 1, x2, y2], axis=1).astype(np.float64)  # 1-based inclusive -> 0-based half-open
+    if is_test is None:
+        return {"all": SplitAnnotations(tuple(paths.tolist()), labels, boxes)}
+    return {split: SplitAnnotations(tuple(paths[mask].tolist()), labels[mask], boxes[mask])
+            for split, mask in (("train", ~is_test), ("test", is_test))}
 
 
 def _file_key(path: Path) -> tuple[str, int, int]:
@@ -283,17 +264,19 @@ def read_split(layout: Layout, split: str) -> SplitAnnotations:
         AnnotationError: If the ``.mat`` file is unreadable, lacks a variable or field, or names
             classes that ``class_names`` does not have.
     """
-    if layout.kind == "car_ims":
-        annotations = _read_car_ims_cached(*_file_key(layout.annotation_files[split]), str(layout.image_dirs[split]))[split]
-    else:
-        annotations = _read_devkit_split_cached(*_file_key(layout.annotation_files[split]), str(layout.image_dirs[split]))
-    _check_labels(annotations.labels, len(read_class_names(layout)), layout.annotation_files[split])
+    path = layout.annotation_files[split]
+    car_ims = layout.kind == "car_ims"
+    annotations = _read_annotations_cached(*_file_key(path), str(layout.image_dirs[split]), car_ims)[split if car_ims else "all"]
+    labels, n_classes = annotations.labels, len(read_class_names(layout))
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise AnnotationError(
+            f"{path}: field 'class' holds values {labels.min() + 1}..{labels.max() + 1} but there are "
+            f"{n_classes} class names (1..{n_classes})"
+        )
     return annotations
 
 
-def verify_stanford_cars(
-    root: PathLike, num_classes: int = 196, num_train: int = 8144, num_test: int = 8041,
-) -> Layout:
+def verify_stanford_cars(root: PathLike, num_classes: int = 196, num_train: int = 8144, num_test: int = 8041) -> Layout:
     """Check that ``root`` holds a complete Stanford Cars: classes, annotations with boxes, every image.
 
     Args:
@@ -318,20 +301,13 @@ def verify_stanford_cars(
         annotations = read_split(layout, split)
         if len(annotations.paths) != expected:
             problems.append(f"{layout.annotation_files[split]} annotates {len(annotations.paths)} {split} images, expected {expected}")
-        present: dict[str, set[str]] = {}
-        missing = []
-        for path in annotations.paths:
-            folder, name = os.path.split(path)
-            if folder not in present:
-                present[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-            if name not in present[folder]:
-                missing.append(path)
+        missing = [path for path in annotations.paths if not os.path.isfile(path)]
         if missing:
             problems.append(f"{len(missing)} {split} images are missing, e.g. {missing[:3]}")
         boxes = annotations.boxes
-        bad = int(np.sum((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])))
-        if bad:
-            problems.append(f"{bad} {split} boxes in {layout.annotation_files[split]} are empty")
+        empty = int(np.sum((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])))
+        if empty:
+            problems.append(f"{empty} {split} boxes in {layout.annotation_files[split]} are empty")
     if problems:
         raise DatasetError(f"Stanford Cars at {layout.base} is not complete: " + "; ".join(problems))
     return layout

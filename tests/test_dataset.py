@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import sys
+import tempfile
 import types
 from collections import Counter
 from pathlib import Path
@@ -477,7 +478,8 @@ def test_unwritable_cache_dir_is_one_clear_error(tiny_root: Path, tmp_path: Path
         raise PermissionError(13, "Permission denied", str(Path(dir or ".") / ".probe.tmp"))
 
     # As root a chmod'ed folder stays writable, so the refusal the probe meets is simulated.
-    monkeypatch.setattr(images_module.tempfile, "mkstemp", denied)
+    for probe in ("TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, probe, denied)
     with pytest.raises(ValueError) as caught:
         StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=cache)
     assert str(caught.value) == f"cache_dir {str(cache)!r} is not writable (Permission denied); choose another folder or leave it out"
@@ -524,7 +526,7 @@ def test_fast_resize_matches_pil_bilinear() -> None:
 
 def test_annotations_are_parsed_once(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     layouts_module._read_class_names_cached.cache_clear()
-    layouts_module._read_devkit_split_cached.cache_clear()
+    layouts_module._read_annotations_cached.cache_clear()
     loads: list[str] = []
     real = sio.loadmat
 
