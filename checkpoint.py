@@ -1,8 +1,14 @@
-"""Self-describing checkpoints: saved atomically, loaded safely, rebuilt from the file alone."""
+"""Self-describing checkpoint files: saved atomically, read safely, each bad file explained in one sentence.
+
+A checkpoint carries the architecture name and its arguments next to the weights (as nanoGPT's
+``model_args``), so :func:`CAM_Stanford_Cars.model.load_checkpoint` rebuilds the network from
+the file alone. This module reads and writes the file; it never imports the model.
+"""
 
 from __future__ import annotations
 
 import os
+import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,8 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .files import CheckpointError, _folder_error, _safe_torch_load, _short_repr, _TorchFileError, atomic_file
-
+from .files import CheckpointError, _folder_error, _safe_torch_load, _TorchFileError, atomic_file
 
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -22,27 +27,24 @@ def _resolve_map_location(map_location: str | torch.device | None) -> torch.devi
         return torch.device("cpu")
     if not isinstance(map_location, str | torch.device):
         raise TypeError(
-            f"map_location must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
+            "map_location must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
             f"got {type(map_location).__name__}"
         )
     try:
         device = torch.device(map_location)
     except (RuntimeError, ValueError):
+        raise ValueError(f"map_location {map_location!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    name = str(map_location)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if device.type not in available:
+        raise ValueError(f"map_location {name!r} is not supported here; use 'cpu', 'cuda' or 'mps'")
+    if not available[device.type]:
+        raise ValueError(f"map_location {name!r} asks for {device.type.upper()}, which is not available here; use 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(
-            f"map_location {map_location!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"map_location {str(map_location)!r} asks for CUDA, which is not available here; use 'cpu'")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"map_location {str(map_location)!r} names a GPU this machine does not have "
-                f"({torch.cuda.device_count()} visible); use 'cuda:0' or 'cpu'"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"map_location {str(map_location)!r} asks for MPS, which is not available here; use 'cpu'")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"map_location {str(map_location)!r} is not supported here; use 'cpu', 'cuda' or 'mps'")
+            f"map_location {name!r} names a GPU this machine does not have "
+            f"({torch.cuda.device_count()} visible); use 'cuda:0' or 'cpu'"
+        )
     return device
 
 
@@ -84,10 +86,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> 
     """Write a self-describing checkpoint atomically.
 
     The file holds the architecture and its arguments, the weights of the unwrapped model (no
-    ``module.`` prefix) and everything passed in ``state`` (class names, the filters ``car_type``,
+    ``module.`` prefix) and everything in ``state`` (class names, the filters ``car_type``,
     ``car_brand``, ``car_production_year``, image size, epoch, metrics, optimizer state, training
-    arguments...). It is written to a temporary file beside ``path`` and moved into place, so a
-    crash mid-write never leaves half a checkpoint where a good one was.
+    arguments...). A crash mid-write never leaves half a checkpoint where a good one was.
 
     Args:
         path: Destination file; its folder is created if missing.
@@ -104,20 +105,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> 
     bare = unwrap_model(model)
     payload = {key: _plain(value, key) for key, value in state.items()}
     payload.update(
-        format_version=CHECKPOINT_FORMAT_VERSION,
-        arch=bare.arch,
-        model_args=dict(bare.model_args),
-        model=bare.state_dict(),
+        format_version=CHECKPOINT_FORMAT_VERSION, arch=bare.arch, model_args=dict(bare.model_args), model=bare.state_dict()
     )
     with atomic_file(path, "wb") as handle:
         torch.save(payload, handle)
     return path
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = None) -> tuple[dict[str, Any], torch.device]:
+def read_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device | None = None
+) -> tuple[dict[str, Any], torch.device]:
     """The dict a checkpoint file holds, read safely (``weights_only=True``: nothing in it runs).
-
-    :func:`CAM_Stanford_Cars.model.load_checkpoint` rebuilds the model from it.
 
     Returns:
         ``(checkpoint, device)``: the dict, its tensors on ``device`` (CPU for ``None``).
@@ -131,37 +129,32 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
             load, or written by a newer version of this project.
     """
     if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a checkpoint file (a str or os.PathLike), got {_short_repr(path)}")
+        raise TypeError(f"path must be a checkpoint file (a str or os.PathLike), got {reprlib.repr(path)}")
     path = Path(path).expanduser()
+    name = repr(str(path))
     # The device first: a missing GPU must not be reported as a damaged file.
     location = _resolve_map_location(map_location)
     if path.is_dir():
-        raise _folder_error(f"{str(path)!r} is a folder; pass a checkpoint file in it, e.g. {str(path / 'best.pt')!r}")
+        raise _folder_error(f"{name} is a folder; pass a checkpoint file in it, e.g. {str(path / 'best.pt')!r}")
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise FileNotFoundError(f"checkpoint {name} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"{str(path)!r} is not a regular file; pass the best.pt or last.pt of a run")
+        raise CheckpointError(f"{name} is not a regular file; pass the best.pt or last.pt of a run")
     try:
         checkpoint = _safe_torch_load(path, location)
     except _TorchFileError as err:
-        if err.kind == "not_torch":
-            message = (
-                f"{str(path)!r} is not a torch checkpoint ({err}); pass the best.pt or last.pt of a run"
-            )
-        elif err.kind == "unsafe":
-            message = (
-                f"refused to load {str(path)!r}: {err}. Nothing in it was run. Only checkpoints written by "
-                "save_checkpoint load here; if you trust the file, re-save its tensors as plain types."
-            )
-        else:
-            message = f"{str(path)!r} is not a readable checkpoint ({err})"
-        raise CheckpointError(message) from None
+        explain = {
+            "not_torch": f"{name} is not a torch checkpoint ({err}); pass the best.pt or last.pt of a run",
+            "unsafe": f"refused to load {name}: {err}. Nothing in it was run. Only checkpoints written by "
+            "save_checkpoint load here; if you trust the file, re-save its tensors as plain types.",
+        }
+        raise CheckpointError(explain.get(err.kind, f"{name} is not a readable checkpoint ({err})")) from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
-        raise CheckpointError(f"{str(path)!r} is a torch file but not a CAM_Stanford_Cars checkpoint")
+        raise CheckpointError(f"{name} is a torch file but not a CAM_Stanford_Cars checkpoint")
     version = checkpoint["format_version"]
     if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
-            f"{str(path)!r} has checkpoint format {version!r}, newer than this version reads "
+            f"{name} has checkpoint format {version!r}, newer than this version reads "
             f"({CHECKPOINT_FORMAT_VERSION}); upgrade CAM_Stanford_Cars"
         )
     require_entries(checkpoint, ("arch", "model_args", "model"), path)

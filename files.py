@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import errno
 import math
+import numbers
 import os
 import pickle
 import re
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 
 
@@ -28,10 +27,10 @@ class CheckpointError(ValueError):
 
 
 class _TorchFileError(Exception):
-    """Why a file could not be read by ``torch.load(weights_only=True)``.
+    """Why ``torch.load(weights_only=True)`` could not read a file.
 
-    ``kind`` is ``"not_torch"`` (not written by ``torch.save``), ``"unsafe"`` (a pickle that
-    names objects a safe load refuses) or ``"unreadable"`` (truncated or damaged).
+    ``kind`` is ``"not_torch"`` (not written by ``torch.save``), ``"unsafe"`` (a pickle naming
+    objects a safe load refuses) or ``"unreadable"`` (truncated or damaged).
     """
 
     def __init__(self, kind: str, reason: str) -> None:
@@ -39,63 +38,46 @@ class _TorchFileError(Exception):
         self.kind = kind
 
 
-# Where torch's weights-only unpickler stops at an object it will not build (its messages name a
-# GLOBAL, a function to call, or a class to instantiate); any other refusal is a damaged file.
+# How torch's weights-only unpickler names an object it will not build: a GLOBAL, a function to
+# call, or a class to instantiate. Any other refusal means a damaged file.
 _UNSAFE_OBJECT = re.compile(r"GLOBAL (\S+)|unrecognized function (.+?)(?: which|$)|new object .* but got (.+)$", re.M)
 
 
 def _first_line(err: BaseException) -> str:
-    """The first non-empty line of ``err``'s message, or its class name when it has none."""
-    for line in str(err).splitlines():
-        if line.strip():
-            return line.strip().strip("'\"") or type(err).__name__
-    return type(err).__name__
+    """The first line of ``err``'s own words, or its class name when it has none.
 
-
-def _unpickler_reason(err: pickle.UnpicklingError) -> str:
-    """The unpickler's own words from torch's multi-line wrapper ("Unsupported operand 149")."""
-    text = str(err)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Check the documentation")]
-    return lines[0] if lines else type(err).__name__
-
-
-def _looks_like_torch_file(path: Path) -> bool:
-    """Whether ``path`` starts like a ``torch.save`` file: a zip archive, or a legacy pickle.
-
-    A truncated archive has lost the central directory ``zipfile.is_zipfile`` looks for at the
-    end, but still starts with a zip entry header, so it counts (and is then reported truncated).
+    torch wraps the unpickler's reason ("Unsupported operand 149") in a page of advice; only the
+    part after ``WeightsUnpickler error:`` says what is wrong with the file.
     """
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    return head == b"PK\x03\x04" or head[:1] == b"\x80" or zipfile.is_zipfile(path)
+    text = str(err).rsplit("WeightsUnpickler error:", 1)[-1]
+    line = next((line.strip().strip("'\"") for line in text.splitlines() if line.strip()), "")
+    return line or type(err).__name__
 
 
 def _safe_torch_load(path: Path, location: torch.device) -> Any:
     """``torch.load(path, weights_only=True)`` whose every failure is a :class:`_TorchFileError`."""
     try:
-        size = path.stat().st_size
-        is_torch = size > 0 and _looks_like_torch_file(path)
+        with open(path, "rb") as handle:
+            head = handle.read(4)
     except OSError as err:
         raise _TorchFileError("unreadable", f"cannot open it: {err.strerror or _first_line(err)}") from None
-    if size == 0:
+    if not head:
         raise _TorchFileError("not_torch", "it is empty, 0 bytes; was its writing interrupted?")
-    if not is_torch:
+    # torch.save writes a zip archive (a truncated one still starts with an entry header); files
+    # from before PyTorch 1.6 are a protocol-2 pickle. Anything else would only confuse torch.load.
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
         raise _TorchFileError("not_torch", "not a file written by torch.save")
     try:
         with warnings.catch_warnings():
-            # A plain pickle of a newer protocol draws torch's "please file an issue" warning
-            # before it is refused; the error below says all there is to say.
+            # A newer-protocol pickle draws torch's "please file an issue" warning before it is
+            # refused; the error below says all there is to say.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = _UNSAFE_OBJECT.search(str(err))
-        if found:
-            name = next(group for group in found.groups() if group).strip()
-            raise _TorchFileError("unsafe", f"it holds objects a safe (weights_only) load will not unpickle, such as {name}") from None
-        raise _TorchFileError("unreadable", f"truncated or damaged: {_unpickler_reason(err)}") from None
     except Exception as err:  # noqa: BLE001 - torch.load leaks KeyError, IndexError, ... on damaged files
+        unsafe = _UNSAFE_OBJECT.search(str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if unsafe:
+            name = next(group for group in unsafe.groups() if group).strip()
+            raise _TorchFileError("unsafe", f"it holds objects a safe (weights_only) load will not unpickle, such as {name}") from None
         raise _TorchFileError("unreadable", f"truncated or damaged: {_first_line(err)}") from None
 
 
@@ -104,6 +86,33 @@ def default_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The file among ``path``'s parent folders that keeps it from being written, if any."""
+    return next((parent for parent in Path(path).parents if parent.exists() and not parent.is_dir()), None)
+
+
+def _folder_error(message: str) -> IsADirectoryError:
+    """An ``IsADirectoryError`` with errno EISDIR whose ``str()`` is just ``message``."""
+    err = IsADirectoryError(message)
+    err.errno = errno.EISDIR
+    return err
+
+
+def _write_error(path: Path, err: OSError) -> OSError:
+    """``err`` restated about ``path`` (the hidden temp file means nothing to the user), same class and errno."""
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        # mkdir reports a file in the way as "File exists", which reads as if the target existed.
+        new: OSError = NotADirectoryError(f"could not write {str(path)!r}: {str(blocker)!r} is a file, not a folder; choose another path")
+        new.errno = errno.ENOTDIR
+        return new
+    if path.is_dir():
+        return _folder_error(f"{str(path)!r} is a folder; give a file name")
+    new = type(err)(f"could not write {str(path)!r}: {err.strerror or _first_line(err)}; choose another path")
+    new.errno = err.errno  # set after construction, so str() stays the message above
+    return new
 
 
 @contextmanager
@@ -118,9 +127,8 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         mode: ``"wb"`` or ``"w"`` (UTF-8 text).
 
     Raises:
-        IsADirectoryError: If ``path`` is an existing folder (checked before anything is written).
-        OSError: If the file cannot be written there; of the same class as the underlying error
-            (``PermissionError``, ...), naming ``path`` rather than the hidden temporary file.
+        IsADirectoryError: If ``path`` is a folder (before anything is written).
+        OSError: Of the underlying error's class, naming ``path``, not the hidden temporary file.
     """
     path = Path(path)
     if path.is_dir():
@@ -148,36 +156,6 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
-def _folder_error(message: str) -> IsADirectoryError:
-    """An ``IsADirectoryError`` with errno EISDIR whose ``str()`` is just ``message``."""
-    err = IsADirectoryError(message)
-    err.errno = errno.EISDIR
-    return err
-
-
-def file_in_the_way(path: str | os.PathLike) -> Path | None:
-    """The file among ``path``'s parent folders that keeps it from being written, if any."""
-    return next((parent for parent in Path(path).parents if parent.exists() and not parent.is_dir()), None)
-
-
-def _write_error(path: Path, err: OSError) -> OSError:
-    """``err`` restated about ``path`` (the hidden temp file means nothing to the user), same class and errno."""
-    blocker = file_in_the_way(path)
-    if blocker is not None:
-        # mkdir reports a file in the way as "File exists", which reads as if the target existed.
-        new: OSError = NotADirectoryError(
-            f"could not write {str(path)!r}: {str(blocker)!r} is a file, not a folder; choose another path"
-        )
-        new.errno = errno.ENOTDIR
-        return new
-    if path.is_dir():
-        return _folder_error(f"{str(path)!r} is a folder; give a file name")
-    reason = err.strerror or _first_line(err)
-    new = type(err)(f"could not write {str(path)!r}: {reason}; choose another path")
-    new.errno = err.errno  # set after construction, so str() stays the message above
-    return new
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, so readers never see half of it."""
     with atomic_file(path, "w") as handle:
@@ -191,7 +169,7 @@ def unwritable_reason(folder: Path) -> str | None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        return err.strerror
+        return err.strerror or _first_line(err)
     return None
 
 
@@ -204,9 +182,11 @@ def check_writable(folder: Path, flag: str = "--checkpoints_dir") -> None:
 
 def _save_format(save_path: str | os.PathLike[str], name: str = "save_path") -> str:
     """The image format named by ``save_path``'s suffix, e.g. ``"png"``; ``name`` is the argument's name in errors."""
-    fmt = Path(save_path).suffix[1:].lower()
+    # Imported here, not at the top: the model and checkpoints import this module and must not
+    # pay for matplotlib.
     from matplotlib.backend_bases import FigureCanvasBase
 
+    fmt = Path(save_path).suffix[1:].lower()
     supported = FigureCanvasBase.get_supported_filetypes()
     if fmt not in supported:
         raise ValueError(
@@ -217,15 +197,10 @@ def _save_format(save_path: str | os.PathLike[str], name: str = "save_path") -> 
 
 
 def _check_save_path(save_path: str | os.PathLike[str], name: str = "save_path") -> str:
-    """Refuse a figure path that cannot be written, before anything is drawn; return its format.
+    """Refuse a figure path that cannot be written before anything is drawn; return its format.
 
-    Args:
-        save_path: The figure file.
-        name: How the caller calls it in messages (``"save_path"``, ``"--out"``).
-
-    Raises:
-        TypeError: If ``save_path`` is not a str or path.
-        ValueError: If it is a folder, lies under a file, or has no known image suffix.
+    ``name`` is how the caller's user knows the path (``"save_path"``, ``"--out"``). Raises
+    ``TypeError`` for a non-path, ``ValueError`` for a folder, a file in the way, or an unknown suffix.
     """
     if not isinstance(save_path, str | os.PathLike):
         raise TypeError(f"{name} must be a file name such as 'cams.png', got {type(save_path).__name__}")
@@ -240,22 +215,15 @@ def _check_save_path(save_path: str | os.PathLike[str], name: str = "save_path")
 
 def _check_dpi(dpi: Any) -> float:
     """``dpi`` as a positive finite float, checked before anything is drawn."""
-    if isinstance(dpi, bool) or not isinstance(dpi, (int, float, np.integer, np.floating)) or not (
-        math.isfinite(float(dpi)) and float(dpi) > 0
-    ):
+    # numbers.Real covers Python and numpy numbers; bool is an int but never a resolution.
+    if isinstance(dpi, bool) or not isinstance(dpi, numbers.Real) or not (math.isfinite(dpi) and dpi > 0):
         raise ValueError(f"dpi must be a positive number of dots per inch such as 100, got {dpi!r}")
     return float(dpi)
 
 
 def _save_figure_atomically(fig: Any, save_path: str | os.PathLike[str], dpi: float) -> Path:
+    """Save ``fig`` through a hidden sibling, so a crash never leaves half a figure under its name."""
     path = Path(save_path)
-    fmt = _save_format(path)
-    # Through a hidden sibling, so a crash never leaves a half-written figure under the final name.
     with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format=fmt, dpi=dpi, metadata=None)
+        fig.savefig(handle, format=_save_format(path), dpi=dpi, metadata=None)
     return path
-
-
-def _short_repr(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

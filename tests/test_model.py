@@ -343,6 +343,25 @@ def test_bad_checkpoint_files_get_clear_errors(model: AlexNetGAP, tmp_path: Path
         load_checkpoint(newer)
 
 
+def test_unknown_architecture_gets_one_clear_line(model: AlexNetGAP, tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", model)
+    payload = torch.load(path, weights_only=True)
+    payload["arch"] = "resnet_gap"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="unknown architecture 'resnet_gap'; this version knows 'alexnet_gap'") as caught:
+        load_checkpoint(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_names_that_moved_out_of_the_model_still_import_from_it() -> None:
+    import CAM_Stanford_Cars.model as model_module
+
+    moved = {"CHECKPOINT_FORMAT_VERSION", "CheckpointError", "atomic_file", "build_model", "default_file_mode",
+             "file_in_the_way", "load_checkpoint", "require_entries", "save_checkpoint", "unwrap_model"}
+    assert moved <= set(model_module.__all__)
+    assert all(hasattr(model_module, name) for name in model_module.__all__)
+
+
 NOT_TORCH = {
     "readme.md": b"# CAM_Stanford_Cars\n\nTrain a class-activation-map network.\n",
     "passwd": b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
@@ -470,6 +489,13 @@ def test_package_imports_from_another_directory(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", IMPORT_CHECK], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == REPO_ROOT
+
+
+def test_checkpoint_files_do_not_import_the_model(tmp_path: Path) -> None:
+    code = "import sys, CAM_Stanford_Cars.checkpoint; print('CAM_Stanford_Cars.model' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 def test_package_imports_from_a_clone_beside_a_notebook(tmp_path: Path) -> None:
