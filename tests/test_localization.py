@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from CAM_Stanford_Cars import localization as L
+from CAM_Stanford_Cars.accel import sweep as accel_sweep
 from CAM_Stanford_Cars.localization import (
     THRESHOLDS,
     LocalizationMeter,
@@ -228,8 +229,8 @@ def test_sweep_with_custom_thresholds_and_integer_maps() -> None:
 def test_sweep_threads_give_the_same_answer() -> None:
     maps = smooth_maps(np.random.default_rng(5), 7, (20, 24))
     gt = random_gt(np.random.default_rng(6), 7, (20, 24))
-    one = L._run_sweep(maps, THRESHOLDS, gt, num_threads=1)
-    three = L._run_sweep(maps, THRESHOLDS, gt, num_threads=3)
+    one = accel_sweep.run_sweep(maps, THRESHOLDS, gt, num_threads=1)
+    three = accel_sweep.run_sweep(maps, THRESHOLDS, gt, num_threads=3)
     assert np.array_equal(one[0], three[0]) and np.array_equal(one[1], three[1])
 
 
@@ -248,7 +249,7 @@ def test_sweeps_take_tensors_as_the_float32_numpy_path(make) -> None:
     assert np.array_equal(sweep_boxes(tensor), sweep_boxes(expected_maps))
     assert np.array_equal(sweep_boxes(tensor[0]), sweep_boxes(expected_maps[0]))
     assert np.array_equal(sweep_best_iou(tensor, gt), sweep_best_iou(expected_maps, gt.numpy()))
-    assert np.array_equal(L._run_sweep(tensor, THRESHOLDS, None)[0], sweep_boxes(expected_maps))
+    assert np.array_equal(accel_sweep.run_sweep(L._check_maps(L._as_maps(tensor)), THRESHOLDS, None)[0], sweep_boxes(expected_maps))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -280,38 +281,43 @@ def test_sweep_rejects_unsorted_thresholds() -> None:
 
 
 def test_pure_python_kernel_agrees_with_compiled() -> None:
-    kernel = L._sweep_kernel
+    kernel = accel_sweep.sweep_kernel
     if not hasattr(kernel, "py_func"):
         pytest.skip("numba is not installed: the kernel is plain Python already")
     rng = np.random.default_rng(8)
     maps = np.concatenate([quantised_maps(rng, 2, (5, 6)), noise_maps(rng, 2, (5, 6))])
     gt = random_gt(rng, 4, (5, 6))
-    want_boxes, want_iou = L._run_sweep(maps, THRESHOLDS, gt)
+    want_boxes, want_iou = accel_sweep.run_sweep(maps, THRESHOLDS, gt)
     boxes = np.zeros_like(want_boxes)
     iou = np.zeros_like(want_iou)
-    kernel.py_func(maps, THRESHOLDS, gt, True, L._GROUPS, boxes, iou)
+    kernel.py_func(maps, THRESHOLDS, gt, True, accel_sweep.GROUPS, boxes, iou)
     assert np.array_equal(boxes, want_boxes) and np.array_equal(iou, want_iou)
 
 
 def test_module_without_numba_falls_back_to_python(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` raise ImportError
-    # Fresh copies of jit.py and localization.py, the package's own modules left as they are.
-    for name in ("jit", "localization"):
-        spec = importlib.util.spec_from_file_location(f"CAM_Stanford_Cars.{name}", Path(L.__file__).with_name(f"{name}.py"))
+    # Fresh copies of accel/jit.py, accel/sweep.py and localization.py, the package's own left as they are.
+    package = Path(L.__file__).parent
+    for name, path in (("accel.jit", "accel/jit.py"), ("accel.sweep", "accel/sweep.py"), ("localization", "localization.py")):
+        spec = importlib.util.spec_from_file_location(f"CAM_Stanford_Cars.{name}", package / path)
         module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, spec.name, module)
         spec.loader.exec_module(module)
-    assert not sys.modules["CAM_Stanford_Cars.jit"].HAVE_NUMBA
-    assert not module.HAVE_NUMBA and not hasattr(module._sweep_kernel, "py_func")
+    assert not sys.modules["CAM_Stanford_Cars.accel.jit"].HAVE_NUMBA
+    plain = sys.modules["CAM_Stanford_Cars.accel.sweep"]
+    assert not module.HAVE_NUMBA and not hasattr(plain.sweep_kernel, "py_func")
     rng = np.random.default_rng(9)
     maps = np.concatenate([quantised_maps(rng, 2, (4, 5)), smooth_maps(rng, 1, (4, 5))])
     gt = random_gt(rng, 3, (4, 5))
     assert np.array_equal(module.sweep_boxes(maps), sweep_boxes(maps))
     assert np.array_equal(module.sweep_best_iou(maps, gt), sweep_best_iou(maps, gt))
+    # The kernel itself, run as plain Python, still agrees with its compiled self.
+    for got, want in zip(plain.run_sweep(maps, THRESHOLDS, gt), accel_sweep.run_sweep(maps, THRESHOLDS, gt)):
+        assert np.array_equal(got, want)
 
 
 def test_neighbour_groups_table() -> None:
-    groups = L._GROUPS
+    groups = accel_sweep.GROUPS
     assert groups[0, 0] == 0 and groups[255, 0] == 1
     corners = 1 | 4 | 32 | 128  # the four diagonal neighbours alone touch no other
     assert groups[corners, 0] == 4
