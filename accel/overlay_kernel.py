@@ -1,13 +1,11 @@
 """The CPU overlay kernel: ``apply_cam``'s upsample, normalise, colour and blend in one pass per image.
 
 A chain of batched torch ops streams the batch through main memory once per op; this kernel
-(compiled with numba) keeps each image's upsampled map in cache and touches every pixel of the
-images and the output once. It reproduces torch's arithmetic rather than approximating it: the
-bilinear upsample is ``F.interpolate(mode="bilinear", align_corners=False)`` bit for bit, and the
-blend rounds as torch's ``add`` does, so the overlay equals the torch path's exactly. Whether the
-upsample matches on the running torch build is checked once per map and image size
-(:func:`matches_torch`); where it does not, or where numba is missing, ``apply_cam`` keeps its
-torch path.
+(compiled with numba) keeps each image's upsampled map in cache and touches every pixel once. It
+reproduces torch's arithmetic rather than approximating it (``F.interpolate``'s bilinear taps,
+``add``'s fused multiply-add), so its overlay equals the torch path's bit for bit. Whether the
+upsample matches the running torch build is checked once per size (:func:`matches_torch`); where it
+does not, or without numba, ``apply_cam`` keeps its torch path.
 """
 
 from __future__ import annotations
@@ -31,8 +29,7 @@ __all__ = ["HAVE_NUMBA", "bilinear_taps", "blend_overlays", "matches_torch", "up
 # Work items per thread: more than one, so a thread slowed by other load on its core hands its
 # share to the others instead of holding up the whole batch.
 TASKS_PER_THREAD = 4
-# Pixels (over a thread's images) below which another thread costs more to start than it saves:
-# about 5 images at 224x224, a millisecond of work.
+# Pixels (over a thread's images) below which another thread costs more to start than it saves.
 MIN_PIXELS_PER_THREAD = 1 << 18
 
 Taps = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -94,12 +91,6 @@ if HAVE_NUMBA:
             for x in range(up.shape[1]):
                 up[y, x] = _lerp(rows[a, x], wa, rows[b, x], wb)
 
-    @njit(cache=True, nogil=True)
-    def _upsample(cams, ty, tx, out):  # pragma: no cover - compiled
-        rows = np.empty((cams.shape[1], out.shape[2]), dtype=np.float32)
-        for i in range(cams.shape[0]):
-            _upsample_one(cams[i], ty, tx, rows, out[i])
-
     # error_model="numpy": 256 / 0 is inf, as in torch, not a ZeroDivisionError.
     @njit(cache=True, nogil=True, error_model="numpy")
     def _blend(images, cams, table, beta, ty, tx, out, start, stop):  # pragma: no cover - compiled
@@ -111,6 +102,7 @@ if HAVE_NUMBA:
         zero, one, end = np.float32(0.0), np.float32(1.0), np.float32(257.0)
         for i in range(start, stop):
             _upsample_one(cams[i], ty, tx, rows, up)
+            # One pass for both ends; numba's up.min() and up.max() take two slower ones.
             low, high = up[0, 0], up[0, 0]
             for y in range(height):
                 for x in range(width):
@@ -148,9 +140,12 @@ def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     if not HAVE_NUMBA:
         raise RuntimeError("the overlay kernel needs numba: pip install numba")
+    cams = np.ascontiguousarray(cams, dtype=np.float32)
     n, h, w = cams.shape
-    out = np.empty((n, *size), dtype=np.float32)
-    _upsample(np.ascontiguousarray(cams, dtype=np.float32), bilinear_taps(h, size[0]), bilinear_taps(w, size[1]), out)
+    ty, tx = bilinear_taps(h, size[0]), bilinear_taps(w, size[1])
+    out, rows = np.empty((n, *size), dtype=np.float32), np.empty((h, size[1]), dtype=np.float32)
+    for i in range(n):
+        _upsample_one(cams[i], ty, tx, rows, out[i])
     return out
 
 

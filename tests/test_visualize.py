@@ -126,27 +126,22 @@ def test_cam_forms_agree() -> None:
 
 
 @pytest.mark.parametrize(
-    "batch, image_size, cam_size, chunk_pixels",
-    [
-        (1, (13, 13), (13, 13), None),
-        (11, (224, 224), (13, 13), None),  # several chunks of the default size, the last one short
-        (7, (37, 53), (7, 9), 3 * 37 * 53),  # chunks of 3, 3, 1
-        (5, (20, 30), (13, 13), 1),  # one image per chunk
-        (6, (48, 48), (3, 5), 10**9),  # one chunk
-    ],
+    "batch, image_size, cam_size",
+    [(1, (13, 13), (13, 13)), (11, (224, 224), (13, 13)), (7, (37, 53), (7, 9)), (5, (20, 30), (13, 13)), (6, (48, 48), (3, 5))],
 )
 @pytest.mark.parametrize("alpha, colormap", [(0.5, "jet"), (0.35, "inferno")])
-def test_apply_cam_matches_unchunked_reference(
+@pytest.mark.parametrize("torch_path", [False, True])
+def test_apply_cam_matches_the_reference(
     monkeypatch: pytest.MonkeyPatch,
     batch: int,
     image_size: tuple[int, int],
     cam_size: tuple[int, int],
-    chunk_pixels: int | None,
     alpha: float,
     colormap: str,
+    torch_path: bool,
 ) -> None:
-    if chunk_pixels is not None:
-        monkeypatch.setattr(overlay, "CPU_CHUNK_PIXELS", chunk_pixels)
+    if torch_path:  # the plain torch path even where the compiled kernel would take the batch
+        monkeypatch.setattr(overlay, "_kernel_applies", lambda images, cams: False)
     generator = torch.Generator().manual_seed(batch)
     images = torch.rand(batch, 3, *image_size, generator=generator)
     # Different scales and offsets per map, so a map normalised against a neighbour shows.
