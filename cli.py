@@ -1,5 +1,5 @@
-"""Command-line building blocks shared by ``main.py`` and ``visualize.py``: one-line errors,
-help that shows defaults, and the argument types both use."""
+"""Command-line building blocks of ``main.py`` and ``visualize.py``: one-line errors, help that
+shows defaults, and the argument types."""
 
 from __future__ import annotations
 
@@ -41,3 +41,31 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
     return number
+
+
+def pretrained_flag(value: str) -> bool | str:
+    """A boolean, or the path of a local copy of torchvision's ImageNet AlexNet weights."""
+    try:
+        return bool_flag(value)
+    except argparse.ArgumentTypeError:
+        return value
+
+
+def text_list(value: str) -> str | list[str]:
+    """One value, or several separated by commas (``BMW,Audi``)."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected a value or a comma-separated list, got {value!r}")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def year_list(value: str) -> int | list[int]:
+    """A year, or several separated by commas (``2011,2012``)."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    try:
+        years = [int(part) for part in parts]
+    except ValueError:
+        years = []
+    if not years:
+        raise argparse.ArgumentTypeError(f"expected a year such as 2012, or several such as 2011,2012; got {value!r}")
+    return years[0] if len(years) == 1 else years

@@ -10,17 +10,21 @@ from dataclasses import dataclass
 # A side of 1024 already makes 12 MiB per image; larger ones are typos, and would exhaust memory.
 MAX_IMAGE_SIZE = 1024
 
-
 # More loader workers than this per core only queue up behind each other.
 MAX_WORKERS_PER_CORE = 4
 
 
+# The rules that choose the best epoch (see ``runs.epoch_score``).
+SELECT_BY = ("val_top1", "val_maxboxacc")
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; ``main.py`` builds it from the command line.
+    """Everything a training run needs; ``main.py``'s parser fills it (each flag's dest is a field).
 
     Filters take None (all), one value, or a list of values, as ``StanfordCarsCAM`` does.
     ``cache_dir`` keeps decoded images between epochs and runs (see ``dataset.ImageCache``).
+    ``select_by`` names the rule that picks the best epoch (``runs.epoch_score``).
     """
 
     root: str = "stanford_cars_dataset"
@@ -49,6 +53,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     eval_test_every_epoch: bool = False
+    select_by: str = "val_top1"
     resume: str | None = None
     overwrite: bool = False
     progress: bool = True
@@ -76,6 +81,7 @@ class TrainConfig:
             (finite(self.warmup_epochs) and self.warmup_epochs >= 0, f"--warmup_epochs must be a finite number >= 0, got {self.warmup_epochs}"),
             (0.0 <= self.label_smoothing < 1.0, f"--label_smoothing must lie in [0, 1), got {self.label_smoothing}"),
             (self.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {self.optimizer!r}"),
+            (self.select_by in SELECT_BY, f"--select_by must be {' or '.join(SELECT_BY)}, got {self.select_by!r}"),
             (0 <= self.seed < 2**32, f"--seed must be a whole number in [0, 2**32), got {self.seed}"),
             (self.num_workers is None or self.num_workers >= 0, f"--num_workers must be >= 0, got {self.num_workers}"),
             (self.num_workers is None or self.num_workers <= max_workers,

@@ -16,16 +16,16 @@ from pathlib import Path
 
 from .data.class_names import STANFORD_CARS_CLASS_NAMES
 from .dataset import select_classes
-from .synthetic import write_synthetic_stanford_cars
 from .config import TrainConfig
 from .files import check_writable
+from .synthetic import write_synthetic_stanford_cars
 from .train import fit
 from .visualize import render_cam_grid
 
 logger = logging.getLogger(__name__)
 
 DEMO_IMAGE_SIZE = 128
-# The seed README's brand and year: nine BMW classes of 2012 get synthetic images.
+# The README's example brand and year: nine BMW classes of 2012 get synthetic images.
 DEMO_FILTERS = {"car_brand": "BMW", "car_production_year": 2012}
 
 

@@ -14,6 +14,7 @@ Run with ``torchrun --nproc_per_node N main.py ...`` to train on N processes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -21,8 +22,7 @@ import sys
 from collections.abc import Sequence
 
 # With torch's default spinning wait, its threads stall for whole scheduler slices whenever
-# another process holds a core (measured 25x slower overlays on a busy 2-core machine). Must be
-# set before torch starts its thread pool.
+# another process holds a core. Must be set before torch starts its thread pool.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if __package__ in (None, ""):
@@ -31,52 +31,37 @@ if __package__ in (None, ""):
 
     _bootstrap.ensure_package()
 
-from CAM_Stanford_Cars.cli import HelpFormatter, OneLineParser, bool_flag, positive_int
+from CAM_Stanford_Cars.cli import HelpFormatter, OneLineParser, bool_flag, positive_int, pretrained_flag, text_list, year_list
+from CAM_Stanford_Cars.config import SELECT_BY
+from CAM_Stanford_Cars.demo import run_demo
 from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
 from CAM_Stanford_Cars.localization import format_metrics_table
 from CAM_Stanford_Cars.model import CheckpointError, PretrainedWeightsError
 from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit, shutdown_distributed
 
+__all__ = [
+    "DEFAULTS", "pretrained_flag", "text_list", "year_list", "get_args_parser", "config_from_args", "check_commands", "run",
+    "main", "HelpFormatter", "OneLineParser", "bool_flag", "positive_int", "DatasetError", "StanfordCarsCAM",
+    "format_filter_summary", "format_metrics_table", "CheckpointError", "PretrainedWeightsError", "NonFiniteLossError",
+    "TrainConfig", "evaluate_checkpoint", "fit", "shutdown_distributed",
+]
+
 DEFAULTS = TrainConfig()
 
 
-def pretrained_flag(value: str) -> bool | str:
-    """A boolean, or the path of a local copy of torchvision's ImageNet AlexNet weights."""
-    try:
-        return bool_flag(value)
-    except argparse.ArgumentTypeError:
-        return value
-
-
-def text_list(value: str) -> str | list[str]:
-    """One value, or several separated by commas (``BMW,Audi``)."""
-    parts = [part.strip() for part in value.split(",") if part.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected a value or a comma-separated list, got {value!r}")
-    return parts[0] if len(parts) == 1 else parts
-
-
-def year_list(value: str) -> int | list[int]:
-    """A year, or several separated by commas (``2011,2012``)."""
-    parts = [part.strip() for part in value.split(",") if part.strip()]
-    try:
-        years = [int(part) for part in parts]
-    except ValueError:
-        years = []
-    if not years:
-        raise argparse.ArgumentTypeError(f"expected a year such as 2012, or several such as 2011,2012; got {value!r}")
-    return years[0] if len(years) == 1 else years
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    """The parser of ``main.py``; other launchers can reuse or extend it."""
+    """The parser of ``main.py``; other launchers can reuse or extend it.
+
+    Each training flag's ``dest`` is a field of :class:`TrainConfig` (``--root_datasets_dir``
+    fills ``root``), so :func:`config_from_args` needs no field-by-field copy.
+    """
     parser = OneLineParser(
         prog="main.py",
         description="Train a GAP-AlexNet with class activation maps on (a filtered) Stanford Cars.",
         formatter_class=HelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--root_datasets_dir", default=DEFAULTS.root, metavar="DIR", help="folder holding Stanford Cars (or where to put it)")
+    data.add_argument("--root_datasets_dir", dest="root", default=DEFAULTS.root, metavar="DIR", help="folder holding Stanford Cars (or where to put it)")
     data.add_argument("--download_datasets", type=bool_flag, default=DEFAULTS.download_datasets, metavar="BOOL",
                       help="fetch Stanford Cars from a public mirror when root holds no readable copy")
     data.add_argument("--car_type", type=text_list, default=None, metavar="TYPE", help="body type(s) to keep, e.g. Sedan or Sedan,Coupe (default: all)")
@@ -107,6 +92,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", type=bool_flag, default=DEFAULTS.compile, metavar="BOOL", help="torch.compile the model")
     train.add_argument("--eval_test_every_epoch", type=bool_flag, default=DEFAULTS.eval_test_every_epoch, metavar="BOOL",
                        help="also report test metrics each epoch (never used to choose anything)")
+    train.add_argument("--select_by", choices=SELECT_BY, default=DEFAULTS.select_by,
+                       help="best-epoch rule: validation top-1 (ties: lower val loss) or validation MaxBoxAcc (ties: higher top-1)")
     train.add_argument("--progress", type=bool_flag, default=DEFAULTS.progress, metavar="BOOL", help="progress bars")
 
     run = parser.add_argument_group("checkpoints and runs")
@@ -125,18 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The library's typed config from the parsed flags."""
-    return TrainConfig(
-        root=args.root_datasets_dir, checkpoints_dir=args.checkpoints_dir, car_type=args.car_type,
-        car_brand=args.car_brand, car_production_year=args.car_production_year,
-        download_datasets=args.download_datasets, n_epochs=args.n_epochs, batch_size=args.batch_size,
-        image_size=args.image_size, val_fraction=args.val_fraction, pretrained=args.pretrained,
-        optimizer=args.optimizer, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale, momentum=args.momentum,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        seed=args.seed, device=args.device, num_workers=args.num_workers, cache_dir=args.cache_dir, amp=args.amp,
-        channels_last=args.channels_last, compile=args.compile, eval_test_every_epoch=args.eval_test_every_epoch,
-        resume=args.resume, overwrite=args.overwrite, progress=args.progress,
-    )
+    """The library's typed config from the parsed flags (each field is a flag's ``dest``)."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 def _setup_logging() -> None:
@@ -161,20 +138,18 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch to the command the flags ask for; returns the exit status."""
     check_commands(args)
     if args.list_filters:
-        dataset = StanfordCarsCAM(args.root_datasets_dir, split="train", download_datasets=args.download_datasets)
+        dataset = StanfordCarsCAM(args.root, split="train", download_datasets=args.download_datasets)
         print(format_filter_summary(dataset.root))
         return 0
     if args.evaluate is not None:
         metrics = evaluate_checkpoint(
-            args.evaluate, root=args.root_datasets_dir, split=args.split or "test", batch_size=args.batch_size,
+            args.evaluate, root=args.root, split=args.split or "test", batch_size=args.batch_size,
             device=args.device, num_workers=args.num_workers, progress=args.progress,
             download_datasets=args.download_datasets,
         )
         print(format_metrics_table(metrics))
         return 0
     if args.demo:
-        from CAM_Stanford_Cars.demo import run_demo
-
         # The demo has its own settings; --n_epochs, when changed from its default, shortens it.
         n_epochs = None if args.n_epochs == DEFAULTS.n_epochs else args.n_epochs
         result = run_demo(args.demo_dir, progress=args.progress, seed=args.seed, n_epochs=n_epochs)
@@ -182,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = config_from_args(args)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in sorted(vars(args).items())}, default=str))
+        print(json.dumps(dict(sorted(vars(args).items())), default=str))
     result = fit(config)
     if result.interrupted:
         return 130

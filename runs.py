@@ -1,4 +1,4 @@
-"""The run folder: its file names, resume state, metrics log, and stopping on Ctrl-C."""
+"""The run folder: its files, the resume state, the metrics log, the best-epoch rule, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -6,36 +6,51 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .checkpoint import require_entries
 from .config import TrainConfig
-from .files import atomic_write_text
+from .distributed import DistInfo, all_reduce_sum
+from .files import atomic_file, atomic_write_text
 from .model import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-
 LAST_CHECKPOINT = "last.pt"
-
-
 BEST_CHECKPOINT = "best.pt"
-
-
 METRICS_LOG = "metrics.jsonl"
-
-
 ARGS_FILE = "args.json"
-
-
 CURVES_FIGURE = "training_curves.png"
-
-
 TEST_METRICS = "test_metrics.json"
+
+# Weight of the tie-breaker in ``epoch_score``: the main metric counts images, so two different
+# values differ by at least 1/n, far more than the tie-breaker can add for any real n.
+TIE_BREAK = 1e-6
+
+
+def epoch_score(record: Mapping[str, Any], select_by: str = "val_top1") -> float:
+    """How good an epoch is; the epoch with the highest score is the best one (``best.pt``).
+
+    ``val_top1``: validation top-1 accuracy, ties broken by the lower validation loss.
+    ``val_maxboxacc``: validation MaxBoxAcc, ties broken by the higher validation top-1.
+    Without a validation split (no ``val_top1`` in ``record``) the latest epoch is the best.
+
+    Args:
+        record: One epoch's metrics, as in ``metrics.jsonl``.
+        select_by: The rule, one of ``config.SELECT_BY``.
+    """
+    if "val_top1" not in record:
+        return float(record["epoch"])
+    if select_by == "val_maxboxacc":
+        return record["val_maxboxacc"] + TIE_BREAK * record["val_top1"]
+    return record["val_top1"] - TIE_BREAK * record["val_loss"]
 
 
 def check_new_run(run_dir: Path, overwrite: bool) -> None:
@@ -55,6 +70,12 @@ def remove_run_files(run_dir: Path) -> None:
     scores = [p.name for p in run_dir.glob("*_metrics.json") if p.name.split("_", 1)[0] in stems]
     for name in names + scores:
         (run_dir / name).unlink(missing_ok=True)
+
+
+def keep_as_best(last: Path) -> None:
+    """Copy ``last.pt`` to ``best.pt`` beside it, atomically (the same contents, not re-serialised)."""
+    with atomic_file(last.with_name(BEST_CHECKPOINT)) as handle, open(last, "rb") as source:
+        shutil.copyfileobj(source, handle, length=1 << 22)
 
 
 def read_metrics_log(path: Path) -> list[dict[str, Any]]:
@@ -84,14 +105,42 @@ def plain_config(config: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
-class _StopRequest:
-    """Turns the first Ctrl-C (SIGINT) into a flag the loop checks after each step."""
+class StopRequest:
+    """Whether to stop early: at the first Ctrl-C, or once ``after_steps`` steps have run.
 
-    def __init__(self) -> None:
+    Called with the epoch's step number after every optimizer step. Under torchrun every rank
+    must stop at the same step or DDP's collectives hang; agreeing costs a host sync, so the
+    ranks compare notes every 10 steps only.
+    """
+
+    def __init__(self, dist_info: DistInfo, device: torch.device, after_steps: int | None = None) -> None:
+        self.dist_info, self.device, self.after_steps = dist_info, device, after_steps
         self.requested = False
+        self.steps = 0  # optimizer steps run since this object was made
+
+    def __call__(self, step: int) -> bool:
+        self.steps += 1
+        if self.dist_info.distributed and step % 10:
+            return False
+        return self._agreed(self.requested or self._budget_spent())
+
+    def after_epoch(self, more_epochs: bool) -> bool:
+        """Whether to stop after a finished epoch (a spent budget counts only if epochs remain)."""
+        return self._agreed(self.requested or (self._budget_spent() and more_epochs))
+
+    def _budget_spent(self) -> bool:
+        return self.after_steps is not None and self.steps >= self.after_steps
+
+    def _agreed(self, local: bool) -> bool:
+        if not self.dist_info.distributed:
+            return local
+        flag = torch.tensor([float(local)], device=self.device)
+        return bool(all_reduce_sum(flag, self.dist_info).item() > 0)
 
     @contextmanager
-    def installed(self) -> Iterator["_StopRequest"]:
+    def installed(self) -> Iterator[StopRequest]:
+        """Turn the first Ctrl-C (SIGINT) into ``requested``; a second one aborts."""
+
         def handler(signum: int, frame: Any) -> None:
             if self.requested:
                 raise KeyboardInterrupt
@@ -109,42 +158,49 @@ class _StopRequest:
             signal.signal(signal.SIGINT, previous)
 
 
-# Settings a resumed run must share with the run it continues: the data, its order and the
-# optimisation (the optimizer and schedule states saved in the checkpoint were built from them).
+# Settings a resumed run must share with the run it continues: the data, its order, the
+# optimisation (the saved optimizer and schedule states were built from them) and the rule that
+# scored the saved best epoch.
 RESUME_MUST_MATCH = (
     "n_epochs", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year", "seed",
-    "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
+    "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "select_by",
 )
 
 
-def _read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
+def read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
     """The checkpoint to continue, checked against the run it is asked to continue."""
     _, checkpoint = load_checkpoint(path)
     require_entries(checkpoint, ("optimizer", "lr_scheduler", "epoch", "args"), path)
-    saved = checkpoint["args"]
     run_dir = Path(config.checkpoints_dir).expanduser()
     if path.parent.resolve() != run_dir.resolve():
         raise ValueError(
             f"--resume {str(path)!r} belongs to the run in {str(path.parent)!r} but --checkpoints_dir is "
             f"{str(run_dir)!r}; pass --checkpoints_dir {str(path.parent)!r} to continue that run"
         )
-    if checkpoint.get("epoch_progress"):
+    mid_epoch, world_size = checkpoint.get("epoch_progress"), int(os.environ.get("WORLD_SIZE", "1"))
+    if mid_epoch:
         require_entries(checkpoint, ("rng_states",), path)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if checkpoint.get("epoch_progress") and checkpoint.get("world_size", 1) != world_size:
+    if mid_epoch and checkpoint.get("world_size", 1) != world_size:
         raise ValueError(
             f"--resume {str(path)!r} stopped mid-epoch with {checkpoint.get('world_size', 1)} processes; "
             f"continue it with the same number of processes (this run has {world_size})"
         )
+    # A checkpoint from before a setting existed ran with that setting's default.
+    saved = {**plain_config(TrainConfig()), **checkpoint["args"]}
     for key in RESUME_MUST_MATCH:
         if saved.get(key) != json.loads(json.dumps(getattr(config, key))):
             raise ValueError(
                 f"--resume {str(path)!r} was trained with {key}={saved.get(key)!r} but this run has "
                 f"{key}={getattr(config, key)!r}; pass the same value to continue it"
             )
-    if int(checkpoint["epoch"]) >= config.n_epochs and not checkpoint.get("epoch_progress"):
+    if int(checkpoint["epoch"]) >= config.n_epochs and not mid_epoch:
         raise ValueError(
             f"--resume {str(path)!r}: that run already finished all {config.n_epochs} epochs; its best "
             f"checkpoint is {str(path.with_name(BEST_CHECKPOINT))!r} (score it with --evaluate). Start a new run in another folder to train longer"
         )
     return checkpoint
+
+
+def resumed_history(run_dir: Path, epoch: int) -> list[dict[str, Any]]:
+    """The metrics records of a resumed run's epochs up to ``epoch``."""
+    return [record for record in read_metrics_log(run_dir / METRICS_LOG) if record["epoch"] <= epoch]

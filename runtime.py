@@ -1,16 +1,19 @@
-"""Device, threads, seeds and mixed precision: where and how the computation runs."""
+"""Device, threads, data loaders, seeds and mixed precision: where and how the computation runs."""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .distributed import DistInfo
+from .distributed import DistInfo, init_distributed
 
 
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -38,6 +41,27 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device(name) if ":" in name or kind != "cuda" else torch.device("cuda", local_rank)
 
 
+def start_process(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Join ``torchrun``'s process group, if any, and choose this process's device.
+
+    Raises:
+        ValueError: If the device is not available, or cannot serve a distributed run.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device_name.startswith("cuda:"):
+        raise ValueError(
+            f"--device {device_name} puts every process on one GPU; under torchrun each process takes "
+            "the GPU of its LOCAL_RANK: pass --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose GPUs"
+        )
+    dist_info = init_distributed(device_name)
+    device = select_device(device_name, dist_info.local_rank)
+    if dist_info.distributed and device.type == "mps":
+        # gloo, the only backend off CUDA, cannot reduce tensors that live on Apple's GPU.
+        raise ValueError("torchrun cannot train on Apple MPS (no distributed backend supports it); use --device cpu, or run one process")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # pinned memory and capability queries then use this GPU
+    return dist_info, device
+
+
 def _cores_per_process(dist_info: DistInfo) -> int:
     try:
         cores = len(os.sched_getaffinity(0))
@@ -46,10 +70,10 @@ def _cores_per_process(dist_info: DistInfo) -> int:
     return max(1, cores // dist_info.world_size)
 
 
-# On a CPU-only machine the network's threads and the loader's workers share the cores. Measured
-# on 2 cores (benchmarks/run.py, "thread split"): torch on both cores trains twice as fast as on
-# one, and one worker process beats loading in the training process, whose batch stacking and
-# resizing then go through torch's thread pool and stall it whenever another process holds a core.
+# On a CPU-only machine the network's threads and the loader's workers share the cores: torch
+# gets them all, and one worker process loads between steps. Loading in the training process
+# would put batch stacking and resizing through torch's thread pool, which stalls whenever
+# another process holds a core (benchmarks/results.md has the measurements).
 CPU_LOADER_WORKERS = 1
 
 
@@ -57,8 +81,8 @@ def default_num_workers(dist_info: DistInfo, device: torch.device | None = None)
     """Loader workers for this process.
 
     With an accelerator: the cores this process may use, less one for the training step, at most
-    8. When the network itself runs on the CPU: ``CPU_LOADER_WORKERS``, as measured best (the
-    loader then works between steps instead of competing with the network's threads).
+    8. When the network itself runs on the CPU: ``CPU_LOADER_WORKERS`` (the loader then works
+    between steps instead of competing with the network's threads).
     """
     per_process = _cores_per_process(dist_info)
     if device is not None and device.type == "cpu":
@@ -75,6 +99,32 @@ def configure_cpu_threads(dist_info: DistInfo, device: torch.device) -> int:
     if device.type == "cpu":
         torch.set_num_threads(_cores_per_process(dist_info))
     return torch.get_num_threads()
+
+
+def collate_batch(items: Sequence[tuple[Any, ...]]) -> Any:
+    """``default_collate``, except that in the training process itself tensors are stacked by NumPy.
+
+    A worker stacks straight into shared memory (``default_collate``); in the training process a
+    single-threaded copy cannot stall on a busy machine as torch's parallel one can.
+    """
+    if torch.utils.data.get_worker_info() is not None:
+        return default_collate(items)
+    out: list[Any] = []
+    for column in zip(*items):
+        if isinstance(column[0], Tensor) and column[0].device.type == "cpu" and column[0].dtype != torch.bfloat16:
+            out.append(torch.from_numpy(np.stack([t.numpy() for t in column])))
+        else:
+            out.append(default_collate(list(column)))
+    return out
+
+
+def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, num_workers: int, device: torch.device, seed: int) -> DataLoader:
+    """A loader over ``indices`` in that order (the order is decided by the caller)."""
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=list(indices), num_workers=num_workers, collate_fn=collate_batch,
+        pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed), drop_last=False,
+    )
 
 
 def seed_everything(seed: int) -> None:

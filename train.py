@@ -1,21 +1,15 @@
 """Training and evaluation loops for the GAP-AlexNet on a filtered Stanford Cars.
 
-``fit(config)`` runs a whole training run: it builds the filtered datasets, holds out a
-validation split from the train images (the test split never chooses anything), trains with a
-warm-up + cosine schedule, evaluates classification and CAM localisation each epoch, keeps the
-last and the best checkpoint, and finally scores the best weights on the test split.
+``fit(config)`` holds out a validation split from the train images (the test split never chooses
+anything), trains with a warm-up + cosine schedule, evaluates classification and CAM localisation
+each epoch, keeps the last and the best checkpoint (best by ``config.select_by``, see
+``runs.epoch_score``), and scores the best weights on the test split. Under ``torchrun`` it runs
+as DistributedDataParallel: metrics are summed across ranks and only rank 0 writes files.
 
-The same code runs on one process or under ``torchrun`` as DistributedDataParallel: every rank
-reads its shard through a ``DistributedSampler``, metrics are summed across ranks, and only rank
-0 writes files and draws progress bars.
-
-Determinism: the order of each epoch comes from ``(seed, epoch)`` and the augmentation RNG (the
-loader workers' seeds too) is re-seeded from them at every epoch start, so an epoch's batches do
-not depend on what ran before: ``--resume`` continues exactly where an epoch ended. A run stopped
-mid-epoch also saves every rank's RNG state, which makes the rest of that epoch exact with
-``num_workers=0``; with workers, its remaining images get fresh augmentation draws. "Exact" means
-bit-identical weights on the CPU; on a GPU, cuDNN's non-deterministic kernels make a resumed run
-as close to an uninterrupted one as two uninterrupted runs are to each other.
+Determinism: each epoch's order and augmentation come from ``(seed, epoch)`` alone, and a run
+stopped mid-epoch saves every rank's RNG state, so ``--resume`` continues as if never stopped
+(bit-identical weights on the CPU with ``num_workers=0``; with workers the remaining images get
+fresh augmentation draws; on a GPU, as close as cuDNN's non-deterministic kernels allow).
 """
 
 from __future__ import annotations
@@ -26,7 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,27 +30,40 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .checkpoint import require_entries, save_checkpoint, unwrap_model
-from .config import TrainConfig
+from .config import MAX_IMAGE_SIZE, MAX_WORKERS_PER_CORE, TrainConfig
 from .dataset import StanfordCarsCAM
 from .distributed import (DistInfo, all_reduce_sum, epoch_sampler, eval_indices, gather_rng_states, init_distributed,
                           shutdown_distributed)
 from .files import atomic_file, atomic_write_text, check_writable, unwritable_reason
-from .localization import LocalizationMeter
+from .localization import METRIC_LABELS, LocalizationMeter
 from .model import AlexNetGAP, load_checkpoint
-from .runs import (ARGS_FILE, BEST_CHECKPOINT, CURVES_FIGURE, LAST_CHECKPOINT, METRICS_LOG, TEST_METRICS, _read_resume_state,
-                   _StopRequest, check_new_run, plain_config, read_metrics_log, remove_run_files, write_metrics_log)
-from .runtime import (accumulator_dtype, amp_dtype, autocast_context, configure_cpu_threads, default_num_workers,
-                      seed_everything, select_device)
+from .runs import (ARGS_FILE, BEST_CHECKPOINT, CURVES_FIGURE, LAST_CHECKPOINT, METRICS_LOG, RESUME_MUST_MATCH, TEST_METRICS,
+                   StopRequest, check_new_run, epoch_score, keep_as_best, plain_config, read_metrics_log, read_resume_state,
+                   remove_run_files, resumed_history, write_metrics_log)
+from .runtime import (CPU_LOADER_WORKERS, accumulator_dtype, amp_dtype, autocast_context, collate_batch, configure_cpu_threads,
+                      default_num_workers, make_loader, seed_everything, select_device, start_process)
+from .visualize import plot_training_curves
+
+__all__ = [
+    # defined here
+    "RunData", "stratified_split", "build_datasets", "collate_batch", "make_loader", "build_optimizer", "build_scheduler",
+    "NonFiniteLossError", "EpochProgress", "StepSettings", "train_one_epoch", "epoch_train_metrics", "evaluate",
+    "RunResult", "fit", "format_metrics", "summary_line", "evaluate_checkpoint",
+    # re-exported from where they moved
+    "TrainConfig", "MAX_IMAGE_SIZE", "MAX_WORKERS_PER_CORE", "DistInfo", "init_distributed", "shutdown_distributed",
+    "epoch_sampler", "eval_indices", "gather_rng_states", "all_reduce_sum", "select_device", "CPU_LOADER_WORKERS",
+    "default_num_workers", "configure_cpu_threads", "seed_everything", "accumulator_dtype", "amp_dtype",
+    "autocast_context", "atomic_write_text", "unwritable_reason", "check_writable", "atomic_file", "LAST_CHECKPOINT",
+    "BEST_CHECKPOINT", "METRICS_LOG", "ARGS_FILE", "CURVES_FIGURE", "TEST_METRICS", "RESUME_MUST_MATCH", "check_new_run",
+    "remove_run_files", "read_metrics_log", "write_metrics_log", "plain_config", "METRIC_LABELS", "StanfordCarsCAM",
+    "LocalizationMeter", "AlexNetGAP", "load_checkpoint", "save_checkpoint", "require_entries", "unwrap_model",
+]
 
 logger = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------
-# Processes and devices
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,9 +110,7 @@ def build_datasets(config: TrainConfig) -> RunData:
     """The filtered train/validation/test datasets; raises before any file is written."""
     filters = dict(car_type=config.car_type, car_brand=config.car_brand, car_production_year=config.car_production_year)
     common = dict(image_size=config.image_size, return_box=True, cache_dir=config.cache_dir, **filters)
-    train_full = StanfordCarsCAM(
-        config.root, split="train", download_datasets=config.download_datasets, augment=True, **common
-    )
+    train_full = StanfordCarsCAM(config.root, split="train", download_datasets=config.download_datasets, augment=True, **common)
     # The validation images are train images seen without augmentation: the same parsed split.
     train_plain = copy.copy(train_full)
     train_plain.augment = False
@@ -120,42 +124,10 @@ def build_datasets(config: TrainConfig) -> RunData:
             "to classes that have images, or complete the data"
         )
     train_idx, val_idx = stratified_split(train_full.targets, config.val_fraction, config.seed)
+    if val_idx and config.select_by == "val_maxboxacc" and np.isnan(train_full.boxes[val_idx, 0]).all():
+        raise ValueError("--select_by val_maxboxacc needs boxes, and no validation image has one; use --select_by val_top1")
     val = Subset(train_plain, val_idx) if val_idx else None
     return RunData(Subset(train_full, train_idx), val, test, list(train_full.classes))
-
-
-def collate_batch(items: Sequence[tuple[Any, ...]]) -> Any:
-    """``default_collate``, except that in the training process itself tensors are stacked by NumPy.
-
-    A worker stacks straight into shared memory (``default_collate``); in the training process a
-    single-threaded copy is as fast as torch's parallel one and cannot stall on a busy machine.
-    """
-    if torch.utils.data.get_worker_info() is not None:
-        return default_collate(items)
-    columns = list(zip(*items))
-    out: list[Any] = []
-    for column in columns:
-        if isinstance(column[0], Tensor) and column[0].device.type == "cpu" and column[0].dtype != torch.bfloat16:
-            out.append(torch.from_numpy(np.stack([t.numpy() for t in column])))
-        else:
-            out.append(default_collate(list(column)))
-    return out
-
-
-def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, num_workers: int, device: torch.device, seed: int) -> DataLoader:
-    """A loader over ``indices`` in that order (the order is decided by the caller)."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=list(indices),
-        num_workers=num_workers,
-        collate_fn=collate_batch,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed),
-        drop_last=False,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,9 +147,7 @@ def build_optimizer(model: AlexNetGAP, config: TrainConfig) -> torch.optim.Optim
     param_groups = []
     for (is_new, decays), params in sorted(groups.items()):
         scale = 1.0 if is_new or not config.pretrained else config.backbone_lr_scale
-        param_groups.append(
-            {"params": params, "lr": config.lr * scale, "weight_decay": config.weight_decay if decays else 0.0}
-        )
+        param_groups.append({"params": params, "lr": config.lr * scale, "weight_decay": config.weight_decay if decays else 0.0})
     if config.optimizer == "adamw":
         return torch.optim.AdamW(param_groups, lr=config.lr)
     return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
@@ -195,6 +165,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+# --------------------------------------------------------------------------------------------
+# One epoch
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -208,33 +182,67 @@ class EpochProgress:
     seconds: float = 0.0
 
 
+@dataclass
+class StepSettings:
+    """How ``train_one_epoch`` takes a step: loss, schedule, precision, ranks and reporting."""
+
+    criterion: nn.Module
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None
+    dist_info: DistInfo = DistInfo()
+    amp: bool = True
+    channels_last: bool = False
+    progress: bool = True
+    n_epochs: int = 1
+    log_every: int = 10  # steps between reads of the running sums (each read waits for the device)
+
+
+def _checked_sums(sums: Tensor, settings: StepSettings, epoch: int, step: int) -> tuple[float, float, float]:
+    # Summed over ranks, so every rank sees a non-finite loss at the same step and stops.
+    loss_sum, correct, seen = all_reduce_sum(sums, settings.dist_info).tolist()
+    if not math.isfinite(loss_sum):
+        raise NonFiniteLossError(
+            f"the training loss became {loss_sum / max(seen, 1):.4g} in epoch {epoch + 1} (step {step}); "
+            "the last good checkpoint is kept. Lower --lr or raise --warmup_epochs, and check the data"
+        )
+    return loss_sum, correct, seen
+
+
+def _train_step(model: nn.Module, batch: Sequence[Tensor], optimizer: torch.optim.Optimizer, s: StepSettings) -> tuple[Tensor, Tensor, Tensor]:
+    """One optimizer and schedule step; returns the loss (), logits (B, C) and labels (B,)."""
+    images = batch[0].to(s.device, non_blocking=True)
+    labels = batch[1].to(s.device, non_blocking=True)
+    if s.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast_context(s.device, s.amp):
+        logits = model(images)
+    loss = s.criterion(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    if s.scaler is not None:
+        s.scaler.scale(loss).backward()
+        s.scaler.step(optimizer)
+        s.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    s.scheduler.step()
+    return loss.detach(), logits.detach(), labels
+
+
 def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader | Sequence[Any],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    criterion: nn.Module,
-    device: torch.device,
-    epoch: int,
-    n_epochs: int,
-    state: EpochProgress,
-    dist_info: DistInfo = DistInfo(),
-    amp: bool = True,
-    channels_last: bool = False,
-    scaler: torch.amp.GradScaler | None = None,
-    progress: bool = True,
-    should_stop: Callable[[], bool] = lambda: False,
-    log_every: int = 10,
+    model: nn.Module, loader: DataLoader | Sequence[Any], optimizer: torch.optim.Optimizer, settings: StepSettings,
+    epoch: int, state: EpochProgress, should_stop: Callable[[int], bool] = lambda step: False,
 ) -> bool:
     """Train on the batches of ``loader`` (the rest of an epoch when ``state.step > 0``).
 
-    Running sums stay on the device and are read every ``log_every`` steps, so a step never
-    waits for the host; a non-finite loss is caught at those reads and at the end.
+    Running sums stay on the device and are read every ``settings.log_every`` steps, so a step
+    never waits for the host; a non-finite loss is caught at those reads and at the end.
 
     Args:
         loader: Yields ``(images (B,3,S,S), labels (B,), ...)``; already starts at ``state.step``.
         state: Updated in place: steps done, running sums and time spent.
-        should_stop: Checked after every step; ``True`` ends the epoch early.
+        should_stop: Called with ``state.step`` after every step; ``True`` ends the epoch early.
 
     Returns:
         ``True`` if the epoch ran to its end, ``False`` if ``should_stop`` ended it.
@@ -242,60 +250,29 @@ def train_one_epoch(
     Raises:
         NonFiniteLossError: If the loss stops being finite.
     """
+    s = settings
     model.train()
-    sums = torch.tensor(state.sums, device=device, dtype=accumulator_dtype(device))
+    sums = torch.tensor(state.sums, device=s.device, dtype=accumulator_dtype(s.device))  # loss * n, correct, n
     total = state.step + len(loader)
-    bar = tqdm(
-        total=total, initial=state.step, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch",
-        disable=not (progress and dist_info.is_main), dynamic_ncols=True, mininterval=1.0, leave=False,
-    )
     start = time.perf_counter() - state.seconds
     completed = True
-
-    def read_sums() -> tuple[float, float, float]:
-        # Summed over ranks, so every rank sees a non-finite loss at the same step and stops.
-        loss_sum, correct, seen = all_reduce_sum(sums, dist_info).tolist()
-        if not math.isfinite(loss_sum):
-            bar.close()
-            raise NonFiniteLossError(
-                f"the training loss became {loss_sum / max(seen, 1):.4g} in epoch {epoch + 1} (step {state.step}); "
-                "the last good checkpoint is kept. Lower --lr or raise --warmup_epochs, and check the data"
-            )
-        return loss_sum, correct, seen
-
-    for batch in loader:
-        images = batch[0].to(device, non_blocking=True)
-        labels = batch[1].to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, amp):
-            logits = model(images)
-        loss = criterion(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        n = labels.shape[0]
-        with torch.no_grad():
-            sums[0] += loss.detach().to(sums.dtype) * n
-            sums[1] += (logits.argmax(1) == labels).sum()
-            sums[2] += n
-        state.step += 1
-        bar.update(1)
-        if state.step % log_every == 0:
-            loss_sum, correct, seen = read_sums()
-            rate = seen / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
-        if should_stop() and state.step < total:
-            completed = False
-            break
-    read_sums()
-    bar.close()
+    with tqdm(total=total, initial=state.step, desc=f"epoch {epoch + 1}/{s.n_epochs}", unit="batch", leave=False,
+              disable=not (s.progress and s.dist_info.is_main), dynamic_ncols=True, mininterval=1.0) as bar:
+        for batch in loader:
+            loss, logits, labels = _train_step(model, batch, optimizer, s)
+            with torch.no_grad():
+                sums[0] += loss.to(sums.dtype) * labels.shape[0]
+                sums[1] += (logits.argmax(1) == labels).sum()
+                sums[2] += labels.shape[0]
+            state.step += 1
+            bar.update(1)
+            if state.step % s.log_every == 0:
+                loss_sum, correct, seen = _checked_sums(sums, s, epoch, state.step)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            if should_stop(state.step) and state.step < total:
+                completed = False
+                break
+        _checked_sums(sums, s, epoch, state.step)
     state.sums = sums.tolist()
     state.seconds = time.perf_counter() - start
     return completed
@@ -315,16 +292,8 @@ def epoch_train_metrics(state: EpochProgress, optimizer: torch.optim.Optimizer, 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    image_size: int,
-    dist_info: DistInfo = DistInfo(),
-    criterion: nn.Module | None = None,
-    amp: bool = True,
-    channels_last: bool = False,
-    progress: bool = False,
-    desc: str = "eval",
+    model: nn.Module, loader: DataLoader, device: torch.device, image_size: int, dist_info: DistInfo = DistInfo(),
+    criterion: nn.Module | None = None, amp: bool = True, channels_last: bool = False, progress: bool = False, desc: str = "eval",
 ) -> dict[str, float]:
     """Classification and CAM localisation metrics of ``model`` on ``loader``.
 
@@ -336,11 +305,9 @@ def evaluate(
         ``loss`` (when a criterion is given) and the metrics of :class:`LocalizationMeter`,
         summed over all ranks.
     """
-    bare = unwrap_model(model)
-    bare.eval()
+    bare = unwrap_model(model).eval()
     meter = LocalizationMeter()
-    loss_sum = torch.zeros((), device=device, dtype=accumulator_dtype(device))
-    n_seen = 0
+    loss_and_count = torch.zeros(2, device=device, dtype=accumulator_dtype(device))
     for images, labels_cpu, boxes in tqdm(loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False):
         images = images.to(device, non_blocking=True)
         labels = labels_cpu.to(device, non_blocking=True)
@@ -354,21 +321,16 @@ def evaluate(
         logits = bare.forward_head(features)  # (B, C)
         cams = bare.class_activation_maps(features, labels)  # (B, h, w)
         if criterion is not None:
-            loss_sum += criterion(logits, labels).to(loss_sum.dtype) * labels.shape[0]
-            n_seen += labels.shape[0]
+            loss_and_count[0] += criterion(logits, labels).to(loss_and_count.dtype) * labels.shape[0]
+            loss_and_count[1] += labels.shape[0]
         meter.update(logits.cpu(), labels_cpu, cams.cpu(), boxes, (image_size, image_size))
     if dist_info.distributed:
         meter.load_state_tensor(all_reduce_sum(meter.state_tensor().to(device), dist_info).cpu())
     metrics = meter.compute()
     if criterion is not None:
-        counts = torch.stack([loss_sum, torch.tensor(float(n_seen), device=device, dtype=loss_sum.dtype)])
-        total, count = all_reduce_sum(counts, dist_info).tolist()
+        total, count = all_reduce_sum(loss_and_count, dist_info).tolist()
         metrics["loss"] = total / max(count, 1)
     return metrics
-
-
-# --------------------------------------------------------------------------------------------
-# Files of a run
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,6 +347,25 @@ class RunResult:
     history: list[dict[str, Any]]
     test_metrics: dict[str, float]
     interrupted: bool = False
+
+
+@dataclass
+class _Run:
+    """The objects of one training run: built by ``_build_run``, then updated epoch by epoch."""
+
+    config: TrainConfig
+    data: RunData
+    run_dir: Path
+    model: AlexNetGAP  # the bare model, whose weights are saved
+    train_model: nn.Module  # the model wrapped for DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    steps: StepSettings
+    num_workers: int
+    start_epoch: int = 0
+    best_score: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+    partial: EpochProgress = field(default_factory=EpochProgress)  # the first epoch's progress
+    rng_state: Tensor | None = None  # the RNG state to continue a mid-epoch stop with
 
 
 def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
@@ -404,20 +385,9 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
         NonFiniteLossError: If the loss stops being finite (the last good checkpoint stays).
     """
     config.validate()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and config.device.startswith("cuda:"):
-        raise ValueError(
-            f"--device {config.device} puts every process on one GPU; under torchrun each process takes "
-            "the GPU of its LOCAL_RANK: pass --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose GPUs"
-        )
-    dist_info = init_distributed(config.device)
-    device = select_device(config.device, dist_info.local_rank)
-    if dist_info.distributed and device.type == "mps":
-        # gloo, the only backend off CUDA, cannot reduce tensors that live on Apple's GPU.
-        raise ValueError("torchrun cannot train on Apple MPS (no distributed backend supports it); use --device cpu, or run one process")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # pinned memory and capability queries then use this GPU
+    dist_info, device = start_process(config.device)
     run_dir = Path(config.checkpoints_dir).expanduser()
-    resume_state = _read_resume_state(Path(config.resume).expanduser(), config) if config.resume else None
+    resume_state = read_resume_state(Path(config.resume).expanduser(), config) if config.resume else None
     if resume_state is None:
         check_new_run(run_dir, config.overwrite)
     data = build_datasets(config)
@@ -426,178 +396,176 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
         if resume_state is None and config.overwrite:
             remove_run_files(run_dir)
 
+    run = _build_run(config, data, run_dir, dist_info, device, resume_state)
+    if dist_info.is_main:
+        atomic_write_text(run_dir / ARGS_FILE, json.dumps(plain_config(config), indent=2, sort_keys=True) + "\n")
+        logger.info(
+            "Training on %s: %d classes, %d train / %d val / %d test images, epochs %d..%d of %d steps",
+            device, len(data.class_names), len(data.train), len(data.val) if data.val else 0, len(data.test),
+            run.start_epoch + 1, config.n_epochs, _steps_per_epoch(config, data, dist_info),
+        )
+    stop = StopRequest(dist_info, device, stop_after_steps)
+    with stop.installed():
+        interrupted = _train_epochs(run, stop)
+    if dist_info.distributed:
+        dist.barrier()  # the other ranks wait until rank 0 has saved
+    if interrupted:
+        if dist_info.is_main:
+            last = run_dir / LAST_CHECKPOINT
+            logger.warning("Stopped early; the run is saved in %s. Continue it with --resume %s", last, last)
+        return RunResult(run_dir, run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT, run.history, {}, interrupted=True)
+    return RunResult(run_dir, run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT, run.history, _test_best(run))
+
+
+def _steps_per_epoch(config: TrainConfig, data: RunData, dist_info: DistInfo) -> int:
+    return math.ceil(len(epoch_sampler(data.train, 0, config.seed, dist_info)) / config.batch_size)
+
+
+def _build_run(
+    config: TrainConfig, data: RunData, run_dir: Path, dist_info: DistInfo, device: torch.device, resume_state: dict[str, Any] | None
+) -> _Run:
+    """The model, optimizer and schedule of a run, restored from ``resume_state`` when given."""
     seed_everything(config.seed)
-    model = AlexNetGAP(num_classes=len(data.class_names), pretrained=False if resume_state else config.pretrained)
-    model.to(device)
+    model = AlexNetGAP(num_classes=len(data.class_names), pretrained=False if resume_state else config.pretrained).to(device)
     channels_last = config.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
     configure_cpu_threads(dist_info, device)
     num_workers = default_num_workers(dist_info, device) if config.num_workers is None else config.num_workers
-    steps_per_epoch = math.ceil(len(epoch_sampler(data.train, 0, config.seed, dist_info)) / config.batch_size)
-    scheduler = build_scheduler(optimizer, steps_per_epoch * config.n_epochs, round(config.warmup_epochs * steps_per_epoch))
-    use_scaler = config.amp and amp_dtype(device) == torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-    start_epoch, best_score, history, partial = 0, -math.inf, [], EpochProgress()
-    rng_state: Tensor | None = None
+    steps_per_epoch = _steps_per_epoch(config, data, dist_info)
+    steps = StepSettings(
+        criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        scheduler=build_scheduler(optimizer, steps_per_epoch * config.n_epochs, round(config.warmup_epochs * steps_per_epoch)),
+        device=device, scaler=torch.amp.GradScaler("cuda") if config.amp and amp_dtype(device) == torch.float16 else None,
+        dist_info=dist_info, amp=config.amp, channels_last=channels_last, progress=config.progress, n_epochs=config.n_epochs,
+    )
+    run = _Run(config, data, run_dir, model, model, optimizer, steps, num_workers)
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["lr_scheduler"])
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        start_epoch = int(resume_state["epoch"])
-        best_score = float(resume_state.get("best_score", -math.inf))
-        history = [r for r in read_metrics_log(run_dir / METRICS_LOG) if r["epoch"] <= start_epoch]
-        if resume_state.get("epoch_progress") and dist_info.world_size == resume_state.get("world_size", 1):
-            partial = EpochProgress(**resume_state["epoch_progress"])
-            # The saved sums are over all ranks: rank 0 carries them, the others start from zero.
-            if not dist_info.is_main:
-                partial.sums = [0.0] * len(partial.sums)
-            rng_state = resume_state["rng_states"][dist_info.rank]
-
-    train_model: nn.Module = model
+        _restore(run, resume_state)
     if dist_info.distributed:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        run.train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
-        train_model = torch.compile(train_model)
+        run.train_model = torch.compile(run.train_model)
+    return run
 
-    args = plain_config(config)
-    common_state = dict(
-        class_names=data.class_names, car_type=config.car_type, car_brand=config.car_brand,
-        car_production_year=config.car_production_year, image_size=config.image_size, args=args,
-        world_size=dist_info.world_size,
+
+def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
+    """Load a resumed run's weights, optimizer, schedule, history and, mid-epoch, its progress."""
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.steps.scheduler.load_state_dict(checkpoint["lr_scheduler"])
+    if run.steps.scaler is not None and checkpoint.get("scaler"):
+        run.steps.scaler.load_state_dict(checkpoint["scaler"])
+    run.start_epoch = int(checkpoint["epoch"])
+    run.best_score = float(checkpoint.get("best_score", -math.inf))
+    run.history = resumed_history(run.run_dir, run.start_epoch)
+    dist_info = run.steps.dist_info
+    if checkpoint.get("epoch_progress") and dist_info.world_size == checkpoint.get("world_size", 1):
+        run.partial = EpochProgress(**checkpoint["epoch_progress"])
+        # The saved sums are over all ranks: rank 0 carries them, the others start from zero.
+        if not dist_info.is_main:
+            run.partial.sums = [0.0] * len(run.partial.sums)
+        run.rng_state = checkpoint["rng_states"][dist_info.rank]
+
+
+def _train_epochs(run: _Run, stop: StopRequest) -> bool:
+    """Train the remaining epochs; returns whether ``stop`` ended the run early (then saved)."""
+    config = run.config
+    for epoch in range(run.start_epoch, config.n_epochs):
+        resuming = epoch == run.start_epoch
+        state = run.partial if resuming else EpochProgress()
+        if resuming and run.rng_state is not None:
+            torch.set_rng_state(run.rng_state)
+        else:
+            torch.manual_seed(config.seed * 100_003 + epoch)  # each epoch's augmentation depends on (seed, epoch) alone
+        order = list(epoch_sampler(run.data.train, epoch, config.seed, run.steps.dist_info))[state.step * config.batch_size:]
+        loader = make_loader(run.data.train, order, config.batch_size, run.num_workers, run.steps.device, config.seed + epoch)
+        if not train_one_epoch(run.train_model, loader, run.optimizer, run.steps, epoch, state, should_stop=stop):
+            _save_mid_epoch(run, epoch, state)
+            return True
+        _end_epoch(run, epoch, state)
+        if stop.after_epoch(more_epochs=epoch + 1 < config.n_epochs):
+            return True
+    return False
+
+
+def _save(
+    run: _Run, name: str, epoch: int, metrics: dict[str, Any], epoch_progress: dict[str, Any] | None = None,
+    rng_states: list[Tensor] | None = None,
+) -> Path:
+    c, scaler = run.config, run.steps.scaler
+    return save_checkpoint(
+        run.run_dir / name, run.model, epoch=epoch, metrics=metrics, best_score=run.best_score,
+        optimizer=run.optimizer.state_dict(), lr_scheduler=run.steps.scheduler.state_dict(),
+        scaler=scaler.state_dict() if scaler is not None else None, class_names=run.data.class_names,
+        car_type=c.car_type, car_brand=c.car_brand, car_production_year=c.car_production_year, image_size=c.image_size,
+        args=plain_config(c), world_size=run.steps.dist_info.world_size, epoch_progress=epoch_progress, rng_states=rng_states,
     )
 
-    def save(
-        name: str, epoch: int, metrics: dict[str, Any], progress: EpochProgress | None = None,
-        rng_states: list[Tensor] | None = None,
-    ) -> Path:
-        return save_checkpoint(
-            run_dir / name, model, epoch=epoch, metrics=metrics, best_score=best_score,
-            optimizer=optimizer.state_dict(), lr_scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if scaler is not None else None,
-            epoch_progress=dataclasses.asdict(progress) if progress else None,
-            rng_states=rng_states, **common_state,
-        )
 
+def _save_mid_epoch(run: _Run, epoch: int, state: EpochProgress) -> None:
+    """Save an epoch stopped part-way (every rank stopped at the same step) so it continues exactly."""
+    dist_info, device = run.steps.dist_info, run.steps.device
+    sums = all_reduce_sum(torch.tensor(state.sums, dtype=accumulator_dtype(device), device=device), dist_info)
+    rng_states = gather_rng_states(dist_info, device)
     if dist_info.is_main:
-        atomic_write_text(run_dir / ARGS_FILE, json.dumps(args, indent=2, sort_keys=True) + "\n")
-        logger.info(
-            "Training on %s: %d classes, %d train / %d val / %d test images, epochs %d..%d of %d steps",
-            device, len(data.class_names), len(data.train), len(data.val) if data.val else 0, len(data.test),
-            start_epoch + 1, config.n_epochs, steps_per_epoch,
-        )
-
-    eval_kwargs = dict(device=device, image_size=config.image_size, dist_info=dist_info, amp=config.amp, channels_last=channels_last)
-    stop = _StopRequest()
-    steps_run = 0
-
-    def should_stop() -> bool:
-        done = steps_run + state.step - first_step
-        local = stop.requested or (stop_after_steps is not None and done >= stop_after_steps)
-        if not dist_info.distributed:
-            return local
-        # Every rank must stop at the same step or DDP's collectives would hang; agreeing costs a
-        # host sync, so ranks compare notes every 10 steps only.
-        if state.step % 10:
-            return False
-        flag = torch.tensor([float(local)], device=device)
-        return bool(all_reduce_sum(flag, dist_info).item() > 0)
-
-    interrupted = False
-    with stop.installed():
-        for epoch in range(start_epoch, config.n_epochs):
-            state = partial if epoch == start_epoch else EpochProgress()
-            first_step = state.step
-            if rng_state is not None and epoch == start_epoch:
-                torch.set_rng_state(rng_state)
-            else:
-                # Each epoch's order and augmentation depend on (seed, epoch) alone.
-                torch.manual_seed(config.seed * 100_003 + epoch)
-            order = list(epoch_sampler(data.train, epoch, config.seed, dist_info))
-            remaining = order[state.step * config.batch_size:]
-            loader = make_loader(data.train, remaining, config.batch_size, num_workers, device, config.seed + epoch)
-            completed = train_one_epoch(
-                train_model, loader, optimizer, scheduler, criterion, device, epoch, config.n_epochs, state, dist_info,
-                amp=config.amp, channels_last=channels_last, scaler=scaler, progress=config.progress, should_stop=should_stop,
-            )
-            steps_run += state.step - first_step
-            if not completed:
-                # Every rank stopped at the same step; the checkpoint keeps the sums over all ranks
-                # and each rank's RNG state, so the epoch continues as if never stopped.
-                sums = all_reduce_sum(torch.tensor(state.sums, dtype=accumulator_dtype(device), device=device), dist_info)
-                progress = dataclasses.replace(state, sums=sums.tolist())
-                rng_states = gather_rng_states(dist_info, device)
-                if dist_info.is_main:
-                    save(LAST_CHECKPOINT, epoch, history[-1] if history else {}, progress=progress, rng_states=rng_states)
-                interrupted = True
-                break
-            record: dict[str, Any] = {"epoch": epoch + 1, **epoch_train_metrics(state, optimizer, dist_info, device)}
-            if data.val is not None:
-                val_loader = make_loader(data.val, eval_indices(len(data.val), dist_info), config.batch_size, num_workers, device, config.seed)
-                val = evaluate(train_model, val_loader, criterion=criterion, desc="val", progress=config.progress, **eval_kwargs)
-                record.update({f"val_{k}": v for k, v in val.items()})
-            if config.eval_test_every_epoch:
-                test = evaluate(train_model, _test_loader(data, config, num_workers, device, dist_info), desc="test", progress=config.progress, **eval_kwargs)
-                record.update({f"test_{k}": v for k, v in test.items()})
-            # The best epoch has the best validation top-1 (then the lowest validation loss);
-            # without a validation split the last epoch is the best.
-            score = record["val_top1"] - 1e-6 * record["val_loss"] if data.val is not None else float(epoch)
-            record["best"] = score > best_score
-            best_score = max(best_score, score)
-            history.append(record)
-            if dist_info.is_main:
-                last = save(LAST_CHECKPOINT, epoch + 1, record)
-                if record["best"]:
-                    # The same contents: copied, not serialised a second time.
-                    with atomic_file(run_dir / BEST_CHECKPOINT) as handle, open(last, "rb") as source:
-                        shutil.copyfileobj(source, handle, length=1 << 22)
-                write_metrics_log(run_dir / METRICS_LOG, history)
-                _plot_curves(history, run_dir / CURVES_FIGURE)
-                logger.info(summary_line(record, config.n_epochs))
-            stop_now = stop.requested or (stop_after_steps is not None and steps_run >= stop_after_steps and epoch + 1 < config.n_epochs)
-            if dist_info.distributed:
-                stop_now = bool(all_reduce_sum(torch.tensor([float(stop_now)], device=device), dist_info).item() > 0)
-            if stop_now:
-                interrupted = True
-                break
-
-    if interrupted:
-        if dist_info.distributed:
-            dist.barrier()  # the other ranks wait until rank 0 has saved
-        if dist_info.is_main:
-            logger.warning("Stopped early; the run is saved in %s. Continue it with --resume %s", run_dir / LAST_CHECKPOINT, run_dir / LAST_CHECKPOINT)
-        return RunResult(run_dir, run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT, history, {}, interrupted=True)
-
-    if dist_info.distributed:
-        dist.barrier()
-    best_model, best_checkpoint = load_checkpoint(run_dir / BEST_CHECKPOINT, map_location=device)
-    test_metrics = evaluate(best_model, _test_loader(data, config, num_workers, device, dist_info), desc="test", progress=config.progress, **eval_kwargs)
-    test_metrics["epoch"] = best_checkpoint["epoch"]
-    if dist_info.is_main:
-        atomic_write_text(run_dir / TEST_METRICS, json.dumps(test_metrics, indent=2, sort_keys=True) + "\n")
-        logger.info("Test split (best epoch %d): %s", best_checkpoint["epoch"], format_metrics(test_metrics))
-    return RunResult(run_dir, run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT, history, test_metrics)
+        progress = dataclasses.replace(state, sums=sums.tolist())
+        _save(run, LAST_CHECKPOINT, epoch, run.history[-1] if run.history else {},
+              epoch_progress=dataclasses.asdict(progress), rng_states=rng_states)
 
 
-def _test_loader(data: RunData, config: TrainConfig, num_workers: int, device: torch.device, dist_info: DistInfo) -> DataLoader:
-    return make_loader(data.test, eval_indices(len(data.test), dist_info), config.batch_size, num_workers, device, config.seed)
+def _evaluate(run: _Run, model: nn.Module, dataset: Dataset, desc: str, criterion: nn.Module | None = None) -> dict[str, float]:
+    """``evaluate`` on this rank's share of ``dataset``, with the run's settings."""
+    c, s = run.config, run.steps
+    loader = make_loader(dataset, eval_indices(len(dataset), s.dist_info), c.batch_size, run.num_workers, s.device, c.seed)
+    return evaluate(model, loader, s.device, c.image_size, s.dist_info, criterion=criterion, amp=c.amp,
+                    channels_last=s.channels_last, progress=c.progress, desc=desc)
 
 
-METRIC_LABELS = (
-    ("top1", "top-1"), ("top5", "top-5"), ("gt_known_loc", "GT-known Loc"), ("top1_loc", "Top-1 Loc"),
-    ("maxboxacc", "MaxBoxAcc"), ("maxboxacc_v2", "MaxBoxAccV2"),
-)
+def _end_epoch(run: _Run, epoch: int, state: EpochProgress) -> None:
+    """Validate a finished epoch, judge it by ``select_by``, and (rank 0) save and log it."""
+    s = run.steps
+    record: dict[str, Any] = {"epoch": epoch + 1, **epoch_train_metrics(state, run.optimizer, s.dist_info, s.device)}
+    if run.data.val is not None:
+        val = _evaluate(run, run.train_model, run.data.val, "val", criterion=s.criterion)
+        record.update({f"val_{k}": v for k, v in val.items()})
+    if run.config.eval_test_every_epoch:
+        record.update({f"test_{k}": v for k, v in _evaluate(run, run.train_model, run.data.test, "test").items()})
+    score = epoch_score(record, run.config.select_by)
+    record["best"] = score > run.best_score
+    run.best_score = max(run.best_score, score)
+    run.history.append(record)
+    if s.dist_info.is_main:
+        last = _save(run, LAST_CHECKPOINT, epoch + 1, record)
+        if record["best"]:
+            keep_as_best(last)
+        write_metrics_log(run.run_dir / METRICS_LOG, run.history)
+        plot_training_curves(run.history, save_path=run.run_dir / CURVES_FIGURE)
+        logger.info(summary_line(record, run.config.n_epochs))
+
+
+def _test_best(run: _Run) -> dict[str, float]:
+    """Score the best checkpoint on the test split; rank 0 writes ``test_metrics.json``."""
+    best_model, best_checkpoint = load_checkpoint(run.run_dir / BEST_CHECKPOINT, map_location=run.steps.device)
+    metrics = _evaluate(run, best_model, run.data.test, "test")
+    metrics["epoch"] = best_checkpoint["epoch"]
+    if run.steps.dist_info.is_main:
+        atomic_write_text(run.run_dir / TEST_METRICS, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        logger.info("Test split (best epoch %d): %s", best_checkpoint["epoch"], format_metrics(metrics))
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Reports and scoring a checkpoint
 
 
 def format_metrics(metrics: dict[str, Any], prefix: str = "") -> str:
-    """``top-1 0.812  top-5 0.990  ...`` for the metrics present."""
-    parts = [f"{label} {metrics[prefix + key]:.3f}" for key, label in METRIC_LABELS if prefix + key in metrics]
-    return "  ".join(parts)
+    """``loss 0.6931  top-1 0.812  top-5 0.990  ...`` for the metrics present."""
+    return "  ".join(
+        f"{label} {metrics[prefix + key]:{'.4f' if key == 'loss' else '.3f'}}"
+        for key, label in METRIC_LABELS.items() if prefix + key in metrics
+    )
 
 
 def summary_line(record: dict[str, Any], n_epochs: int) -> str:
@@ -607,25 +575,13 @@ def summary_line(record: dict[str, Any], n_epochs: int) -> str:
         f"{record['train_images_per_s']:.0f} img/s  lr {record['lr']:.2e}"
     )
     if "val_top1" in record:
-        line += f"  | val loss {record['val_loss']:.4f}  " + format_metrics(record, "val_")
+        line += "  | val " + format_metrics(record, "val_")
     return line + ("  *best*" if record.get("best") else "")
 
 
-def _plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
-    from .visualize import plot_training_curves
-
-    plot_training_curves(history, save_path=path)
-
-
 def evaluate_checkpoint(
-    checkpoint_path: str | os.PathLike,
-    root: str | os.PathLike,
-    split: str = "test",
-    batch_size: int = 32,
-    device: str = "auto",
-    num_workers: int | None = None,
-    progress: bool = True,
-    download_datasets: bool = False,
+    checkpoint_path: str | os.PathLike, root: str | os.PathLike, split: str = "test", batch_size: int = 32,
+    device: str = "auto", num_workers: int | None = None, progress: bool = True, download_datasets: bool = False,
 ) -> dict[str, float]:
     """Score a checkpoint on a split of the data it was trained for (its filters and size).
 
@@ -645,16 +601,7 @@ def evaluate_checkpoint(
             f"({reason}); copy the checkpoint somewhere writable and evaluate that copy"
         )
     require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
-    dataset = StanfordCarsCAM(
-        root, split=split, car_type=checkpoint.get("car_type"), car_brand=checkpoint.get("car_brand"),
-        car_production_year=checkpoint.get("car_production_year"), image_size=checkpoint["image_size"],
-        augment=False, return_box=True, download_datasets=download_datasets,
-    )
-    if list(dataset.classes) != list(checkpoint["class_names"]):
-        raise ValueError(
-            f"the data under {str(root)!r} gives classes {list(dataset.classes)[:4]}... but the checkpoint was "
-            f"trained on {list(checkpoint['class_names'])[:4]}...; point --root_datasets_dir at the data it was trained on"
-        )
+    dataset = StanfordCarsCAM.from_checkpoint(checkpoint, root, split, return_box=True, download_datasets=download_datasets)
     configure_cpu_threads(DistInfo(), dev)
     workers = default_num_workers(DistInfo(), dev) if num_workers is None else num_workers
     loader = make_loader(dataset, range(len(dataset)), batch_size, workers, dev, seed=0)

@@ -60,6 +60,7 @@ from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars  # noqa: E
 from CAM_Stanford_Cars.train import (  # noqa: E402
     DistInfo,
     EpochProgress,
+    StepSettings,
     autocast_context,
     build_scheduler,
     configure_cpu_threads,
@@ -73,6 +74,7 @@ from CAM_Stanford_Cars.visualize import apply_cam  # noqa: E402
 logger = logging.getLogger("benchmarks")
 
 HERE = Path(__file__).resolve().parent
+NOTES_HEADING = "## Notes on these figures"
 TARGETS = {
     "pipeline_efficiency": {"cpu": (">=", 0.95), "cuda": (">=", 0.85)},
     "pipeline_efficiency_cached": {"cpu": (">=", 0.95), "cuda": (">=", 0.85)},
@@ -273,10 +275,11 @@ class TrainStep:
         """
         timed_loader = _ClockedLoader(loader, self.device)
         state = EpochProgress()
-        train_one_epoch(
-            self.model, timed_loader, self.optimizer, self.scheduler, self.criterion, self.device, 0, 1, state,
-            amp=True, channels_last=self.channels_last, progress=False, log_every=10**9,
+        settings = StepSettings(
+            self.criterion, self.scheduler, self.device, amp=True, channels_last=self.channels_last, progress=False,
+            log_every=10**9,
         )
+        train_one_epoch(self.model, timed_loader, self.optimizer, settings, 0, state)
         sync(self.device)
         if len(timed_loader.arrivals) < 2:
             return state.sums[2] / state.seconds
@@ -761,7 +764,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["summary"] = summarize(results["figures"], device)
     out = Path(args.out)
     atomic_write(out / "results.json", json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
-    atomic_write(out / "results.md", markdown(results))
+    # The hand-written notes below the generated table survive a new run.
+    previous = out / "results.md"
+    notes = previous.read_text(encoding="utf-8").partition(NOTES_HEADING)[1:] if previous.is_file() else ("", "")
+    atomic_write(out / "results.md", markdown(results) + ("\n" + "".join(notes) if notes[0] else ""))
     print(markdown(results))
     return results
 

@@ -42,7 +42,7 @@ def test_the_seeds_visualisation_snippet_runs_as_written(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # ---- the seed README's snippet, verbatim but for the checkpoint's path ----
+        # ---- the README's snippet, verbatim but for the checkpoint's path ----
         from torch.utils.data import DataLoader
         from CAM_Stanford_Cars.dataset import StanfordCarsCAM
         from CAM_Stanford_Cars.model import load_checkpoint

@@ -18,7 +18,9 @@ import torch
 from CAM_Stanford_Cars import files as files_module
 from CAM_Stanford_Cars import runtime as runtime_module
 from CAM_Stanford_Cars import train as train_module
+from CAM_Stanford_Cars.main import config_from_args, get_args_parser
 from CAM_Stanford_Cars.model import load_checkpoint
+from CAM_Stanford_Cars.runs import epoch_score
 from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars
 from CAM_Stanford_Cars.train import (
     NonFiniteLossError,
@@ -58,7 +60,7 @@ def hub_cache_with_fake_weights(tmp_path: Path, weights: Path) -> Path:
 
 
 def test_the_seeds_command_runs_one_epoch(synthetic_root: Path, tmp_path: Path, fake_alexnet_weights: Path) -> None:
-    """The seed README's flags, paths changed; ImageNet weights come from the hub cache."""
+    """The README's training command, paths changed; ImageNet weights come from the hub cache."""
     run_dir = tmp_path / "path" / "to" / "checkpoints"
     home = hub_cache_with_fake_weights(tmp_path, fake_alexnet_weights)
     result = run_main(
@@ -116,6 +118,9 @@ def test_resume_refuses_a_different_run(synthetic_root: Path, tmp_path: Path) ->
     # The optimizer's saved state was built with these; a new value would be silently ignored.
     with pytest.raises(ValueError, match="lr=0.01.*same value"):
         fit(tiny_config(synthetic_root, tmp_path / "r", lr=0.5, resume=str(first.last_checkpoint)))
+    # The saved best score was judged by the run's rule.
+    with pytest.raises(ValueError, match="select_by='val_top1'.*same value"):
+        fit(tiny_config(synthetic_root, tmp_path / "r", select_by="val_maxboxacc", resume=str(first.last_checkpoint)))
 
 
 def test_a_new_run_keeps_off_an_earlier_run_unless_told_to_start_over(synthetic_root: Path, tmp_path: Path) -> None:
@@ -150,6 +155,7 @@ def test_a_new_run_keeps_off_an_earlier_run_unless_told_to_start_over(synthetic_
     ("num_workers", 10_000, "--num_workers 10000 is far more"),
     ("checkpoints_dir", " ", "--checkpoints_dir is empty"),
     ("resume", "", "--resume is empty"),
+    ("select_by", "val_top5", "--select_by must be val_top1 or val_maxboxacc"),
 ])
 def test_settings_that_cannot_work_are_named_before_anything_runs(
     synthetic_root: Path, tmp_path: Path, setting: str, value: object, named: str
@@ -225,6 +231,33 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     with pytest.raises(NonFiniteLossError, match="last good checkpoint is kept"):
         fit(tiny_config(synthetic_root, run_dir, resume=str(run_dir / "last.pt")))
     assert (run_dir / "last.pt").read_bytes() == good
+
+
+def test_the_best_epoch_rule_is_named_and_val_maxboxacc_can_pick_another_epoch() -> None:
+    epochs = [
+        {"epoch": 1, "val_top1": 0.8, "val_loss": 0.50, "val_maxboxacc": 0.4},
+        {"epoch": 2, "val_top1": 0.7, "val_loss": 0.60, "val_maxboxacc": 0.6},
+        {"epoch": 3, "val_top1": 0.8, "val_loss": 0.45, "val_maxboxacc": 0.5},  # top-1 ties epoch 1, lower loss
+        {"epoch": 4, "val_top1": 0.75, "val_loss": 0.70, "val_maxboxacc": 0.6},  # MaxBoxAcc ties epoch 2, higher top-1
+    ]
+
+    def best(select_by: str) -> int:
+        return max(epochs, key=lambda record: epoch_score(record, select_by))["epoch"]
+
+    assert best("val_top1") == 3
+    assert best("val_maxboxacc") == 4
+    # Without a validation split the latest epoch is the best, whatever the rule.
+    assert epoch_score({"epoch": 5}, "val_maxboxacc") > epoch_score({"epoch": 4}, "val_maxboxacc")
+
+
+def test_the_parser_fills_the_config_directly() -> None:
+    parser = get_args_parser()
+    default = config_from_args(parser.parse_args([]))
+    assert default == TrainConfig() and default.select_by == "val_top1"
+    config = config_from_args(parser.parse_args(["--select_by", "val_maxboxacc", "--root_datasets_dir", "cars", "--car_brand", "BMW,Audi"]))
+    assert config.select_by == "val_maxboxacc" and config.root == "cars" and config.car_brand == ["BMW", "Audi"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--select_by", "val_top5"])
 
 
 def test_stratified_split_keeps_every_class_on_both_sides() -> None:
