@@ -1,13 +1,14 @@
-"""README.md cannot drift from the code.
+"""README.md and docs/*.md cannot drift from the code.
 
 - Every shell command in a ```bash block is either run by a test, named in ``COMMAND_TESTS``, or
-  is CI's own command (the line after ``<!-- ci:test-command -->``, which ``.ci/run`` executes).
-  A command added to the README without an entry here fails; so does an entry whose command
-  left the README, and an entry whose test does not pass the command's script and flags.
-- Every ```python block runs, in order, in one namespace, in a scratch folder that holds the
-  synthetic Stanford Cars as ``stanford_cars_dataset`` and a trained run (``PYTHON_PLACEHOLDERS``
-  says what stands in for the README's example paths).
-- Every ``--flag`` the README mentions is an option of the script it is given to.
+  is CI's own command (the README line after ``<!-- ci:test-command -->``, which ``.ci/run``
+  executes). A command added to a document without an entry here fails; so does an entry whose
+  command left the documents, and an entry whose test does not pass the command's script and flags.
+- Every ```python block runs, in order, in one namespace per document, in a scratch folder that
+  holds the synthetic Stanford Cars as ``stanford_cars_dataset`` and a trained run
+  (``PYTHON_PLACEHOLDERS`` says what stands in for the example paths).
+- Every ``--flag`` a document mentions is an option of the script it is given to.
+- Every relative link resolves; the README stays about 10 kB and its code map names every module.
 
 Commands are compared with their quoting and line continuations removed: ``python main.py
 --n_epochs 30 \\`` + ``--batch_size 4`` is ``python main.py --n_epochs 30 --batch_size 4``.
@@ -29,6 +30,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
+# The documents whose commands, snippets, flags and links are checked: the README first.
+DOCUMENTS = [README, *sorted((REPO_ROOT / "docs").glob("*.md"))]
+README_MAX_BYTES = 11_000  # the issue asks for about 10 kB; the rest belongs in docs/
 CI_MARKER = "<!-- ci:test-command -->"
 
 CI = "ci"
@@ -86,6 +90,11 @@ class Command:
     text: str  # unquoted tokens joined by single spaces
     tokens: list[str]
     line: int
+    where: str = "README.md"  # the document, relative to the repository
+
+
+def _name(path: Path) -> str:
+    return path.relative_to(REPO_ROOT).as_posix()
 
 
 def readme_text() -> str:
@@ -132,9 +141,16 @@ def split_commands(script: str, first_line: int) -> list[Command]:
     return commands
 
 
-def readme_commands() -> list[Command]:
-    return [command for block in fenced_blocks(readme_text()) if block.language in {"bash", "sh", "shell", "console"}
-            for command in split_commands(block.text, block.line)]
+def documented_commands() -> list[Command]:
+    """The shell commands of every document, each with the document it is in."""
+    commands = []
+    for path in DOCUMENTS:
+        for block in fenced_blocks(path.read_text(encoding="utf-8")):
+            if block.language in {"bash", "sh", "shell", "console"}:
+                for command in split_commands(block.text, block.line):
+                    command.where = _name(path)
+                    commands.append(command)
+    return commands
 
 
 def ci_commands() -> list[str]:
@@ -169,14 +185,14 @@ def flags(tokens: list[str]) -> list[str]:
     return [token.split("=", 1)[0] for token in tokens if re.fullmatch(r"--[A-Za-z][\w-]*(=.*)?", token)]
 
 
-def test_every_readme_command_is_run_by_a_test_or_by_ci() -> None:
-    commands = readme_commands()
-    assert commands, "README.md has no ```bash blocks"
+def test_every_documented_command_is_run_by_a_test_or_by_ci() -> None:
+    commands = documented_commands()
+    assert any(command.where == "README.md" for command in commands), "README.md has no ```bash blocks"
     ci = ci_commands()
     problems = []
     for command in commands:
         target = COMMAND_TESTS.get(command.text)
-        where = f"README.md:{command.line}: {command.text!r}"
+        where = f"{command.where}:{command.line}: {command.text!r}"
         if target is None:
             problems.append(f"{where} is run by no test: add a test, and an entry to COMMAND_TESTS in tests/test_readme.py")
         elif target == CI:
@@ -191,10 +207,10 @@ def test_every_readme_command_is_run_by_a_test_or_by_ci() -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_command_table_has_only_commands_the_readme_has() -> None:
-    in_readme = {command.text for command in readme_commands()}
-    stale = sorted(set(COMMAND_TESTS) - in_readme)
-    assert not stale, f"COMMAND_TESTS lists commands no longer in README.md: {stale}"
+def test_command_table_has_only_commands_the_documents_have() -> None:
+    documented = {command.text for command in documented_commands()}
+    stale = sorted(set(COMMAND_TESTS) - documented)
+    assert not stale, f"COMMAND_TESTS lists commands no longer in README.md or docs/: {stale}"
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -221,37 +237,40 @@ def _script_options(script: str) -> set[str] | None:
     return {option for option in parser._option_string_actions if option.startswith("--")}
 
 
-def test_every_flag_in_the_readme_exists() -> None:
+def test_every_documented_flag_exists() -> None:
     problems = []
     # In commands: the option belongs to the command's own script (or to torchrun, for its flags).
-    for command in readme_commands():
+    for command in documented_commands():
         programs = [token for token in command.tokens if token.endswith(".py") or token in EXTERNAL_OPTIONS]
         options = set().union(*(_script_options(p) or set() for p in programs)) if programs else None
         if options is None:
             continue
         for flag in flags(command.tokens):
             if flag not in options:
-                problems.append(f"README.md:{command.line}: {flag} is not an option of {' / '.join(programs)}")
+                problems.append(f"{command.where}:{command.line}: {flag} is not an option of {' / '.join(programs)}")
     # In prose and code spans: some script of this repository takes it.
     known = set().union(*(_script_options(p) or set() for p in ("main.py", "visualize.py")))
     for path in REPO_ROOT.rglob("*.py"):
         if "tests" not in path.relative_to(REPO_ROOT).parts and not any(part.startswith(".") for part in path.parts):
             known |= set(re.findall(r"""add_argument\(\s*['"](--[\w-]+)""", path.read_text(encoding="utf-8", errors="replace")))
     known |= set().union(*EXTERNAL_OPTIONS.values())
-    for number, line in enumerate(readme_text().splitlines(), start=1):
-        for flag in re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", line):
-            if flag not in known:
-                problems.append(f"README.md:{number}: {flag} is an option of no script in the repository")
+    for path in DOCUMENTS:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for flag in re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", line):
+                if flag not in known:
+                    problems.append(f"{_name(path)}:{number}: {flag} is an option of no script in the repository")
     assert not problems, "\n".join(sorted(set(problems)))
 
 
-def test_readme_python_blocks_run(
-    trained_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("document", DOCUMENTS, ids=_name)
+def test_documented_python_blocks_run(
+    document: Path, trained_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import matplotlib.pyplot as plt
 
-    blocks = [block for block in fenced_blocks(readme_text()) if block.language in {"python", "py"}]
-    assert blocks, "README.md has no ```python blocks"
+    blocks = [block for block in fenced_blocks(document.read_text(encoding="utf-8")) if block.language in {"python", "py"}]
+    if document == README:
+        assert blocks, "README.md has no ```python blocks"
     (tmp_path / "stanford_cars_dataset").symlink_to(synthetic_root, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "__readme__"}
@@ -259,8 +278,8 @@ def test_readme_python_blocks_run(
         source = block.text
         for placeholder, value in PYTHON_PLACEHOLDERS.items():
             source = source.replace(placeholder, value.format(run=trained_run))
-        # Compiled with blank lines in front, so a traceback names the README's own line.
-        code = compile("\n" * (block.line - 1) + source, str(README), "exec")
+        # Compiled with blank lines in front, so a traceback names the document's own line.
+        code = compile("\n" * (block.line - 1) + source, str(document), "exec")
         try:
             exec(code, namespace)
         finally:
@@ -278,10 +297,10 @@ def _substitute(tokens: list[str], replacements: dict[str, str]) -> list[str]:
 
 
 def test_readme_resume_command_continues_an_interrupted_run(synthetic_root: Path, tmp_path: Path) -> None:
-    """The README's --resume command, with its paths pointed at a run interrupted after one step."""
+    """The documented --resume command (docs/training.md), its paths pointed at a run interrupted after one step."""
     from CAM_Stanford_Cars.train import TrainConfig, fit, read_metrics_log
 
-    resume_commands = [command for command in readme_commands() if "--resume" in command.tokens]
+    resume_commands = [command for command in documented_commands() if "--resume" in command.tokens]
     assert len(resume_commands) == 1, [command.text for command in resume_commands]
     tokens = resume_commands[0].tokens
     assert tokens[:2] == ["python", "main.py"], tokens
@@ -302,3 +321,112 @@ def test_readme_resume_command_continues_an_interrupted_run(synthetic_root: Path
     assert result.returncode == 0, result.stderr[-3000:]
     assert [record["epoch"] for record in read_metrics_log(run_dir / "metrics.jsonl")] == [1, 2]
     assert "epoch 2/2" in result.stdout + result.stderr
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]|\[|\]\([^)]*\)", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    return {_slug(match) for match in re.findall(r"^#+\s+(.*)$", text, flags=re.M)}
+
+
+def test_every_relative_link_resolves() -> None:
+    problems = []
+    for path in [*DOCUMENTS, REPO_ROOT / "benchmarks" / "results.md"]:
+        text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address
+            file_part, _, anchor = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            if not linked.exists():
+                problems.append(f"{_name(path)}: link {target!r}: no {file_part}")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                problems.append(f"{_name(path)}: link {target!r}: {_name(linked)} has no heading #{anchor}")
+    assert not problems, "\n".join(problems)
+
+
+def test_readme_stays_short_and_links_each_doc() -> None:
+    size = len(README.read_bytes())
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes; move detail to docs/ (limit {README_MAX_BYTES})"
+    text = readme_text()
+    for doc in DOCUMENTS[1:]:
+        assert f"]({_name(doc)})" in text, f"README.md does not link {_name(doc)}"
+    for needed in ("images/cam_structure.png", "images/cam_example.png", r"$M_c(x,y) = \sum_{k} w^c_k f_k(x,y)$"):
+        assert needed in text, needed
+
+
+@dataclass
+class MapRow:
+    floor: str
+    module: str  # "model.py" or "data/"
+    allowed: set[str]
+
+
+def code_map() -> list[MapRow]:
+    """The rows of the README's "Code map" table, the "may import" column expanded to module names."""
+    section = readme_text().split("\n# Code map", 1)[1].split("\n# ", 1)[0]
+    rows: list[MapRow] = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[1].startswith("`"):
+            continue
+        floor, module, allowed_text = cells[0], cells[1].strip("`"), re.sub(r"\(.*?\)", "", cells[3])
+        allowed: set[str] = set()
+        for word in (part.strip() for part in allowed_text.split(",")):
+            if word in {"base", "core"}:
+                allowed |= {row.module for row in rows if row.floor == word}
+            elif word == "all the above":
+                allowed |= {row.module for row in rows}
+            elif word.startswith("`"):
+                name = word.strip("`")
+                allowed.add(name if name.endswith("/") else name + ".py")
+            else:
+                assert word == "-", f"code map: {module}: cannot read {word!r} in its 'may import' column"
+        rows.append(MapRow(floor, module, allowed))
+    return rows
+
+
+def _package_modules() -> set[str]:
+    files = {path.name for path in REPO_ROOT.glob("*.py") if path.name != "__init__.py"}
+    return files | {path.parent.name + "/" for path in REPO_ROOT.glob("*/__init__.py")}
+
+
+def _imports_of(room: str) -> set[str]:
+    """The package's rooms that a module (or every module of a subpackage) imports, at any depth of its code."""
+    paths = sorted((REPO_ROOT / room).glob("*.py")) if room.endswith("/") else [REPO_ROOT / room]
+    found: set[str] = set()
+    for path in paths:
+        package = path.parent.relative_to(REPO_ROOT).parts
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                parts = [*package[: len(package) - node.level + 1], *(node.module or "").split(".")]
+            elif (node.module or "").split(".")[0] == "CAM_Stanford_Cars":
+                parts = node.module.split(".")[1:]
+            else:
+                continue
+            parts = [part for part in parts if part]
+            names = [parts[0]] if parts else [alias.name for alias in node.names]
+            for name in names:
+                found.add(name + "/" if (REPO_ROOT / name / "__init__.py").is_file() else name + ".py")
+    return found - {room}
+
+
+def test_code_map_names_every_module_and_what_it_imports() -> None:
+    rows = code_map()
+    mapped = [row.module for row in rows]
+    assert sorted(mapped) == sorted(_package_modules()), (
+        f"README.md's code map lists {sorted(set(mapped) - _package_modules())} that do not exist and "
+        f"misses {sorted(_package_modules() - set(mapped))}"
+    )
+    problems = [
+        f"{row.module} imports {sorted(_imports_of(row.module) - row.allowed)}, which its code map row does not allow"
+        for row in rows if _imports_of(row.module) - row.allowed
+    ]
+    assert not problems, "\n".join(problems)
