@@ -62,12 +62,16 @@ def start_process(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
     return dist_info, device
 
 
-def _cores_per_process(dist_info: DistInfo) -> int:
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
     try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // dist_info.world_size)
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _cores_per_process(dist_info: DistInfo) -> int:
+    return max(1, usable_cpus() // dist_info.world_size)
 
 
 # On a CPU-only machine the network's threads and the loader's workers share the cores: torch

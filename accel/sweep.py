@@ -14,10 +14,9 @@ boxes) before they get here.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from ..runtime import usable_cpus
 from .jit import HAVE_NUMBA, njit, run_in_ranges
 
 __all__ = ["GROUPS", "HAVE_NUMBA", "run_sweep", "sweep_kernel"]
@@ -67,11 +66,9 @@ GROUPS = _neighbour_groups()
 def _iou(ax1: float, ay1: float, ax2: float, ay2: float, bx1: float, by1: float, bx2: float, by2: float) -> float:
     # The same operations, in the same order, as localization's numpy IoU: results agree bit for bit.
     inter_w = min(ax2, bx2) - max(ax1, bx1)
-    if inter_w < 0.0:
-        inter_w = 0.0
+    inter_w = max(inter_w, 0.0)
     inter_h = min(ay2, by2) - max(ay1, by1)
-    if inter_h < 0.0:
-        inter_h = 0.0
+    inter_h = max(inter_h, 0.0)
     inter = inter_w * inter_h
     union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
     if union > 0.0:
@@ -369,14 +366,6 @@ def sweep_kernel(
         )
 
 
-def _usable_cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def run_sweep(
     maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None, num_threads: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -398,7 +387,7 @@ def run_sweep(
     out_iou = np.zeros((n_images, n_levels if with_iou else 0), dtype=np.float64)
     gt = np.ascontiguousarray(gt_boxes, dtype=np.float64) if with_iou else np.zeros((n_images, 4))
     if n_images and maps.shape[1] * maps.shape[2]:
-        threads = _usable_cpus() if num_threads is None else int(num_threads)
+        threads = usable_cpus() if num_threads is None else int(num_threads)
 
         def run(lo: int, hi: int) -> None:
             sweep_kernel(maps[lo:hi], thresholds, gt[lo:hi], with_iou, GROUPS, out_boxes[lo:hi], out_iou[lo:hi])
