@@ -1,25 +1,10 @@
-"""Stanford Cars for class activation maps: find the files, parse and filter the classes, load images with boxes.
+"""Stanford Cars for class activation maps: :class:`StanfordCarsCAM`, the face of ``data/``.
 
-:class:`StanfordCarsCAM` is the face of ``data/``: it reads the layouts Stanford Cars is found in
-(torchvision's ``root/stanford_cars/{devkit/, cars_train/, cars_test/, cars_test_annos_withlabels.mat}``,
-Kaggle's nested ``cars_train/cars_train/``, and the original ``car_ims/`` + ``cars_annos.mat``)
-and yields square RGB tensors in [0, 1] with their labels and, on request, the car's box. On
-torchvision's layout, without filters, the samples (paths, labels, order) and class names are
-exactly those of ``torchvision.datasets.StanfordCars``.
-
-Class names read "Make Model Type Year" (:func:`parse_class_name`); the ``car_brand`` /
-``car_type`` / ``car_production_year`` filters keep a subset of the classes, renumbered 0..K-1 in
-the devkit's order. :func:`summarize` and :func:`format_filter_summary` list the values present;
-:func:`download_stanford_cars` fetches the data from a Kaggle mirror when asked to.
-
-Boxes are float ``[x1, y1, x2, y2]``, 0-based, half-open pixel edges in the image the model sees:
-an annotation's 1-based inclusive ``bbox_x1..bbox_x2`` maps to ``x1 = bbox_x1 - 1, x2 = bbox_x2``
-in original pixels, then is scaled (and, on the train split, cropped and flipped) with the image.
+On torchvision's layout, without filters, samples and class names are exactly those of
+``torchvision.datasets.StanfordCars``. Layouts, filters, boxes and views: ``docs/data.md``.
 
 Example:
-    >>> from CAM_Stanford_Cars.dataset import StanfordCarsCAM
-    >>> cars = StanfordCarsCAM("stanford_cars_dataset", split="test", car_brand="BMW",
-    ...                        car_type="Sedan", car_production_year=2012, return_box=True)
+    >>> cars = StanfordCarsCAM("stanford_cars_dataset", split="test", car_brand="BMW", return_box=True)
     >>> image, label, box = cars[0]          # (3, 224, 224) float32 in [0, 1], int, (4,) float32
     >>> cars.class_to_idx[label]              # the class name; cars.class_to_idx[name] -> index
 """
@@ -42,21 +27,14 @@ from .data.images import (CROP_AREA_RANGE, CROP_ATTEMPTS, CROP_MIN_BOX_VISIBLE, 
                           FLIP_PROBABILITY, MIN_CROP_SIDE, ImageCache, decode_image, load_view, open_image, resize_pixels)
 from .data.layouts import Layout, SplitAnnotations, find_layout, read_class_names, read_split, root_path, verify_stanford_cars
 from .data.names import (BODY_TYPES, FILTER_NAMES, TWO_WORD_MAKES, CarClass, ClassToIdx, FilterSummary, FilterValueCount,
-                         _per_class_counts, format_filter_summary, parse_class_name, select_classes, summarize)
+                         format_filter_summary, parse_class_name, select_classes, summarize)
 
-__all__ = [
-    "StanfordCarsCAM",
-    # data/common.py
-    "PathLike", "FilterValue", "SPLITS", "LAYOUTS", "KAGGLE_HANDLE", "KAGGLE_URL", "DOWNLOAD_EXTRA_HINT",
+__all__ = [  # StanfordCarsCAM and what it re-exports from data/: common, names, layouts, download, images
+    "StanfordCarsCAM", "PathLike", "FilterValue", "SPLITS", "LAYOUTS", "KAGGLE_HANDLE", "KAGGLE_URL", "DOWNLOAD_EXTRA_HINT",
     "DatasetError", "DatasetNotFoundError", "AnnotationError", "ImageLoadError", "MissingImageError", "DownloadError",
-    # data/names.py
     "TWO_WORD_MAKES", "BODY_TYPES", "FILTER_NAMES", "CarClass", "parse_class_name", "ClassToIdx", "select_classes",
-    "FilterValueCount", "FilterSummary", "summarize", "format_filter_summary",
-    # data/layouts.py
-    "Layout", "find_layout", "SplitAnnotations", "read_class_names", "read_split", "verify_stanford_cars",
-    # data/download.py
-    "Mirror", "DEFAULT_MIRROR", "download_stanford_cars",
-    # data/images.py
+    "FilterValueCount", "FilterSummary", "summarize", "format_filter_summary", "Layout", "find_layout", "SplitAnnotations",
+    "read_class_names", "read_split", "verify_stanford_cars", "Mirror", "DEFAULT_MIRROR", "download_stanford_cars",
     "CROP_AREA_RANGE", "CROP_RELATIVE_ASPECT_RANGE", "CROP_MIN_BOX_VISIBLE", "CROP_ATTEMPTS", "FLIP_PROBABILITY",
     "MIN_CROP_SIDE", "DRAFT_MIN_SHARE", "decode_image", "resize_pixels", "ImageCache", "load_view",
 ]
@@ -68,52 +46,31 @@ class StanfordCarsCAM(VisionDataset):
     """Stanford Cars, filtered by brand, body type and year, with boxes, for class activation maps.
 
     Args:
-        root: Folder holding Stanford Cars in torchvision's layout (``root/stanford_cars/...``),
-            Kaggle's, or the original ``car_ims/`` + ``cars_annos.mat``; or the ``stanford_cars``
-            folder itself.
+        root: Folder holding Stanford Cars in any layout :func:`find_layout` accepts.
         split: ``"train"`` or ``"test"``.
-        car_type: Body type(s) to keep (``"Sedan"``, ``["Sedan", "Coupe"]``) or None for all.
-        car_brand: Brand(s) to keep (``"BMW"``, ``"Land Rover"``) or None for all.
-        car_production_year: Year(s) to keep (``2012``, ``[2011, 2012]``) or None for all.
-        download_datasets: If ``root`` holds no readable copy, fetch one (see
-            :func:`download_stanford_cars`); an existing copy is used and nothing is fetched.
-        generate_img_for_cam: Items are ``(image_predict, image_visualize, label)``: the same view
-            twice, the second for drawing the CAM on.
+        car_type, car_brand, car_production_year: Body type(s), brand(s), year(s) to keep
+            (``"Sedan"``, ``["BMW", "Land Rover"]``, ``2012``), or None for all.
+        download_datasets: If ``root`` holds no readable copy, fetch one (:func:`download_stanford_cars`).
+        generate_img_for_cam: Items hold the view twice, the second (a copy) to draw the CAM on.
         image_size: Side S of the square images returned.
-        augment: Random crop and flip; None means True for ``"train"`` and False for ``"test"``.
+        augment: Random crop and flip (torch's global RNG); None means True for ``"train"`` only.
         return_box: Append the car's box to every item.
-        cache_dir: Folder for an :class:`ImageCache` of decoded pixels, reused across epochs and
-            runs; items are the same with or without it. None decodes every time.
+        cache_dir: Folder for an :class:`ImageCache` of decoded pixels; items are the same without it.
 
-    Items: ``(image, label)``, or ``(image_predict, image_visualize, label)``, with ``box`` appended
-    when ``return_box``. ``image``: (3, S, S) float32 RGB in [0, 1] (grayscale and CMYK files are
-    converted). ``label``: int in 0..K-1. ``box``: (4,) float32 ``[x1, y1, x2, y2]`` in the returned
-    image's pixels, 0-based half-open, clipped to [0, S].
-
-    Views: without augmentation the whole image is resized to S x S. With augmentation a crop
-    covering 60-100% of the image's area, with an aspect within 3/4..4/3 of the image's, is drawn
-    until one keeps at least 75% of the car's box (10 tries, else the whole image), resized to
-    S x S, and flipped left-right with probability 0.5; the box follows the crop and flip. No colour
-    change is applied. Randomness comes from torch's global generator.
+    Items: ``(image, label)`` or ``(image_predict, image_visualize, label)``, plus ``box`` when
+    ``return_box``. ``image``: (3, S, S) float32 RGB in [0, 1]; ``label``: int in 0..K-1; ``box``:
+    (4,) float32 ``[x1, y1, x2, y2]`` in the returned image's pixels, clipped to [0, S].
 
     Attributes:
-        root: As given. ``layout``: the :class:`Layout` found. ``classes``: kept class names,
-        renumbered 0..K-1 in the devkit's order. ``class_to_idx``: name -> index, and index -> name.
-        ``class_ids``: the kept classes' 0-based indices in the full 196. ``samples``: list of
-        ``(path, label)``. ``targets``: the labels. ``boxes``: (N, 4) float64 original-pixel boxes.
+        classes: Kept class names, renumbered 0..K-1 in the devkit's order; ``class_to_idx`` maps
+        both ways; ``class_ids``: their indices in the full 196; ``samples``: ``(path, label)``;
+        ``targets``; ``boxes``: (N, 4) float64 original-pixel boxes, 0-based half-open; ``layout``.
     """
 
     @classmethod
-    def from_checkpoint(
-        cls, checkpoint: Mapping[str, Any], root: PathLike, split: str = "test", **kwargs: Any
-    ) -> StanfordCarsCAM:
-        """The split of the data a checkpoint was trained on: its filters, image size and classes.
-
-        Args:
-            checkpoint: The dict :func:`CAM_Stanford_Cars.model.load_checkpoint` returns.
-            root: The Stanford Cars folder.
-            split: ``"train"`` or ``"test"``; images are not augmented.
-            **kwargs: Passed on (``return_box``, ``generate_img_for_cam``, ``download_datasets``...).
+    def from_checkpoint(cls, checkpoint: Mapping[str, Any], root: PathLike, split: str = "test", **kwargs: Any) -> StanfordCarsCAM:
+        """The un-augmented ``split`` under ``root`` of the data a checkpoint (a :func:`load_checkpoint` dict) was
+        trained on: its filters, image size and classes; ``kwargs`` go to the constructor.
 
         Raises:
             ValueError: If the data under ``root`` does not give the checkpoint's classes.
@@ -131,18 +88,9 @@ class StanfordCarsCAM(VisionDataset):
         return dataset
 
     def __init__(
-        self,
-        root: PathLike,
-        split: str = "train",
-        car_type: FilterValue = None,
-        car_brand: FilterValue = None,
-        car_production_year: FilterValue = None,
-        download_datasets: bool = False,
-        generate_img_for_cam: bool = False,
-        image_size: int = 224,
-        augment: bool | None = None,
-        return_box: bool = False,
-        cache_dir: PathLike | None = None,
+        self, root: PathLike, split: str = "train", car_type: FilterValue = None, car_brand: FilterValue = None,
+        car_production_year: FilterValue = None, download_datasets: bool = False, generate_img_for_cam: bool = False,
+        image_size: int = 224, augment: bool | None = None, return_box: bool = False, cache_dir: PathLike | None = None,
     ) -> None:
         root_path(root)  # a None root would otherwise fail deep inside VisionDataset
         super().__init__(root)
@@ -157,17 +105,15 @@ class StanfordCarsCAM(VisionDataset):
         self.return_box = bool(return_box)
         self.cache = ImageCache(cache_dir) if cache_dir is not None else None
         self.filters = {"car_type": car_type, "car_brand": car_brand, "car_production_year": car_production_year}
-
         if download_datasets:
             download_stanford_cars(self.root)
         self.layout = find_layout(self.root, splits=(split,))
         all_names = read_class_names(self.layout)
         annotations = read_split(self.layout, split)
-        counts = _per_class_counts(annotations.labels, len(all_names))
+        counts = np.bincount(annotations.labels, minlength=len(all_names))
         self.class_ids = select_classes(all_names, car_type, car_brand, car_production_year, image_counts=counts, split=split)
         self.classes = [all_names[index] for index in self.class_ids]
         self.class_to_idx = ClassToIdx(self.classes)
-
         remap = np.full(len(all_names), -1, dtype=np.int64)  # full-set label -> kept label, or -1
         remap[self.class_ids] = np.arange(len(self.class_ids))
         new_labels = remap[annotations.labels]
@@ -194,7 +140,7 @@ class StanfordCarsCAM(VisionDataset):
         path, label = self.samples[index]
         image, box = load_view(path, self.boxes[index], self.image_size, self.augment, self.cache)
         # A copy, so that drawing on the visualisation never changes the network's input.
-        item: tuple[Any, ...] = (image, torch.from_numpy(image.numpy().copy()), label) if self.generate_img_for_cam else (image, label)
+        item: tuple[Any, ...] = (image, image.clone(), label) if self.generate_img_for_cam else (image, label)
         return item + (box,) if self.return_box else item
 
     def original_box(self, index: int) -> torch.Tensor:
@@ -204,8 +150,7 @@ class StanfordCarsCAM(VisionDataset):
     def get_box(self, index: int) -> torch.Tensor:
         """The box of sample ``index`` in the un-augmented S x S view: (4,) float32, clipped to [0, S].
 
-        Reads the image's header (not its pixels) for its size. For the box of an augmented view,
-        use ``return_box=True``: the crop and flip are drawn per item.
+        Augmented views draw their crop per item: use ``return_box=True`` for their boxes.
         """
         with open_image(self.samples[index][0]) as image:
             width, height = image.size
@@ -214,11 +159,6 @@ class StanfordCarsCAM(VisionDataset):
         return torch.as_tensor(box * scale, dtype=torch.float32)
 
     def extra_repr(self) -> str:
-        return "\n".join([
-            f"Split: {self.split}",
-            f"Layout: {self.layout.kind} at {self.layout.base}",
-            f"Classes: {len(self.classes)}",
-            f"Filters: {self._filter_text()}",
-            f"Image size: {self.image_size}, augment: {self.augment}",
-            f"Cache: {self.cache.folder if self.cache is not None else None}",
-        ])
+        return (f"Split: {self.split}\nLayout: {self.layout.kind} at {self.layout.base}\nClasses: {len(self.classes)}\n"
+                f"Filters: {self._filter_text()}\nImage size: {self.image_size}, augment: {self.augment}\n"
+                f"Cache: {self.cache.folder if self.cache is not None else None}")

@@ -1,22 +1,8 @@
-"""A synthetic Stanford Cars: real on-disk format, drawn cars, true boxes.
+"""A synthetic Stanford Cars in the real on-disk format (any of the three layouts), with drawn cars and true boxes.
 
-:func:`write_synthetic_stanford_cars` writes a small Stanford Cars that the readers cannot tell from
-the real one by its files: torchvision's layout (or Kaggle's, or the original ``car_ims/`` +
-``cars_annos.mat``), ``.mat`` files shaped like the devkit's MATLAB struct arrays, all 196 real
-class names in the meta file, and JPEGs of realistic sizes for a chosen set of classes.
-
-Each image is a cluttered background that does not depend on the class, with one drawn car on it
-at a random position and scale, facing left or right. The car's looks depend on its class
-(:func:`car_look`): the silhouette follows the body type in the name, the colours, stripe, windows
-and proportions a hash of the name. Its tight box goes into the annotations, so a network can
-learn the classes and a CAM can be scored on where the cars are.
-
-Example:
-    >>> from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars
-    >>> from CAM_Stanford_Cars.dataset import StanfordCarsCAM
-    >>> root = write_synthetic_stanford_cars("synthetic_cars", n_train_per_class=20, n_test_per_class=5)
-    >>> StanfordCarsCAM(root, car_brand="BMW", car_type="Sedan", car_production_year=2012).classes
-    ['BMW ActiveHybrid 5 Sedan 2012', 'BMW 3 Series Sedan 2012']
+The meta file holds all 196 real class names; the chosen classes get JPEGs of realistic sizes: a
+class-free cluttered background with one car whose silhouette follows the body type in its name
+and whose colours and details follow a hash of the name (:func:`car_look`). See ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -68,12 +54,6 @@ _FAMILIES: dict[str, dict[str, float]] = {
     "pickup": dict(aspect=2.8, body_top=0.45, roof=0.06, c0=0.36, c1=0.72, rear=0.0, front=0.10),
     "sports": dict(aspect=3.3, body_top=0.55, roof=0.26, c0=0.35, c1=0.70, rear=0.16, front=0.20),
 }
-_FAMILY_OF_TYPE = {
-    "Sedan": "sedan", "Coupe": "coupe", "Convertible": "convertible", "Hatchback": "hatchback", "Wagon": "wagon",
-    "SUV": "suv", "Minivan": "van", "Van": "van", "Cargo Van": "van", "Passenger Van": "van", "Wagon Van": "van",
-    "Crew Cab": "pickup", "Extended Cab": "pickup", "Regular Cab": "pickup", "Club Cab": "pickup",
-    "Quad Cab": "pickup", "SuperCab": "pickup",
-}
 
 # Salt of the looks' hash, chosen to keep the body colours of DEFAULT_CLASS_NAMES far apart.
 _LOOK_SALT = "1897:"
@@ -108,18 +88,14 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
 def car_look(class_name: str) -> CarLook:
     """The looks of a class's cars: silhouette from its body type, the rest from a hash of its name."""
     unit = [byte / 255.0 for byte in hashlib.sha256((_LOOK_SALT + class_name).encode("utf-8")).digest()]
-    body_type = parse_class_name(class_name).body_type
-    family = _FAMILY_OF_TYPE.get(body_type, "sports") if body_type else "sports"
+    kind = (parse_class_name(class_name).body_type or "").lower()  # one of BODY_TYPES, or none: a sports car
+    family = "sports" if not kind else "pickup" if kind.endswith("cab") else "van" if kind.endswith("van") else kind
     return CarLook(
-        family=family,
-        color=_hsv(unit[0], 0.55 + 0.4 * unit[1], 0.5 + 0.45 * unit[2]),
+        family, color=_hsv(unit[0], 0.55 + 0.4 * unit[1], 0.5 + 0.45 * unit[2]),
         accent=_hsv(unit[0] + 0.5, 0.3 + 0.6 * unit[3], 0.35 + 0.6 * unit[4]),
         glass=_hsv(0.55 + 0.1 * unit[5], 0.3 + 0.4 * unit[6], 0.15 + 0.25 * unit[7]),
-        hub=_hsv(unit[8], 0.5 * unit[9], 0.4 + 0.6 * unit[10]),
-        n_windows=1 + int(unit[11] * 2.999),
-        stripe=unit[12] > 0.5,
-        aspect=_FAMILIES[family]["aspect"] * (0.9 + 0.2 * unit[13]),
-        wheel_radius=0.13 + 0.05 * unit[14],
+        hub=_hsv(unit[8], 0.5 * unit[9], 0.4 + 0.6 * unit[10]), n_windows=1 + int(unit[11] * 2.999), stripe=unit[12] > 0.5,
+        aspect=_FAMILIES[family]["aspect"] * (0.9 + 0.2 * unit[13]), wheel_radius=0.13 + 0.05 * unit[14],
     )
 
 
@@ -127,10 +103,8 @@ def _jitter(color: tuple[int, int, int], factor: float) -> tuple[int, int, int, 
     return tuple(int(min(255, max(0, c * factor))) for c in color) + (255,)  # type: ignore[return-value]
 
 
-Point = Callable[[float, float], tuple[float, float]]
-
-
-def _draw_cabin(draw: ImageDraw.ImageDraw, pt: Point, family: str, n_windows: int, body: Any, glass: Any) -> None:
+def _draw_cabin(draw: ImageDraw.ImageDraw, pt: Callable[[float, float], tuple[float, float]], family: str, n_windows: int,
+                body: Any, glass: Any) -> None:
     """The cabin and its windows (a convertible: the folded top and the windscreen)."""
     shape = _FAMILIES[family]
     top, c0, c1, roof = shape["body_top"], shape["c0"], shape["c1"], shape["roof"]
@@ -158,13 +132,10 @@ def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right:
     canvas = Image.new("RGBA", (length, height), (0, 0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     w, h = length - 1, height - 1
-
     def pt(u: float, v: float) -> tuple[float, float]:
         return (u if facing_right else 1.0 - u) * w, v * h
-
     def quad(u0: float, v0: float, u1: float, v1: float, fill: Any) -> None:
         draw.polygon([pt(u0, v0), pt(u1, v0), pt(u1, v1), pt(u0, v1)], fill=fill)
-
     top, bottom = _FAMILIES[look.family]["body_top"], 0.86
     draw.polygon([pt(0.0, top + 0.06), pt(0.03, top), pt(0.96, top + 0.04), pt(1.0, top + 0.12),
                   pt(1.0, bottom - 0.04), pt(0.97, bottom), pt(0.03, bottom), pt(0.0, bottom - 0.04)], fill=body)
@@ -186,22 +157,14 @@ def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right:
 
 
 def draw_background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """A cluttered RGB scene that carries no information about any class.
-
-    Its colours are muted (greys with a slight tint), as streets and showrooms mostly are, so
-    the painted car stands out the way real cars do against their surroundings.
-    """
-
+    """A cluttered RGB scene that carries no information about any class, in muted colours as streets mostly are."""
     def muted() -> np.ndarray:
         return np.clip(rng.uniform(40, 215) + rng.uniform(-25, 25, 3), 0, 255)
-
     sky_top, sky_bottom, ground_top, ground_bottom = (muted() for _ in range(4))
     horizon = int(rng.uniform(0.3, 0.7) * height)
-    t = np.linspace(0.0, 1.0, max(horizon, 1))[:, None]
-    sky = sky_top * (1 - t) + sky_bottom * t
-    t = np.linspace(0.0, 1.0, max(height - horizon, 1))[:, None]
-    ground = ground_top * (1 - t) + ground_bottom * t
-    column = np.concatenate([sky, ground])[:height]  # (H, 3)
+    column = np.concatenate([top * (1 - t) + bottom * t for top, bottom, t in (  # (H, 3): sky, then ground
+        (sky_top, sky_bottom, np.linspace(0.0, 1.0, max(horizon, 1))[:, None]),
+        (ground_top, ground_bottom, np.linspace(0.0, 1.0, max(height - horizon, 1))[:, None]))])[:height]
     image = Image.fromarray(np.broadcast_to(column[:, None, :], (height, width, 3)).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(8, 20))):
@@ -222,24 +185,14 @@ def draw_background(rng: np.random.Generator, width: int, height: int) -> Image.
 
 
 def render_image(class_name: str, size: tuple[int, int], rng: np.random.Generator) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """One synthetic photo of a car of ``class_name``.
-
-    Args:
-        class_name: A Stanford Cars class name.
-        size: ``(width, height)`` of the image.
-        rng: The image's generator (background, placement, facing, lighting).
-
-    Returns:
-        ``(image, box)``: an RGB image and the car's tight box ``(left, top, right, bottom)`` in
-        0-based half-open pixels (``bbox_x1 = left + 1``, ``bbox_x2 = right`` in the annotations).
-    """
+    """One synthetic RGB photo of size ``(width, height)`` of a car of ``class_name``, drawn from ``rng``, and the
+    car's tight box ``(left, top, right, bottom)``, 0-based half-open."""
     width, height = size
     image = draw_background(rng, width, height)
     look = car_look(class_name)
     length = max(16, min(int(rng.uniform(0.55, 0.9) * width), int(0.9 * height * look.aspect), width))
     car = draw_car(look, length, rng, facing_right=bool(rng.integers(0, 2)))
-    x = int(rng.integers(0, width - car.width + 1))
-    y = int(rng.integers(0, height - car.height + 1))
+    x, y = int(rng.integers(0, width - car.width + 1)), int(rng.integers(0, height - car.height + 1))
     image.paste(car, (x, y), car)
     left, top, right, bottom = car.getchannel("A").getbbox()  # type: ignore[misc]
     return image, (x + left, y + top, x + right, y + bottom)
@@ -250,26 +203,17 @@ def _struct(records: Sequence[dict[str, Any]], fields: Sequence[tuple[str, Any]]
     array = np.zeros((1, len(records)), dtype=[(name, object) for name, _ in fields])
     for i, record in enumerate(records):
         for name, dtype in fields:
-            value = record[name]
-            array[0, i][name] = np.array([value]) if dtype is str else np.array([[value]], dtype=dtype)
+            array[0, i][name] = np.array([record[name]]) if dtype is str else np.array([[record[name]]], dtype=dtype)
     return array
 
 
 def _savemat(path: Path, variables: dict[str, Any]) -> None:
     import scipy.io as sio  # here, not at the top: it takes longer to import than the CLI needs to start
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(temporary, "wb") as handle:
+    path.parent.mkdir(parents=True, exist_ok=True)  # in the staging folder: no temporary file needed
+    with open(path, "wb") as handle:
         sio.savemat(handle, variables, do_compression=False, oned_as="row")
         handle.seek(0)
         handle.write(_MAT_HEADER_TEXT)
-    os.replace(temporary, path)
-
-
-def _save_jpeg(image: Image.Image, path: Path, quality: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, "JPEG", quality=quality)
 
 
 def _check_arguments(class_names: Sequence[str], layout: str, counts: dict[str, int], size_jitter: float) -> list[str]:
@@ -297,42 +241,20 @@ def _check_arguments(class_names: Sequence[str], layout: str, counts: dict[str, 
 
 
 def write_synthetic_stanford_cars(
-    root: PathLike,
-    class_names: Sequence[str] | None = None,
-    n_train_per_class: int = 8,
-    n_test_per_class: int = 4,
-    image_size: tuple[int, int] = (700, 450),
-    seed: int = 0,
-    layout: str = "torchvision",
-    size_jitter: float = 0.15,
-    n_grayscale: int = 0,
-    n_cmyk: int = 0,
-    quality: int = 90,
+    root: PathLike, class_names: Sequence[str] | None = None, n_train_per_class: int = 8, n_test_per_class: int = 4,
+    image_size: tuple[int, int] = (700, 450), seed: int = 0, layout: str = "torchvision", size_jitter: float = 0.15,
+    n_grayscale: int = 0, n_cmyk: int = 0, quality: int = 90,
 ) -> Path:
-    """Write a small Stanford Cars under ``root/stanford_cars`` in a real layout.
+    """Write a small Stanford Cars under ``root/stanford_cars`` in a real layout; the same seed gives the same bytes.
 
-    ``"torchvision"`` writes what ``torchvision.datasets.StanfordCars(root)`` reads (``devkit/``,
-    ``cars_train/``, ``cars_test/``, ``cars_test_annos_withlabels.mat``); ``"kaggle"`` nests the
-    images (``cars_train/cars_train/``) and puts the devkit in ``car_devkit/devkit/``; ``"car_ims"``
-    writes ``car_ims/`` and one ``cars_annos.mat``. The meta file holds all 196 real class names;
-    only ``class_names`` get images. A ``SYNTHETIC.txt`` marks the folder: a synthetic folder
-    already there is replaced, anything else is refused.
+    A ``SYNTHETIC.txt`` marks the folder: a synthetic folder already there is replaced, anything else refused.
 
     Args:
-        root: Folder to pass as ``root`` to the readers.
+        root: Folder to pass as ``root`` to the readers; returned as a Path.
         class_names: Real class names that get images; :data:`DEFAULT_CLASS_NAMES` if None.
-        n_train_per_class: Train images per class.
-        n_test_per_class: Test images per class.
-        image_size: Typical ``(width, height)``; each image's sides vary by up to ``size_jitter``.
-        seed: Everything drawn follows from it.
-        layout: ``"torchvision"``, ``"kaggle"`` or ``"car_ims"``.
-        size_jitter: Relative spread of image sides (the real images vary in size).
-        n_grayscale: The first this many train images are written as grayscale JPEGs.
-        n_cmyk: The next this many train images are written as CMYK JPEGs.
-        quality: JPEG quality.
-
-    Returns:
-        ``root`` as a Path.
+        image_size: Typical ``(width, height)``; each side varies by up to ``size_jitter`` (a fraction).
+        layout: ``"torchvision"`` (what ``torchvision.datasets.StanfordCars`` reads), ``"kaggle"`` or ``"car_ims"``.
+        n_grayscale, n_cmyk: The first train images written as grayscale, then as CMYK JPEGs.
 
     Raises:
         ValueError: For an unknown layout or class name, or negative counts.
@@ -341,11 +263,20 @@ def write_synthetic_stanford_cars(
     counts = dict(n_train_per_class=n_train_per_class, n_test_per_class=n_test_per_class, n_grayscale=n_grayscale, n_cmyk=n_cmyk)
     chosen = _check_arguments(DEFAULT_CLASS_NAMES if class_names is None else class_names, layout, counts, size_jitter)
     root = root_path(root)
-    target, staging = _target_and_staging(root)
+    target = root / "stanford_cars"
+    if (target.exists() or target.is_symlink()) and not (target / MARKER_FILE).is_file():
+        raise FileExistsError(f"{target} exists and is not a synthetic Stanford Cars; choose another root or remove it")
+    staging = root / f".stanford_cars.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir(parents=True)
     try:
         records = _draw_records(chosen, int(n_train_per_class), int(n_test_per_class), image_size, seed, size_jitter,
                                 int(n_grayscale), int(n_cmyk))
-        _write_files(staging, records, layout, seed, quality, chosen)
+        if layout == "car_ims":
+            _write_car_ims(staging, records, seed, quality)
+        else:
+            _write_devkit(staging, records, layout, quality)
+        (staging / MARKER_FILE).write_text(f"Synthetic Stanford Cars written by CAM_Stanford_Cars.synthetic ({layout} layout, "
+                                           f"seed {seed}); classes with images: {', '.join(chosen)}.\n")
         if target.is_symlink():
             target.unlink()
         elif target.exists():
@@ -355,17 +286,6 @@ def write_synthetic_stanford_cars(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Wrote a synthetic Stanford Cars (%s layout, %d classes) to %s", layout, len(chosen), target)
     return root
-
-
-def _target_and_staging(root: Path) -> tuple[Path, Path]:
-    """``root/stanford_cars`` (refused unless absent or synthetic) and a new staging folder beside it."""
-    target = root / "stanford_cars"
-    if (target.exists() or target.is_symlink()) and not (target / MARKER_FILE).is_file():
-        raise FileExistsError(f"{target} exists and is not a synthetic Stanford Cars; choose another root or remove it")
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".stanford_cars.{uuid.uuid4().hex[:8]}.tmp"
-    staging.mkdir()
-    return target, staging
 
 
 def _draw_records(
@@ -385,25 +305,11 @@ def _draw_records(
             scale = rng.uniform(1.0 - size_jitter, 1.0 + size_jitter, 2) if size_jitter else np.ones(2)
             size = (max(32, int(image_size[0] * scale[0])), max(32, int(image_size[1] * scale[1])))
             image, (left, top, right, bottom) = render_image(name, size, rng)
-            if split == "train" and index < n_grayscale:
-                image = image.convert("L")
-            elif split == "train" and index < n_grayscale + n_cmyk:
-                image = image.convert("CMYK")
+            if split == "train" and index < n_grayscale + n_cmyk:
+                image = image.convert("L" if index < n_grayscale else "CMYK")
             records[split].append({"image": image, "class": label_of[name],
                                    "bbox_x1": left + 1, "bbox_y1": top + 1, "bbox_x2": right, "bbox_y2": bottom})
     return records
-
-
-def _write_files(folder: Path, records: dict[str, list[dict[str, Any]]], layout: str, seed: int, quality: int,
-                 chosen: list[str]) -> None:
-    if layout == "car_ims":
-        _write_car_ims(folder, records, seed, quality)
-    else:
-        _write_devkit(folder, records, layout, quality)
-    (folder / MARKER_FILE).write_text(
-        f"Synthetic Stanford Cars written by CAM_Stanford_Cars.synthetic ({layout} layout, seed {seed}); "
-        f"classes with images: {', '.join(chosen)}.\n"
-    )
 
 
 def _write_devkit(folder: Path, records: dict[str, list[dict[str, Any]]], layout: str, quality: int) -> None:
@@ -414,7 +320,7 @@ def _write_devkit(folder: Path, records: dict[str, list[dict[str, Any]]], layout
         images.mkdir(parents=True, exist_ok=True)
         for index, record in enumerate(records[split], start=1):
             record["fname"] = f"{index:05d}.jpg"
-            _save_jpeg(record["image"], images / record["fname"], quality)
+            record["image"].save(images / record["fname"], "JPEG", quality=quality)
     _savemat(devkit / "cars_meta.mat", _META)
     _savemat(devkit / "cars_train_annos.mat", {"annotations": _struct(records["train"], _ANNOTATION_FIELDS)})
     # The devkit's own test file has no labels; the labelled one sits beside the image folders.
@@ -430,7 +336,7 @@ def _write_car_ims(folder: Path, records: dict[str, list[dict[str, Any]]], seed:
     for position in np.random.default_rng([seed, 3]).permutation(len(mixed)):
         record, is_test = mixed[int(position)]
         relative = f"car_ims/{len(rows) + 1:06d}.jpg"
-        _save_jpeg(record["image"], folder / relative, quality)
+        record["image"].save(folder / relative, "JPEG", quality=quality)
         rows.append(dict(record, relative_im_path=relative, test=is_test))
     fields = [("relative_im_path", str)] + _BOX_FIELDS + [("class", np.uint8), ("test", np.uint8)]
     _savemat(folder / "cars_annos.mat", {"annotations": _struct(rows, fields), **_META})
@@ -439,7 +345,5 @@ def _write_car_ims(folder: Path, records: dict[str, list[dict[str, Any]]], seed:
 def write_tiny_stanford_cars(root: PathLike, layout: str = "torchvision", seed: int = 0) -> Path:
     """A deterministic tiny Stanford Cars for tests: 3 classes, 3 train and 2 test images each, about
     160x104, one grayscale and one CMYK train image among them, as in the real set."""
-    return write_synthetic_stanford_cars(
-        root, class_names=TINY_CLASS_NAMES, n_train_per_class=3, n_test_per_class=2, image_size=(160, 104),
-        seed=seed, layout=layout, n_grayscale=1, n_cmyk=1,
-    )
+    return write_synthetic_stanford_cars(root, class_names=TINY_CLASS_NAMES, n_train_per_class=3, n_test_per_class=2,
+                                         image_size=(160, 104), seed=seed, layout=layout, n_grayscale=1, n_cmyk=1)

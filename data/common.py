@@ -22,12 +22,7 @@ class DatasetError(Exception):
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """No layout that the reader accepts was found under ``root``.
-
-    Attributes:
-        problem: What was looked for and not found, without the advice on getting the data, so
-            a caller with other means (the visualize CLI's ``--root``) can give its own.
-    """
+    """No readable layout under ``root``; ``problem`` is the message without the advice on getting the data."""
 
     def __init__(self, problem: str, how_to: str = "") -> None:
         super().__init__(f"{problem} {how_to}".strip())

@@ -10,8 +10,6 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 from .common import DOWNLOAD_EXTRA_HINT, KAGGLE_HANDLE, DatasetError, DatasetNotFoundError, DownloadError, PathLike
 from .layouts import Layout, by_hand, find_layout, root_path, verify_stanford_cars
@@ -42,47 +40,35 @@ def _is_network_error(err: BaseException) -> bool:
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)):
-            return True
-        if any(cls.__name__ in _NETWORK_ERRORS for cls in type(current).__mro__):
+        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)) or any(
+                cls.__name__ in _NETWORK_ERRORS for cls in type(current).__mro__):
             return True
         current = current.__cause__ or current.__context__
     return False
 
 
 def _place_by_hand(root: Path, mirror: Mirror) -> str:
-    return (
-        f"To place the files by hand: on a machine with network, {by_hand(root, mirror.handle)} (the page's Download "
-        f"button or `kaggle datasets download {mirror.handle}` fetch it; Kaggle's cars_train/cars_train layout and "
-        f"the original car_ims/ + cars_annos.mat are read too)."
-    )
+    return (f"To place the files by hand: on a machine with network, {by_hand(root, mirror.handle)} (the page's Download "
+            f"button or `kaggle datasets download {mirror.handle}` fetch it; Kaggle's cars_train/cars_train layout and "
+            f"the original car_ims/ + cars_annos.mat are read too).")
 
 
-def _import_kagglehub(root: Path, mirror: Mirror) -> ModuleType:
+def _fetch(mirror: Mirror, root: Path, staging: Path) -> Path:
+    """Download the mirror with kagglehub into ``staging`` (older clients: into their own cache); the folder it is in."""
     try:
         import kagglehub  # the optional ``download`` extra
     except ImportError as err:
-        raise DownloadError(
-            f"download_datasets=True fetches Stanford Cars from Kaggle ({mirror.handle}) through the kagglehub "
-            f"package, which is not installed: {DOWNLOAD_EXTRA_HINT}. {_place_by_hand(root, mirror)}"
-        ) from err
-    return kagglehub
-
-
-def _accepts_keyword(function: Any, name: str) -> bool:
+        raise DownloadError(f"download_datasets=True fetches Stanford Cars from Kaggle ({mirror.handle}) through the kagglehub "
+                            f"package, which is not installed: {DOWNLOAD_EXTRA_HINT}. {_place_by_hand(root, mirror)}") from err
     try:
-        parameters = inspect.signature(function).parameters
+        parameters = inspect.signature(kagglehub.dataset_download).parameters
     except (TypeError, ValueError):
-        return False
-    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-def _fetch(kagglehub: ModuleType, mirror: Mirror, root: Path, staging: Path) -> Path:
-    """Download the mirror into ``staging`` (older clients: into their own cache); the folder it is in."""
-    kwargs = {"output_dir": str(staging)} if _accepts_keyword(kagglehub.dataset_download, "output_dir") else {}
+        parameters = {}  # type: ignore[assignment]
+    takes_output_dir = "output_dir" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    root.mkdir(parents=True, exist_ok=True)
     logger.info("Downloading Stanford Cars (about 1.9 GB) from Kaggle: %s", mirror.handle)
     try:
-        return Path(kagglehub.dataset_download(mirror.handle, **kwargs))
+        return Path(kagglehub.dataset_download(mirror.handle, **({"output_dir": str(staging)} if takes_output_dir else {})))
     except Exception as err:  # the client raises requests/urllib3/kagglehub errors alike
         if _is_network_error(err):
             cause = f"Kaggle could not be reached; this machine seems to have no network access ({type(err).__name__}: {err})."
@@ -116,25 +102,12 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path:
-    """Make sure ``root`` holds Stanford Cars, fetching it from a Kaggle mirror if it does not.
-
-    A readable copy already under ``root`` (any layout :func:`find_layout` accepts) is used as
-    is. Otherwise ``kagglehub.dataset_download(mirror.handle)`` fetches the mirror,
-    :func:`verify_stanford_cars` checks it (the mirror's class and image counts, boxes, every
-    image file), and it is moved to ``root/stanford_cars`` (or, where the client cannot write
-    there, linked from its cache).
-
-    Args:
-        root: Where the data should be.
-        mirror: The Kaggle dataset and its expected counts; :data:`DEFAULT_MIRROR` if None.
-
-    Returns:
-        The folder holding the layout.
+    """Make sure ``root`` holds Stanford Cars (any layout), else fetch ``mirror`` (:data:`DEFAULT_MIRROR` if None)
+    with ``kagglehub``, :func:`verify_stanford_cars` it and place it at ``root/stanford_cars``; the layout's folder.
 
     Raises:
-        DownloadError: If ``kagglehub`` is not installed, the fetch fails (the message says
-            whether the network is unreachable and how to place the files by hand), what came
-            back is incomplete, or a broken copy is in the way.
+        DownloadError: If ``kagglehub`` is missing, the fetch fails (saying whether the network is
+            unreachable and how to place the files by hand), the copy is incomplete, or a broken copy is in the way.
     """
     mirror = mirror if mirror is not None else DEFAULT_MIRROR
     root = root_path(root)
@@ -145,22 +118,16 @@ def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path
         return layout.base
     except DatasetNotFoundError as err:
         if target.exists() or target.is_symlink():
-            raise DownloadError(
-                f"{target} exists but is not a readable Stanford Cars ({err}). Complete it, or move it aside so "
-                f"download_datasets=True can put a fresh copy there."
-            ) from None
-    kagglehub = _import_kagglehub(root, mirror)
-    root.mkdir(parents=True, exist_ok=True)
+            raise DownloadError(f"{target} exists but is not a readable Stanford Cars ({err}). Complete it, or move it aside "
+                                f"so download_datasets=True can put a fresh copy there.") from None
     staging = root / ".stanford_cars_download"
-    fetched = _fetch(kagglehub, mirror, root, staging)
+    fetched = _fetch(mirror, root, staging)
     layout = _find_fetched_layout(fetched)
     try:
         verify_stanford_cars(layout.base, mirror.num_classes, mirror.num_train, mirror.num_test)
     except DatasetError as err:
-        raise DownloadError(
-            f"the download from {mirror.handle} at {fetched} is not complete ({err}); retry, or place the files by hand. "
-            f"{_place_by_hand(root, mirror)}"
-        ) from err
+        raise DownloadError(f"the download from {mirror.handle} at {fetched} is not complete ({err}); retry, or place the "
+                            f"files by hand. {_place_by_hand(root, mirror)}") from err
     if layout.base.resolve().is_relative_to(staging.resolve()):
         os.replace(layout.base, target)
         shutil.rmtree(staging, ignore_errors=True)

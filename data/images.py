@@ -19,20 +19,14 @@ from .common import ImageLoadError, MissingImageError, PathLike
 
 logger = logging.getLogger(__name__)
 
-# Train-split augmentation (see StanfordCarsCAM): a crop keeps 60-100% of the image area with an
-# aspect within 3/4..4/3 of the image's and at least this share of the car's box, else the whole image.
-CROP_AREA_RANGE = (0.6, 1.0)
-CROP_RELATIVE_ASPECT_RANGE = (3 / 4, 4 / 3)
-CROP_MIN_BOX_VISIBLE = 0.75
-CROP_ATTEMPTS = 10
+# Augmentation: a crop of 60-100% of the image area, aspect within 3/4..4/3 of the image's, keeping
+# at least CROP_MIN_BOX_VISIBLE of the car's box (CROP_ATTEMPTS tries, else the whole image).
+CROP_AREA_RANGE, CROP_RELATIVE_ASPECT_RANGE, CROP_MIN_BOX_VISIBLE, CROP_ATTEMPTS = (0.6, 1.0), (3 / 4, 4 / 3), 0.75, 10
 FLIP_PROBABILITY = 0.5
-
-# The smallest crop keeps this share of each side of the image; the decoder's reduced scale must
-# still leave such a crop S pixels across.
+# The smallest crop keeps this share of each side; the decoder's reduced scale must leave it S pixels across.
 MIN_CROP_SIDE = math.sqrt(CROP_AREA_RANGE[0] * CROP_RELATIVE_ASPECT_RANGE[0])
-
-# The JPEG decoder may return as little as this share of the pixels a view asks for: the final
-# resize then stretches a little, for a picture hard to tell apart and a much cheaper decode.
+# The JPEG decoder may return as little as this share of the pixels a view asks for: the final resize
+# then stretches a little, for a picture hard to tell apart and a much cheaper decode.
 DRAFT_MIN_SHARE = 0.9
 
 
@@ -66,20 +60,11 @@ def _sample_crop(width: int, height: int, box: np.ndarray) -> tuple[float, float
 
 
 def decode_image(path: str, min_size: tuple[int, int]) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """Decode an image to RGB at the coarsest JPEG DCT scale (1, 1/2, 1/4, 1/8) that keeps ``min_size``.
+    """Decode an image to RGB at the coarsest JPEG DCT scale (1, 1/2, 1/4, 1/8) that keeps ``min_size`` (w, h).
 
-    Args:
-        path: Image file.
-        min_size: ``(width, height)`` the decoded pixels must at least have; other formats than
-            JPEG are decoded whole.
-
-    Returns:
-        ``(pixels, scale, (width, height))``: pixels (H', W', 3) uint8 with H' = ceil(height / scale),
-        the integer reduction ``scale``, and the file's own size.
-
-    Raises:
-        MissingImageError: If the file does not exist.
-        ImageLoadError: If it cannot be decoded.
+    Returns ``(pixels, scale, (width, height))``: pixels (H', W', 3) uint8 with H' = ceil(height / scale),
+    the integer reduction ``scale`` (1 for other formats), and the file's own size. Raises
+    :class:`MissingImageError` or :class:`ImageLoadError` if the file is missing or cannot be decoded.
     """
     image = open_image(path)
     try:
@@ -99,11 +84,9 @@ def decode_image(path: str, min_size: tuple[int, int]) -> tuple[np.ndarray, int,
 
 
 def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Antialiased bilinear resize of (h, w, 3) uint8 pixels to (size, size, 3) uint8.
+    """Antialiased bilinear resize of (h, w, 3) uint8 pixels to (size, size, 3) uint8, within one grey level of PIL's.
 
-    torch's uint8 channels-last kernel, within one grey level of PIL's ``BILINEAR`` resize and
-    faster. It runs on a private contiguous copy: a strided view takes a slow path, and a
-    read-only memory map cannot be wrapped by torch.
+    On a private contiguous copy: torch cannot wrap a read-only memory map, and a strided view takes a slow path.
     """
     chw = torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C", copy=True)).permute(2, 0, 1)[None]  # (1, 3, h, w)
     out = torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -111,18 +94,13 @@ def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 class ImageCache:
-    """Decoded, resized uint8 pixels on disk, memory-mapped back on later reads.
+    """Decoded, resized uint8 pixels on disk in ``folder``, memory-mapped back on later reads.
 
-    One ``.npy`` file per image and view, named after a hash of the image's absolute path, size,
-    modification time and the view (so a changed file is decoded afresh). Each holds a flat uint8
-    array: a header of five little-endian uint32 (the file's width and height, the pixels' rows
-    and columns, the decoder's reduction or 0 for a resized view), then the (rows, cols, 3)
-    pixels. Files are written atomically, so DataLoader workers may fill the cache side by side.
-    A write that would leave less than ``min_free_bytes`` on the disk is skipped.
-
-    Args:
-        folder: Where the files go; created if absent.
-        min_free_bytes: Free space to leave on the cache's disk.
+    One ``.npy`` per image and view, named by a hash of the image's path, size, modification time
+    and the view (a changed file is decoded afresh): a flat uint8 array, a header of five
+    little-endian uint32 (file width and height, rows, cols, the decoder's reduction or 0 for a
+    resized view), then the (rows, cols, 3) pixels. Written atomically, so DataLoader workers may
+    share it; a write that would leave under ``min_free_bytes`` free on the disk is skipped.
     """
 
     HEADER_BYTES = 20
@@ -183,9 +161,8 @@ class ImageCache:
                             "every time", self.folder, target.name, err)
 
 
-def _cached_pixels(
-    path: str, min_side: int, view: str, cache: ImageCache | None, resize_to: int | None = None,
-) -> tuple[np.ndarray, int, tuple[int, int]]:
+def _cached_pixels(path: str, min_side: int, view: str, cache: ImageCache | None,
+                   resize_to: int | None = None) -> tuple[np.ndarray, int, tuple[int, int]]:
     """:func:`decode_image` (then resized to ``resize_to`` squared, scale 0), through the cache when there is one."""
     hit = cache.get(path, view) if cache is not None else None
     if hit is not None:
@@ -198,45 +175,23 @@ def _cached_pixels(
     return pixels, scale, size
 
 
-def _random_crop(
-    base: np.ndarray, scale: int, size: tuple[int, int], box: np.ndarray, image_size: int,
-) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """A random crop of the decoded ``base``, resized to S x S, and its extent in original pixels."""
-    width, height = size
-    x0, y0, x1, y1 = _sample_crop(width, height, box)
-    # The crop in whole decoded pixels (at least one), then back in original pixels for the box.
-    rows, cols = base.shape[:2]
-    c0, r0 = min(round(x0 / scale), cols - 1), min(round(y0 / scale), rows - 1)
-    c1, r1 = max(min(round(x1 / scale), cols), c0 + 1), max(min(round(y1 / scale), rows), r0 + 1)
-    crop = (c0 * scale, r0 * scale, min(c1 * scale, width), min(r1 * scale, height))
-    return resize_pixels(base[r0:r1, c0:c1], image_size), crop
+def load_view(path: str, box: np.ndarray, image_size: int, augment: bool,
+              cache: ImageCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode an image and its box into the view the network sees: the whole image resized to S x S, or
+    with ``augment`` a random crop and flip (torch's global RNG; see ``docs/data.md``).
 
-
-def load_view(
-    path: str, box: np.ndarray, image_size: int, augment: bool, cache: ImageCache | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode an image and its box into the view the network sees.
-
-    Without augmentation the whole image is resized to S x S; with it, a random crop (see
-    :class:`StanfordCarsCAM`), flipped left-right half the time. Augmented views are cut from
-    pixels decoded once at the scale that leaves the smallest allowed crop S pixels across, so a
-    ``cache`` can keep them (or the resized view) and give the same result, bit for bit.
+    Augmented views are cut from pixels decoded once at the scale that leaves the smallest crop S
+    pixels across, so a ``cache`` can keep them (or the resized view) and give the same result, bit for bit.
 
     Args:
-        path: Image file.
-        box: (4,) ``[x1, y1, x2, y2]`` in original pixels, 0-based half-open.
+        path: Image file; ``box``: (4,) ``[x1, y1, x2, y2]`` in its pixels, 0-based half-open.
         image_size: Side S of the square output.
-        augment: Random crop and flip (torch's global RNG, so DataLoader workers and
-            ``torch.manual_seed`` govern it).
-        cache: Where decoded pixels are kept between epochs, or None.
 
     Returns:
-        ``(image, box)``: image (3, S, S) float32 RGB in [0, 1]; box (4,) float32 in its pixels,
-        clipped to [0, S].
+        ``(image, box)``: image (3, S, S) float32 RGB in [0, 1]; box (4,) float32 in its pixels, clipped to [0, S].
 
     Raises:
-        MissingImageError: If the file does not exist.
-        ImageLoadError: If it cannot be decoded.
+        MissingImageError, ImageLoadError: If the file is missing or cannot be decoded.
     """
     if augment:
         side = math.ceil(DRAFT_MIN_SHARE * image_size / MIN_CROP_SIDE)
@@ -247,7 +202,13 @@ def load_view(
     box = np.clip(np.asarray(box, dtype=np.float64), 0.0, [width, height, width, height])
     crop, flip = (0.0, 0.0, float(width), float(height)), False
     if augment:
-        pixels, crop = _random_crop(base, scale, (width, height), box, image_size)
+        x0, y0, x1, y1 = _sample_crop(width, height, box)
+        # The crop in whole decoded pixels (at least one), then back in original pixels for the box.
+        rows, cols = base.shape[:2]
+        c0, r0 = min(round(x0 / scale), cols - 1), min(round(y0 / scale), rows - 1)
+        c1, r1 = max(min(round(x1 / scale), cols), c0 + 1), max(min(round(y1 / scale), rows), r0 + 1)
+        crop = (c0 * scale, r0 * scale, min(c1 * scale, width), min(r1 * scale, height))
+        pixels = resize_pixels(base[r0:r1, c0:c1], image_size)
         flip = torch.rand(()).item() < FLIP_PROBABILITY
     # NumPy, not torch, for the per-image arithmetic: torch's intra-op threads cost more than
     # they save on arrays this small, and starve each other in DataLoader workers.

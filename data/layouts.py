@@ -20,15 +20,9 @@ _TEST_ANNOTATIONS = ("cars_test_annos_withlabels.mat", "cars_test_annos_withlabe
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the files of one Stanford Cars copy are.
-
-    Attributes:
-        kind: ``"torchvision"``, ``"kaggle"`` or ``"car_ims"``.
-        base: The folder that holds it (``root/stanford_cars`` or ``root``).
-        meta_file: The ``.mat`` file with ``class_names``.
-        annotation_files: Per split, the ``.mat`` file with its ``annotations``.
-        image_dirs: Per split, the folder the annotations' file names are relative to.
-    """
+    """Where the files of one Stanford Cars copy are: ``kind`` (one of ``LAYOUTS``), the ``base`` folder,
+    the ``meta_file`` with ``class_names``, and per split the ``.mat`` file of its annotations and the
+    folder its file names are relative to."""
 
     kind: str
     base: Path
@@ -47,57 +41,49 @@ class _Candidate:
     missing: list[str] = field(default_factory=list)
     layout: Layout | None = None
 
-    def note(self, path: Path | None, expected: str, folder: bool = False) -> None:
+    def note(self, path: Path | None, expected: str) -> None:
         if path is None:
             self.missing.append(expected)
         else:
-            self.found.append(str(path) + (os.sep if folder else ""))
+            self.found.append(str(path) + (os.sep if path.is_dir() else ""))
 
 
 def _first_existing(paths: Sequence[Path], is_dir: bool = False) -> Path | None:
     return next((path for path in paths if (path.is_dir() if is_dir else path.is_file())), None)
 
 
-def _annotation_file(base: Path, devkit: Path | None, split: str) -> tuple[Path | None, str]:
-    """The annotation file of ``split`` (None if absent) and, for the message, where it was expected."""
-    if split == "train":
-        found = _first_existing([devkit / "cars_train_annos.mat"]) if devkit is not None else None
-        return found, str(base / "devkit" / "cars_train_annos.mat")
-    folders = [base] + ([devkit] if devkit is not None else [])
-    found = _first_existing([folder / name for folder in folders for name in _TEST_ANNOTATIONS])
-    expected = str(base / "cars_test_annos_withlabels.mat")
-    if found is None and devkit is not None and (devkit / "cars_test_annos.mat").is_file():
-        expected += " (devkit/cars_test_annos.mat has no labels; the test labels come in cars_test_annos_withlabels.mat)"
-    return found, expected
-
-
 def _devkit_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
     """torchvision's layout, or Kaggle's (nested image folders, devkit possibly in car_devkit/)."""
-    devkit = _first_existing([base / "devkit", base / "car_devkit" / "devkit", base / "car_devkit"], is_dir=True)
+    found = _first_existing([base / "devkit", base / "car_devkit" / "devkit", base / "car_devkit"], is_dir=True)
+    devkit = found or base / "devkit"
     nested = any((base / f"cars_{split}" / f"cars_{split}").is_dir() for split in SPLITS)
-    kind = "kaggle" if nested or (devkit is not None and devkit != base / "devkit") else "torchvision"
-    candidate = _Candidate(kind, base)
-    meta = _first_existing([devkit / "cars_meta.mat"]) if devkit is not None else None
+    candidate = _Candidate("kaggle" if nested or devkit != base / "devkit" else "torchvision", base)
+    meta = _first_existing([devkit / "cars_meta.mat"])
     candidate.note(meta, str(base / "devkit" / "cars_meta.mat"))
-    annotation_files: dict[str, Path] = {}
-    image_dirs: dict[str, Path] = {}
+    annotation_files, image_dirs = {}, {}
     for split in splits:
-        annotations, expected = _annotation_file(base, devkit, split)
+        if split == "train":
+            annotations, expected = _first_existing([devkit / "cars_train_annos.mat"]), str(base / "devkit" / "cars_train_annos.mat")
+        else:
+            annotations = _first_existing([folder / name for folder in (base, devkit) for name in _TEST_ANNOTATIONS])
+            expected = str(base / "cars_test_annos_withlabels.mat")
+            if annotations is None and (devkit / "cars_test_annos.mat").is_file():
+                expected += " (devkit/cars_test_annos.mat has no labels; the test labels come in cars_test_annos_withlabels.mat)"
         candidate.note(annotations, expected)
         images = _first_existing([base / f"cars_{split}" / f"cars_{split}", base / f"cars_{split}"], is_dir=True)
-        candidate.note(images, str(base / f"cars_{split}") + os.sep, folder=True)
+        candidate.note(images, str(base / f"cars_{split}") + os.sep)
         if annotations is not None and images is not None:
             annotation_files[split], image_dirs[split] = annotations, images
     if not candidate.missing:
-        candidate.layout = Layout(kind, base, meta, annotation_files, image_dirs)  # type: ignore[arg-type]
+        candidate.layout = Layout(candidate.kind, base, meta, annotation_files, image_dirs)  # type: ignore[arg-type]
     return candidate
 
 
 def _car_ims_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
     candidate = _Candidate("car_ims", base)
     annotations, images = base / "cars_annos.mat", base / "car_ims"
-    candidate.note(annotations if annotations.is_file() else None, str(annotations))
-    candidate.note(images if images.is_dir() else None, str(images) + os.sep, folder=True)
+    candidate.note(_first_existing([annotations]), str(annotations))
+    candidate.note(_first_existing([images], is_dir=True), str(images) + os.sep)
     if not candidate.missing:
         candidate.layout = Layout("car_ims", base, annotations, dict.fromkeys(splits, annotations), dict.fromkeys(splits, base))
     return candidate
@@ -105,45 +91,28 @@ def _car_ims_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
 
 def by_hand(root: Path, handle: str = KAGGLE_HANDLE) -> str:
     """How to place a Kaggle mirror under ``root`` by hand (the end of a sentence)."""
-    return (
-        f"download https://www.kaggle.com/datasets/{handle} yourself, unzip it and put its stanford_cars folder at "
-        f"{root / 'stanford_cars'} so that {root / 'stanford_cars' / 'devkit' / 'cars_meta.mat'} exists"
-    )
+    return (f"download https://www.kaggle.com/datasets/{handle} yourself, unzip it and put its stanford_cars folder at "
+            f"{root / 'stanford_cars'} so that {root / 'stanford_cars' / 'devkit' / 'cars_meta.mat'} exists")
 
 
 def _how_to_get_the_data(root: Path) -> str:
-    return (
-        f"To get the data: pass download_datasets=True (CLI: --download_datasets true) to fetch it from the Kaggle "
-        f"mirror {KAGGLE_HANDLE} (needs {DOWNLOAD_EXTRA_HINT}), or {by_hand(root)}."
-    )
+    return (f"To get the data: pass download_datasets=True (CLI: --download_datasets true) to fetch it from the Kaggle "
+            f"mirror {KAGGLE_HANDLE} (needs {DOWNLOAD_EXTRA_HINT}), or {by_hand(root)}.")
 
 
 def root_path(root: PathLike) -> Path:
     """``root`` as an expanded ``Path``; anything but a str or path is refused."""
     if not isinstance(root, str | os.PathLike):
-        raise TypeError(
-            f"root must be the folder holding Stanford Cars (a str or path, e.g. 'stanford_cars_dataset'), "
-            f"got {root!r}"[:300]
-        )
+        raise TypeError(f"root must be the folder holding Stanford Cars (a str or path, e.g. 'stanford_cars_dataset'), got {root!r}"[:300])
     return Path(os.path.expanduser(os.fspath(root)))
 
 
 def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
-    """Detect which Stanford Cars layout ``root`` holds, for the given splits.
-
-    Looks in ``root/stanford_cars`` first, then in ``root`` itself, for torchvision's layout,
-    Kaggle's and the original ``car_ims/`` + ``cars_annos.mat``.
-
-    Args:
-        root: The dataset root (or the ``stanford_cars`` folder itself).
-        splits: The splits that must be readable.
-
-    Returns:
-        The first complete :class:`Layout`.
+    """The first complete Stanford Cars layout in ``root/stanford_cars`` or ``root`` with ``splits`` readable.
 
     Raises:
-        DatasetNotFoundError: If no layout is complete; the message lists what was looked for
-            and where (or, for a partial copy, what is missing) and how to get the data.
+        DatasetNotFoundError: If no layout is complete; the message says what was looked for
+            where (or what a partial copy lacks) and how to get the data.
     """
     root = root_path(root)
     candidates: list[_Candidate] = []
@@ -173,13 +142,8 @@ def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
 
 @dataclass(frozen=True)
 class SplitAnnotations:
-    """The annotations of one split, in file order.
-
-    Attributes:
-        paths: Image paths, built as torchvision builds them (``str(image_dir / fname)``).
-        labels: (N,) int64, 0-based class indices.
-        boxes: (N, 4) float64, ``[x1, y1, x2, y2]`` in original pixels, 0-based half-open.
-    """
+    """One split in file order: image ``paths`` (``str(image_dir / fname)``, as torchvision builds them),
+    ``labels`` (N,) int64 0-based, ``boxes`` (N, 4) float64 ``[x1, y1, x2, y2]`` in original pixels, half-open."""
 
     paths: tuple[str, ...]
     labels: np.ndarray
@@ -188,13 +152,10 @@ class SplitAnnotations:
 
 def _loadmat(path: Path) -> dict[str, Any]:
     import scipy.io as sio  # here, not at the top: it takes longer to import than the CLI needs to start
-
     try:
         return sio.loadmat(str(path), squeeze_me=True)
     except Exception as err:  # scipy raises ValueError, TypeError, OSError... for a bad file
-        raise AnnotationError(
-            f"{path} is not a readable MATLAB .mat file ({type(err).__name__}: {err}); re-download it"
-        ) from err
+        raise AnnotationError(f"{path} is not a readable MATLAB .mat file ({type(err).__name__}: {err}); re-download it") from err
 
 
 def _variable(mat: Mapping[str, Any], path: Path, variable: str) -> Any:
@@ -207,11 +168,9 @@ def _variable(mat: Mapping[str, Any], path: Path, variable: str) -> Any:
 def _struct_columns(mat: Mapping[str, Any], path: Path, variable: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
     records = np.atleast_1d(_variable(mat, path, variable))
     names = records.dtype.names or ()
-    for name in fields:
-        if name not in names:
-            raise AnnotationError(
-                f"{path}: the {variable!r} struct has no field {name!r} (its fields: {list(names)}); is it the right file?"
-            )
+    missing = [name for name in fields if name not in names]
+    if missing:
+        raise AnnotationError(f"{path}: the {variable!r} struct has no field {missing[0]!r} (its fields: {list(names)}); is it the right file?")
     return {name: np.atleast_1d(records[name]) for name in fields}
 
 
@@ -258,35 +217,19 @@ def read_class_names(layout: Layout) -> list[str]:
 
 
 def read_split(layout: Layout, split: str) -> SplitAnnotations:
-    """The annotations of one split of a layout, parsed once per file and cached.
-
-    Raises:
-        AnnotationError: If the ``.mat`` file is unreadable, lacks a variable or field, or names
-            classes that ``class_names`` does not have.
-    """
+    """The annotations of one split, parsed once per file; :class:`AnnotationError` for a bad or mismatched file."""
     path = layout.annotation_files[split]
     car_ims = layout.kind == "car_ims"
     annotations = _read_annotations_cached(*_file_key(path), str(layout.image_dirs[split]), car_ims)[split if car_ims else "all"]
     labels, n_classes = annotations.labels, len(read_class_names(layout))
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise AnnotationError(
-            f"{path}: field 'class' holds values {labels.min() + 1}..{labels.max() + 1} but there are "
-            f"{n_classes} class names (1..{n_classes})"
-        )
+        raise AnnotationError(f"{path}: field 'class' holds values {labels.min() + 1}..{labels.max() + 1} but there are "
+                              f"{n_classes} class names (1..{n_classes})")
     return annotations
 
 
 def verify_stanford_cars(root: PathLike, num_classes: int = 196, num_train: int = 8144, num_test: int = 8041) -> Layout:
-    """Check that ``root`` holds a complete Stanford Cars: classes, annotations with boxes, every image.
-
-    Args:
-        root: The dataset root, or the folder holding the layout.
-        num_classes: Class names expected in the meta file.
-        num_train: Annotated train images expected.
-        num_test: Annotated (labelled) test images expected.
-
-    Returns:
-        The verified :class:`Layout`.
+    """The layout of ``root`` once it is checked complete: class and image counts, non-empty boxes, every image file.
 
     Raises:
         DatasetNotFoundError: If no layout is found.

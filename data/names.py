@@ -1,5 +1,4 @@
-"""Class names ("Make Model Type Year"), the car_brand / car_type / car_production_year filters,
-and the summary of the values present."""
+"""Class names ("Make Model Type Year"), the car_brand / car_type / car_production_year filters, their summary."""
 
 from __future__ import annotations
 
@@ -30,8 +29,7 @@ _FIELD_OF_FILTER = {"car_brand": "make", "car_type": "body_type", "car_productio
 
 
 class CarClass(NamedTuple):
-    """A class name split into its parts; ``body_type`` is None for the 15 names without one
-    (``Acura TL Type-S 2008``: the last word before the year is a trim or a model)."""
+    """A class name split into its parts; ``body_type`` is None for the 15 names without one (``Acura TL Type-S 2008``)."""
 
     make: str
     model: str
@@ -39,28 +37,10 @@ class CarClass(NamedTuple):
     year: int
 
 
-def _ends_with(words: Sequence[str], phrase: str) -> bool:
-    """Whether ``words`` end in ``phrase`` (case-insensitive) and keep at least one word before it."""
-    tail = phrase.lower().split()
-    return len(words) > len(tail) and [word.lower() for word in words[-len(tail):]] == tail
-
-
 def parse_class_name(name: str) -> CarClass:
-    """Split a class name "Make Model Type Year" into its parts.
-
-    The make is the first word, or the first two for :data:`TWO_WORD_MAKES`. The body type is one
-    of :data:`BODY_TYPES` matched as a whole-word suffix of what follows the make, so type words
-    inside a model name do not count (``Infiniti G Coupe IPL 2012`` has no type). The year is the
-    last word.
-
-    Args:
-        name: A class name such as ``"Land Rover Range Rover SUV 2012"``.
-
-    Returns:
-        ``CarClass(make, model, body_type or None, year)``.
-
-    Raises:
-        ValueError: If the name does not end in a four-digit year after a make and a model.
+    """Split a class name "Make Model Type Year": the make is one word, or two for :data:`TWO_WORD_MAKES`;
+    the type one of :data:`BODY_TYPES` as a whole-word suffix (``Infiniti G Coupe IPL 2012`` has none).
+    ``ValueError`` if the name does not end in a four-digit year after a make and a model.
 
     Example:
         >>> parse_class_name("Chevrolet Silverado 1500 Hybrid Crew Cab 2012")
@@ -72,8 +52,10 @@ def parse_class_name(name: str) -> CarClass:
     *words, year = words
     two_word_make = " ".join(words[:2]).lower() in {make.lower() for make in TWO_WORD_MAKES}
     n_make = 2 if two_word_make and len(words) > 2 else 1
-    rest = words[n_make:]
-    body_type = next((kind for kind in BODY_TYPES if _ends_with(rest, kind)), None)
+    rest, lowered = words[n_make:], [word.lower() for word in words[n_make:]]
+    # A type must leave at least one word of model before it.
+    tails = ((kind, kind.lower().split()) for kind in BODY_TYPES)
+    body_type = next((kind for kind, tail in tails if len(rest) > len(tail) and lowered[-len(tail):] == tail), None)
     if body_type is not None:
         rest = rest[: -len(body_type.split())]
     return CarClass(make=" ".join(words[:n_make]), model=" ".join(rest), body_type=body_type, year=int(year))
@@ -83,11 +65,7 @@ _MISSING = object()
 
 
 class ClassToIdx(dict):
-    """torchvision's ``class_to_idx`` (name -> index) that also maps an index back to its name.
-
-    Iterating, ``len``, ``items()`` and ``==`` are those of the plain dict; ``class_to_idx[3]`` (any
-    int-like key, such as an element of ``logits.argmax(1).tolist()``) gives the name of class 3.
-    """
+    """torchvision's ``class_to_idx`` (name -> index), a plain dict, that also maps an int-like index to its name."""
 
     def __init__(self, classes: Sequence[str]) -> None:
         super().__init__((name, index) for index, name in enumerate(classes))
@@ -140,19 +118,13 @@ def _filter_values(filter_name: str, value: FilterValue) -> list[str] | list[int
     return texts
 
 
-def _word_pattern(text: str) -> re.Pattern[str]:
-    """Case-insensitive whole-word match: ``BMW`` never matches ``BMWX``, ``Van`` never ``Minivan``."""
-    words = [re.escape(word) for word in text.split()]
-    return re.compile(r"(?<![0-9A-Za-z])" + r"\s+".join(words) + r"(?![0-9A-Za-z])", re.IGNORECASE)
-
-
 def _matches(car: CarClass, filter_name: str, values: Sequence[str] | Sequence[int]) -> bool:
+    """Years exactly; text case-insensitively as whole words: ``BMW`` never matches ``BMWX``, ``Van`` never ``Minivan``."""
     field_value = getattr(car, _FIELD_OF_FILTER[filter_name])
-    if field_value is None:
-        return False
-    if filter_name == "car_production_year":
-        return field_value in values
-    return any(_word_pattern(str(value)).search(field_value) for value in values)
+    if field_value is None or filter_name == "car_production_year":
+        return field_value is not None and field_value in values
+    patterns = (r"(?<![0-9A-Za-z])" + r"\s+".join(map(re.escape, str(value).split())) + r"(?![0-9A-Za-z])" for value in values)
+    return any(re.search(pattern, field_value, re.IGNORECASE) for pattern in patterns)
 
 
 @dataclass(frozen=True)
@@ -169,55 +141,26 @@ def _label(value: str | int | None) -> str:
     return "(no type)" if value is None else str(value)
 
 
-def _value_counts(
-    cars: Sequence[CarClass], indices: Iterable[int], filter_name: str,
-    train_counts: Sequence[int], test_counts: Sequence[int],
-) -> list[FilterValueCount]:
+def _value_counts(cars: Sequence[CarClass], indices: Iterable[int], filter_name: str, train_counts: Sequence[int],
+                  test_counts: Sequence[int]) -> list[FilterValueCount]:
     """Per value of ``filter_name`` among ``indices``: classes and images; sorted, None last."""
     totals: dict[str | int | None, list[int]] = {}
     for index in indices:
-        entry = totals.setdefault(getattr(cars[index], _FIELD_OF_FILTER[filter_name]), [0, 0, 0])
-        entry[0] += 1
-        entry[1] += int(train_counts[index])
-        entry[2] += int(test_counts[index])
+        key = getattr(cars[index], _FIELD_OF_FILTER[filter_name])
+        totals[key] = [a + b for a, b in zip(totals.get(key, (0, 0, 0)), (1, int(train_counts[index]), int(test_counts[index])))]
     order = sorted(totals, key=lambda key: (1, "") if key is None else (0, key if isinstance(key, int) else key.lower()))
     return [FilterValueCount(key, *totals[key]) for key in order]
 
 
-def _describe_counts(counts: Sequence[FilterValueCount], split: str | None) -> str:
-    """``Sedan (3 classes, 120 train images), ...``; without a split, class counts only."""
-    parts = []
-    for entry in counts:
-        images = "" if split is None else f", {entry.n_train if split == 'train' else entry.n_test} {split} images"
-        parts.append(f"{_label(entry.value)} ({entry.n_classes} classes{images})")
-    return ", ".join(parts)
-
-
 def select_classes(
-    class_names: Sequence[str],
-    car_type: FilterValue = None,
-    car_brand: FilterValue = None,
-    car_production_year: FilterValue = None,
-    image_counts: Sequence[int] | None = None,
-    split: str | None = None,
+    class_names: Sequence[str], car_type: FilterValue = None, car_brand: FilterValue = None,
+    car_production_year: FilterValue = None, image_counts: Sequence[int] | None = None, split: str | None = None,
 ) -> list[int]:
-    """The indices (in ``class_names`` order) of the classes that pass every filter.
+    """The indices (ascending) of the ``class_names`` (devkit order) that pass every filter.
 
-    Each filter is None (keep all), one value or a list (a class passes when it matches any).
-    Brands and types match case-insensitively and as whole words (``"Cab"`` keeps the five
-    ``... Cab`` types but not ``SuperCab``); years match exactly. Classes without a body type
-    never pass a ``car_type`` filter.
-
-    Args:
-        class_names: All class names, in the devkit's order.
-        car_type: Body type(s) to keep, e.g. ``"Sedan"`` or ``["Sedan", "Coupe"]``.
-        car_brand: Brand(s) to keep, e.g. ``"BMW"``.
-        car_production_year: Year(s) to keep, e.g. ``2012``.
-        image_counts: Images per class, only used to list what exists when nothing matches.
-        split: Name of the split ``image_counts`` counts, for the message.
-
-    Returns:
-        The kept indices, ascending.
+    Each filter (``"Sedan"``, ``"BMW"``, ``2012``) is None (keep all), one value or a list (any may match).
+    Brands and types match case-insensitively as whole words (``"Cab"`` keeps ``Crew Cab``, not
+    ``SuperCab``); years exactly. ``image_counts`` (per class, of ``split``) are listed when nothing matches.
 
     Raises:
         ValueError: If a filter value is malformed, or a filter matches no class among those the
@@ -236,14 +179,12 @@ def select_classes(
             continue
         shown = values[0] if len(values) == 1 else values
         survivors = [index for index in kept if _matches(cars[index], filter_name, values)]
-        if not survivors:
-            available = _value_counts(cars, kept, filter_name, counts, counts)
+        if not survivors:  # list the values there: "Sedan (3 classes, 120 train images), ..."
             among = f" among the classes kept by {', '.join(applied)}" if applied else ""
-            shown_split = (split or "train") if image_counts is not None else None
-            raise ValueError(
-                f"{filter_name}={shown!r} matches no class{among}. "
-                f"Values of {filter_name} there: {_describe_counts(available, shown_split)}"
-            )
+            images = f" {split or 'train'} images" if image_counts is not None else None
+            available = ", ".join(f"{_label(e.value)} ({e.n_classes} classes" + (f", {e.n_train}{images})" if images else ")")
+                                  for e in _value_counts(cars, kept, filter_name, counts, counts))
+            raise ValueError(f"{filter_name}={shown!r} matches no class{among}. Values of {filter_name} there: {available}")
         kept = survivors
         applied.append(f"{filter_name}={shown!r}")
     return kept
@@ -263,41 +204,23 @@ class FilterSummary:
     car_production_year: tuple[FilterValueCount, ...]
 
 
-def _per_class_counts(labels: np.ndarray, n_classes: int) -> list[int]:
-    return np.bincount(labels, minlength=n_classes).astype(int).tolist()
-
-
 def summarize(root: PathLike) -> FilterSummary:
-    """List the values ``car_brand``, ``car_type`` and ``car_production_year`` can take, with counts.
-
-    Args:
-        root: The dataset root (any layout :func:`find_layout` accepts).
-
-    Returns:
-        A :class:`FilterSummary`; :func:`format_filter_summary` prints it as a table.
-    """
+    """The values ``car_brand``, ``car_type`` and ``car_production_year`` take under ``root``, with counts."""
     layout = find_layout(root)
     names = read_class_names(layout)
     cars = [parse_class_name(name) for name in names]
-    train, test = (_per_class_counts(read_split(layout, split).labels, len(names)) for split in ("train", "test"))
+    train, test = (np.bincount(read_split(layout, split).labels, minlength=len(names)) for split in ("train", "test"))
     values = {name: tuple(_value_counts(cars, range(len(names)), name, train, test)) for name in FILTER_NAMES}
-    return FilterSummary(root=os.fspath(root), layout=layout.kind, n_classes=len(names), n_train=sum(train),
-                         n_test=sum(test), **values)
+    return FilterSummary(os.fspath(root), layout.kind, len(names), int(train.sum()), int(test.sum()), **values)
 
 
 def format_filter_summary(summary: FilterSummary | PathLike) -> str:
-    """A plain-text table of the brands, body types and years present (what ``--list_filters`` prints).
-
-    Args:
-        summary: A :class:`FilterSummary`, or a dataset root to summarise.
-    """
+    """The plain-text table ``--list_filters`` prints, of a :class:`FilterSummary` or a dataset root."""
     if not isinstance(summary, FilterSummary):
         summary = summarize(summary)
-    lines = [
-        f"Stanford Cars at {summary.root} ({summary.layout} layout): {summary.n_classes} classes, "
-        f"{summary.n_train} train and {summary.n_test} test images",
-    ]
-    for title in ("car_brand", "car_type", "car_production_year"):
+    lines = [f"Stanford Cars at {summary.root} ({summary.layout} layout): {summary.n_classes} classes, "
+             f"{summary.n_train} train and {summary.n_test} test images"]
+    for title in FILTER_NAMES:
         entries = getattr(summary, title)
         width = max([len(title)] + [len(_label(entry.value)) for entry in entries])
         lines += ["", f"{title:<{width}}  {'classes':>7}  {'train':>6}  {'test':>6}"]
