@@ -1,9 +1,6 @@
 """Self-describing checkpoint files: saved atomically, read safely, each bad file explained in one sentence.
-
-A checkpoint carries the architecture name and its arguments next to the weights (as nanoGPT's
-``model_args``), so :func:`CAM_Stanford_Cars.model.load_checkpoint` rebuilds the network from
-the file alone. This module reads and writes the file; it never imports the model.
-"""
+The architecture's name and ``model_args`` sit beside the weights (as nanoGPT's), so ``model.load_checkpoint``
+rebuilds the network from the file alone; this module never imports the model."""
 
 from __future__ import annotations
 
@@ -26,10 +23,8 @@ def _resolve_map_location(map_location: str | torch.device | None) -> torch.devi
     if map_location is None:
         return torch.device("cpu")
     if not isinstance(map_location, str | torch.device):
-        raise TypeError(
-            "map_location must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
-            f"got {type(map_location).__name__}"
-        )
+        raise TypeError("map_location must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
+                        f"got {type(map_location).__name__}")
     try:
         device = torch.device(map_location)
     except (RuntimeError, ValueError):
@@ -41,29 +36,22 @@ def _resolve_map_location(map_location: str | torch.device | None) -> torch.devi
     if not available[device.type]:
         raise ValueError(f"map_location {name!r} asks for {device.type.upper()}, which is not available here; use 'cpu'")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(
-            f"map_location {name!r} names a GPU this machine does not have "
-            f"({torch.cuda.device_count()} visible); use 'cuda:0' or 'cpu'"
-        )
+        raise ValueError(f"map_location {name!r} names a GPU this machine does not have "
+                         f"({torch.cuda.device_count()} visible); use 'cuda:0' or 'cpu'")
     return device
 
 
 def require_entries(checkpoint: Mapping[str, Any], keys: Sequence[str], path: str | os.PathLike) -> None:
     """Raise ``CheckpointError`` naming the entries of ``keys`` that ``checkpoint`` lacks."""
-    missing = [key for key in keys if checkpoint.get(key) is None]
-    if missing:
+    if missing := [key for key in keys if checkpoint.get(key) is None]:
         raise CheckpointError(f"{str(path)!r} lacks the entries {missing}; was it written by main.py's training?")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare model inside DistributedDataParallel and/or ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+    """The bare model inside DistributedDataParallel, DataParallel and/or ``torch.compile`` wrappers."""
+    while isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel) or hasattr(model, "_orig_mod"):
+        model = model._orig_mod if hasattr(model, "_orig_mod") else model.module
+    return model
 
 
 def _plain(value: Any, key: str) -> Any:
@@ -76,64 +64,43 @@ def _plain(value: Any, key: str) -> Any:
         return {k: _plain(v, f"{key}.{k}") for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_plain(v, f"{key}[{i}]") for i, v in enumerate(value))
-    raise TypeError(
-        f"checkpoint entry {key!r} is a {type(value).__name__}, which a safe (weights_only) load "
-        "cannot read; store plain types instead (for argparse arguments pass vars(args))"
-    )
+    raise TypeError(f"checkpoint entry {key!r} is a {type(value).__name__}, which a safe (weights_only) load "
+                    "cannot read; store plain types instead (for argparse arguments pass vars(args))")
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> Path:
-    """Write a self-describing checkpoint atomically.
-
-    The file holds the architecture and its arguments, the weights of the unwrapped model (no
-    ``module.`` prefix) and everything in ``state`` (class names, the filters ``car_type``,
-    ``car_brand``, ``car_production_year``, image size, epoch, metrics, optimizer state, training
-    arguments...). A crash mid-write never leaves half a checkpoint where a good one was.
+    """Write ``model``'s architecture, arguments and weights, and ``state``, atomically to ``path``; return it.
 
     Args:
         path: Destination file; its folder is created if missing.
-        model: The network (possibly DDP- or compile-wrapped).
-        **state: Extra entries of plain types (dict, list, str, numbers, tensors, None).
-
-    Returns:
-        The path written.
-
-    Raises:
-        TypeError: If a state entry is not of a plain type.
+        model: The network; DDP or ``torch.compile`` wrappers are taken off (no ``module.`` prefix).
+        **state: Entries of plain types (dict, list, str, numbers, tensors, None; others raise ``TypeError``):
+            class names, filters, image size, epoch, metrics, optimizer state, ...
     """
-    path = Path(path)
     bare = unwrap_model(model)
     payload = {key: _plain(value, key) for key, value in state.items()}
-    payload.update(
-        format_version=CHECKPOINT_FORMAT_VERSION, arch=bare.arch, model_args=dict(bare.model_args), model=bare.state_dict()
-    )
+    payload.update(format_version=CHECKPOINT_FORMAT_VERSION, arch=bare.arch, model_args=dict(bare.model_args),
+                   model=bare.state_dict())
     with atomic_file(path, "wb") as handle:
         torch.save(payload, handle)
-    return path
+    return Path(path)
 
 
-def read_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device | None = None
-) -> tuple[dict[str, Any], torch.device]:
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = None) -> tuple[dict[str, Any], torch.device]:
     """The dict a checkpoint file holds, read safely (``weights_only=True``: nothing in it runs).
 
     Returns:
         ``(checkpoint, device)``: the dict, its tensors on ``device`` (CPU for ``None``).
 
     Raises:
-        TypeError: If ``path`` is not a path (e.g. None) or ``map_location`` not a device.
-        ValueError: If ``map_location`` names a device that does not exist here.
-        FileNotFoundError: If ``path`` does not exist.
-        IsADirectoryError: If ``path`` is a folder.
-        CheckpointError: If the file is not a torch file, truncated, not a checkpoint, unsafe to
-            load, or written by a newer version of this project.
+        TypeError, ValueError: If ``path`` is not a path, or ``map_location`` not a device that exists here.
+        FileNotFoundError, IsADirectoryError: If ``path`` does not exist, or is a folder.
+        CheckpointError: If the file is not a torch file, is damaged, unsafe, not a checkpoint, or too new.
     """
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a checkpoint file (a str or os.PathLike), got {reprlib.repr(path)}")
-    path = Path(path).expanduser()
+    path, location = Path(path).expanduser(), _resolve_map_location(map_location)  # a missing GPU is no damaged file
     name = repr(str(path))
-    # The device first: a missing GPU must not be reported as a damaged file.
-    location = _resolve_map_location(map_location)
     if path.is_dir():
         raise _folder_error(f"{name} is a folder; pass a checkpoint file in it, e.g. {str(path / 'best.pt')!r}")
     if not path.exists():
@@ -143,19 +110,15 @@ def read_checkpoint(
     try:
         checkpoint = _safe_torch_load(path, location)
     except _TorchFileError as err:
-        explain = {
+        raise CheckpointError({
             "not_torch": f"{name} is not a torch checkpoint ({err}); pass the best.pt or last.pt of a run",
             "unsafe": f"refused to load {name}: {err}. Nothing in it was run. Only checkpoints written by "
             "save_checkpoint load here; if you trust the file, re-save its tensors as plain types.",
-        }
-        raise CheckpointError(explain.get(err.kind, f"{name} is not a readable checkpoint ({err})")) from None
+        }.get(err.kind, f"{name} is not a readable checkpoint ({err})")) from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise CheckpointError(f"{name} is a torch file but not a CAM_Stanford_Cars checkpoint")
-    version = checkpoint["format_version"]
-    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{name} has checkpoint format {version!r}, newer than this version reads "
-            f"({CHECKPOINT_FORMAT_VERSION}); upgrade CAM_Stanford_Cars"
-        )
+    if not isinstance(version := checkpoint["format_version"], int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{name} has checkpoint format {version!r}, newer than this version reads "
+                              f"({CHECKPOINT_FORMAT_VERSION}); upgrade CAM_Stanford_Cars")
     require_entries(checkpoint, ("arch", "model_args", "model"), path)
     return checkpoint, location
