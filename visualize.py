@@ -1,15 +1,6 @@
-"""Overlays and figures: see where the network looked.
-
-``apply_cam`` (from :mod:`.overlay`) blends CAMs onto their images; ``visualize_cam`` lays images
-and overlays out as a labelled grid with optional boxes; ``plot_training_curves`` draws a run's
-metrics; ``render_cam_grid`` (``python visualize.py CHECKPOINT``) draws a checkpoint's CAMs::
-
-    blended_images = apply_cam(image_visualize, cam)     # (B, 3, H, W) in [0, 1]
-    visualize_cam(image_visualize, blended_images, predicted_classes)
-
-Boxes are float ``[x1, y1, x2, y2]`` in the model's image pixels, pixel-edge coordinates (pixel
-columns ``c0..c1`` give ``x1 = c0``, ``x2 = c1 + 1``); a missing box is all NaN.
-"""
+"""Figures: ``visualize_cam`` (images beside their ``apply_cam`` overlays), ``plot_training_curves`` and
+``render_cam_grid`` (``python visualize.py CHECKPOINT``). Boxes are float ``[x1, y1, x2, y2]`` pixel edges
+(pixel columns ``c0..c1`` give ``x1 = c0``, ``x2 = c1 + 1``); a missing box is all NaN. See docs/visualization.md."""
 
 from __future__ import annotations
 
@@ -18,10 +9,8 @@ import sys
 if __name__ == "__main__" and not __package__:
     # Run as ``python visualize.py``: hand over to the package's copy of this module.
     import _bootstrap
-
     _bootstrap.ensure_package()
     from CAM_Stanford_Cars.visualize import main
-
     sys.exit(main())
 
 import argparse
@@ -30,14 +19,14 @@ import os
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import matplotlib
 import numpy as np
 import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, Normalize
-from matplotlib.figure import Figure, SubFigure
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
@@ -50,158 +39,100 @@ from .model import load_checkpoint
 from .overlay import _get_colormap, apply_cam, colormap_lut
 from .runtime import select_device
 
-__all__ = [
-    "apply_cam", "colormap_lut", "get_args_parser", "main", "plot_training_curves", "render_cam_grid", "visualize_cam",
-]
+__all__ = ["apply_cam", "colormap_lut", "get_args_parser", "main", "plot_training_curves", "render_cam_grid",
+           "visualize_cam"]
 
-# matplotlib's built-in backends that can only write files; on these, figures are not registered
-# with pyplot, so scripts that draw many grids do not accumulate open figures.
+# File-only backends: figures made there stay off pyplot, so scripts drawing many grids keep none open.
 _NON_INTERACTIVE_BACKENDS = frozenset({"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"})
 
-ClassLabel = Union[str, int]
-BoxesArg = Union[Mapping[str, Any], Sequence[Any], None]
+BoxesArg = Mapping[str, Any] | Sequence[Any] | None
 BoxSet = tuple[np.ndarray, Mapping[str, Any], str]  # (B, 4) boxes, their style, their legend label
 
 PREDICTED_BOX_STYLE = {"edgecolor": "#ff00ff", "linestyle": "-", "linewidth": 1.8}
 TRUE_BOX_STYLE = {"edgecolor": "#00ff40", "linestyle": "--", "linewidth": 1.8}
-RIGHT_COLOR = "#1a7f37"
-WRONG_COLOR = "#cf222e"
-RIGHT_MARK = "\u2713"  # ✓
-WRONG_MARK = "\u2717"  # ✗
-_TITLE_WRAP = 30
+RIGHT_COLOR, WRONG_COLOR = "#1a7f37", "#cf222e"
+RIGHT_MARK, WRONG_MARK = "\u2713", "\u2717"  # ✓ ✗
 _PANEL_INCHES = 2.3  # a panel's longer side
 
 
-# Checking what visualize_cam is given --------------------------------------------------------
 def _as_image_batch(name: str, images: Any) -> np.ndarray:
     """(B, H, W, 3) float32 numpy in [0, 1] from a (B, 3, H, W) or (3, H, W) tensor or array."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
+    images = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
     if not isinstance(images, Tensor):
         raise ValueError(f"{name} must be a tensor (B, 3, H, W) or (3, H, W), got {type(images).__name__}")
-    if images.ndim == 3:
-        images = images[None]
+    images = images[None] if images.ndim == 3 else images
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"{name} must be (B, 3, H, W) or (3, H, W) RGB, got shape {tuple(images.shape)}")
-    images = images.detach().cpu()
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    return images.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
-
-
-def _image_pair(images: Any, blended_images: Any) -> tuple[np.ndarray, np.ndarray]:
-    image_array = _as_image_batch("images", images)
-    blended_array = _as_image_batch("blended_images", blended_images)
-    if image_array.shape != blended_array.shape:
-        raise ValueError(
-            f"images and blended_images must have the same shape, got {tuple(images.shape)} and "
-            f"{tuple(blended_images.shape)}; pass the overlays apply_cam made from these images"
-        )
-    if len(image_array) == 0:
-        raise ValueError("images is an empty batch (0, 3, H, W); there is nothing to draw")
-    return image_array, blended_array
+    scale = 255.0 if images.dtype == torch.uint8 else 1.0
+    return (images.detach().cpu().float() / scale).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
 
 
 def _class_labels(name: str, classes: Any, batch: int, class_names: Sequence[str] | Mapping[int, str] | None) -> list[str]:
     """Display names for ``classes`` (names, ints, or an int tensor), one per image."""
-    if isinstance(classes, (Tensor, np.ndarray)):
-        classes = classes.reshape(-1).tolist()
-    elif isinstance(classes, (str, int, np.integer)):
-        classes = [classes]
-    classes = list(classes)
+    classes = classes.reshape(-1).tolist() if isinstance(classes, (Tensor, np.ndarray)) else classes
+    classes = [classes] if isinstance(classes, (str, int, np.integer)) else list(classes)
     if len(classes) != batch:
         raise ValueError(f"{name} has {len(classes)} entries for {batch} images; pass one class per image")
     labels = []
     for value in classes:
         if isinstance(value, str):
             labels.append(value)
-        elif not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            continue
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise ValueError(f"{name} entries must be class names or integer indices, got {value!r}")
-        elif value < 0:  # with a list of names, -1 would quietly name the last class
+        if value < 0:  # with a list of names, -1 would quietly name the last class
             raise ValueError(f"{name} holds class index {value}; class indices are 0 or more")
-        elif class_names is None:
-            labels.append(f"class {value}")
-        else:
-            try:
-                labels.append(str(class_names[int(value)]))
-            except (IndexError, KeyError):
-                raise ValueError(f"{name} holds class index {value}, which class_names does not have") from None
+        try:
+            labels.append(f"class {value}" if class_names is None else str(class_names[int(value)]))
+        except (IndexError, KeyError):
+            raise ValueError(f"{name} holds class index {value}, which class_names does not have") from None
     return labels
-
-
-def _per_sample_scores(scores: Sequence[float] | Tensor | None, batch: int) -> list[float] | None:
-    if scores is None:
-        return None
-    values = [float(s) for s in (scores.detach().cpu().reshape(-1) if isinstance(scores, Tensor) else scores)]
-    if len(values) != batch:
-        raise ValueError(f"scores has {len(values)} entries for {batch} images; pass one per image")
-    return values
 
 
 def _box_sets(boxes: BoxesArg, batch: int) -> list[BoxSet]:
     """The predicted and/or true boxes given, each with its style, from a mapping or a pair."""
-    if boxes is None:
-        return []
     if isinstance(boxes, Mapping):
-        unknown = set(boxes) - {"predicted", "true"}
-        if unknown:
+        if unknown := set(boxes) - {"predicted", "true"}:
             raise ValueError(f"boxes keys must be 'predicted' and/or 'true', got unexpected {sorted(unknown)!r}")
-        predicted, true = boxes.get("predicted"), boxes.get("true")
-    elif isinstance(boxes, Sequence) and not isinstance(boxes, str) and len(boxes) == 2:
-        predicted, true = boxes
-    else:
-        raise ValueError(
-            f'boxes must be {{"predicted": (B, 4), "true": (B, 4)}} or a pair (predicted, true), got {type(boxes).__name__}'
-        )
+        boxes = (boxes.get("predicted"), boxes.get("true"))
+    elif boxes is not None and not (isinstance(boxes, Sequence) and not isinstance(boxes, str) and len(boxes) == 2):
+        raise ValueError('boxes must be {"predicted": (B, 4), "true": (B, 4)} or a pair (predicted, true), '
+                         f"got {type(boxes).__name__}")
     sets = []
-    for name, value, style in (("predicted", predicted, PREDICTED_BOX_STYLE), ("true", true, TRUE_BOX_STYLE)):
-        if value is None:
-            continue
-        array = value.detach().to("cpu", torch.float64).numpy() if isinstance(value, Tensor) else np.asarray(value, float)
-        array = array[None] if array.ndim == 1 and batch == 1 else array
-        if array.shape != (batch, 4):
-            raise ValueError(f"{name} boxes must be ({batch}, 4) [x1, y1, x2, y2], got shape {array.shape}")
-        sets.append((array, style, f"{name} box"))
+    for name, value, style in zip(("predicted", "true"), boxes or (None, None), (PREDICTED_BOX_STYLE, TRUE_BOX_STYLE)):
+        if value is not None:
+            array = value.detach().to("cpu", torch.float64).numpy() if isinstance(value, Tensor) else np.asarray(value, float)
+            array = array[None] if array.ndim == 1 and batch == 1 else array
+            if array.shape != (batch, 4):
+                raise ValueError(f"{name} boxes must be ({batch}, 4) [x1, y1, x2, y2], got shape {array.shape}")
+            sets.append((array, style, f"{name} box"))
     return sets
 
 
-def _row_length(samples_per_row: int | None, batch: int) -> int:
-    if samples_per_row is None:
-        return min(batch, 4, max(1, math.ceil(math.sqrt(batch))))
-    if isinstance(samples_per_row, bool) or not isinstance(samples_per_row, int) or samples_per_row < 1:
-        raise ValueError(f"samples_per_row must be a positive integer, got {samples_per_row!r}")
-    return min(samples_per_row, batch)
-
-
-# Drawing -------------------------------------------------------------------------------------
-def _wrap(text: str) -> str:
-    return "\n".join(textwrap.wrap(text, _TITLE_WRAP)) or text
-
-
-def _titles(predicted: list[str], true: list[str] | None, scores: list[float] | None) -> list[tuple[str, str, str]]:
+def _titles(predicted: list[str], true: list[str] | None, scores: Any) -> list[tuple[str, str, str]]:
     """(image title, overlay title, overlay title colour) per sample; ✓/✗ where the true class is known."""
+    if scores is not None:
+        scores = [float(s) for s in (scores.detach().cpu().reshape(-1) if isinstance(scores, Tensor) else scores)]
+        if len(scores) != len(predicted):
+            raise ValueError(f"scores has {len(scores)} entries for {len(predicted)} images; pass one per image")
+    wrap = lambda text: "\n".join(textwrap.wrap(text, 30)) or text  # noqa: E731
     titles = []
     for i, pred in enumerate(predicted):
         pred_text = pred if scores is None else f"{pred} ({100 * scores[i]:.0f}%)"
         if true is None:
-            titles.append(("image", _wrap(f"pred: {pred_text}"), "black"))
+            titles.append(("image", wrap(f"pred: {pred_text}"), "black"))
         else:
             mark, color = (RIGHT_MARK, RIGHT_COLOR) if pred == true[i] else (WRONG_MARK, WRONG_COLOR)
-            titles.append((_wrap(f"true: {true[i]}"), _wrap(f"{mark} pred: {pred_text}"), color))
+            titles.append((wrap(f"true: {true[i]}"), wrap(f"{mark} pred: {pred_text}"), color))
     return titles
 
 
 def _new_figure(figsize: tuple[float, float], dpi: float, show: bool, display: bool = True) -> Figure:
-    """A pyplot figure where something can display it (notebooks, GUIs), a plain one otherwise.
-
-    Notebooks show the pyplot figures a cell made, so a call that ignores the figure still shows
-    it; elsewhere (or with ``display=False``) a plain ``Figure`` is freed with its last reference.
-    """
-    backend = str(matplotlib.get_backend()).lower()
-    if show or (display and backend not in _NON_INTERACTIVE_BACKENDS):
+    """A pyplot figure where something may display it (a notebook shows those a cell made), else a plain one."""
+    if show or (display and str(matplotlib.get_backend()).lower() not in _NON_INTERACTIVE_BACKENDS):
         import matplotlib.pyplot as plt  # only here: importing pyplot hooks into IPython's display
-
         return plt.figure(figsize=figsize, dpi=dpi, layout="constrained")
-    return Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    return Figure(figsize=figsize, dpi=dpi, layout="constrained")  # freed with its last reference
 
 
 def _finish(fig: Figure, save_path: str | os.PathLike[str] | None, dpi: float, show: bool) -> Figure:
@@ -209,176 +140,122 @@ def _finish(fig: Figure, save_path: str | os.PathLike[str] | None, dpi: float, s
         _save_figure_atomically(fig, save_path, dpi)
     if show:
         import matplotlib.pyplot as plt
-
         plt.show()
     return fig
 
 
-def _grid_figure(
-    rows: int, per_row: int, aspect: float, title_lines: int, colorbar: bool, legend: bool, dpi: float, show: bool,
-) -> tuple[Figure, Figure | SubFigure, SubFigure | None]:
-    """The figure of a CAM grid, its rows tall enough for the longest title; (figure, grid part, colour bar part)."""
-    grid_width = 2 * per_row * _PANEL_INCHES
-    bar_width = 0.8 if colorbar else 0.0
-    row_height = _PANEL_INCHES * aspect + 0.25 + 0.17 * title_lines
-    fig = _new_figure((grid_width + bar_width, rows * row_height + (0.35 if legend else 0.0)), dpi, show)
+def _draw_grid(images: np.ndarray, blended: np.ndarray, titles: list[tuple[str, str, str]], boxes: list[BoxSet],
+               per_row: int, colormap: str | Colormap | None, dpi: float, show: bool) -> Figure:
+    """The CAM grid, rows tall enough for the longest title, with a colour bar unless ``colormap`` is None."""
+    batch, height, width, _ = images.shape
+    rows = math.ceil(batch / per_row)
+    title_lines = max(title.count("\n") + 1 for sample in titles for title in sample[:2])
+    grid_width, bar_width = 2 * per_row * _PANEL_INCHES, 0.0 if colormap is None else 0.8
+    row_height = _PANEL_INCHES * height / width + 0.25 + 0.17 * title_lines
+    fig = _new_figure((grid_width + bar_width, rows * row_height + (0.35 if boxes else 0.0)), dpi, show)
     fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04)
-    if not colorbar:
-        return fig, fig, None
-    grid_fig, bar_fig = fig.subfigures(1, 2, width_ratios=[grid_width, bar_width], wspace=0.0)
-    return fig, grid_fig, bar_fig
-
-
-def _draw_box(ax: Any, box: np.ndarray, style: Mapping[str, Any], label: str) -> None:
-    if not np.isfinite(box).all():
-        return
-    x1, y1, x2, y2 = (float(v) for v in box)
-    # imshow centres pixel c on c, so its left edge (the box's x1 = c) sits at c - 0.5.
-    ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, facecolor="none", label=label, **style))
-
-
-def _draw_sample(cell: SubFigure, image: np.ndarray, blended: np.ndarray, titles: tuple[str, str, str],
-                 boxes: list[BoxSet], i: int) -> None:
-    """Sample ``i``'s cell: the image beside its overlay, titled, with its boxes on both."""
-    cell.set_facecolor("0.95")  # a faint background pairs each image with its overlay
-    ax_image, ax_overlay = cell.subplots(1, 2)
-    ax_image.imshow(image, interpolation="nearest")
-    ax_overlay.imshow(blended, interpolation="nearest")
-    ax_image.set_title(titles[0], fontsize=9)
-    ax_overlay.set_title(titles[1], fontsize=9, color=titles[2])
-    height, width = image.shape[:2]
-    for ax in (ax_image, ax_overlay):
-        for array, style, label in boxes:
-            _draw_box(ax, array[i], style, label)
-        # Pin the view to the image: a box reaching past the border must not rescale the panel.
-        ax.set_xlim(-0.5, width - 0.5)
-        ax.set_ylim(height - 0.5, -0.5)
-        ax.set_axis_off()
-
-
-def _add_colorbar(bar_fig: SubFigure, colormap: str | Colormap, rows: int) -> None:
-    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=_get_colormap(colormap))
-    # About one row's height, centred: a full-height bar on a tall grid would dwarf the rows.
-    bar_height = min(0.8, 2.0 / (rows + 1))
-    bar = bar_fig.colorbar(mappable, cax=bar_fig.add_axes((0.15, 0.5 - bar_height / 2, 0.2, bar_height)))
-    bar.set_label("normalised CAM", fontsize=8)
-    bar.ax.tick_params(labelsize=7)
+    grid_fig, bar_fig = (fig.subfigures(1, 2, width_ratios=[grid_width, bar_width], wspace=0.0)
+                         if colormap is not None else (fig, None))
+    for i, cell in enumerate(grid_fig.subfigures(rows, per_row, squeeze=False, wspace=0.02, hspace=0.02).flat[:batch]):
+        cell.set_facecolor("0.95")  # a faint background pairs each image with its overlay
+        axes = cell.subplots(1, 2)
+        for ax, shown, title in zip(axes, (images[i], blended[i]), titles[i][:2]):
+            ax.imshow(shown, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            for array, style, label in boxes:
+                if np.isfinite(array[i]).all():
+                    x1, y1, x2, y2 = (float(v) for v in array[i])
+                    # imshow centres pixel c on c, so its left edge (the box's x1 = c) sits at c - 0.5.
+                    ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, facecolor="none", label=label, **style))
+            # Pin the view to the image: a box reaching past the border must not rescale the panel.
+            ax.set(xlim=(-0.5, width - 0.5), ylim=(height - 0.5, -0.5))
+            ax.set_axis_off()
+        axes[1].title.set_color(titles[i][2])
+    if boxes:
+        handles = [Patch(facecolor="none", label=label, **style) for _, style, label in boxes]
+        grid_fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
+    if bar_fig is not None:
+        # About one row's height, centred: a full-height bar on a tall grid would dwarf the rows.
+        bar_height = min(0.8, 2.0 / (rows + 1))
+        bar = bar_fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=_get_colormap(colormap)),
+                               cax=bar_fig.add_axes((0.15, 0.5 - bar_height / 2, 0.2, bar_height)))
+        bar.set_label("normalised CAM", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    return fig
 
 
 def visualize_cam(
-    images: Tensor, blended_images: Tensor, predicted_classes: Sequence[ClassLabel] | Tensor | ClassLabel,
-    true_classes: Sequence[ClassLabel] | Tensor | ClassLabel | None = None, boxes: BoxesArg = None,
+    images: Tensor, blended_images: Tensor, predicted_classes: Sequence[str | int] | Tensor | str | int,
+    true_classes: Sequence[str | int] | Tensor | str | int | None = None, boxes: BoxesArg = None,
     save_path: str | os.PathLike[str] | None = None, *, class_names: Sequence[str] | Mapping[int, str] | None = None,
     scores: Sequence[float] | Tensor | None = None, samples_per_row: int | None = None,
     colormap: str | Colormap = "jet", colorbar: bool = True, dpi: float = 100.0, show: bool = False,
 ) -> Figure:
     """Draw each image beside its CAM overlay, titled with the predicted (and true) class.
 
-    The overlay's title is marked ✓ (green) when the prediction equals the true class, ✗ (red)
-    otherwise. Boxes go on both panels: predicted solid magenta, true dashed green, NaN skipped.
-
     Args:
         images: (B, 3, H, W) or (3, H, W) RGB in [0, 1].
         blended_images: Overlays of the same shape, e.g. from ``apply_cam``.
-        predicted_classes: One class per image: names, integer indices, or an int tensor (B,).
-        true_classes: Ground-truth classes in the same forms, or None.
-        boxes: ``{"predicted": (B, 4), "true": (B, 4)}`` (either key optional) or a pair
-            ``(predicted, true)``, ``[x1, y1, x2, y2]`` in the images' pixels, or None.
+        predicted_classes: One class per image: names, or indices (int tensor (B,) too) named by ``class_names``.
+        class_names: A list or dict naming integer classes.
+        true_classes: Ground-truth classes in the same forms, or None; right predictions get ✓, wrong ones ✗.
+        boxes: ``{"predicted": (B, 4), "true": (B, 4)}`` (either key optional) or a pair ``(predicted, true)``,
+            drawn on both panels (predicted solid magenta, true dashed green; NaN ones skipped).
         save_path: Figure file (format from the suffix), written atomically; parents are created.
-        class_names: Maps integer classes to names (a list, or a dict).
         scores: (B,) confidence of each prediction in [0, 1], shown as a percentage.
         samples_per_row: Image/overlay pairs per row; default about sqrt(B), at most 4.
-        colormap: Colormap of the colour bar; use the one given to ``apply_cam``.
-        colorbar: Whether to add a colour bar for the normalised CAM.
-        dpi: Figure resolution, also used when saving.
-        show: Call ``matplotlib.pyplot.show()`` (scripts with a GUI backend).
+        colormap, colorbar: The colour bar's colormap (the one given to ``apply_cam``); whether to draw it.
+        dpi, show: Figure resolution, also when saving; call ``matplotlib.pyplot.show()`` (a GUI backend).
 
     Returns:
         The figure: two axes per image (image, overlay), plus the colour bar's.
 
     Raises:
-        ValueError: On mismatched shapes or counts, a negative class index, malformed ``boxes``,
-            a ``dpi`` that is not a positive number, or an unusable ``save_path``.
+        ValueError: On mismatched shapes or counts, a negative class index, or a bad ``boxes``, ``dpi`` or ``save_path``.
     """
-    image_array, blended_array = _image_pair(images, blended_images)
-    batch, height, width, _ = image_array.shape
+    image_array, blended_array = _as_image_batch("images", images), _as_image_batch("blended_images", blended_images)
+    if image_array.shape != blended_array.shape:
+        raise ValueError(f"images and blended_images must have the same shape, got {tuple(images.shape)} and "
+                         f"{tuple(blended_images.shape)}; pass the overlays apply_cam made from these images")
+    if (batch := len(image_array)) == 0:
+        raise ValueError("images is an empty batch (0, 3, H, W); there is nothing to draw")
     dpi = _check_dpi(dpi)
     if save_path is not None:
         _check_save_path(save_path)  # a folder or a bad suffix fails before any drawing
     predicted = _class_labels("predicted_classes", predicted_classes, batch, class_names)
     true = None if true_classes is None else _class_labels("true_classes", true_classes, batch, class_names)
     box_sets = _box_sets(boxes, batch)
-    titles = _titles(predicted, true, _per_sample_scores(scores, batch))
-    per_row = _row_length(samples_per_row, batch)
-    rows = math.ceil(batch / per_row)
-
-    title_lines = max(title.count("\n") + 1 for sample in titles for title in sample[:2])
-    fig, grid_fig, bar_fig = _grid_figure(rows, per_row, height / width, title_lines, colorbar, bool(box_sets), dpi, show)
-    cells = grid_fig.subfigures(rows, per_row, squeeze=False, wspace=0.02, hspace=0.02)
-    for i in range(batch):
-        _draw_sample(cells.flat[i], image_array[i], blended_array[i], titles[i], box_sets, i)
-    if box_sets:
-        handles = [Patch(facecolor="none", label=label, **style) for _, style, label in box_sets]
-        grid_fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
-    if bar_fig is not None:
-        _add_colorbar(bar_fig, colormap, rows)
+    titles = _titles(predicted, true, scores)
+    if samples_per_row is not None and (type(samples_per_row) is not int or samples_per_row < 1):
+        raise ValueError(f"samples_per_row must be a positive integer, got {samples_per_row!r}")
+    per_row = min(samples_per_row, batch) if samples_per_row else min(4, math.ceil(math.sqrt(batch)))
+    fig = _draw_grid(image_array, blended_array, titles, box_sets, per_row, colormap if colorbar else None, dpi, show)
     return _finish(fig, save_path, dpi, show)
 
 
-# Training curves -----------------------------------------------------------------------------
-# (panel title, metric keys without their split prefix, y label).
-_CURVE_PANELS = (
-    ("loss", ("loss",), "cross-entropy"),
-    ("classification", ("top1", "top5"), "accuracy"),
-    ("localisation", ("gt_known_loc", "top1_loc", "maxboxacc", "maxboxacc_v2"), "accuracy"),
-)
+# Training curves: (panel title, metric keys without their split prefix, y label) -------------
+_CURVE_PANELS = (("loss", ("loss",), "cross-entropy"), ("classification", ("top1", "top5"), "accuracy"),
+                 ("localisation", ("gt_known_loc", "top1_loc", "maxboxacc", "maxboxacc_v2"), "accuracy"))
 _CURVE_COLORS = {metric: f"C{i}" for i, metric in enumerate(m for _, metrics, _ in _CURVE_PANELS for m in metrics)}
 _SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
 
 
-def _curve_panels(records: list[Mapping[str, Any]]) -> list[tuple[str, str, list[tuple[str, list[float], str, str]]]]:
-    """(title, y label, series) for each panel with data; a series is (label, values, line style, metric)."""
-    panels = []
-    for title, metrics, ylabel in _CURVE_PANELS:
-        series = []
-        for split, linestyle in _SPLIT_STYLES.items():
-            for metric in metrics:
-                key = f"{split}_{metric}"
-                if any(key in record for record in records):
-                    values = [float(record.get(key, math.nan)) for record in records]
-                    series.append((f"{split} {METRIC_LABELS[metric]}", values, linestyle, metric))
-        if series:
-            panels.append((title, ylabel, series))
-    if not panels:
-        raise ValueError(
-            "history has no '<split>_<metric>' keys to plot (e.g. 'train_loss', 'val_top1'); "
-            f"the first record's keys are {sorted(records[0])}"
-        )
-    return panels
-
-
-def plot_training_curves(
-    history: Sequence[Mapping[str, Any]], save_path: str | os.PathLike[str] | None = None, *,
-    dpi: float = 100.0, show: bool = False,
-) -> Figure:
+def plot_training_curves(history: Sequence[Mapping[str, Any]], save_path: str | os.PathLike[str] | None = None, *,
+                         dpi: float = 100.0, show: bool = False) -> Figure:
     """Loss, classification and localisation metrics per epoch, one panel each.
 
-    Each record is one epoch as training logs it: ``epoch`` plus ``<split>_<metric>`` keys (split
-    train/val/test, metric one of ``localization.METRIC_LABELS``); absent series are left out. The
-    last epoch marked ``"best": True`` gets a dotted line. The figure is never registered with
-    pyplot unless ``show`` is set, so a training loop may call this every epoch, in a notebook too.
+    Never registered with pyplot unless ``show``: a training loop may call it every epoch, in a notebook too.
 
     Args:
-        history: The per-epoch records, in any order.
+        history: Per-epoch records in any order, as training logs them: ``epoch`` plus ``<split>_<metric>``
+            keys (metric one of ``localization.METRIC_LABELS``); the last marked ``"best": True`` gets a dotted line.
         save_path: Where to write the figure (format from the suffix), atomically.
-        dpi: Figure resolution, also used when saving.
-        show: Call ``matplotlib.pyplot.show()``.
+        dpi, show: Figure resolution, also when saving; call ``matplotlib.pyplot.show()``.
 
     Raises:
-        ValueError: If ``history`` is empty or has nothing to plot, a record has no ``epoch``, or
-            ``dpi`` or ``save_path`` is unusable.
+        ValueError: If ``history`` is empty, lacks an ``epoch`` or has nothing to plot, or ``dpi`` or ``save_path`` is bad.
     """
-    records = list(history)
+    records = sorted(history, key=lambda record: record.get("epoch", 0))
     if not records:
         raise ValueError("history is empty: there are no epochs to plot")
     if any("epoch" not in record for record in records):
@@ -386,11 +263,19 @@ def plot_training_curves(
     dpi = _check_dpi(dpi)
     if save_path is not None:
         _check_save_path(save_path)
-    records.sort(key=lambda record: record["epoch"])
     epochs = [record["epoch"] for record in records]
-    panels = _curve_panels(records)
     best = [record["epoch"] for record in records if record.get("best")]
-
+    panels = []  # (title, y label, [(label, values, line style, metric)])
+    for title, metrics, ylabel in _CURVE_PANELS:
+        series = [(f"{split} {METRIC_LABELS[metric]}", [float(r.get(f"{split}_{metric}", math.nan)) for r in records],
+                   linestyle, metric)
+                  for split, linestyle in _SPLIT_STYLES.items() for metric in metrics
+                  if any(f"{split}_{metric}" in record for record in records)]
+        if series:
+            panels.append((title, ylabel, series))
+    if not panels:
+        raise ValueError("history has no '<split>_<metric>' keys to plot (e.g. 'train_loss', 'val_top1'); "
+                         f"the first record's keys are {sorted(records[0])}")
     fig = _new_figure((4.2 * len(panels), 3.4), dpi, show, display=False)
     for ax, (title, ylabel, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         for label, values, linestyle, metric in series:
@@ -411,44 +296,31 @@ def plot_training_curves(
 def _checkpoint_data(ckpt: Mapping[str, Any], checkpoint: str | os.PathLike[str], root: Any, split: str) -> StanfordCarsCAM:
     """The split of the data ``ckpt`` was trained on, under ``root`` or else the folder it records."""
     recorded = root is None
-    if recorded:
-        root = (ckpt.get("args") or {}).get("root")
-        if root is None:
-            raise ValueError(f"{str(checkpoint)!r} does not record its data folder; pass it (root=..., or --root DIR)")
+    if recorded and (root := (ckpt.get("args") or {}).get("root")) is None:
+        raise ValueError(f"{str(checkpoint)!r} does not record its data folder; pass it (root=..., or --root DIR)")
     try:
         return StanfordCarsCAM.from_checkpoint(ckpt, root, split, return_box=True)
     except DatasetNotFoundError as err:
-        where = ""
-        if recorded:
-            where = f"{str(root)!r} is the data folder recorded in {str(checkpoint)!r}"
-            if not Path(root).is_absolute():
-                where += "; a relative path there is relative to the folder training ran in"
-            where += ". "
-        raise DatasetNotFoundError(
-            err.problem,
-            f"{where}Pass the folder holding the data the checkpoint was trained on: root=... (visualize.py: --root DIR).",
-        ) from None
+        relative = "" if Path(root).is_absolute() else "; a relative path there is relative to the folder training ran in"
+        where = f"{str(root)!r} is the data folder recorded in {str(checkpoint)!r}{relative}. " if recorded else ""
+        raise DatasetNotFoundError(err.problem, f"{where}Pass the folder holding the data the checkpoint was trained "
+                                   "on: root=... (visualize.py: --root DIR).") from None
 
 
-def render_cam_grid(
-    checkpoint: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, split: str = "test",
-    n: int = 16, out: str | os.PathLike[str] = "cams.png", seed: int = 0, threshold: float = 0.2,
-    device: str | torch.device = "cpu", alpha: float = 0.5, colormap: str = "jet",
-) -> Path:
+def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, split: str = "test",
+                    n: int = 16, out: str | os.PathLike[str] = "cams.png", seed: int = 0, threshold: float = 0.2,
+                    device: str | torch.device = "cpu", alpha: float = 0.5, colormap: str = "jet") -> Path:
     """Draw CAM overlays of ``n`` images of a split, chosen by ``seed``, with predicted and true boxes.
 
-    The images come from the data the checkpoint was trained on (its filters, classes and image
-    size). Each overlay shows the predicted class's CAM; the predicted box bounds the largest
-    region of the normalised CAM above ``threshold`` (the CAM paper's rule, 0.2).
+    The images come from the data the checkpoint was trained on. Each overlay shows the predicted class's
+    CAM; the predicted box bounds the largest region of the normalised CAM above ``threshold``.
 
     Args:
         checkpoint: A file written by training (``best.pt`` or ``last.pt``).
-        root: The Stanford Cars folder; None takes the one the checkpoint's training arguments
-            name (a relative one is relative to where training ran).
-        split: ``"train"`` or ``"test"`` (shown without augmentation).
-        n: Number of images (at most the split's size); ``seed`` chooses them.
+        root: The Stanford Cars folder; None takes the checkpoint's (relative to where training ran).
+        split, n, seed: ``"train"`` or ``"test"`` (no augmentation), how many images, and which.
         out: Figure path (format from the suffix), written atomically.
-        threshold: CAM threshold of the predicted box, in [0, 1).
+        threshold: CAM threshold of the predicted box, in [0, 1) (the CAM paper's is 0.2).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
         alpha, colormap: The overlay's opacity and matplotlib colormap.
 
@@ -456,8 +328,7 @@ def render_cam_grid(
         The path of the figure.
 
     Raises:
-        ValueError: If ``n``, ``threshold``, ``out`` or ``device`` is unusable, or the data's
-            classes are not the checkpoint's.
+        ValueError: If an argument is unusable, or the data's classes are not the checkpoint's.
         DatasetNotFoundError: If no Stanford Cars is under the data folder.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -470,24 +341,18 @@ def render_cam_grid(
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
     require_entries(ckpt, ("image_size", "class_names"), checkpoint)
     dataset = _checkpoint_data(ckpt, checkpoint, root, split)
-
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    items = [dataset[i] for i in chosen]
-    images = torch.stack([item[0] for item in items])  # (N, 3, S, S)
-    labels = torch.tensor([item[1] for item in items])
-    true_boxes = torch.stack([item[2] for item in items])  # (N, 4)
+    images, labels, true_boxes = zip(*(dataset[i][:3] for i in chosen))
+    images, labels, true_boxes = torch.stack(images), torch.tensor(labels), torch.stack(true_boxes)  # (N, 3, S, S), (N,), (N, 4)
     with torch.no_grad():
         logits, cams = model(images.to(device), True)  # (N, C), (N, h, w)
     scores, predicted = logits.softmax(dim=1).max(dim=1)
     cams = cams.cpu()
     predicted_boxes = boxes_from_cams(cams, tuple(images.shape[-2:]), threshold=threshold)
-    fig = visualize_cam(
-        images, apply_cam(images, cams, alpha=alpha, colormap=colormap), predicted.cpu(), labels,
-        boxes={"predicted": predicted_boxes, "true": true_boxes}, save_path=out,
-        class_names=list(dataset.classes), scores=scores.cpu(), colormap=colormap,
-    )
+    fig = visualize_cam(images, apply_cam(images, cams, alpha=alpha, colormap=colormap), predicted.cpu(), labels,
+                        boxes={"predicted": predicted_boxes, "true": true_boxes}, save_path=out,
+                        class_names=list(dataset.classes), scores=scores.cpu(), colormap=colormap)
     import matplotlib.pyplot as plt
-
     plt.close(fig)  # an interactive backend registered it with pyplot
     return Path(out)
 
@@ -504,11 +369,8 @@ def _threshold(value: str) -> float:
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Parser of ``python visualize.py CHECKPOINT ...``."""
-    parser = OneLineParser(
-        prog="visualize.py",
-        description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data.",
-        formatter_class=HelpFormatter,
-    )
+    parser = OneLineParser(prog="visualize.py", formatter_class=HelpFormatter,
+                           description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data.")
     parser.add_argument("checkpoint", help="checkpoint written by main.py (best.pt or last.pt)")
     parser.add_argument("--root_datasets_dir", "--root", dest="root", default=None,
                         help="Stanford Cars folder (default: the one the checkpoint was trained on, relative to where training ran)")
@@ -526,8 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         _check_save_path(args.out, "--out")  # named as the user typed it, before any work
-        path = render_cam_grid(args.checkpoint, args.root, split=args.split, n=args.n, out=args.out, seed=args.seed,
-                               threshold=args.threshold, device=args.device)
+        path = render_cam_grid(**vars(args))
     except (ValueError, TypeError, OSError, DatasetError, CheckpointError) as err:
         print(f"visualize.py: error: {err}", file=sys.stderr)
         return 2
