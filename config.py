@@ -6,27 +6,18 @@ import math
 import os
 from dataclasses import dataclass
 
-
 # A side of 1024 already makes 12 MiB per image; larger ones are typos, and would exhaust memory.
 MAX_IMAGE_SIZE = 1024
-
 # More loader workers than this per core only queue up behind each other.
 MAX_WORKERS_PER_CORE = 4
-
-
 # The rules that choose the best epoch (see ``runs.epoch_score``).
 SELECT_BY = ("val_top1", "val_maxboxacc")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; ``main.py``'s parser fills it (each flag's dest is a field).
-
-    Filters take None (all), one value, or a list of values, as ``StanfordCarsCAM`` does.
-    ``cache_dir`` keeps decoded images between epochs and runs (see ``dataset.ImageCache``).
-    ``select_by`` names the rule that picks the best epoch (``runs.epoch_score``).
-    """
-
+    """Everything a training run needs; ``main.py``'s parser fills it (each flag's dest is a field, its help
+    the meaning). Filters take None (all), one value, or a list of values, as ``StanfordCarsCAM`` does."""
     root: str = "stanford_cars_dataset"
     checkpoints_dir: str = "checkpoints"
     car_type: str | list[str] | None = None
@@ -60,8 +51,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first value that cannot work, and its fix."""
-        finite = math.isfinite
-        max_workers = MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)
+        finite, max_workers = math.isfinite, MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)
         checks = [
             (bool(str(self.root).strip()), "--root_datasets_dir is empty; pass the folder that holds Stanford Cars"),
             (bool(str(self.checkpoints_dir).strip()), "--checkpoints_dir is empty; pass a folder for the run's files"),

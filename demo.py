@@ -1,10 +1,6 @@
-"""The demo: a synthetic Stanford Cars, a short CPU training run, and a CAM figure. No download.
-
-``python main.py --demo`` calls :func:`run_demo`. It writes a small Stanford Cars in the real
-on-disk format (``synthetic.py``), trains the GAP-AlexNet from scratch on it, scores the best
-checkpoint's classification and CAM localisation on the test split, and draws a grid of CAM
-overlays with the predicted and true boxes.
-"""
+"""The demo (``python main.py --demo``): a synthetic Stanford Cars in the real on-disk format, a short
+CPU training run from scratch, the best checkpoint scored on the test split, and a grid of CAM overlays
+with the predicted and true boxes. No download."""
 
 from __future__ import annotations
 
@@ -14,9 +10,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import TrainConfig
 from .data.class_names import STANFORD_CARS_CLASS_NAMES
 from .dataset import select_classes
-from .config import TrainConfig
 from .files import check_writable
 from .synthetic import write_synthetic_stanford_cars
 from .train import fit
@@ -32,7 +28,6 @@ DEMO_FILTERS = {"car_brand": "BMW", "car_production_year": 2012}
 @dataclass
 class DemoResult:
     """Where the demo left its data, run, checkpoint and figure, and the test metrics."""
-
     data_root: Path
     run_dir: Path
     checkpoint: Path
@@ -42,65 +37,34 @@ class DemoResult:
 
 def demo_config(data_root: Path, run_dir: Path, seed: int = 0, progress: bool = True) -> TrainConfig:
     """Settings that learn the synthetic classes from scratch on two CPU cores in about a minute."""
-    return TrainConfig(
-        root=str(data_root),
-        checkpoints_dir=str(run_dir),
-        **DEMO_FILTERS,
-        n_epochs=16,
-        batch_size=32,
-        image_size=DEMO_IMAGE_SIZE,
-        val_fraction=0.15,
-        pretrained=False,
-        optimizer="adamw",
-        lr=3e-4,
-        weight_decay=0.05,
-        warmup_epochs=1.0,
-        label_smoothing=0.1,
-        seed=seed,
-        device="cpu",
-        overwrite=True,
-        progress=progress,
-    )
+    return TrainConfig(root=str(data_root), checkpoints_dir=str(run_dir), **DEMO_FILTERS, n_epochs=16, batch_size=32,
+                       image_size=DEMO_IMAGE_SIZE, val_fraction=0.15, pretrained=False, optimizer="adamw", lr=3e-4,
+                       weight_decay=0.05, warmup_epochs=1.0, label_smoothing=0.1, seed=seed, device="cpu", overwrite=True,
+                       progress=progress)
 
 
-def run_demo(
-    out_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    n_train_per_class: int = 28,
-    n_test_per_class: int = 10,
-    n_epochs: int | None = None,
-) -> DemoResult:
+def run_demo(out_dir: str | os.PathLike | None = None, seed: int = 0, progress: bool = True, n_train_per_class: int = 28,
+             n_test_per_class: int = 10, n_epochs: int | None = None) -> DemoResult:
     """Write synthetic data, train on it, evaluate, and draw the CAMs.
 
     Args:
-        out_dir: Folder for ``data/``, ``run/`` and the figure; a new temporary folder if None. A
-            demo run already there is replaced.
+        out_dir: Folder for ``data/``, ``run/`` and the figure (a demo run there is replaced); None: a new temporary one.
         seed: Seed of the data, the split and the training.
-        progress: Show progress bars.
-        n_train_per_class: Synthetic train images per class.
-        n_test_per_class: Synthetic test images per class.
+        n_train_per_class, n_test_per_class: Synthetic images per class.
         n_epochs: Override the demo's number of epochs (tests use fewer).
-
-    Returns:
-        A :class:`DemoResult`.
     """
     base = Path(out_dir).expanduser() if out_dir is not None else Path(tempfile.mkdtemp(prefix="cam_stanford_cars_demo_"))
     check_writable(base, "--demo_dir")
-    data_root = base / "data"
-    run_dir = base / "run"
+    data_root, run_dir = base / "data", base / "run"
     class_names = [STANFORD_CARS_CLASS_NAMES[i] for i in select_classes(STANFORD_CARS_CLASS_NAMES, **DEMO_FILTERS)]
     logger.info("Writing a synthetic Stanford Cars (%d classes) to %s", len(class_names), data_root)
     try:
-        write_synthetic_stanford_cars(
-            data_root, class_names=class_names, n_train_per_class=n_train_per_class,
-            n_test_per_class=n_test_per_class, seed=seed,
-        )
+        write_synthetic_stanford_cars(data_root, class_names=class_names, n_train_per_class=n_train_per_class,
+                                      n_test_per_class=n_test_per_class, seed=seed)
     except ValueError as err:
         raise ValueError(f"--demo_dir {str(base)!r}: {err}") from None
     config = demo_config(data_root, run_dir, seed=seed, progress=progress)
-    if n_epochs is not None:
-        config.n_epochs = n_epochs
+    config.n_epochs = config.n_epochs if n_epochs is None else n_epochs
     result = fit(config)
     if result.interrupted:
         raise KeyboardInterrupt

@@ -14,7 +14,6 @@ from torch.utils.data import Dataset, DistributedSampler
 @dataclass(frozen=True)
 class DistInfo:
     """Where this process stands in a (possibly one-process) run."""
-
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -29,10 +28,7 @@ class DistInfo:
 
 
 def init_distributed(device_name: str) -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment, if any.
-
-    NCCL on CUDA, gloo otherwise. A plain ``python main.py`` gets a one-process ``DistInfo``.
-    """
+    """Join the process group ``torchrun`` describes in the environment (NCCL on CUDA, else gloo), if any."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
@@ -63,11 +59,8 @@ def eval_indices(n: int, dist_info: DistInfo) -> list[int]:
 
 
 def gather_rng_states(dist_info: DistInfo, device: torch.device) -> list[Tensor]:
-    """Every rank's CPU RNG state, in rank order (each a uint8 tensor; one in a one-process run).
-
-    Augmentation draws a varying number of random numbers per image, so the ranks' states differ
-    and each rank resumes from its own.
-    """
+    """Every rank's CPU RNG state (uint8), in rank order: augmentation draws a varying number of
+    random numbers per image, so the ranks' states differ and each resumes from its own."""
     state = torch.get_rng_state()
     if not dist_info.distributed:
         return [state]

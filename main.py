@@ -1,15 +1,6 @@
-"""Command line: train a CAM network on Stanford Cars, run the demo, list filters, evaluate.
-
-    python main.py --n_epochs 30 --batch_size 4 --checkpoints_dir runs/bmw \
-        --download_datasets true --root_datasets_dir stanford_cars_dataset \
-        --car_type Sedan --car_brand BMW --car_production_year 2012
-    python main.py --demo                       # synthetic data, no download, a minute or two
-    python main.py --list_filters --root_datasets_dir stanford_cars_dataset
-    python main.py --evaluate runs/bmw/best.pt --split test
-
-This file only parses arguments; the work is done by ``train.py`` (and ``demo.py``).
-Run with ``torchrun --nproc_per_node N main.py ...`` to train on N processes.
-"""
+"""Command line: train a CAM network on Stanford Cars (``torchrun --nproc_per_node N main.py ...`` for N
+processes), ``--demo``, ``--list_filters``, ``--evaluate CHECKPOINT``. It only parses arguments; the work
+is done by ``train.py`` and ``demo.py``. ``python main.py --help`` lists every flag."""
 
 from __future__ import annotations
 
@@ -39,27 +30,19 @@ from CAM_Stanford_Cars.localization import format_metrics_table
 from CAM_Stanford_Cars.model import CheckpointError, PretrainedWeightsError
 from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit, shutdown_distributed
 
-__all__ = [
-    "DEFAULTS", "pretrained_flag", "text_list", "year_list", "get_args_parser", "config_from_args", "check_commands", "run",
-    "main", "HelpFormatter", "OneLineParser", "bool_flag", "positive_int", "DatasetError", "StanfordCarsCAM",
-    "format_filter_summary", "format_metrics_table", "CheckpointError", "PretrainedWeightsError", "NonFiniteLossError",
-    "TrainConfig", "evaluate_checkpoint", "fit", "shutdown_distributed",
-]
+__all__ = ["DEFAULTS", "pretrained_flag", "text_list", "year_list", "get_args_parser", "config_from_args", "check_commands",
+           "run", "main", "HelpFormatter", "OneLineParser", "bool_flag", "positive_int", "DatasetError", "StanfordCarsCAM",
+           "format_filter_summary", "format_metrics_table", "CheckpointError", "PretrainedWeightsError",
+           "NonFiniteLossError", "TrainConfig", "evaluate_checkpoint", "fit", "shutdown_distributed"]
 
 DEFAULTS = TrainConfig()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """The parser of ``main.py``; other launchers can reuse or extend it.
-
-    Each training flag's ``dest`` is a field of :class:`TrainConfig` (``--root_datasets_dir``
-    fills ``root``), so :func:`config_from_args` needs no field-by-field copy.
-    """
-    parser = OneLineParser(
-        prog="main.py",
-        description="Train a GAP-AlexNet with class activation maps on (a filtered) Stanford Cars.",
-        formatter_class=HelpFormatter,
-    )
+    """The parser of ``main.py``, for other launchers to reuse; each training flag's ``dest`` is a field of
+    :class:`TrainConfig` (``--root_datasets_dir`` fills ``root``)."""
+    parser = OneLineParser(prog="main.py", formatter_class=HelpFormatter,
+                           description="Train a GAP-AlexNet with class activation maps on (a filtered) Stanford Cars.")
     data = parser.add_argument_group("data")
     data.add_argument("--root_datasets_dir", dest="root", default=DEFAULTS.root, metavar="DIR", help="folder holding Stanford Cars (or where to put it)")
     data.add_argument("--download_datasets", type=bool_flag, default=DEFAULTS.download_datasets, metavar="BOOL",
@@ -72,7 +55,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (default: 1 on CPU, cores per process - 1 on GPU)")
     data.add_argument("--cache_dir", default=None, metavar="DIR",
                       help="keep decoded images in memory-mapped files here, reused across epochs and runs (default: no cache)")
-
     train = parser.add_argument_group("training")
     train.add_argument("--n_epochs", type=positive_int, default=DEFAULTS.n_epochs, help="number of epochs")
     train.add_argument("--batch_size", type=positive_int, default=DEFAULTS.batch_size, help="images per batch (per process)")
@@ -95,13 +77,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     train.add_argument("--select_by", choices=SELECT_BY, default=DEFAULTS.select_by,
                        help="best-epoch rule: validation top-1 (ties: lower val loss) or validation MaxBoxAcc (ties: higher top-1)")
     train.add_argument("--progress", type=bool_flag, default=DEFAULTS.progress, metavar="BOOL", help="progress bars")
-
     run = parser.add_argument_group("checkpoints and runs")
     run.add_argument("--checkpoints_dir", default=DEFAULTS.checkpoints_dir, metavar="DIR", help="folder for last.pt, best.pt, args.json, metrics.jsonl and plots")
     run.add_argument("--resume", default=None, metavar="PATH", help="continue the run saved in this checkpoint (its last.pt)")
     run.add_argument("--overwrite", type=bool_flag, default=DEFAULTS.overwrite, metavar="BOOL",
                      help="start over in a --checkpoints_dir that holds a run, deleting its checkpoints and logs")
-
     other = parser.add_argument_group("other commands")
     other.add_argument("--demo", action="store_true", help="write a synthetic Stanford Cars, train on it on CPU, and draw CAMs: no download")
     other.add_argument("--demo_dir", default=None, metavar="DIR", help="folder for the demo's data and run (default: a new temporary folder)")
@@ -114,11 +94,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The library's typed config from the parsed flags (each field is a flag's ``dest``)."""
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-
-
-def _setup_logging() -> None:
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
 
 
 def check_commands(args: argparse.Namespace) -> None:
@@ -142,11 +117,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_filter_summary(dataset.root))
         return 0
     if args.evaluate is not None:
-        metrics = evaluate_checkpoint(
-            args.evaluate, root=args.root, split=args.split or "test", batch_size=args.batch_size,
-            device=args.device, num_workers=args.num_workers, progress=args.progress,
-            download_datasets=args.download_datasets,
-        )
+        metrics = evaluate_checkpoint(args.evaluate, args.root, args.split or "test", args.batch_size, args.device, args.num_workers,
+                                      args.progress, args.download_datasets)
         print(format_metrics_table(metrics))
         return 0
     if args.demo:
@@ -167,17 +139,14 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python main.py`` and the ``cam-stanford-cars`` command."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    _setup_logging()
+    args = get_args_parser().parse_args(argv)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
     try:
         return run(args)
-    except (ValueError, OSError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
+    except (ValueError, OSError, DatasetError, CheckpointError, PretrainedWeightsError, NonFiniteLossError) as err:
         print(f"main.py: error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"main.py: error: {err}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(err, NonFiniteLossError) else 2
     except KeyboardInterrupt:
         print("main.py: interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""The run folder: its files, the resume state, the metrics log, the best-epoch rule, Ctrl-C."""
+"""The run folder: its files, the resume state, the metrics log and its lines, the best-epoch rule, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -19,32 +19,32 @@ from .checkpoint import require_entries
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 from .files import atomic_file, atomic_write_text
+from .localization import METRIC_LABELS
 from .model import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
-METRICS_LOG = "metrics.jsonl"
-ARGS_FILE = "args.json"
-CURVES_FIGURE = "training_curves.png"
-TEST_METRICS = "test_metrics.json"
+LAST_CHECKPOINT, BEST_CHECKPOINT, METRICS_LOG = "last.pt", "best.pt", "metrics.jsonl"
+ARGS_FILE, CURVES_FIGURE, TEST_METRICS = "args.json", "training_curves.png", "test_metrics.json"
 
 # Weight of the tie-breaker in ``epoch_score``: the main metric counts images, so two different
 # values differ by at least 1/n, far more than the tie-breaker can add for any real n.
 TIE_BREAK = 1e-6
 
+# Settings a resumed run must share with the run it continues: the data, its order, the
+# optimisation (the saved optimizer and schedule states were built from them) and the rule that
+# scored the saved best epoch.
+RESUME_MUST_MATCH = (
+    "n_epochs", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year", "seed",
+    "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "select_by",
+)
+
 
 def epoch_score(record: Mapping[str, Any], select_by: str = "val_top1") -> float:
-    """How good an epoch is; the epoch with the highest score is the best one (``best.pt``).
+    """How good an epoch is (one record of ``metrics.jsonl``); the highest score is ``best.pt``.
 
-    ``val_top1``: validation top-1 accuracy, ties broken by the lower validation loss.
-    ``val_maxboxacc``: validation MaxBoxAcc, ties broken by the higher validation top-1.
-    Without a validation split (no ``val_top1`` in ``record``) the latest epoch is the best.
-
-    Args:
-        record: One epoch's metrics, as in ``metrics.jsonl``.
-        select_by: The rule, one of ``config.SELECT_BY``.
+    ``val_top1``: validation top-1, ties broken by the lower validation loss. ``val_maxboxacc``:
+    validation MaxBoxAcc, ties broken by the higher top-1. Without validation, the latest epoch.
     """
     if "val_top1" not in record:
         return float(record["epoch"])
@@ -57,23 +57,20 @@ def check_new_run(run_dir: Path, overwrite: bool) -> None:
     """Refuse to start a run over another one in ``run_dir``, unless ``overwrite``."""
     last = run_dir / LAST_CHECKPOINT
     if last.exists() and not overwrite:
-        raise ValueError(
-            f"--checkpoints_dir {str(run_dir)!r} already holds a run ({last.name}); continue it with "
-            f"--resume {str(last)!r}, start over with --overwrite true, or choose another folder"
-        )
+        raise ValueError(f"--checkpoints_dir {str(run_dir)!r} already holds a run ({last.name}); continue it with "
+                         f"--resume {str(last)!r}, start over with --overwrite true, or choose another folder")
 
 
 def remove_run_files(run_dir: Path) -> None:
     """Delete what an earlier run left in ``run_dir`` (checkpoints, logs, figures, scores), nothing else."""
-    names = [LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS]
     stems = (Path(LAST_CHECKPOINT).stem, Path(BEST_CHECKPOINT).stem)
     scores = [p.name for p in run_dir.glob("*_metrics.json") if p.name.split("_", 1)[0] in stems]
-    for name in names + scores:
+    for name in [LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS, *scores]:
         (run_dir / name).unlink(missing_ok=True)
 
 
 def keep_as_best(last: Path) -> None:
-    """Copy ``last.pt`` to ``best.pt`` beside it, atomically (the same contents, not re-serialised)."""
+    """Copy ``last.pt`` to ``best.pt`` beside it, atomically (the same bytes, not re-serialised)."""
     with atomic_file(last.with_name(BEST_CHECKPOINT)) as handle, open(last, "rb") as source:
         shutil.copyfileobj(source, handle, length=1 << 22)
 
@@ -84,20 +81,32 @@ def read_metrics_log(path: Path) -> list[dict[str, Any]]:
         return []
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
         try:
-            records.append(json.loads(line))
+            if line.strip():
+                records.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{str(path)!r} is damaged ({err.msg} on line {number}); delete it to resume without the "
-                "earlier epochs' records, or restore it"
-            ) from None
+            raise ValueError(f"{str(path)!r} is damaged ({err.msg} on line {number}); delete it to resume without "
+                             "the earlier epochs' records, or restore it") from None
     return records
 
 
 def write_metrics_log(path: Path, history: Sequence[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in history))
+
+
+def format_metrics(metrics: dict[str, Any], prefix: str = "") -> str:
+    """``loss 0.6931  top-1 0.812  top-5 0.990  ...`` for the metrics present."""
+    return "  ".join(f"{label} {metrics[prefix + key]:{'.4f' if key == 'loss' else '.3f'}}"
+                     for key, label in METRIC_LABELS.items() if prefix + key in metrics)
+
+
+def summary_line(record: dict[str, Any], n_epochs: int) -> str:
+    """One line per epoch: training loss/accuracy/speed, then the validation metrics."""
+    line = (f"epoch {record['epoch']}/{n_epochs}  loss {record['train_loss']:.4f}  acc {record['train_top1']:.3f}  "
+            f"{record['train_images_per_s']:.0f} img/s  lr {record['lr']:.2e}")
+    if "val_top1" in record:
+        line += "  | val " + format_metrics(record, "val_")
+    return line + ("  *best*" if record.get("best") else "")
 
 
 def plain_config(config: TrainConfig) -> dict[str, Any]:
@@ -108,15 +117,13 @@ def plain_config(config: TrainConfig) -> dict[str, Any]:
 class StopRequest:
     """Whether to stop early: at the first Ctrl-C, or once ``after_steps`` steps have run.
 
-    Called with the epoch's step number after every optimizer step. Under torchrun every rank
-    must stop at the same step or DDP's collectives hang; agreeing costs a host sync, so the
-    ranks compare notes every 10 steps only.
+    Called with the epoch's step after every optimizer step. Under torchrun every rank must stop at
+    the same step or DDP hangs; agreeing costs a host sync, so ranks compare notes every 10 steps.
     """
 
     def __init__(self, dist_info: DistInfo, device: torch.device, after_steps: int | None = None) -> None:
         self.dist_info, self.device, self.after_steps = dist_info, device, after_steps
-        self.requested = False
-        self.steps = 0  # optimizer steps run since this object was made
+        self.requested, self.steps = False, 0  # steps: optimizer steps since this object was made
 
     def __call__(self, step: int) -> bool:
         self.steps += 1
@@ -134,19 +141,16 @@ class StopRequest:
     def _agreed(self, local: bool) -> bool:
         if not self.dist_info.distributed:
             return local
-        flag = torch.tensor([float(local)], device=self.device)
-        return bool(all_reduce_sum(flag, self.dist_info).item() > 0)
+        return bool(all_reduce_sum(torch.tensor([float(local)], device=self.device), self.dist_info).item() > 0)
 
     @contextmanager
     def installed(self) -> Iterator[StopRequest]:
         """Turn the first Ctrl-C (SIGINT) into ``requested``; a second one aborts."""
-
         def handler(signum: int, frame: Any) -> None:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
             logger.warning("Interrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
-
         try:
             previous = signal.signal(signal.SIGINT, handler)
         except ValueError:  # not the main thread: leave signals alone
@@ -158,49 +162,27 @@ class StopRequest:
             signal.signal(signal.SIGINT, previous)
 
 
-# Settings a resumed run must share with the run it continues: the data, its order, the
-# optimisation (the saved optimizer and schedule states were built from them) and the rule that
-# scored the saved best epoch.
-RESUME_MUST_MATCH = (
-    "n_epochs", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year", "seed",
-    "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "select_by",
-)
-
-
 def read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
     """The checkpoint to continue, checked against the run it is asked to continue."""
     _, checkpoint = load_checkpoint(path)
     require_entries(checkpoint, ("optimizer", "lr_scheduler", "epoch", "args"), path)
     run_dir = Path(config.checkpoints_dir).expanduser()
     if path.parent.resolve() != run_dir.resolve():
-        raise ValueError(
-            f"--resume {str(path)!r} belongs to the run in {str(path.parent)!r} but --checkpoints_dir is "
-            f"{str(run_dir)!r}; pass --checkpoints_dir {str(path.parent)!r} to continue that run"
-        )
+        raise ValueError(f"--resume {str(path)!r} belongs to the run in {str(path.parent)!r} but --checkpoints_dir is "
+                         f"{str(run_dir)!r}; pass --checkpoints_dir {str(path.parent)!r} to continue that run")
     mid_epoch, world_size = checkpoint.get("epoch_progress"), int(os.environ.get("WORLD_SIZE", "1"))
     if mid_epoch:
         require_entries(checkpoint, ("rng_states",), path)
     if mid_epoch and checkpoint.get("world_size", 1) != world_size:
-        raise ValueError(
-            f"--resume {str(path)!r} stopped mid-epoch with {checkpoint.get('world_size', 1)} processes; "
-            f"continue it with the same number of processes (this run has {world_size})"
-        )
-    # A checkpoint from before a setting existed ran with that setting's default.
-    saved = {**plain_config(TrainConfig()), **checkpoint["args"]}
+        raise ValueError(f"--resume {str(path)!r} stopped mid-epoch with {checkpoint.get('world_size', 1)} processes; "
+                         f"continue it with the same number of processes (this run has {world_size})")
+    saved = {**plain_config(TrainConfig()), **checkpoint["args"]}  # a setting added later ran with its default
     for key in RESUME_MUST_MATCH:
         if saved.get(key) != json.loads(json.dumps(getattr(config, key))):
-            raise ValueError(
-                f"--resume {str(path)!r} was trained with {key}={saved.get(key)!r} but this run has "
-                f"{key}={getattr(config, key)!r}; pass the same value to continue it"
-            )
+            raise ValueError(f"--resume {str(path)!r} was trained with {key}={saved.get(key)!r} but this run has "
+                             f"{key}={getattr(config, key)!r}; pass the same value to continue it")
     if int(checkpoint["epoch"]) >= config.n_epochs and not mid_epoch:
-        raise ValueError(
-            f"--resume {str(path)!r}: that run already finished all {config.n_epochs} epochs; its best "
-            f"checkpoint is {str(path.with_name(BEST_CHECKPOINT))!r} (score it with --evaluate). Start a new run in another folder to train longer"
-        )
+        raise ValueError(f"--resume {str(path)!r}: that run already finished all {config.n_epochs} epochs; its best "
+                         f"checkpoint is {str(path.with_name(BEST_CHECKPOINT))!r} (score it with --evaluate). "
+                         "Start a new run in another folder to train longer")
     return checkpoint
-
-
-def resumed_history(run_dir: Path, epoch: int) -> list[dict[str, Any]]:
-    """The metrics records of a resumed run's epochs up to ``epoch``."""
-    return [record for record in read_metrics_log(run_dir / METRICS_LOG) if record["epoch"] <= epoch]
