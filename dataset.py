@@ -1,12 +1,6 @@
 """Stanford Cars for class activation maps: :class:`StanfordCarsCAM`, the face of ``data/``.
 
-On torchvision's layout, without filters, samples and class names are exactly those of
-``torchvision.datasets.StanfordCars``. Layouts, filters, boxes and views: ``docs/data.md``.
-
-Example:
-    >>> cars = StanfordCarsCAM("stanford_cars_dataset", split="test", car_brand="BMW", return_box=True)
-    >>> image, label, box = cars[0]          # (3, 224, 224) float32 in [0, 1], int, (4,) float32
-    >>> cars.class_to_idx[label]              # the class name; cars.class_to_idx[name] -> index
+Unfiltered on torchvision's layout it gives torchvision's samples and classes; details: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -57,34 +51,24 @@ class StanfordCarsCAM(VisionDataset):
         return_box: Append the car's box to every item.
         cache_dir: Folder for an :class:`ImageCache` of decoded pixels; items are the same without it.
 
-    Items: ``(image, label)`` or ``(image_predict, image_visualize, label)``, plus ``box`` when
-    ``return_box``. ``image``: (3, S, S) float32 RGB in [0, 1]; ``label``: int in 0..K-1; ``box``:
-    (4,) float32 ``[x1, y1, x2, y2]`` in the returned image's pixels, clipped to [0, S].
-
-    Attributes:
-        classes: Kept class names, renumbered 0..K-1 in the devkit's order; ``class_to_idx`` maps
-        both ways; ``class_ids``: their indices in the full 196; ``samples``: ``(path, label)``;
-        ``targets``; ``boxes``: (N, 4) float64 original-pixel boxes, 0-based half-open; ``layout``.
+    Items: ``(image, label)`` or ``(image_predict, image_visualize, label)``, ``+ (box,)`` if ``return_box``:
+    image (3, S, S) float32 in [0, 1], label int in 0..K-1, box (4,) float32 ``[x1, y1, x2, y2]`` in [0, S].
+    Attributes: ``classes`` (kept, renumbered 0..K-1), ``class_to_idx`` (both ways), ``class_ids`` (indices
+    in the full 196), ``samples``, ``targets``, ``boxes`` (N, 4) float64 original pixels, ``layout``.
     """
-
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any], root: PathLike, split: str = "test", **kwargs: Any) -> StanfordCarsCAM:
-        """The un-augmented ``split`` under ``root`` of the data a checkpoint (a :func:`load_checkpoint` dict) was
-        trained on: its filters, image size and classes; ``kwargs`` go to the constructor.
+        """The un-augmented ``split`` under ``root`` with a checkpoint dict's filters, image size and classes.
 
         Raises:
             ValueError: If the data under ``root`` does not give the checkpoint's classes.
         """
-        dataset = cls(
-            root, split=split, car_type=checkpoint.get("car_type"), car_brand=checkpoint.get("car_brand"),
-            car_production_year=checkpoint.get("car_production_year"), image_size=int(checkpoint["image_size"]),
-            augment=False, **kwargs,
-        )
+        dataset = cls(root, split=split, car_type=checkpoint.get("car_type"), car_brand=checkpoint.get("car_brand"),
+                      car_production_year=checkpoint.get("car_production_year"), image_size=int(checkpoint["image_size"]),
+                      augment=False, **kwargs)
         if list(dataset.classes) != list(checkpoint["class_names"]):
-            raise ValueError(
-                f"the data under {str(root)!r} gives classes {list(dataset.classes)[:4]}... but the checkpoint was "
-                f"trained on {list(checkpoint['class_names'])[:4]}...; point --root_datasets_dir at the data it was trained on"
-            )
+            raise ValueError(f"the data under {str(root)!r} gives classes {list(dataset.classes)[:4]}... but the checkpoint was "
+                             f"trained on {list(checkpoint['class_names'])[:4]}...; point --root_datasets_dir at the data it was trained on")
         return dataset
 
     def __init__(
@@ -98,18 +82,15 @@ class StanfordCarsCAM(VisionDataset):
             raise ValueError(f"split={split!r}: expected 'train' or 'test'")
         if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
             raise ValueError(f"image_size={image_size!r}: expected a positive whole number such as 224")
-        self.split = split
-        self.image_size = int(image_size)
+        self.split, self.image_size, self.return_box = split, int(image_size), bool(return_box)
         self.augment = (split == "train") if augment is None else bool(augment)
         self.generate_img_for_cam = bool(generate_img_for_cam)
-        self.return_box = bool(return_box)
         self.cache = ImageCache(cache_dir) if cache_dir is not None else None
         self.filters = {"car_type": car_type, "car_brand": car_brand, "car_production_year": car_production_year}
         if download_datasets:
             download_stanford_cars(self.root)
         self.layout = find_layout(self.root, splits=(split,))
-        all_names = read_class_names(self.layout)
-        annotations = read_split(self.layout, split)
+        all_names, annotations = read_class_names(self.layout), read_split(self.layout, split)
         counts = np.bincount(annotations.labels, minlength=len(all_names))
         self.class_ids = select_classes(all_names, car_type, car_brand, car_production_year, image_counts=counts, split=split)
         self.classes = [all_names[index] for index in self.class_ids]
@@ -119,10 +100,9 @@ class StanfordCarsCAM(VisionDataset):
         new_labels = remap[annotations.labels]
         keep = np.flatnonzero(new_labels >= 0)
         if keep.size == 0 and any(value is not None for value in self.filters.values()):
-            raise ValueError(
-                f"the filters {self._filter_text()} keep {len(self.classes)} classes ({', '.join(self.classes[:5])}"
-                f"{', ...' if len(self.classes) > 5 else ''}) but the {split} split under {os.fspath(self.root)!r} has no image of them"
-            )
+            raise ValueError(f"the filters {self._filter_text()} keep {len(self.classes)} classes ({', '.join(self.classes[:5])}"
+                             f"{', ...' if len(self.classes) > 5 else ''}) but the {split} split under {os.fspath(self.root)!r} "
+                             f"has no image of them")
         self.samples: list[tuple[str, int]] = [(annotations.paths[i], int(new_labels[i])) for i in keep]
         self.targets: list[int] = [label for _, label in self.samples]
         self.boxes: np.ndarray = annotations.boxes[keep]
@@ -148,10 +128,7 @@ class StanfordCarsCAM(VisionDataset):
         return torch.as_tensor(self.boxes[index], dtype=torch.float32)
 
     def get_box(self, index: int) -> torch.Tensor:
-        """The box of sample ``index`` in the un-augmented S x S view: (4,) float32, clipped to [0, S].
-
-        Augmented views draw their crop per item: use ``return_box=True`` for their boxes.
-        """
+        """The box of sample ``index`` in the un-augmented S x S view: (4,) float32 in [0, S] (augmented: ``return_box``)."""
         with open_image(self.samples[index][0]) as image:
             width, height = image.size
         box = np.clip(self.boxes[index], 0.0, [width, height, width, height])

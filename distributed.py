@@ -59,12 +59,10 @@ def eval_indices(n: int, dist_info: DistInfo) -> list[int]:
 
 
 def gather_rng_states(dist_info: DistInfo, device: torch.device) -> list[Tensor]:
-    """Every rank's CPU RNG state (uint8), in rank order: augmentation draws a varying number of
-    random numbers per image, so the ranks' states differ and each resumes from its own."""
-    state = torch.get_rng_state()
+    """Every rank's CPU RNG state (uint8), in rank order (augmentation draws a varying count per image)."""
     if not dist_info.distributed:
-        return [state]
-    local = state.to(device)
+        return [torch.get_rng_state()]
+    local = torch.get_rng_state().to(device)
     states = [torch.empty_like(local) for _ in range(dist_info.world_size)]
     dist.all_gather(states, local)
     return [s.cpu() for s in states]
@@ -74,6 +72,5 @@ def all_reduce_sum(values: Tensor, dist_info: DistInfo) -> Tensor:
     """Sum a tensor over all ranks (a no-op in a one-process run)."""
     if not dist_info.distributed:
         return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    dist.all_reduce(values := values.clone(), op=dist.ReduceOp.SUM)
     return values

@@ -27,25 +27,18 @@ logger = logging.getLogger(__name__)
 LAST_CHECKPOINT, BEST_CHECKPOINT, METRICS_LOG = "last.pt", "best.pt", "metrics.jsonl"
 ARGS_FILE, CURVES_FIGURE, TEST_METRICS = "args.json", "training_curves.png", "test_metrics.json"
 
-# Weight of the tie-breaker in ``epoch_score``: the main metric counts images, so two different
-# values differ by at least 1/n, far more than the tie-breaker can add for any real n.
+# The main metric counts images, so two values differ by at least 1/n, far more than this tie-breaker adds.
 TIE_BREAK = 1e-6
-
-# Settings a resumed run must share with the run it continues: the data, its order, the
-# optimisation (the saved optimizer and schedule states were built from them) and the rule that
-# scored the saved best epoch.
-RESUME_MUST_MATCH = (
-    "n_epochs", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year", "seed",
-    "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "select_by",
-)
+# What a resumed run must share with the run it continues: the data and its order, the optimisation (the saved
+# optimizer and schedule states were built from it) and the rule that scored the saved best epoch.
+RESUME_MUST_MATCH = ("n_epochs", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year",
+                     "seed", "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs",
+                     "label_smoothing", "select_by")
 
 
 def epoch_score(record: Mapping[str, Any], select_by: str = "val_top1") -> float:
-    """How good an epoch is (one record of ``metrics.jsonl``); the highest score is ``best.pt``.
-
-    ``val_top1``: validation top-1, ties broken by the lower validation loss. ``val_maxboxacc``:
-    validation MaxBoxAcc, ties broken by the higher top-1. Without validation, the latest epoch.
-    """
+    """How good an epoch (a ``metrics.jsonl`` record) is; the best scores ``best.pt``. ``val_top1``: ties go to the
+    lower val loss; ``val_maxboxacc``: to the higher top-1. Without validation, the latest epoch wins."""
     if "val_top1" not in record:
         return float(record["epoch"])
     if select_by == "val_maxboxacc":
@@ -77,10 +70,8 @@ def keep_as_best(last: Path) -> None:
 
 def read_metrics_log(path: Path) -> list[dict[str, Any]]:
     """The per-epoch records of ``metrics.jsonl``; an absent file gives an empty list."""
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines() if path.is_file() else [], start=1):
         try:
             if line.strip():
                 records.append(json.loads(line))
@@ -115,11 +106,8 @@ def plain_config(config: TrainConfig) -> dict[str, Any]:
 
 
 class StopRequest:
-    """Whether to stop early: at the first Ctrl-C, or once ``after_steps`` steps have run.
-
-    Called with the epoch's step after every optimizer step. Under torchrun every rank must stop at
-    the same step or DDP hangs; agreeing costs a host sync, so ranks compare notes every 10 steps.
-    """
+    """Whether to stop early: at the first Ctrl-C, or once ``after_steps`` steps have run; called with the epoch's
+    step after every optimizer step. Ranks must stop at the same step or DDP hangs; they agree every 10 steps."""
 
     def __init__(self, dist_info: DistInfo, device: torch.device, after_steps: int | None = None) -> None:
         self.dist_info, self.device, self.after_steps = dist_info, device, after_steps
@@ -165,14 +153,12 @@ class StopRequest:
 def read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
     """The checkpoint to continue, checked against the run it is asked to continue."""
     _, checkpoint = load_checkpoint(path)
-    require_entries(checkpoint, ("optimizer", "lr_scheduler", "epoch", "args"), path)
+    mid_epoch, world_size = checkpoint.get("epoch_progress"), int(os.environ.get("WORLD_SIZE", "1"))
+    require_entries(checkpoint, ("optimizer", "lr_scheduler", "epoch", "args", *(["rng_states"] if mid_epoch else [])), path)
     run_dir = Path(config.checkpoints_dir).expanduser()
     if path.parent.resolve() != run_dir.resolve():
         raise ValueError(f"--resume {str(path)!r} belongs to the run in {str(path.parent)!r} but --checkpoints_dir is "
                          f"{str(run_dir)!r}; pass --checkpoints_dir {str(path.parent)!r} to continue that run")
-    mid_epoch, world_size = checkpoint.get("epoch_progress"), int(os.environ.get("WORLD_SIZE", "1"))
-    if mid_epoch:
-        require_entries(checkpoint, ("rng_states",), path)
     if mid_epoch and checkpoint.get("world_size", 1) != world_size:
         raise ValueError(f"--resume {str(path)!r} stopped mid-epoch with {checkpoint.get('world_size', 1)} processes; "
                          f"continue it with the same number of processes (this run has {world_size})")

@@ -1,8 +1,7 @@
 """A synthetic Stanford Cars in the real on-disk format (any of the three layouts), with drawn cars and true boxes.
 
-The meta file holds all 196 real class names; the chosen classes get JPEGs of realistic sizes: a
-class-free cluttered background with one car whose silhouette follows the body type in its name
-and whose colours and details follow a hash of the name (:func:`car_look`). See ``docs/data.md``.
+All 196 real class names go in the meta file; the chosen classes get JPEGs of a car (silhouette from its body type,
+colours from a hash of its name) on a class-free cluttered background. See ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,29 +34,19 @@ MARKER_FILE = "SYNTHETIC.txt"
 # the other BMW 2012 and the other sedan check that the filter drops them.
 DEFAULT_CLASS_NAMES: tuple[str, ...] = (
     "Audi S4 Sedan 2007", "BMW ActiveHybrid 5 Sedan 2012", "BMW 3 Series Sedan 2012", "BMW M3 Coupe 2012",
-    "Chevrolet Express Cargo Van 2007", "Ford F-150 Regular Cab 2012", "Jeep Wrangler SUV 2012",
-    "Volkswagen Beetle Hatchback 2012",
-)
+    "Chevrolet Express Cargo Van 2007", "Ford F-150 Regular Cab 2012", "Jeep Wrangler SUV 2012", "Volkswagen Beetle Hatchback 2012")
 TINY_CLASS_NAMES: tuple[str, ...] = ("BMW ActiveHybrid 5 Sedan 2012", "BMW 3 Series Sedan 2012", "Jeep Wrangler SUV 2012")
 
-# Silhouette of each family in unit coordinates (u along the car, front at u=1; v down, wheels'
-# bottom at v=1): aspect (length / height), top of the lower body, roof height, cabin start and
-# end along u, and how far the rear and front pillars slope.
-_FAMILIES: dict[str, dict[str, float]] = {
-    "sedan": dict(aspect=2.9, body_top=0.45, roof=0.10, c0=0.22, c1=0.76, rear=0.10, front=0.15),
-    "coupe": dict(aspect=3.1, body_top=0.50, roof=0.20, c0=0.26, c1=0.72, rear=0.18, front=0.15),
-    "convertible": dict(aspect=3.1, body_top=0.50, roof=0.50, c0=0.30, c1=0.70, rear=0.0, front=0.08),
-    "hatchback": dict(aspect=2.4, body_top=0.45, roof=0.08, c0=0.08, c1=0.72, rear=0.05, front=0.16),
-    "wagon": dict(aspect=3.0, body_top=0.45, roof=0.10, c0=0.05, c1=0.76, rear=0.02, front=0.14),
-    "suv": dict(aspect=2.2, body_top=0.42, roof=0.02, c0=0.05, c1=0.80, rear=0.02, front=0.08),
-    "van": dict(aspect=2.1, body_top=0.45, roof=0.0, c0=0.0, c1=0.88, rear=0.0, front=0.10),
-    "pickup": dict(aspect=2.8, body_top=0.45, roof=0.06, c0=0.36, c1=0.72, rear=0.0, front=0.10),
-    "sports": dict(aspect=3.3, body_top=0.55, roof=0.26, c0=0.35, c1=0.70, rear=0.16, front=0.20),
+# Silhouette of each family in unit coordinates (u along the car, front at u=1; v down, wheels' bottom at v=1):
+# aspect (length / height), top of the lower body, roof height, cabin start and end along u, pillar slopes.
+_FAMILIES: dict[str, tuple[float, float, float, float, float, float, float]] = {
+    "sedan": (2.9, 0.45, 0.10, 0.22, 0.76, 0.10, 0.15), "coupe": (3.1, 0.50, 0.20, 0.26, 0.72, 0.18, 0.15),
+    "convertible": (3.1, 0.50, 0.50, 0.30, 0.70, 0.0, 0.08), "hatchback": (2.4, 0.45, 0.08, 0.08, 0.72, 0.05, 0.16),
+    "wagon": (3.0, 0.45, 0.10, 0.05, 0.76, 0.02, 0.14), "suv": (2.2, 0.42, 0.02, 0.05, 0.80, 0.02, 0.08),
+    "van": (2.1, 0.45, 0.0, 0.0, 0.88, 0.0, 0.10), "pickup": (2.8, 0.45, 0.06, 0.36, 0.72, 0.0, 0.10),
+    "sports": (3.3, 0.55, 0.26, 0.35, 0.70, 0.16, 0.20),
 }
-
-# Salt of the looks' hash, chosen to keep the body colours of DEFAULT_CLASS_NAMES far apart.
-_LOOK_SALT = "1897:"
-
+_LOOK_SALT = "1897:"  # chosen to keep the body colours of DEFAULT_CLASS_NAMES far apart
 _BOX_FIELDS = [("bbox_x1", np.uint16), ("bbox_y1", np.uint16), ("bbox_x2", np.uint16), ("bbox_y2", np.uint16)]
 _ANNOTATION_FIELDS = _BOX_FIELDS + [("class", np.uint8), ("fname", str)]
 _META = {"class_names": np.array(STANFORD_CARS_CLASS_NAMES, dtype=object).reshape(1, -1)}  # a 1x196 cell array
@@ -95,40 +84,16 @@ def car_look(class_name: str) -> CarLook:
         accent=_hsv(unit[0] + 0.5, 0.3 + 0.6 * unit[3], 0.35 + 0.6 * unit[4]),
         glass=_hsv(0.55 + 0.1 * unit[5], 0.3 + 0.4 * unit[6], 0.15 + 0.25 * unit[7]),
         hub=_hsv(unit[8], 0.5 * unit[9], 0.4 + 0.6 * unit[10]), n_windows=1 + int(unit[11] * 2.999), stripe=unit[12] > 0.5,
-        aspect=_FAMILIES[family]["aspect"] * (0.9 + 0.2 * unit[13]), wheel_radius=0.13 + 0.05 * unit[14],
+        aspect=_FAMILIES[family][0] * (0.9 + 0.2 * unit[13]), wheel_radius=0.13 + 0.05 * unit[14],
     )
-
-
-def _jitter(color: tuple[int, int, int], factor: float) -> tuple[int, int, int, int]:
-    return tuple(int(min(255, max(0, c * factor))) for c in color) + (255,)  # type: ignore[return-value]
-
-
-def _draw_cabin(draw: ImageDraw.ImageDraw, pt: Callable[[float, float], tuple[float, float]], family: str, n_windows: int,
-                body: Any, glass: Any) -> None:
-    """The cabin and its windows (a convertible: the folded top and the windscreen)."""
-    shape = _FAMILIES[family]
-    top, c0, c1, roof = shape["body_top"], shape["c0"], shape["c1"], shape["roof"]
-    if family == "convertible":
-        draw.polygon([pt(c0, top), pt(c0 + 0.04, top - 0.08), pt(c1 - 0.1, top - 0.08), pt(c1 - 0.06, top)], fill=(25, 25, 25, 255))
-        draw.polygon([pt(c1 - 0.06, top), pt(c1 - 0.02, top - 0.22), pt(c1, top - 0.22), pt(c1 + 0.01, top)], fill=glass)
-        return
-    draw.polygon([pt(c0, top + 0.01), pt(c0 + shape["rear"], roof), pt(c1 - shape["front"], roof), pt(c1, top + 0.01)], fill=body)
-    # Windows: the cabin shrunk inwards, cut by pillars into n_windows panes.
-    g_top, g_bottom = roof + 0.06 * (top - roof) + 0.03, top - 0.02
-    slant = (g_bottom - g_top) / max(top - roof, 1e-3)
-    edges = np.linspace(c0 + shape["rear"] * slant + 0.03, c1 - 0.03, n_windows + 1)
-    for i in range(n_windows):
-        u0, u1 = edges[i] + 0.008, edges[i + 1] - 0.008
-        rear = shape["rear"] * slant if i == 0 else 0.0
-        front = shape["front"] * slant if i == n_windows - 1 else 0.0
-        draw.polygon([pt(u0, g_bottom), pt(u0 + rear * 0.5, g_top), pt(u1 - front, g_top), pt(u1, g_bottom)], fill=glass)
 
 
 def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right: bool = True) -> Image.Image:
     """One car on a transparent RGBA canvas ``length`` pixels long; its alpha is its extent."""
     height = max(8, int(round(length / (look.aspect * rng.uniform(0.96, 1.04)))))
     light = rng.uniform(0.85, 1.15)  # lighting varies per image, never per class
-    body, accent, glass, hub = (_jitter(c, light) for c in (look.color, look.accent, look.glass, look.hub))
+    body, accent, glass, hub = (tuple(int(min(255, max(0, c * light))) for c in color) + (255,)
+                                for color in (look.color, look.accent, look.glass, look.hub))
     canvas = Image.new("RGBA", (length, height), (0, 0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     w, h = length - 1, height - 1
@@ -136,23 +101,33 @@ def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right:
         return (u if facing_right else 1.0 - u) * w, v * h
     def quad(u0: float, v0: float, u1: float, v1: float, fill: Any) -> None:
         draw.polygon([pt(u0, v0), pt(u1, v0), pt(u1, v1), pt(u0, v1)], fill=fill)
-    top, bottom = _FAMILIES[look.family]["body_top"], 0.86
+    _, top, roof, c0, c1, rear, front = _FAMILIES[look.family]
+    bottom = 0.86
     draw.polygon([pt(0.0, top + 0.06), pt(0.03, top), pt(0.96, top + 0.04), pt(1.0, top + 0.12),
                   pt(1.0, bottom - 0.04), pt(0.97, bottom), pt(0.03, bottom), pt(0.0, bottom - 0.04)], fill=body)
-    _draw_cabin(draw, pt, look.family, look.n_windows, body, glass)
+    if look.family == "convertible":  # the folded top and the windscreen
+        draw.polygon([pt(c0, top), pt(c0 + 0.04, top - 0.08), pt(c1 - 0.1, top - 0.08), pt(c1 - 0.06, top)], fill=(25, 25, 25, 255))
+        draw.polygon([pt(c1 - 0.06, top), pt(c1 - 0.02, top - 0.22), pt(c1, top - 0.22), pt(c1 + 0.01, top)], fill=glass)
+    else:  # the cabin, then its windows: the cabin shrunk inwards, cut by pillars into n_windows panes
+        draw.polygon([pt(c0, top + 0.01), pt(c0 + rear, roof), pt(c1 - front, roof), pt(c1, top + 0.01)], fill=body)
+        g_top, g_bottom = roof + 0.06 * (top - roof) + 0.03, top - 0.02
+        slant = (g_bottom - g_top) / max(top - roof, 1e-3)
+        edges = np.linspace(c0 + rear * slant + 0.03, c1 - 0.03, look.n_windows + 1)
+        for i in range(look.n_windows):
+            u0, u1 = edges[i] + 0.008, edges[i + 1] - 0.008
+            pane_rear = rear * slant if i == 0 else 0.0
+            pane_front = front * slant if i == look.n_windows - 1 else 0.0
+            draw.polygon([pt(u0, g_bottom), pt(u0 + pane_rear * 0.5, g_top), pt(u1 - pane_front, g_top), pt(u1, g_bottom)], fill=glass)
     if look.family == "pickup":
-        quad(0.03, top + 0.02, _FAMILIES["pickup"]["c0"] - 0.02, top + 0.07, (30, 30, 30, 255))  # the bed
-    if look.stripe:
-        quad(0.02, 0.62, 0.99, 0.68, accent)
-    else:
-        quad(0.02, bottom - 0.08, 0.98, bottom - 0.04, accent)
+        quad(0.03, top + 0.02, c0 - 0.02, top + 0.07, (30, 30, 30, 255))  # the bed
+    quad(*((0.02, 0.62, 0.99, 0.68) if look.stripe else (0.02, bottom - 0.08, 0.98, bottom - 0.04)), accent)
     draw.polygon([pt(0.95, top + 0.1), pt(1.0, top + 0.12), pt(1.0, top + 0.2), pt(0.95, top + 0.2)], fill=(250, 245, 200, 255))
     quad(0.0, top + 0.08, 0.03, top + 0.18, (200, 20, 20, 255))  # tail light
     radius = min(look.wheel_radius * h * 1.15, 0.16 * w)
     for u in (0.2, 0.8):
         cx, cy = pt(u, 1.0)[0], h - radius
         for r, fill in ((radius, (28, 28, 28, 255)), (radius * 0.55, hub)):
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)  # not draw.circle: it needs Pillow 10.4
     return canvas
 
 
@@ -172,10 +147,8 @@ def draw_background(rng: np.random.Generator, width: int, height: int) -> Image.
         x0, y0 = rng.uniform(-0.1, 1.0) * width, rng.uniform(-0.1, 1.0) * height
         x1, y1 = x0 + rng.uniform(0.02, 0.35) * width, y0 + rng.uniform(0.02, 0.35) * height
         kind = rng.integers(0, 4)
-        if kind == 0:
-            draw.rectangle([x0, y0, x1, y1], fill=color)
-        elif kind == 1:
-            draw.ellipse([x0, y0, x1, y1], fill=color)
+        if kind < 2:
+            (draw.ellipse if kind else draw.rectangle)([x0, y0, x1, y1], fill=color)
         elif kind == 2:
             draw.line([x0, y0, x1, y1], fill=color, width=int(rng.integers(1, 8)))
         else:
@@ -198,46 +171,20 @@ def render_image(class_name: str, size: tuple[int, int], rng: np.random.Generato
     return image, (x + left, y + top, x + right, y + bottom)
 
 
-def _struct(records: Sequence[dict[str, Any]], fields: Sequence[tuple[str, Any]]) -> np.ndarray:
-    """A 1xN MATLAB struct array; numbers as 1x1 matrices of the given dtype, strings as char arrays."""
-    array = np.zeros((1, len(records)), dtype=[(name, object) for name, _ in fields])
-    for i, record in enumerate(records):
-        for name, dtype in fields:
-            array[0, i][name] = np.array([record[name]]) if dtype is str else np.array([[record[name]]], dtype=dtype)
-    return array
-
-
-def _savemat(path: Path, variables: dict[str, Any]) -> None:
+def _savemat(path: Path, records: Sequence[dict[str, Any]] = (), fields: Sequence[tuple[str, Any]] = (), **extra: Any) -> None:
+    """Write ``extra``, after ``records`` as a 1xN struct array ``annotations`` (numbers 1x1, strings char arrays)."""
     import scipy.io as sio  # here, not at the top: it takes longer to import than the CLI needs to start
+    if fields:
+        array = np.zeros((1, len(records)), dtype=[(name, object) for name, _ in fields])
+        for i, record in enumerate(records):
+            for name, dtype in fields:
+                array[0, i][name] = np.array([record[name]]) if dtype is str else np.array([[record[name]]], dtype=dtype)
+        extra = {"annotations": array, **extra}
     path.parent.mkdir(parents=True, exist_ok=True)  # in the staging folder: no temporary file needed
     with open(path, "wb") as handle:
-        sio.savemat(handle, variables, do_compression=False, oned_as="row")
+        sio.savemat(handle, extra, do_compression=False, oned_as="row")
         handle.seek(0)
         handle.write(_MAT_HEADER_TEXT)
-
-
-def _check_arguments(class_names: Sequence[str], layout: str, counts: dict[str, int], size_jitter: float) -> list[str]:
-    """The chosen class names, once every argument of :func:`write_synthetic_stanford_cars` is checked."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
-    chosen = list(class_names)
-    if not chosen:
-        raise ValueError("class_names is empty; pass None for the default selection")
-    for name in chosen:
-        if name not in STANFORD_CARS_CLASS_NAMES:
-            close = difflib.get_close_matches(name, STANFORD_CARS_CLASS_NAMES, n=3)
-            raise ValueError(f"{name!r} is not a Stanford Cars class name" + (f"; did you mean {close}?" if close else ""))
-    if len(set(chosen)) != len(chosen):
-        raise ValueError(f"class_names repeats a name: {chosen}")
-    for name, value in counts.items():
-        if int(value) < 0:
-            raise ValueError(f"{name}={value!r}: expected a count >= 0")
-    n_train = counts["n_train_per_class"] * len(chosen)
-    if counts["n_grayscale"] + counts["n_cmyk"] > n_train:
-        raise ValueError(f"n_grayscale + n_cmyk = {counts['n_grayscale'] + counts['n_cmyk']} exceeds the {n_train} train images")
-    if not 0.0 <= size_jitter < 1.0:
-        raise ValueError(f"size_jitter={size_jitter!r}: expected a fraction in [0, 1)")
-    return chosen
 
 
 def write_synthetic_stanford_cars(
@@ -260,8 +207,25 @@ def write_synthetic_stanford_cars(
         ValueError: For an unknown layout or class name, or negative counts.
         FileExistsError: If ``root/stanford_cars`` exists and is not synthetic.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+    chosen = list(DEFAULT_CLASS_NAMES if class_names is None else class_names)
+    if not chosen:
+        raise ValueError("class_names is empty; pass None for the default selection")
+    for name in chosen:
+        if name not in STANFORD_CARS_CLASS_NAMES:
+            close = difflib.get_close_matches(name, STANFORD_CARS_CLASS_NAMES, n=3)
+            raise ValueError(f"{name!r} is not a Stanford Cars class name" + (f"; did you mean {close}?" if close else ""))
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"class_names repeats a name: {chosen}")
     counts = dict(n_train_per_class=n_train_per_class, n_test_per_class=n_test_per_class, n_grayscale=n_grayscale, n_cmyk=n_cmyk)
-    chosen = _check_arguments(DEFAULT_CLASS_NAMES if class_names is None else class_names, layout, counts, size_jitter)
+    for name, value in counts.items():
+        if int(value) < 0:
+            raise ValueError(f"{name}={value!r}: expected a count >= 0")
+    if n_grayscale + n_cmyk > n_train_per_class * len(chosen):
+        raise ValueError(f"n_grayscale + n_cmyk = {n_grayscale + n_cmyk} exceeds the {n_train_per_class * len(chosen)} train images")
+    if not 0.0 <= size_jitter < 1.0:
+        raise ValueError(f"size_jitter={size_jitter!r}: expected a fraction in [0, 1)")
     root = root_path(root)
     target = root / "stanford_cars"
     if (target.exists() or target.is_symlink()) and not (target / MARKER_FILE).is_file():
@@ -271,16 +235,11 @@ def write_synthetic_stanford_cars(
     try:
         records = _draw_records(chosen, int(n_train_per_class), int(n_test_per_class), image_size, seed, size_jitter,
                                 int(n_grayscale), int(n_cmyk))
-        if layout == "car_ims":
-            _write_car_ims(staging, records, seed, quality)
-        else:
-            _write_devkit(staging, records, layout, quality)
+        _write_layout(staging, records, layout, seed, quality)
         (staging / MARKER_FILE).write_text(f"Synthetic Stanford Cars written by CAM_Stanford_Cars.synthetic ({layout} layout, "
                                            f"seed {seed}); classes with images: {', '.join(chosen)}.\n")
-        if target.is_symlink():
-            target.unlink()
-        elif target.exists():
-            shutil.rmtree(target)
+        if target.exists() or target.is_symlink():
+            (target.unlink if target.is_symlink() else shutil.rmtree)(target)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -288,12 +247,9 @@ def write_synthetic_stanford_cars(
     return root
 
 
-def _draw_records(
-    chosen: list[str], n_train: int, n_test: int, image_size: tuple[int, int], seed: int, size_jitter: float,
-    n_grayscale: int, n_cmyk: int,
-) -> dict[str, list[dict[str, Any]]]:
+def _draw_records(chosen: list[str], n_train: int, n_test: int, image_size: tuple[int, int], seed: int, size_jitter: float,
+                  n_grayscale: int, n_cmyk: int) -> dict[str, list[dict[str, Any]]]:
     """Per split, shuffled: each image with its 1-based class and 1-based inclusive box, as in the files."""
-    label_of = {name: STANFORD_CARS_CLASS_NAMES.index(name) + 1 for name in chosen}
     order_rng = np.random.default_rng([seed, 0])
     records: dict[str, list[dict[str, Any]]] = {}
     for split_id, (split, per_class) in enumerate((("train", n_train), ("test", n_test)), start=1):
@@ -307,39 +263,34 @@ def _draw_records(
             image, (left, top, right, bottom) = render_image(name, size, rng)
             if split == "train" and index < n_grayscale + n_cmyk:
                 image = image.convert("L" if index < n_grayscale else "CMYK")
-            records[split].append({"image": image, "class": label_of[name],
+            records[split].append({"image": image, "class": STANFORD_CARS_CLASS_NAMES.index(name) + 1,
                                    "bbox_x1": left + 1, "bbox_y1": top + 1, "bbox_x2": right, "bbox_y2": bottom})
     return records
 
 
-def _write_devkit(folder: Path, records: dict[str, list[dict[str, Any]]], layout: str, quality: int) -> None:
-    """torchvision's layout, or Kaggle's (nested image folders, the devkit in ``car_devkit/``)."""
-    devkit = folder / ("devkit" if layout == "torchvision" else "car_devkit/devkit")
+def _write_layout(folder: Path, records: dict[str, list[dict[str, Any]]], layout: str, seed: int, quality: int) -> None:
+    """The JPEGs and .mat files of ``records`` in ``layout``."""
+    if layout == "car_ims":  # the original release: both splits interleaved in car_ims/, one cars_annos.mat
+        (folder / "car_ims").mkdir(parents=True, exist_ok=True)
+        mixed = [dict(record, test=0) for record in records["train"]] + [dict(record, test=1) for record in records["test"]]
+        order = np.random.default_rng([seed, 3]).permutation(len(mixed))
+        rows = [dict(mixed[p], relative_im_path=f"car_ims/{n:06d}.jpg") for n, p in enumerate(order, start=1)]
+        for row in rows:
+            row["image"].save(folder / row["relative_im_path"], "JPEG", quality=quality)
+        fields = [("relative_im_path", str)] + _BOX_FIELDS + [("class", np.uint8), ("test", np.uint8)]
+        return _savemat(folder / "cars_annos.mat", rows, fields, **_META)
+    devkit = folder / ("devkit" if layout == "torchvision" else "car_devkit/devkit")  # Kaggle nests the folders
     for split in ("train", "test"):
         images = folder / f"cars_{split}" / (f"cars_{split}" if layout == "kaggle" else "")
         images.mkdir(parents=True, exist_ok=True)
         for index, record in enumerate(records[split], start=1):
             record["fname"] = f"{index:05d}.jpg"
             record["image"].save(images / record["fname"], "JPEG", quality=quality)
-    _savemat(devkit / "cars_meta.mat", _META)
-    _savemat(devkit / "cars_train_annos.mat", {"annotations": _struct(records["train"], _ANNOTATION_FIELDS)})
+    _savemat(devkit / "cars_meta.mat", **_META)
+    _savemat(devkit / "cars_train_annos.mat", records["train"], _ANNOTATION_FIELDS)
     # The devkit's own test file has no labels; the labelled one sits beside the image folders.
-    _savemat(devkit / "cars_test_annos.mat", {"annotations": _struct(records["test"], _BOX_FIELDS + [("fname", str)])})
-    _savemat(folder / "cars_test_annos_withlabels.mat", {"annotations": _struct(records["test"], _ANNOTATION_FIELDS)})
-
-
-def _write_car_ims(folder: Path, records: dict[str, list[dict[str, Any]]], seed: int, quality: int) -> None:
-    """The original release: ``car_ims/`` with both splits interleaved, and one ``cars_annos.mat``."""
-    (folder / "car_ims").mkdir(parents=True, exist_ok=True)
-    mixed = [(record, 0) for record in records["train"]] + [(record, 1) for record in records["test"]]
-    rows: list[dict[str, Any]] = []
-    for position in np.random.default_rng([seed, 3]).permutation(len(mixed)):
-        record, is_test = mixed[int(position)]
-        relative = f"car_ims/{len(rows) + 1:06d}.jpg"
-        record["image"].save(folder / relative, "JPEG", quality=quality)
-        rows.append(dict(record, relative_im_path=relative, test=is_test))
-    fields = [("relative_im_path", str)] + _BOX_FIELDS + [("class", np.uint8), ("test", np.uint8)]
-    _savemat(folder / "cars_annos.mat", {"annotations": _struct(rows, fields), **_META})
+    _savemat(devkit / "cars_test_annos.mat", records["test"], _BOX_FIELDS + [("fname", str)])
+    _savemat(folder / "cars_test_annos_withlabels.mat", records["test"], _ANNOTATION_FIELDS)
 
 
 def write_tiny_stanford_cars(root: PathLike, layout: str = "torchvision", seed: int = 0) -> Path:

@@ -11,7 +11,6 @@ logger = logging.getLogger(__name__)
 
 try:
     import numba
-
     HAVE_NUMBA = True
 except ImportError:
     HAVE_NUMBA = False
@@ -20,11 +19,8 @@ __all__ = ["HAVE_NUMBA", "njit", "run_in_ranges"]
 
 
 def njit(*args: Any, **options: Any) -> Any:
-    """``numba.njit``, bare (``@njit``) or with options; without numba the function stays plain Python.
-
-    numba refuses ``cache=True`` outright where it can write its cache nowhere (a read-only install
-    with no writable home); such a function is compiled without the cache, with a warning.
-    """
+    """``numba.njit``, bare or with options; without numba the function stays plain Python. Where numba can
+    write its cache nowhere (it then refuses ``cache=True``), the function is compiled uncached, with a warning."""
     if len(args) == 1 and callable(args[0]) and not options:
         return njit()(args[0])
 
@@ -38,17 +34,12 @@ def njit(*args: Any, **options: Any) -> Any:
                 raise
             logger.warning("%s; compiling %s without numba's on-disk cache", err, func.__qualname__)
             return numba.njit(**{**options, "cache": False})(func)
-
     return decorate
 
 
 def run_in_ranges(run: Callable[[int, int], None], n: int, workers: int, tasks: int | None = None) -> None:
-    """Call ``run(start, stop)`` over ``[0, n)`` cut into ``tasks`` near-equal ranges, on ``workers`` threads.
-
-    Compiled kernels release the GIL, so plain threads share a batch. More tasks than workers (default:
-    as many) let a thread slowed by other load hand its share to the others. One worker runs the
-    whole range in the calling thread.
-    """
+    """Call ``run(start, stop)`` over ``[0, n)`` cut into ``tasks`` near-equal ranges on ``workers`` threads
+    (compiled kernels release the GIL); one worker runs it all in the calling thread."""
     workers = max(1, min(workers, n))
     if workers == 1:
         return run(0, n)

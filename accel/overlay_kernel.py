@@ -1,7 +1,5 @@
-"""``apply_cam``'s upsample, normalise, colour and blend in one numba pass per image, each map kept in cache.
-
-It reproduces torch's arithmetic (``F.interpolate``'s taps, ``add``'s fused multiply-add), so it equals
-the torch path bit for bit where :func:`matches_torch` says this torch build agrees."""
+"""``apply_cam``'s upsample, normalise, colour and blend in one numba pass per image. It reproduces torch's
+arithmetic (interpolation taps, fused multiply-adds) bit for bit where :func:`matches_torch` says so."""
 
 from __future__ import annotations
 
@@ -22,17 +20,14 @@ if HAVE_NUMBA:  # without numba, apply_cam runs its torch path
 __all__ = ["HAVE_NUMBA", "bilinear_taps", "blend_overlays", "matches_torch", "upsample"]
 
 TASKS_PER_THREAD = 4  # more than one: a thread slowed by other load hands its share to the others
-# Pixels (over a thread's images) below which another thread costs more to start than it saves.
-MIN_PIXELS_PER_THREAD = 1 << 18
+MIN_PIXELS_PER_THREAD = 1 << 18  # below this, another thread costs more to start than it saves
 
 Taps = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def bilinear_taps(in_size: int, out_size: int) -> Taps:
-    """Source indices and weights of ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis.
-
-    Output pixel ``i`` is ``w0[i] * src[i0[i]] + w1[i] * src[i1[i]]``, computed as torch's CPU kernel
-    does: in float32, the source coordinate ``scale * (i + 0.5) - 0.5`` rounded once (a fused multiply-add).
+    """Source indices and weights of ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis,
+    in float32 as torch's CPU kernel computes them: output ``i`` is ``w0[i] * src[i0[i]] + w1[i] * src[i1[i]]``.
 
     Args:
         in_size: Length of the map along this axis.
@@ -52,22 +47,19 @@ def bilinear_taps(in_size: int, out_size: int) -> Taps:
 
 
 if HAVE_NUMBA:
-
     @intrinsic
     def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
         """``a * b + c`` rounded once (LLVM's ``fma``), as torch's vectorised kernels compute it."""
         if not (isinstance(a, types.Float) and a == b == c):
             return None
-
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             return builder.fma(*args)
-
         return a(a, b, c), codegen
 
     @njit(cache=True, nogil=True)
     def _upsample_one(cam, ty, tx, rows, up):  # pragma: no cover - compiled
-        """Upsample one (h, w) map into ``up`` (H, W); ``rows`` (h, W) is scratch."""
-        # Each tap is torch's `t0 * w0 + t1 * w1` as its compiler contracts it.
+        """Upsample one (h, w) map into ``up`` (H, W); ``rows`` (h, W) is scratch. Each tap is torch's
+        ``t0 * w0 + t1 * w1`` as its compiler contracts it."""
         y0, y1, wy0, wy1 = ty
         x0, x1, wx0, wx1 = tx
         for r in range(cam.shape[0]):
@@ -126,11 +118,8 @@ def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def matches_torch(map_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
-    """Whether the kernel's upsample of ``map_size`` maps to ``image_size`` equals this torch build's, bit for bit.
-
-    torch picks its CPU kernel by shape and its rounding by build; a different arithmetic differs on
-    most pixels, so one random map decides.
-    """
+    """Whether the kernel's upsample of ``map_size`` maps to ``image_size`` equals this torch build's, bit for bit
+    (torch picks its CPU kernel by shape and rounding by build; another arithmetic differs on most pixels)."""
     if not HAVE_NUMBA:
         return False
     probe = torch.randn(1, *map_size, generator=torch.Generator().manual_seed(0))

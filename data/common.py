@@ -23,7 +23,6 @@ class DatasetError(Exception):
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """No readable layout under ``root``; ``problem`` is the message without the advice on getting the data."""
-
     def __init__(self, problem: str, how_to: str = "") -> None:
         super().__init__(f"{problem} {how_to}".strip())
         self.problem = problem

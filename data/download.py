@@ -24,7 +24,6 @@ _NETWORK_ERRORS = {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout"
 @dataclass(frozen=True)
 class Mirror:
     """A Kaggle dataset that serves Stanford Cars, and what a complete copy holds."""
-
     handle: str = KAGGLE_HANDLE
     num_classes: int = 196
     num_train: int = 8144
@@ -80,9 +79,8 @@ def _fetch(mirror: Mirror, root: Path, staging: Path) -> Path:
 
 def _find_fetched_layout(fetched: Path) -> Layout:
     """The layout inside what the client returned: at its top, in ``stanford_cars``, or one folder down."""
-    places = [fetched] + (sorted(path for path in fetched.iterdir() if path.is_dir()) if fetched.is_dir() else [])
     errors = []
-    for place in places:
+    for place in [fetched] + (sorted(path for path in fetched.iterdir() if path.is_dir()) if fetched.is_dir() else []):
         try:
             return find_layout(place)
         except DatasetNotFoundError as err:
@@ -90,24 +88,13 @@ def _find_fetched_layout(fetched: Path) -> Layout:
     raise DownloadError(f"the download at {fetched} holds no Stanford Cars layout this reader accepts: {errors[0]}")
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Put ``source`` at ``target`` as a symlink (a copy where links are not allowed), atomically."""
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        os.symlink(source.resolve(), temporary, target_is_directory=True)
-    except OSError:
-        logger.info("Cannot symlink here; copying %s to %s", source, target)
-        shutil.copytree(source, temporary)
-    os.replace(temporary, target)
-
-
 def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path:
-    """Make sure ``root`` holds Stanford Cars (any layout), else fetch ``mirror`` (:data:`DEFAULT_MIRROR` if None)
-    with ``kagglehub``, :func:`verify_stanford_cars` it and place it at ``root/stanford_cars``; the layout's folder.
+    """The folder of the Stanford Cars under ``root``; if there is none, ``mirror`` (:data:`DEFAULT_MIRROR` if None)
+    fetched with ``kagglehub``, checked by :func:`verify_stanford_cars` and placed at ``root/stanford_cars``.
 
     Raises:
-        DownloadError: If ``kagglehub`` is missing, the fetch fails (saying whether the network is
-            unreachable and how to place the files by hand), the copy is incomplete, or a broken copy is in the way.
+        DownloadError: If ``kagglehub`` is missing, the fetch fails (saying why and how to place the files
+            by hand), the copy is incomplete, or a broken copy is in the way.
     """
     mirror = mirror if mirror is not None else DEFAULT_MIRROR
     root = root_path(root)
@@ -121,8 +108,7 @@ def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path
             raise DownloadError(f"{target} exists but is not a readable Stanford Cars ({err}). Complete it, or move it aside "
                                 f"so download_datasets=True can put a fresh copy there.") from None
     staging = root / ".stanford_cars_download"
-    fetched = _fetch(mirror, root, staging)
-    layout = _find_fetched_layout(fetched)
+    layout = _find_fetched_layout(fetched := _fetch(mirror, root, staging))
     try:
         verify_stanford_cars(layout.base, mirror.num_classes, mirror.num_train, mirror.num_test)
     except DatasetError as err:
@@ -131,8 +117,14 @@ def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path
     if layout.base.resolve().is_relative_to(staging.resolve()):
         os.replace(layout.base, target)
         shutil.rmtree(staging, ignore_errors=True)
-    else:
-        _link_or_copy(layout.base, target)
+    else:  # a symlink (a copy where links are not allowed), placed atomically
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            os.symlink(layout.base.resolve(), temporary, target_is_directory=True)
+        except OSError:
+            logger.info("Cannot symlink here; copying %s to %s", layout.base, target)
+            shutil.copytree(layout.base, temporary)
+        os.replace(temporary, target)
     placed = find_layout(root)
     logger.info("Stanford Cars placed at %s (%s layout)", placed.base, placed.kind)
     return placed.base

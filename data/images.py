@@ -62,14 +62,15 @@ def _sample_crop(width: int, height: int, box: np.ndarray) -> tuple[float, float
 def decode_image(path: str, min_size: tuple[int, int]) -> tuple[np.ndarray, int, tuple[int, int]]:
     """Decode an image to RGB at the coarsest JPEG DCT scale (1, 1/2, 1/4, 1/8) that keeps ``min_size`` (w, h).
 
-    Returns ``(pixels, scale, (width, height))``: pixels (H', W', 3) uint8 with H' = ceil(height / scale),
-    the integer reduction ``scale`` (1 for other formats), and the file's own size. Raises
-    :class:`MissingImageError` or :class:`ImageLoadError` if the file is missing or cannot be decoded.
+    Returns:
+        ``(pixels (ceil(h / scale), ceil(w / scale), 3) uint8, scale (1 for non-JPEG), (w, h) of the file)``.
+
+    Raises:
+        MissingImageError, ImageLoadError: If the file is missing or cannot be decoded.
     """
     image = open_image(path)
     try:
-        width, height = image.size
-        scale = 1
+        (width, height), scale = image.size, 1
         if min_size[0] < width and min_size[1] < height:
             drafted = image.draft("RGB", min_size)  # PIL's draft mode: (mode, box of the full image in decoded pixels)
             if drafted is not None:
@@ -84,25 +85,22 @@ def decode_image(path: str, min_size: tuple[int, int]) -> tuple[np.ndarray, int,
 
 
 def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Antialiased bilinear resize of (h, w, 3) uint8 pixels to (size, size, 3) uint8, within one grey level of PIL's.
-
-    On a private contiguous copy: torch cannot wrap a read-only memory map, and a strided view takes a slow path.
-    """
+    """Antialiased bilinear resize of (h, w, 3) uint8 pixels to (size, size, 3) uint8, within one grey level of PIL's."""
+    # A private contiguous copy: torch cannot wrap a read-only memory map, and a strided view takes a slow path.
     chw = torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C", copy=True)).permute(2, 0, 1)[None]  # (1, 3, h, w)
     out = torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return out[0].permute(1, 2, 0).numpy()  # (S, S, 3), contiguous: the output keeps the input's channels-last layout
 
 
 class ImageCache:
-    """Decoded, resized uint8 pixels on disk in ``folder``, memory-mapped back on later reads.
+    """Decoded pixels in ``folder``, one ``.npy`` per image and view, memory-mapped back on later reads.
 
-    One ``.npy`` per image and view, named by a hash of the image's path, size, modification time
-    and the view (a changed file is decoded afresh): a flat uint8 array, a header of five
-    little-endian uint32 (file width and height, rows, cols, the decoder's reduction or 0 for a
-    resized view), then the (rows, cols, 3) pixels. Written atomically, so DataLoader workers may
-    share it; a write that would leave under ``min_free_bytes`` free on the disk is skipped.
+    Keyed by the image's path, size and mtime; written atomically, so DataLoader workers may share it;
+    a write that would leave under ``min_free_bytes`` free on the disk is skipped.
     """
 
+    # Each file: flat uint8; five little-endian uint32 (file width, height, rows, cols, the decoder's
+    # reduction or 0 for a resized view), then the (rows, cols, 3) pixels.
     HEADER_BYTES = 20
 
     def __init__(self, folder: PathLike, min_free_bytes: int = 1 << 30) -> None:
@@ -124,13 +122,12 @@ class ImageCache:
             logger.warning(message, *args)
 
     def path_for(self, path: str, view: str) -> Path:
-        """The cache file of ``view`` (``"view224"``, ``"base224"``) of image ``path``."""
         stat = os.stat(path)
         key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{view}"
         return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
     def get(self, path: str, view: str) -> tuple[np.ndarray, int, tuple[int, int]] | None:
-        """``(pixels (rows, cols, 3) uint8 read-only memory map, scale, (width, height))``, or None if not cached."""
+        """``(pixels (rows, cols, 3) uint8 read-only memory map, scale, (width, height))``, or None."""
         try:
             flat = np.load(self.path_for(path, view), mmap_mode="r")
         except (FileNotFoundError, ValueError, OSError):
@@ -143,7 +140,7 @@ class ImageCache:
         return flat[self.HEADER_BYTES:].reshape(rows, cols, 3), scale, (width, height)
 
     def put(self, path: str, view: str, pixels: np.ndarray, scale: int, size: tuple[int, int]) -> None:
-        """Store ``pixels`` (rows, cols, 3) uint8 of image ``path``: decoded at 1/``scale`` (0: resized), ``size`` its (width, height)."""
+        """Store ``pixels`` (rows, cols, 3) uint8 decoded at 1/``scale`` (0: resized) of image ``path`` of ``size`` (w, h)."""
         target = self.path_for(path, view)
         header = np.array([size[0], size[1], pixels.shape[0], pixels.shape[1], scale], dtype="<u4").view(np.uint8)
         flat = np.concatenate([header, np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1)])
@@ -163,7 +160,7 @@ class ImageCache:
 
 def _cached_pixels(path: str, min_side: int, view: str, cache: ImageCache | None,
                    resize_to: int | None = None) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """:func:`decode_image` (then resized to ``resize_to`` squared, scale 0), through the cache when there is one."""
+    """:func:`decode_image` (then resized to ``resize_to`` squared, scale 0) through ``cache``."""
     hit = cache.get(path, view) if cache is not None else None
     if hit is not None:
         return hit
@@ -177,11 +174,10 @@ def _cached_pixels(path: str, min_side: int, view: str, cache: ImageCache | None
 
 def load_view(path: str, box: np.ndarray, image_size: int, augment: bool,
               cache: ImageCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode an image and its box into the view the network sees: the whole image resized to S x S, or
-    with ``augment`` a random crop and flip (torch's global RNG; see ``docs/data.md``).
+    """The view the network sees: the whole image resized to S x S, or with ``augment`` a random crop and flip.
 
-    Augmented views are cut from pixels decoded once at the scale that leaves the smallest crop S
-    pixels across, so a ``cache`` can keep them (or the resized view) and give the same result, bit for bit.
+    Crops are cut from pixels decoded at the scale that leaves the smallest crop S across, so a ``cache``
+    gives the same result bit for bit. Torch's global RNG; see ``docs/data.md``.
 
     Args:
         path: Image file; ``box``: (4,) ``[x1, y1, x2, y2]`` in its pixels, 0-based half-open.

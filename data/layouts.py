@@ -20,10 +20,8 @@ _TEST_ANNOTATIONS = ("cars_test_annos_withlabels.mat", "cars_test_annos_withlabe
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the files of one Stanford Cars copy are: ``kind`` (one of ``LAYOUTS``), the ``base`` folder,
-    the ``meta_file`` with ``class_names``, and per split the ``.mat`` file of its annotations and the
-    folder its file names are relative to."""
-
+    """One Stanford Cars copy: ``kind`` (one of ``LAYOUTS``), ``base`` folder, ``meta_file`` (``class_names``),
+    and per split its annotations ``.mat`` and the folder its file names are relative to."""
     kind: str
     base: Path
     meta_file: Path
@@ -34,7 +32,6 @@ class Layout:
 @dataclass
 class _Candidate:
     """A layout being looked for under ``base``: what was found, what is missing."""
-
     kind: str
     base: Path
     found: list[str] = field(default_factory=list)
@@ -129,22 +126,19 @@ def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
         best = max(partial, key=lambda c: len(c.found))
         raise DatasetNotFoundError(
             f"Stanford Cars under {str(root)!r} is incomplete: found a {best.kind} layout at {best.base} "
-            f"({', '.join(best.found)}) but not {', '.join(best.missing)}.", _how_to_get_the_data(root)
-        )
+            f"({', '.join(best.found)}) but not {', '.join(best.missing)}.", _how_to_get_the_data(root))
     raise DatasetNotFoundError(
         f"No Stanford Cars found under {str(root)!r}. Looked in {root / 'stanford_cars'} and {root} for: "
         f"torchvision's layout (devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat, "
         f"cars_train/, cars_test/); Kaggle's layout (cars_train/cars_train/, cars_test/cars_test/ with devkit/ or "
         f"car_devkit/devkit/ and cars_test_annos_withlabels.mat beside them); the original all-in-one layout "
-        f"(cars_annos.mat, car_ims/).", _how_to_get_the_data(root)
-    )
+        f"(cars_annos.mat, car_ims/).", _how_to_get_the_data(root))
 
 
 @dataclass(frozen=True)
 class SplitAnnotations:
     """One split in file order: image ``paths`` (``str(image_dir / fname)``, as torchvision builds them),
     ``labels`` (N,) int64 0-based, ``boxes`` (N, 4) float64 ``[x1, y1, x2, y2]`` in original pixels, half-open."""
-
     paths: tuple[str, ...]
     labels: np.ndarray
     boxes: np.ndarray
@@ -191,8 +185,7 @@ def _read_class_names_cached(path: str, mtime_ns: int, size: int) -> tuple[str, 
 @functools.lru_cache(maxsize=8)
 def _read_annotations_cached(path: str, mtime_ns: int, size: int, image_dir: str, car_ims: bool) -> dict[str, SplitAnnotations]:
     """The ``annotations`` of a file: per split for ``cars_annos.mat`` (its ``test`` field), else under ``"all"``."""
-    mat_path = Path(path)
-    name_field = "relative_im_path" if car_ims else "fname"
+    mat_path, name_field = Path(path), "relative_im_path" if car_ims else "fname"
     fields = (name_field, "class") + (("test",) if car_ims else ()) + _BOX_FIELDS
     columns = _struct_columns(_loadmat(mat_path), mat_path, "annotations", fields)
     paths = np.array([str(Path(image_dir) / str(name)) for name in columns[name_field]], dtype=object)
@@ -218,8 +211,7 @@ def read_class_names(layout: Layout) -> list[str]:
 
 def read_split(layout: Layout, split: str) -> SplitAnnotations:
     """The annotations of one split, parsed once per file; :class:`AnnotationError` for a bad or mismatched file."""
-    path = layout.annotation_files[split]
-    car_ims = layout.kind == "car_ims"
+    path, car_ims = layout.annotation_files[split], layout.kind == "car_ims"
     annotations = _read_annotations_cached(*_file_key(path), str(layout.image_dirs[split]), car_ims)[split if car_ims else "all"]
     labels, n_classes = annotations.labels, len(read_class_names(layout))
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
@@ -236,8 +228,7 @@ def verify_stanford_cars(root: PathLike, num_classes: int = 196, num_train: int 
         DatasetError: Listing every count that differs and the first missing image files.
     """
     layout = find_layout(root)
-    problems: list[str] = []
-    names = read_class_names(layout)
+    names, problems = read_class_names(layout), list[str]()
     if len(names) != num_classes:
         problems.append(f"{layout.meta_file} has {len(names)} class names, expected {num_classes}")
     for split, expected in (("train", num_train), ("test", num_test)):
@@ -247,8 +238,8 @@ def verify_stanford_cars(root: PathLike, num_classes: int = 196, num_train: int 
         missing = [path for path in annotations.paths if not os.path.isfile(path)]
         if missing:
             problems.append(f"{len(missing)} {split} images are missing, e.g. {missing[:3]}")
-        boxes = annotations.boxes
-        empty = int(np.sum((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])))
+        x1, y1, x2, y2 = annotations.boxes.T
+        empty = int(np.sum((x2 <= x1) | (y2 <= y1)))
         if empty:
             problems.append(f"{empty} {split} boxes in {layout.annotation_files[split]} are empty")
     if problems:

@@ -30,7 +30,6 @@ _FIELD_OF_FILTER = {"car_brand": "make", "car_type": "body_type", "car_productio
 
 class CarClass(NamedTuple):
     """A class name split into its parts; ``body_type`` is None for the 15 names without one (``Acura TL Type-S 2008``)."""
-
     make: str
     model: str
     body_type: str | None
@@ -38,9 +37,10 @@ class CarClass(NamedTuple):
 
 
 def parse_class_name(name: str) -> CarClass:
-    """Split a class name "Make Model Type Year": the make is one word, or two for :data:`TWO_WORD_MAKES`;
-    the type one of :data:`BODY_TYPES` as a whole-word suffix (``Infiniti G Coupe IPL 2012`` has none).
-    ``ValueError`` if the name does not end in a four-digit year after a make and a model.
+    """Split "Make Model [Type] Year" (make: one word or a :data:`TWO_WORD_MAKES`; type: a :data:`BODY_TYPES` suffix).
+
+    Raises:
+        ValueError: If the name does not end in a four-digit year after a make and a model.
 
     Example:
         >>> parse_class_name("Chevrolet Silverado 1500 Hybrid Crew Cab 2012")
@@ -66,7 +66,6 @@ _MISSING = object()
 
 class ClassToIdx(dict):
     """torchvision's ``class_to_idx`` (name -> index), a plain dict, that also maps an int-like index to its name."""
-
     def __init__(self, classes: Sequence[str]) -> None:
         super().__init__((name, index) for index, name in enumerate(classes))
         self._names = tuple(classes)
@@ -96,7 +95,6 @@ class ClassToIdx(dict):
 
 
 def _filter_values(filter_name: str, value: FilterValue) -> list[str] | list[int] | None:
-    """A filter argument as a list of values, or None for "keep all"."""
     if value is None:
         return None
     values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
@@ -130,7 +128,6 @@ def _matches(car: CarClass, filter_name: str, values: Sequence[str] | Sequence[i
 @dataclass(frozen=True)
 class FilterValueCount:
     """One brand, body type or year: how many classes carry it and how many images they have."""
-
     value: str | int | None
     n_classes: int
     n_train: int
@@ -143,7 +140,7 @@ def _label(value: str | int | None) -> str:
 
 def _value_counts(cars: Sequence[CarClass], indices: Iterable[int], filter_name: str, train_counts: Sequence[int],
                   test_counts: Sequence[int]) -> list[FilterValueCount]:
-    """Per value of ``filter_name`` among ``indices``: classes and images; sorted, None last."""
+    """Per value of ``filter_name`` among ``indices``: classes and images, sorted, None last."""
     totals: dict[str | int | None, list[int]] = {}
     for index in indices:
         key = getattr(cars[index], _FIELD_OF_FILTER[filter_name])
@@ -156,11 +153,9 @@ def select_classes(
     class_names: Sequence[str], car_type: FilterValue = None, car_brand: FilterValue = None,
     car_production_year: FilterValue = None, image_counts: Sequence[int] | None = None, split: str | None = None,
 ) -> list[int]:
-    """The indices (ascending) of the ``class_names`` (devkit order) that pass every filter.
-
-    Each filter (``"Sedan"``, ``"BMW"``, ``2012``) is None (keep all), one value or a list (any may match).
-    Brands and types match case-insensitively as whole words (``"Cab"`` keeps ``Crew Cab``, not
-    ``SuperCab``); years exactly. ``image_counts`` (per class, of ``split``) are listed when nothing matches.
+    """The ascending indices of the ``class_names`` that pass every filter: each None (keep all), one value or a
+    list (any may match); brands and types case-insensitively as whole words, years exactly. ``image_counts``
+    (per class, of ``split``) are listed when nothing matches.
 
     Raises:
         ValueError: If a filter value is malformed, or a filter matches no class among those the
@@ -193,7 +188,6 @@ def select_classes(
 @dataclass(frozen=True)
 class FilterSummary:
     """The brands, body types and years of a Stanford Cars copy, with class and image counts."""
-
     root: str
     layout: str
     n_classes: int
