@@ -1,9 +1,10 @@
-"""Command-line building blocks of ``main.py`` and ``visualize.py``: one-line errors, help that
-shows defaults, and the argument types."""
+"""What ``main.py`` and ``visualize.py`` share on the command line: one-line errors, help with defaults, argument types."""
 
 from __future__ import annotations
 
 import argparse
+
+_BOOLEANS = dict.fromkeys(("true", "yes", "1", "on", "y", "t"), True) | dict.fromkeys(("false", "no", "0", "off", "n", "f"), False)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -25,11 +26,9 @@ class OneLineParser(argparse.ArgumentParser):
 def bool_flag(value: str) -> bool:
     """``true/false/yes/no/1/0/on/off`` in any case."""
     lowered = str(value).strip().lower()
-    if lowered in {"true", "yes", "1", "on", "y", "t"}:
-        return True
-    if lowered in {"false", "no", "0", "off", "n", "f"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {value!r}")
+    if lowered not in _BOOLEANS:
+        raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {value!r}")
+    return _BOOLEANS[lowered]
 
 
 def positive_int(value: str) -> int:
@@ -45,10 +44,7 @@ def positive_int(value: str) -> int:
 
 def pretrained_flag(value: str) -> bool | str:
     """A boolean, or the path of a local copy of torchvision's ImageNet AlexNet weights."""
-    try:
-        return bool_flag(value)
-    except argparse.ArgumentTypeError:
-        return value
+    return _BOOLEANS.get(str(value).strip().lower(), value)
 
 
 def text_list(value: str) -> str | list[str]:
@@ -61,9 +57,8 @@ def text_list(value: str) -> str | list[str]:
 
 def year_list(value: str) -> int | list[int]:
     """A year, or several separated by commas (``2011,2012``)."""
-    parts = [part.strip() for part in value.split(",") if part.strip()]
     try:
-        years = [int(part) for part in parts]
+        years = [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
         years = []
     if not years:

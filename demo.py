@@ -1,10 +1,8 @@
-"""The demo (``python main.py --demo``): a synthetic Stanford Cars in the real on-disk format, a short
-CPU training run from scratch, the best checkpoint scored on the test split, and a grid of CAM overlays
-with the predicted and true boxes. No download."""
+"""The demo (``python main.py --demo``), no download: a synthetic Stanford Cars in the real on-disk format, a short CPU
+training run from scratch, the best checkpoint scored on the test split, and CAM overlays with predicted and true boxes."""
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -17,8 +15,6 @@ from .files import check_writable
 from .synthetic import write_synthetic_stanford_cars
 from .train import fit
 from .visualize import render_cam_grid
-
-logger = logging.getLogger(__name__)
 
 DEMO_IMAGE_SIZE = 128
 # The README's example brand and year: nine BMW classes of 2012 get synthetic images.
@@ -57,7 +53,6 @@ def run_demo(out_dir: str | os.PathLike | None = None, seed: int = 0, progress: 
     check_writable(base, "--demo_dir")
     data_root, run_dir = base / "data", base / "run"
     class_names = [STANFORD_CARS_CLASS_NAMES[i] for i in select_classes(STANFORD_CARS_CLASS_NAMES, **DEMO_FILTERS)]
-    logger.info("Writing a synthetic Stanford Cars (%d classes) to %s", len(class_names), data_root)
     try:
         write_synthetic_stanford_cars(data_root, class_names=class_names, n_train_per_class=n_train_per_class,
                                       n_test_per_class=n_test_per_class, seed=seed)

@@ -4,16 +4,7 @@ Boxes are float ``[x1, y1, x2, y2]`` in half-open pixel edges (columns ``c0..c1`
 ``[c0, r0, c1 + 1, r1 + 1]``); a missing box is all NaN, an empty mask's ``[0, 0, 0, 0]`` (as wsolevaluation).
 A CAM's box at threshold ``t`` (Zhou et al. 2016) bounds the largest 8-connected component of
 ``normalize_cams(cam) >= t``: :func:`reference_boxes` labels each threshold with scipy, :func:`sweep_boxes` finds
-the same boxes in one pass (:mod:`.accel.sweep`) where numba is installed.
-
-Example:
-    >>> meter = LocalizationMeter()
-    >>> cams = torch.zeros(1, 13, 13)
-    >>> cams[0, 3:8, 4:9] = 1.0
-    >>> meter.update(torch.tensor([[2.0, 1.0]]), torch.tensor([0]), cams,
-    ...              torch.tensor([[60.0, 50.0, 150.0, 130.0]]), (224, 224))
-    >>> round(meter.compute()["gt_known_loc"], 2)
-    1.0
+the same boxes in one pass (:mod:`.accel.sweep`) where numba is installed. :class:`LocalizationMeter` scores them.
 """
 
 from __future__ import annotations
@@ -29,7 +20,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from .accel.sweep import HAVE_NUMBA, run_sweep as run_compiled_sweep
+from .accel.sweep import HAVE_NUMBA, run_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +39,11 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # scipy.ndimage.label's structure
 
 
 def normalize_cams(cams: Tensor, size: tuple[int, int]) -> Tensor:
-    """Upsample CAMs bilinearly to ``size`` and min-max normalise each to [0, 1]; a constant map becomes zeros.
-
-    Args:
-        cams: raw maps, (B, h, w) or (B, 1, h, w), any real dtype and device.
-        size: ``(H, W)`` of the image the boxes are wanted in.
+    """Upsample raw CAMs (B, h, w) or (B, 1, h, w), any real dtype and device, bilinearly to ``size`` ``(H, W)`` (the
+    image's) and min-max normalise each to [0, 1]; a constant map becomes zeros.
 
     Returns:
-        (B, H, W) on the input's device; float64 for float64 input, float32 otherwise; finite.
+        (B, H, W) finite maps on the input's device; float64 for float64 input, float32 otherwise.
 
     Raises:
         ValueError: on a wrong shape, a bad ``size``, a non-finite value or a range the dtype cannot hold.
@@ -84,8 +72,7 @@ def box_iou(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> np.ndarray | Tens
     """Intersection over union of boxes, pair by pair: 0 for boxes that only touch, NaN for a missing (all-NaN) box.
 
     Args:
-        a: boxes (..., 4), ``[x1, y1, x2, y2]``.
-        b: boxes (..., 4), broadcastable against ``a``.
+        a, b: boxes (..., 4) ``[x1, y1, x2, y2]``, broadcastable against each other.
 
     Returns:
         (...,) IoUs: float64 numpy, or for tensor input a tensor on its device (float32 unless one is float64).
@@ -192,7 +179,7 @@ def _sweep(maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None
            num_threads: int | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Boxes (B, T, 4) and, given ``gt_boxes`` (B, 4), best IoUs (B, T) of checked maps and thresholds."""
     if HAVE_NUMBA:
-        return run_compiled_sweep(maps, thresholds, gt_boxes, num_threads)
+        return run_sweep(maps, thresholds, gt_boxes, num_threads)
     _warn_no_numba()
     boxes, best = np.zeros((maps.shape[0], thresholds.shape[0], 4)), np.zeros((maps.shape[0], thresholds.shape[0]))
     for i, cam in enumerate(maps):
@@ -229,10 +216,8 @@ def sweep_best_iou(maps: np.ndarray | Tensor, gt_boxes: np.ndarray, thresholds: 
     box (hole outlines are not matched here).
 
     Args:
-        maps: (B, H, W) finite maps, an array or a tensor of any float dtype on any device.
+        maps, thresholds, num_threads: as :func:`sweep_boxes`, with maps (B, H, W).
         gt_boxes: (B, 4) ground-truth boxes; a missing (all-NaN) box gives a row of NaN.
-        thresholds: (T,) strictly increasing thresholds.
-        num_threads: threads sharing the batch; ``None`` uses every CPU this process may run on.
 
     Returns:
         (B, T) float64 IoUs; 0 where the mask is empty.
@@ -252,8 +237,7 @@ def boxes_from_cams(cams: Tensor, size: tuple[int, int], threshold: float = LOC_
     """The CAM paper's box: largest 8-connected component of the normalised map ``>= threshold``.
 
     Args:
-        cams: raw maps (B, h, w) or (B, 1, h, w).
-        size: ``(H, W)`` of the image the boxes are for.
+        cams, size: raw maps (B, h, w) or (B, 1, h, w) and the image's ``(H, W)``, as :func:`normalize_cams`.
         threshold: in [0, 1]; the paper uses 0.2.
 
     Returns:
@@ -305,8 +289,7 @@ class LocalizationMeter:
         """Add a batch.
 
         Args:
-            logits: (B, C) class scores.
-            labels: (B,) true classes.
+            logits, labels: (B, C) class scores and (B,) true classes.
             cams: raw CAMs of the TRUE class, (B, h, w) or (B, 1, h, w); upsampled and normalised here.
             gt_boxes: (B, 4) boxes in the image's pixels, a row of NaN where an image has none; ``None`` if none has.
             image_size: ``(H, W)`` of the images the boxes refer to.
@@ -399,8 +382,8 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
             note = f"{note}; at t={metrics['maxboxacc_threshold']:.2f}"
         lines.append(f"{label:<16}{text:>9}  {note}")
     if "n_images" in metrics:
-        lines += ["-" * 78, f"images: {metrics['n_images']} ({metrics.get('n_with_box', '?')} with a box, "
-                  f"{metrics.get('n_without_box', '?')} without: classified but not scored for localisation)"]
+        lines += ["-" * 78, (f"images: {metrics['n_images']} ({metrics.get('n_with_box', '?')} with a box, "
+                             f"{metrics.get('n_without_box', '?')} without: classified but not scored for localisation)")]
     known = {key for key, _, _ in _TABLE_ROWS} | {"maxboxacc_threshold", "n_images", "n_with_box", "n_without_box"}
     extra = [f"{key}: {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key}: {metrics[key]}" for key in sorted(metrics) if key not in known]
     return "\n".join(lines + extra)

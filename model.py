@@ -25,12 +25,10 @@ from torch import Tensor, nn
 from .checkpoint import CHECKPOINT_FORMAT_VERSION, read_checkpoint, require_entries, save_checkpoint, unwrap_model
 from .files import CheckpointError, _first_line, _safe_torch_load, _TorchFileError, atomic_file, default_file_mode, file_in_the_way
 
-__all__ = [
-    "ALEXNET_WEIGHTS_URL", "ARCH", "BACKBONES", "CHECKPOINT_FORMAT_VERSION", "IMAGENET_MEAN", "IMAGENET_STD",
-    "MIN_INPUT_SIZE", "AlexNetGAP", "CheckpointError", "PretrainedSpec", "PretrainedWeightsError", "atomic_file",
-    "build_model", "default_file_mode", "file_in_the_way", "load_checkpoint", "require_entries", "save_checkpoint",
-    "unwrap_model",
-]
+__all__ = ["ALEXNET_WEIGHTS_URL", "ARCH", "BACKBONES", "CHECKPOINT_FORMAT_VERSION", "IMAGENET_MEAN", "IMAGENET_STD",
+           "MIN_INPUT_SIZE", "AlexNetGAP", "CheckpointError", "PretrainedSpec", "PretrainedWeightsError", "atomic_file",
+           "build_model", "default_file_mode", "file_in_the_way", "load_checkpoint", "require_entries",
+           "save_checkpoint", "unwrap_model"]
 
 ARCH = "alexnet_gap"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -49,10 +47,9 @@ class AlexNetGAP(nn.Module):
     paper's ``Conv2d(256, K, 3, padding=1)`` + ReLU, GAP and ``Linear(K, C)``; normalises RGB in [0, 1] itself.
 
     Args:
-        num_classes: C, at least 1.
+        num_classes, cam_channels: C, and K the units of the added convolution (1024 in the paper); each at least 1.
         pretrained: ``True`` for ImageNet AlexNet from the torch hub cache (downloaded if absent), a
             path to a local copy, or ``False``/``None`` for random init.
-        cam_channels: K, the units of the added convolution (1024 in the paper).
 
     Raises:
         ValueError: If ``num_classes`` or ``cam_channels`` is not a positive integer.
@@ -147,8 +144,7 @@ class AlexNetGAP(nn.Module):
             class_idx: ``None`` for every class, an int for one class for all, or B ints, one per sample.
 
         Returns:
-            (B, C, h, w) for every class, or (B, h, w) for the chosen class of each sample; float32 even under
-            autocast (float64 for float64 features), so numpy and the metrics take them as they are.
+            (B, C, h, w) for every class, or (B, h, w) for one per sample; float32 under autocast too (float64 for float64).
 
         Raises:
             ValueError: If ``features`` is not (B, K, h, w), or ``class_idx`` is out of range.

@@ -44,15 +44,8 @@ _cached_lut = functools.lru_cache(maxsize=64)(_lut)
 
 
 def colormap_lut(colormap: str | Colormap = "jet", device: torch.device | str = "cpu") -> Tensor:
-    """The colour table ``apply_cam`` uses: entry ``i`` colours normalised values in ``[i/256, (i+1)/256)``.
-
-    Args:
-        colormap: A matplotlib colormap name (its table is cached per device: do not modify it in place)
-            or ``Colormap``.
-        device: Where the table lives.
-
-    Returns:
-        (256, 3) float32 RGB values in [0, 1].
+    """The (256, 3) float32 RGB table in [0, 1] ``apply_cam`` uses on ``device``: entry ``i`` colours normalised
+    values in ``[i/256, (i+1)/256)``. A colormap name's table is cached per device: do not modify it in place.
 
     Raises:
         ValueError: If ``colormap`` is not a known matplotlib colormap.

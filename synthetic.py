@@ -1,8 +1,7 @@
 """A synthetic Stanford Cars in the real on-disk format (any of the three layouts), with drawn cars and true boxes.
 
 All 196 real class names go in the meta file; the chosen classes get JPEGs of a car (silhouette from its body type,
-colours from a hash of its name) on a class-free cluttered background. See ``docs/data.md``.
-"""
+colours from a hash of its name) on a class-free cluttered background. See ``docs/data.md``."""
 
 from __future__ import annotations
 
@@ -47,8 +46,7 @@ _FAMILIES: dict[str, tuple[float, float, float, float, float, float, float]] = {
     "sports": (3.3, 0.55, 0.26, 0.35, 0.70, 0.16, 0.20),
 }
 _LOOK_SALT = "1897:"  # chosen to keep the body colours of DEFAULT_CLASS_NAMES far apart
-_BOX_FIELDS = [("bbox_x1", np.uint16), ("bbox_y1", np.uint16), ("bbox_x2", np.uint16), ("bbox_y2", np.uint16)]
-_ANNOTATION_FIELDS = _BOX_FIELDS + [("class", np.uint8), ("fname", str)]
+_BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
 _META = {"class_names": np.array(STANFORD_CARS_CLASS_NAMES, dtype=object).reshape(1, -1)}  # a 1x196 cell array
 # The .mat header's text holds the writing time; a fixed text makes the same seed give the same bytes.
 _MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, written by CAM_Stanford_Cars.synthetic".ljust(116)
@@ -57,7 +55,6 @@ _MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, written by CAM_Stanford_Cars.synthetic
 @dataclass(frozen=True)
 class CarLook:
     """How the cars of one class are drawn."""
-
     family: str
     color: tuple[int, int, int]
     accent: tuple[int, int, int]
@@ -69,28 +66,26 @@ class CarLook:
     wheel_radius: float
 
 
-def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
-    r, g, b = colorsys.hsv_to_rgb(h % 1.0, s, v)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
 def car_look(class_name: str) -> CarLook:
     """The looks of a class's cars: silhouette from its body type, the rest from a hash of its name."""
+    def hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
+        r, g, b = colorsys.hsv_to_rgb(h % 1.0, s, v)
+        return int(r * 255), int(g * 255), int(b * 255)
     unit = [byte / 255.0 for byte in hashlib.sha256((_LOOK_SALT + class_name).encode("utf-8")).digest()]
     kind = (parse_class_name(class_name).body_type or "").lower()  # one of BODY_TYPES, or none: a sports car
     family = "sports" if not kind else "pickup" if kind.endswith("cab") else "van" if kind.endswith("van") else kind
     return CarLook(
-        family, color=_hsv(unit[0], 0.55 + 0.4 * unit[1], 0.5 + 0.45 * unit[2]),
-        accent=_hsv(unit[0] + 0.5, 0.3 + 0.6 * unit[3], 0.35 + 0.6 * unit[4]),
-        glass=_hsv(0.55 + 0.1 * unit[5], 0.3 + 0.4 * unit[6], 0.15 + 0.25 * unit[7]),
-        hub=_hsv(unit[8], 0.5 * unit[9], 0.4 + 0.6 * unit[10]), n_windows=1 + int(unit[11] * 2.999), stripe=unit[12] > 0.5,
+        family, color=hsv(unit[0], 0.55 + 0.4 * unit[1], 0.5 + 0.45 * unit[2]),
+        accent=hsv(unit[0] + 0.5, 0.3 + 0.6 * unit[3], 0.35 + 0.6 * unit[4]),
+        glass=hsv(0.55 + 0.1 * unit[5], 0.3 + 0.4 * unit[6], 0.15 + 0.25 * unit[7]),
+        hub=hsv(unit[8], 0.5 * unit[9], 0.4 + 0.6 * unit[10]), n_windows=1 + int(unit[11] * 2.999), stripe=unit[12] > 0.5,
         aspect=_FAMILIES[family][0] * (0.9 + 0.2 * unit[13]), wheel_radius=0.13 + 0.05 * unit[14],
     )
 
 
 def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right: bool = True) -> Image.Image:
     """One car on a transparent RGBA canvas ``length`` pixels long; its alpha is its extent."""
-    height = max(8, int(round(length / (look.aspect * rng.uniform(0.96, 1.04)))))
+    height = max(8, round(length / (look.aspect * rng.uniform(0.96, 1.04))))
     light = rng.uniform(0.85, 1.15)  # lighting varies per image, never per class
     body, accent, glass, hub = (tuple(int(min(255, max(0, c * light))) for c in color) + (255,)
                                 for color in (look.color, look.accent, look.glass, look.hub))
@@ -113,8 +108,7 @@ def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right:
         g_top, g_bottom = roof + 0.06 * (top - roof) + 0.03, top - 0.02
         slant = (g_bottom - g_top) / max(top - roof, 1e-3)
         edges = np.linspace(c0 + rear * slant + 0.03, c1 - 0.03, look.n_windows + 1)
-        for i in range(look.n_windows):
-            u0, u1 = edges[i] + 0.008, edges[i + 1] - 0.008
+        for i, (u0, u1) in enumerate(zip(edges[:-1] + 0.008, edges[1:] - 0.008)):
             pane_rear = rear * slant if i == 0 else 0.0
             pane_front = front * slant if i == look.n_windows - 1 else 0.0
             draw.polygon([pt(u0, g_bottom), pt(u0 + pane_rear * 0.5, g_top), pt(u1 - pane_front, g_top), pt(u1, g_bottom)], fill=glass)
@@ -171,15 +165,13 @@ def render_image(class_name: str, size: tuple[int, int], rng: np.random.Generato
     return image, (x + left, y + top, x + right, y + bottom)
 
 
-def _savemat(path: Path, records: Sequence[dict[str, Any]] = (), fields: Sequence[tuple[str, Any]] = (), **extra: Any) -> None:
+def _savemat(path: Path, records: Sequence[dict[str, Any]] = (), fields: Sequence[str] = (), **extra: Any) -> None:
     """Write ``extra``, after ``records`` as a 1xN struct array ``annotations`` (numbers 1x1, strings char arrays)."""
     import scipy.io as sio  # here, not at the top: it takes longer to import than the CLI needs to start
     if fields:
-        array = np.zeros((1, len(records)), dtype=[(name, object) for name, _ in fields])
-        for i, record in enumerate(records):
-            for name, dtype in fields:
-                array[0, i][name] = np.array([record[name]]) if dtype is str else np.array([[record[name]]], dtype=dtype)
-        extra = {"annotations": array, **extra}
+        rows = [tuple(np.array([record[name]], ndmin=1 if isinstance(record[name], str) else 2) for name in fields)
+                for record in records]
+        extra = {"annotations": np.array([rows], dtype=[(name, object) for name in fields]), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)  # in the staging folder: no temporary file needed
     with open(path, "wb") as handle:
         sio.savemat(handle, extra, do_compression=False, oned_as="row")
@@ -218,7 +210,8 @@ def write_synthetic_stanford_cars(
             raise ValueError(f"{name!r} is not a Stanford Cars class name" + (f"; did you mean {close}?" if close else ""))
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"class_names repeats a name: {chosen}")
-    counts = dict(n_train_per_class=n_train_per_class, n_test_per_class=n_test_per_class, n_grayscale=n_grayscale, n_cmyk=n_cmyk)
+    counts = {"n_train_per_class": n_train_per_class, "n_test_per_class": n_test_per_class,
+              "n_grayscale": n_grayscale, "n_cmyk": n_cmyk}
     for name, value in counts.items():
         if int(value) < 0:
             raise ValueError(f"{name}={value!r}: expected a count >= 0")
@@ -233,8 +226,7 @@ def write_synthetic_stanford_cars(
     staging = root / f".stanford_cars.{uuid.uuid4().hex[:8]}.tmp"
     staging.mkdir(parents=True)
     try:
-        records = _draw_records(chosen, int(n_train_per_class), int(n_test_per_class), image_size, seed, size_jitter,
-                                int(n_grayscale), int(n_cmyk))
+        records = _draw_records(chosen, image_size, seed, size_jitter, **{name: int(value) for name, value in counts.items()})
         _write_layout(staging, records, layout, seed, quality)
         (staging / MARKER_FILE).write_text(f"Synthetic Stanford Cars written by CAM_Stanford_Cars.synthetic ({layout} layout, "
                                            f"seed {seed}); classes with images: {', '.join(chosen)}.\n")
@@ -247,15 +239,14 @@ def write_synthetic_stanford_cars(
     return root
 
 
-def _draw_records(chosen: list[str], n_train: int, n_test: int, image_size: tuple[int, int], seed: int, size_jitter: float,
-                  n_grayscale: int, n_cmyk: int) -> dict[str, list[dict[str, Any]]]:
-    """Per split, shuffled: each image with its 1-based class and 1-based inclusive box, as in the files."""
+def _draw_records(chosen: list[str], image_size: tuple[int, int], seed: int, size_jitter: float, n_train_per_class: int,
+                  n_test_per_class: int, n_grayscale: int, n_cmyk: int) -> dict[str, list[dict[str, Any]]]:
+    """Per split, shuffled: each image with its file name, class and box as the devkit stores them (1-based, inclusive)."""
     order_rng = np.random.default_rng([seed, 0])
-    records: dict[str, list[dict[str, Any]]] = {}
-    for split_id, (split, per_class) in enumerate((("train", n_train), ("test", n_test)), start=1):
+    records: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+    for split_id, (split, per_class) in enumerate(zip(records, (n_train_per_class, n_test_per_class)), start=1):
         jobs = [name for name in chosen for _ in range(per_class)]
         order_rng.shuffle(jobs)
-        records[split] = []
         for index, name in enumerate(jobs):
             rng = np.random.default_rng([seed, split_id, index])
             scale = rng.uniform(1.0 - size_jitter, 1.0 + size_jitter, 2) if size_jitter else np.ones(2)
@@ -263,8 +254,9 @@ def _draw_records(chosen: list[str], n_train: int, n_test: int, image_size: tupl
             image, (left, top, right, bottom) = render_image(name, size, rng)
             if split == "train" and index < n_grayscale + n_cmyk:
                 image = image.convert("L" if index < n_grayscale else "CMYK")
-            records[split].append({"image": image, "class": STANFORD_CARS_CLASS_NAMES.index(name) + 1,
-                                   "bbox_x1": left + 1, "bbox_y1": top + 1, "bbox_x2": right, "bbox_y2": bottom})
+            box = np.array([left + 1, top + 1, right, bottom], dtype=np.uint16)
+            records[split].append({"image": image, "fname": f"{index + 1:05d}.jpg", **dict(zip(_BOX_FIELDS, box)),
+                                   "class": np.uint8(STANFORD_CARS_CLASS_NAMES.index(name) + 1)})
     return records
 
 
@@ -272,25 +264,23 @@ def _write_layout(folder: Path, records: dict[str, list[dict[str, Any]]], layout
     """The JPEGs and .mat files of ``records`` in ``layout``."""
     if layout == "car_ims":  # the original release: both splits interleaved in car_ims/, one cars_annos.mat
         (folder / "car_ims").mkdir(parents=True, exist_ok=True)
-        mixed = [dict(record, test=0) for record in records["train"]] + [dict(record, test=1) for record in records["test"]]
+        mixed = [dict(record, test=np.uint8(test)) for test, split in enumerate(records.values()) for record in split]
         order = np.random.default_rng([seed, 3]).permutation(len(mixed))
         rows = [dict(mixed[p], relative_im_path=f"car_ims/{n:06d}.jpg") for n, p in enumerate(order, start=1)]
         for row in rows:
             row["image"].save(folder / row["relative_im_path"], "JPEG", quality=quality)
-        fields = [("relative_im_path", str)] + _BOX_FIELDS + [("class", np.uint8), ("test", np.uint8)]
-        return _savemat(folder / "cars_annos.mat", rows, fields, **_META)
+        return _savemat(folder / "cars_annos.mat", rows, ("relative_im_path", *_BOX_FIELDS, "class", "test"), **_META)
     devkit = folder / ("devkit" if layout == "torchvision" else "car_devkit/devkit")  # Kaggle nests the folders
-    for split in ("train", "test"):
+    for split, split_records in records.items():
         images = folder / f"cars_{split}" / (f"cars_{split}" if layout == "kaggle" else "")
         images.mkdir(parents=True, exist_ok=True)
-        for index, record in enumerate(records[split], start=1):
-            record["fname"] = f"{index:05d}.jpg"
+        for record in split_records:
             record["image"].save(images / record["fname"], "JPEG", quality=quality)
     _savemat(devkit / "cars_meta.mat", **_META)
-    _savemat(devkit / "cars_train_annos.mat", records["train"], _ANNOTATION_FIELDS)
+    _savemat(devkit / "cars_train_annos.mat", records["train"], (*_BOX_FIELDS, "class", "fname"))
     # The devkit's own test file has no labels; the labelled one sits beside the image folders.
-    _savemat(devkit / "cars_test_annos.mat", records["test"], _BOX_FIELDS + [("fname", str)])
-    _savemat(folder / "cars_test_annos_withlabels.mat", records["test"], _ANNOTATION_FIELDS)
+    _savemat(devkit / "cars_test_annos.mat", records["test"], (*_BOX_FIELDS, "fname"))
+    _savemat(folder / "cars_test_annos_withlabels.mat", records["test"], (*_BOX_FIELDS, "class", "fname"))
 
 
 def write_tiny_stanford_cars(root: PathLike, layout: str = "torchvision", seed: int = 0) -> Path:

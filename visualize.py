@@ -29,6 +29,7 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
+from torch.utils.data import default_collate
 
 from .checkpoint import require_entries
 from .cli import HelpFormatter, OneLineParser, positive_int
@@ -53,6 +54,12 @@ TRUE_BOX_STYLE = {"edgecolor": "#00ff40", "linestyle": "--", "linewidth": 1.8}
 RIGHT_COLOR, WRONG_COLOR = "#1a7f37", "#cf222e"
 RIGHT_MARK, WRONG_MARK = "\u2713", "\u2717"  # ✓ ✗
 _PANEL_INCHES = 2.3  # a panel's longer side
+
+# Training curves: (panel title, metric keys without their split prefix, y label)
+_CURVE_PANELS = (("loss", ("loss",), "cross-entropy"), ("classification", ("top1", "top5"), "accuracy"),
+                 ("localisation", ("gt_known_loc", "top1_loc", "maxboxacc", "maxboxacc_v2"), "accuracy"))
+_CURVE_COLORS = {metric: f"C{i}" for i, metric in enumerate(m for _, metrics, _ in _CURVE_PANELS for m in metrics)}
+_SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
 
 
 def _as_image_batch(name: str, images: Any) -> np.ndarray:
@@ -154,8 +161,7 @@ def _draw_grid(images: np.ndarray, blended: np.ndarray, titles: list[tuple[str, 
     row_height = _PANEL_INCHES * height / width + 0.25 + 0.17 * title_lines
     fig = _new_figure((grid_width + bar_width, rows * row_height + (0.35 if boxes else 0.0)), dpi, show)
     fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04)
-    grid_fig, bar_fig = (fig.subfigures(1, 2, width_ratios=[grid_width, bar_width], wspace=0.0)
-                         if colormap is not None else (fig, None))
+    grid_fig, bar_fig = fig.subfigures(1, 2, width_ratios=[grid_width, bar_width], wspace=0.0) if bar_width else (fig, None)
     for i, cell in enumerate(grid_fig.subfigures(rows, per_row, squeeze=False, wspace=0.02, hspace=0.02).flat[:batch]):
         cell.set_facecolor("0.95")  # a faint background pairs each image with its overlay
         axes = cell.subplots(1, 2)
@@ -164,8 +170,7 @@ def _draw_grid(images: np.ndarray, blended: np.ndarray, titles: list[tuple[str, 
             ax.set_title(title, fontsize=9)
             for array, style, label in boxes:
                 if np.isfinite(array[i]).all():
-                    x1, y1, x2, y2 = (float(v) for v in array[i])
-                    # imshow centres pixel c on c, so its left edge (the box's x1 = c) sits at c - 0.5.
+                    x1, y1, x2, y2 = (float(v) for v in array[i])  # imshow centres pixel c on c: edge x1 = c is at c - 0.5
                     ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, facecolor="none", label=label, **style))
             # Pin the view to the image: a box reaching past the border must not rescale the panel.
             ax.set(xlim=(-0.5, width - 0.5), ylim=(height - 0.5, -0.5))
@@ -175,8 +180,7 @@ def _draw_grid(images: np.ndarray, blended: np.ndarray, titles: list[tuple[str, 
         handles = [Patch(facecolor="none", label=label, **style) for _, style, label in boxes]
         grid_fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
     if bar_fig is not None:
-        # About one row's height, centred: a full-height bar on a tall grid would dwarf the rows.
-        bar_height = min(0.8, 2.0 / (rows + 1))
+        bar_height = min(0.8, 2.0 / (rows + 1))  # about a row, centred: a full-height bar would dwarf a tall grid's rows
         bar = bar_fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=_get_colormap(colormap)),
                                cax=bar_fig.add_axes((0.15, 0.5 - bar_height / 2, 0.2, bar_height)))
         bar.set_label("normalised CAM", fontsize=8)
@@ -194,11 +198,9 @@ def visualize_cam(
     """Draw each image beside its CAM overlay, titled with the predicted (and true) class.
 
     Args:
-        images: (B, 3, H, W) or (3, H, W) RGB in [0, 1].
-        blended_images: Overlays of the same shape, e.g. from ``apply_cam``.
-        predicted_classes: One class per image: names, or indices (int tensor (B,) too) named by ``class_names``.
-        class_names: A list or dict naming integer classes.
-        true_classes: Ground-truth classes in the same forms, or None; right predictions get ✓, wrong ones ✗.
+        images, blended_images: (B, 3, H, W) or (3, H, W) RGB in [0, 1], and their overlays (e.g. ``apply_cam``'s).
+        predicted_classes, true_classes: One class per image, as names or as indices (an int tensor (B,) too) that
+            ``class_names`` (a list or dict) names; true classes are optional and mark predictions ✓ or ✗.
         boxes: ``{"predicted": (B, 4), "true": (B, 4)}`` (either key optional) or a pair ``(predicted, true)``,
             drawn on both panels (predicted solid magenta, true dashed green; NaN ones skipped).
         save_path: Figure file (format from the suffix), written atomically; parents are created.
@@ -224,20 +226,12 @@ def visualize_cam(
         _check_save_path(save_path)  # a folder or a bad suffix fails before any drawing
     predicted = _class_labels("predicted_classes", predicted_classes, batch, class_names)
     true = None if true_classes is None else _class_labels("true_classes", true_classes, batch, class_names)
-    box_sets = _box_sets(boxes, batch)
-    titles = _titles(predicted, true, scores)
+    box_sets, titles = _box_sets(boxes, batch), _titles(predicted, true, scores)
     if samples_per_row is not None and (type(samples_per_row) is not int or samples_per_row < 1):
         raise ValueError(f"samples_per_row must be a positive integer, got {samples_per_row!r}")
     per_row = min(samples_per_row, batch) if samples_per_row else min(4, math.ceil(math.sqrt(batch)))
     fig = _draw_grid(image_array, blended_array, titles, box_sets, per_row, colormap if colorbar else None, dpi, show)
     return _finish(fig, save_path, dpi, show)
-
-
-# Training curves: (panel title, metric keys without their split prefix, y label) -------------
-_CURVE_PANELS = (("loss", ("loss",), "cross-entropy"), ("classification", ("top1", "top5"), "accuracy"),
-                 ("localisation", ("gt_known_loc", "top1_loc", "maxboxacc", "maxboxacc_v2"), "accuracy"))
-_CURVE_COLORS = {metric: f"C{i}" for i, metric in enumerate(m for _, metrics, _ in _CURVE_PANELS for m in metrics)}
-_SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
 
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]], save_path: str | os.PathLike[str] | None = None, *,
@@ -249,8 +243,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], save_path: str | 
     Args:
         history: Per-epoch records in any order, as training logs them: ``epoch`` plus ``<split>_<metric>``
             keys (metric one of ``localization.METRIC_LABELS``); the last marked ``"best": True`` gets a dotted line.
-        save_path: Where to write the figure (format from the suffix), atomically.
-        dpi, show: Figure resolution, also when saving; call ``matplotlib.pyplot.show()``.
+        save_path, dpi, show: As for :func:`visualize_cam`.
 
     Raises:
         ValueError: If ``history`` is empty, lacks an ``epoch`` or has nothing to plot, or ``dpi`` or ``save_path`` is bad.
@@ -265,13 +258,12 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], save_path: str | 
         _check_save_path(save_path)
     epochs = [record["epoch"] for record in records]
     best = [record["epoch"] for record in records if record.get("best")]
+    keys = set().union(*records)
     panels = []  # (title, y label, [(label, values, line style, metric)])
     for title, metrics, ylabel in _CURVE_PANELS:
-        series = [(f"{split} {METRIC_LABELS[metric]}", [float(r.get(f"{split}_{metric}", math.nan)) for r in records],
-                   linestyle, metric)
-                  for split, linestyle in _SPLIT_STYLES.items() for metric in metrics
-                  if any(f"{split}_{metric}" in record for record in records)]
-        if series:
+        if series := [(f"{split} {METRIC_LABELS[metric]}", [float(r.get(f"{split}_{metric}", math.nan)) for r in records],
+                       linestyle, metric)
+                      for split, linestyle in _SPLIT_STYLES.items() for metric in metrics if f"{split}_{metric}" in keys]:
             panels.append((title, ylabel, series))
     if not panels:
         raise ValueError("history has no '<split>_<metric>' keys to plot (e.g. 'train_loss', 'val_top1'); "
@@ -292,7 +284,6 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], save_path: str | 
     return _finish(fig, save_path, dpi, show)
 
 
-# A CAM grid for a checkpoint, and the command line -------------------------------------------
 def _checkpoint_data(ckpt: Mapping[str, Any], checkpoint: str | os.PathLike[str], root: Any, split: str) -> StanfordCarsCAM:
     """The split of the data ``ckpt`` was trained on, under ``root`` or else the folder it records."""
     recorded = root is None
@@ -310,22 +301,19 @@ def _checkpoint_data(ckpt: Mapping[str, Any], checkpoint: str | os.PathLike[str]
 def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, split: str = "test",
                     n: int = 16, out: str | os.PathLike[str] = "cams.png", seed: int = 0, threshold: float = 0.2,
                     device: str | torch.device = "cpu", alpha: float = 0.5, colormap: str = "jet") -> Path:
-    """Draw CAM overlays of ``n`` images of a split, chosen by ``seed``, with predicted and true boxes.
+    """Draw the CAM overlays of ``n`` images of a split of the checkpoint's data, with predicted and true boxes.
 
-    The images come from the data the checkpoint was trained on. Each overlay shows the predicted class's
-    CAM; the predicted box bounds the largest region of the normalised CAM above ``threshold``.
+    Each overlay shows the predicted class's CAM; the predicted box bounds its largest region above ``threshold``
+    once normalised.
 
     Args:
         checkpoint: A file written by training (``best.pt`` or ``last.pt``).
         root: The Stanford Cars folder; None takes the checkpoint's (relative to where training ran).
         split, n, seed: ``"train"`` or ``"test"`` (no augmentation), how many images, and which.
-        out: Figure path (format from the suffix), written atomically.
+        out: Figure path (format from the suffix), written atomically; returned as a ``Path``.
         threshold: CAM threshold of the predicted box, in [0, 1) (the CAM paper's is 0.2).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
         alpha, colormap: The overlay's opacity and matplotlib colormap.
-
-    Returns:
-        The path of the figure.
 
     Raises:
         ValueError: If an argument is unusable, or the data's classes are not the checkpoint's.
@@ -342,8 +330,7 @@ def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[
     require_entries(ckpt, ("image_size", "class_names"), checkpoint)
     dataset = _checkpoint_data(ckpt, checkpoint, root, split)
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    images, labels, true_boxes = zip(*(dataset[i][:3] for i in chosen))
-    images, labels, true_boxes = torch.stack(images), torch.tensor(labels), torch.stack(true_boxes)  # (N, 3, S, S), (N,), (N, 4)
+    images, labels, true_boxes = default_collate([dataset[i] for i in chosen])  # (N, 3, S, S), (N,), (N, 4)
     with torch.no_grad():
         logits, cams = model(images.to(device), True)  # (N, C), (N, h, w)
     scores, predicted = logits.softmax(dim=1).max(dim=1)

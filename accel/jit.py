@@ -1,11 +1,11 @@
-"""numba where it is installed: ``HAVE_NUMBA``, an ``njit`` that works wherever the package does, and
-:func:`run_in_ranges`, which spreads a compiled kernel's batch over plain threads."""
+"""numba where it is installed (``HAVE_NUMBA``), an ``njit`` that works wherever the package does, and threads."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 

@@ -26,16 +26,9 @@ Taps = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def bilinear_taps(in_size: int, out_size: int) -> Taps:
-    """Source indices and weights of ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis,
-    in float32 as torch's CPU kernel computes them: output ``i`` is ``w0[i] * src[i0[i]] + w1[i] * src[i1[i]]``.
-
-    Args:
-        in_size: Length of the map along this axis.
-        out_size: Length of the output along this axis.
-
-    Returns:
-        ``(i0, i1, w0, w1)``: (out_size,) int64 indices and (out_size,) float32 weights.
-    """
+    """``(i0, i1, w0, w1)``: the (out_size,) int64 source indices and float32 weights of ``F.interpolate(mode=
+    "bilinear", align_corners=False)`` from ``in_size`` to ``out_size`` along one axis, as torch's CPU kernel computes
+    them: output ``i`` is ``w0[i] * src[i0[i]] + w1[i] * src[i1[i]]``."""
     scale = np.float32(in_size) / np.float32(out_size)
     # float32 * float32 is exact in float64, so one rounding to float32 is the fused multiply-add.
     source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)).astype(np.float64) * np.float64(scale) - 0.5
@@ -132,11 +125,9 @@ def blend_overlays(images: np.ndarray, cams: np.ndarray, table: np.ndarray, alph
     """Write ``clamp((1 - alpha) * images + table[:, floor(256 * normalise(upsample(cams)))], 0, 1)`` into ``out``.
 
     Args:
-        images: (B, 3, H, W) float32, C-contiguous.
-        cams: (B, h, w) float32 maps, C-contiguous.
-        table: (3, 257) float32 colour table with ``alpha`` folded in.
-        alpha: The heat map's weight.
-        out: (B, 3, H, W) float32 result.
+        images, out: (B, 3, H, W) C-contiguous float32 images and result.
+        cams: (B, h, w) C-contiguous float32 maps.
+        table: (3, 257) float32 colour table with ``alpha`` (the heat map's weight) folded in.
         threads: Threads to spread the batch over (the kernel releases the GIL).
 
     Raises:

@@ -1,14 +1,14 @@
-"""The compiled box sweep behind ``localization.sweep_boxes`` and ``sweep_best_iou``.
+"""The compiled box sweep behind ``localization.sweep_boxes`` and ``sweep_best_iou``, held exactly equal to its plain
+version ``reference_boxes`` / ``reference_best_iou`` (one ``scipy.ndimage.label`` per threshold) by tests.
 
-The plain version is ``localization.reference_boxes`` / ``reference_best_iou``, one ``scipy.ndimage.label`` per
-threshold; tests hold the two equal exactly. Pixel ``p`` is in mask ``t`` iff ``float64(map[p]) >= thresholds[t]``.
-Pixels join a union-find over 8-connected pixels from the top level down (raster order within a level): once level
-``t`` is in, the sets are the components of mask ``t``. Sets only grow and merge, so the largest is tracked in O(1)
-per pixel; of equal sizes the set whose first pixel comes first in raster order wins, as ``ndimage.label`` numbers
-components in that order. The best IoU over all sets (MaxBoxAccV2) is a max-heap of each set's IoU, pushed whenever
-its box grows; an entry is stale once its set is merged away or has another IoU, and stale tops are dropped lazily.
-Compiled with numba (``nogil``, so threads share a batch); without numba this is plain Python and ``localization``
-labels with scipy instead. Inputs are trusted: ``localization`` validates them.
+Pixel ``p`` is in mask ``t`` iff ``float64(map[p]) >= thresholds[t]``. Pixels join a union-find over 8-connected
+pixels from the top level down (raster order within a level): once level ``t`` is in, the sets are the components
+of mask ``t``. Sets only grow and merge, so the largest is tracked in O(1) per pixel; of equal sizes the set whose
+first pixel comes first in raster order wins, as ``ndimage.label`` numbers components in that order. The best IoU
+over all sets (MaxBoxAccV2) is a heap of each set's IoU, pushed whenever its box grows; an entry is stale once its
+set is merged away or has another IoU, and stale tops are dropped lazily. Compiled with numba (``nogil``, so threads
+share a batch); without numba this is plain Python and ``localization`` labels with scipy instead. Inputs are
+trusted: ``localization`` validates them.
 """
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ from .jit import HAVE_NUMBA, njit, run_in_ranges
 
 __all__ = ["GROUPS", "HAVE_NUMBA", "run_sweep", "sweep_kernel"]
 
-# Per-set record in the union-find: one row of _STRIDE int32 per root (two spare).
-_SIZE, _FIRST, _ROW0, _ROW1, _COL0, _COL1 = 0, 1, 2, 3, 4, 5
-_STRIDE = 8
+# Columns of a set's record in the union-find (one row per root): its box is [_X0, _Y0, _X1, _Y1], inclusive.
+_SIZE, _FIRST, _X0, _Y0, _X1, _Y1 = range(6)
 
 
 def _neighbour_groups() -> np.ndarray:
@@ -42,16 +41,14 @@ def _neighbour_groups() -> np.ndarray:
     return table
 
 
-GROUPS = _neighbour_groups()
-"""The neighbour-group table :func:`sweep_kernel` takes (see :func:`_neighbour_groups`)."""
+GROUPS = _neighbour_groups()  # the table sweep_kernel takes
 
 
 @njit(cache=True)
 def _set_iou(stats: np.ndarray, root: int, gt: np.ndarray) -> float:
     # The same operations, in the same order, as localization's numpy IoU: results agree bit for bit.
-    s = root * _STRIDE
-    x1, y1 = np.float64(stats[s + _COL0]), np.float64(stats[s + _ROW0])
-    x2, y2 = np.float64(stats[s + _COL1] + 1), np.float64(stats[s + _ROW1] + 1)
+    x1, y1 = np.float64(stats[root, _X0]), np.float64(stats[root, _Y0])
+    x2, y2 = np.float64(stats[root, _X1] + 1), np.float64(stats[root, _Y1] + 1)
     inter = max(min(x2, gt[2]) - max(x1, gt[0]), 0.0) * max(min(y2, gt[3]) - max(y1, gt[1]), 0.0)
     union = (x2 - x1) * (y2 - y1) + (gt[2] - gt[0]) * (gt[3] - gt[1]) - inter
     return inter / union if union > 0.0 else 0.0
@@ -88,40 +85,25 @@ def _heap_pop(keys: np.ndarray, roots: np.ndarray, n: int) -> int:
 
 
 @njit(cache=True)
-def _order_pixels(cam: np.ndarray, thresholds: np.ndarray, level: np.ndarray, counts: np.ndarray, order: np.ndarray) -> None:
-    """Each pixel's level (the last ``t`` with ``thresholds[t] <= float64(cam[p])``, -1 if none), pixels per level,
-    and ``order``: the pixels of the top level first, raster order within a level (a counting sort).
-
-    The level is guessed by linear interpolation and corrected by exact comparisons: exact for any increasing
-    thresholds, one or two comparisons for evenly spaced ones.
-    """
-    height, width = cam.shape
-    n_levels = thresholds.shape[0]
-    first = thresholds[0]
+def _order_pixels(cam: np.ndarray, thresholds: np.ndarray, counts: np.ndarray, order: np.ndarray) -> None:
+    """Fill ``counts`` (T,) with the pixels per level (a pixel's level: the last ``t`` with ``thresholds[t] <=
+    float64(value)``, -1 if none) and ``order`` with those pixels, top level first, raster order within a level."""
+    n_levels, first = thresholds.shape[0], thresholds[0]
+    # A guess by linear interpolation, then exact comparisons: one or two for evenly spaced thresholds.
     scale = (n_levels - 1) / (thresholds[n_levels - 1] - first) if n_levels > 1 else 0.0
+    level = np.empty(cam.size, np.int64)
     counts[:] = 0
-    for r in range(height):
-        for c in range(width):
-            value = np.float64(cam[r, c])
-            guess = (value - first) * scale
-            if guess < 0.0:
-                lev = -1
-            elif guess >= n_levels - 1:
-                lev = n_levels - 1
-            else:
-                lev = int(guess)
-            while lev + 1 < n_levels and thresholds[lev + 1] <= value:
-                lev += 1
-            while lev >= 0 and thresholds[lev] > value:
-                lev -= 1
-            level[r * width + c] = lev
-            if lev >= 0:
-                counts[lev] += 1
-    fill = np.empty(n_levels, np.int64)
-    position = 0
-    for t in range(n_levels - 1, -1, -1):
-        fill[t] = position
-        position += counts[t]
+    for p, value in enumerate(cam.ravel()):
+        guess = (np.float64(value) - first) * scale
+        lev = -1 if guess < 0.0 else n_levels - 1 if guess >= n_levels - 1 else int(guess)
+        while lev + 1 < n_levels and thresholds[lev + 1] <= value:
+            lev += 1
+        while lev >= 0 and thresholds[lev] > value:
+            lev -= 1
+        level[p] = lev
+        if lev >= 0:
+            counts[lev] += 1
+    fill = np.cumsum(counts[::-1])[::-1] - counts  # where each level starts in ``order``: after all levels above it
     for p in range(level.shape[0]):
         if level[p] >= 0:
             order[fill[level[p]]] = p
@@ -137,64 +119,43 @@ def _find(parent: np.ndarray, node: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _new_set(parent: np.ndarray, stats: np.ndarray, p: int, r: int, c: int) -> None:
-    parent[p] = p
-    s = p * _STRIDE
-    stats[s + _SIZE] = 1
-    stats[s + _FIRST] = p
-    stats[s + _ROW0] = stats[s + _ROW1] = r
-    stats[s + _COL0] = stats[s + _COL1] = c
-
-
-@njit(cache=True, inline="always")
-def _join(parent: np.ndarray, stats: np.ndarray, root: int, p: int, r: int, c: int) -> bool:
-    """Add pixel ``p`` at ``(r, c)`` to ``root``'s set; whether the set's box grew."""
-    parent[p] = root
-    s = root * _STRIDE
-    stats[s + _SIZE] += 1
-    stats[s + _FIRST] = min(stats[s + _FIRST], p)
-    if stats[s + _ROW0] <= r <= stats[s + _ROW1] and stats[s + _COL0] <= c <= stats[s + _COL1]:
+def _grow(stats: np.ndarray, root: int, x0: int, y0: int, x1: int, y1: int) -> bool:
+    """Stretch ``root``'s box over ``[x0, x1] x [y0, y1]``; whether it grew."""
+    if stats[root, _X0] <= x0 and stats[root, _Y0] <= y0 and x1 <= stats[root, _X1] and y1 <= stats[root, _Y1]:
         return False
-    stats[s + _ROW0] = min(stats[s + _ROW0], r)
-    stats[s + _ROW1] = max(stats[s + _ROW1], r)
-    stats[s + _COL0] = min(stats[s + _COL0], c)
-    stats[s + _COL1] = max(stats[s + _COL1], c)
+    stats[root, _X0], stats[root, _Y0] = min(stats[root, _X0], x0), min(stats[root, _Y0], y0)
+    stats[root, _X1], stats[root, _Y1] = max(stats[root, _X1], x1), max(stats[root, _Y1], y1)
     return True
 
 
 @njit(cache=True, inline="always")
 def _union(parent: np.ndarray, stats: np.ndarray, root: int, other: int) -> tuple[int, bool]:
     """Merge two roots by size; the surviving root and whether its box grew."""
-    if stats[other * _STRIDE + _SIZE] > stats[root * _STRIDE + _SIZE]:
+    if stats[other, _SIZE] > stats[root, _SIZE]:
         root, other = other, root
-    sr, so = root * _STRIDE, other * _STRIDE
     parent[other] = root
-    stats[sr + _SIZE] += stats[so + _SIZE]
-    stats[sr + _FIRST] = min(stats[sr + _FIRST], stats[so + _FIRST])
-    if (stats[so + _ROW0] >= stats[sr + _ROW0] and stats[so + _ROW1] <= stats[sr + _ROW1]
-            and stats[so + _COL0] >= stats[sr + _COL0] and stats[so + _COL1] <= stats[sr + _COL1]):
-        return root, False
-    stats[sr + _ROW0] = min(stats[sr + _ROW0], stats[so + _ROW0])
-    stats[sr + _ROW1] = max(stats[sr + _ROW1], stats[so + _ROW1])
-    stats[sr + _COL0] = min(stats[sr + _COL0], stats[so + _COL0])
-    stats[sr + _COL1] = max(stats[sr + _COL1], stats[so + _COL1])
-    return root, True
+    stats[root, _SIZE] += stats[other, _SIZE]
+    stats[root, _FIRST] = min(stats[root, _FIRST], stats[other, _FIRST])
+    return root, _grow(stats, root, stats[other, _X0], stats[other, _Y0], stats[other, _X1], stats[other, _Y1])
 
 
 @njit(cache=True)
-def _sweep_levels(
-    order: np.ndarray, counts: np.ndarray, width: int, gt: np.ndarray, with_iou: bool, groups: np.ndarray,
-    offsets: np.ndarray, added: np.ndarray, parent: np.ndarray, stats: np.ndarray, heap_keys: np.ndarray,
-    heap_roots: np.ndarray, out_boxes: np.ndarray, out_iou: np.ndarray,
-) -> None:
-    """Add one map's pixels level by level (``order``), filling its (T, 4) boxes and (T,) best IoUs.
+def _sweep_map(cam: np.ndarray, thresholds: np.ndarray, gt: np.ndarray, with_iou: bool, groups: np.ndarray,
+               out_boxes: np.ndarray, out_iou: np.ndarray) -> None:
+    """Add one (H, W) map's pixels level by level, filling its (T, 4) boxes and (T,) best IoUs.
 
-    The image is padded by a never-added border, so neighbours need no bounds checks. The union-find helpers are
-    inlined (``inline="always"``) because this loop runs once per pixel.
+    The image is padded by a never-added border, so neighbours need no bounds checks.
     """
-    best, best_size, best_first, start = -1, 0, 0, 0
-    heap_len = 0
+    height, width = cam.shape
     pw = width + 2
+    counts, order = np.empty(thresholds.shape[0], np.int64), np.empty(height * width, np.int32)
+    _order_pixels(cam, thresholds, counts, order)
+    added = np.zeros((height + 2) * pw, np.uint8)
+    parent = np.empty_like(added, np.int32)
+    stats = np.empty((added.shape[0], 6), np.int32)
+    offsets = np.array([-pw - 1, -pw, -pw + 1, -1, 1, pw - 1, pw, pw + 1])  # the neighbours, as GROUPS numbers them
+    heap_keys, heap_roots = np.empty(added.shape[0] if with_iou else 0), np.empty(added.shape[0] if with_iou else 0, np.int32)
+    best, best_size, best_first, start, heap_len = -1, 0, 0, 0, 0
     for t in range(counts.shape[0] - 1, -1, -1):
         for k in range(start, start + counts[t]):
             r = order[k] // width
@@ -205,30 +166,30 @@ def _sweep_levels(
                 | (added[p + 1] << 4) | (added[p + pw - 1] << 5) | (added[p + pw] << 6) | (added[p + pw + 1] << 7)
             )
             added[p] = 1
-            n_groups = groups[mask, 0]
-            if n_groups == 0:
-                _new_set(parent, stats, p, r, c)
+            if groups[mask, 0] == 0:
+                parent[p], stats[p, _SIZE], stats[p, _FIRST] = p, 1, p
+                stats[p, _X0], stats[p, _Y0], stats[p, _X1], stats[p, _Y1] = c, r, c, r
                 root, changed = p, True
             else:
-                root = _find(parent, p + offsets[groups[mask, 1]])
-                changed = _join(parent, stats, root, p, r, c)
-                for g in range(2, n_groups + 1):
-                    other = _find(parent, p + offsets[groups[mask, g]])
-                    if other != root:
-                        root, grew = _union(parent, stats, root, other)
-                        changed = changed or grew
-            s = root * _STRIDE
-            if stats[s + _SIZE] > best_size or (stats[s + _SIZE] == best_size and stats[s + _FIRST] < best_first):
-                best, best_size, best_first = root, stats[s + _SIZE], stats[s + _FIRST]
+                root = parent[p] = _find(parent, p + offsets[groups[mask, 1]])
+                stats[root, _SIZE] += 1
+                stats[root, _FIRST] = min(stats[root, _FIRST], p)
+                changed = _grow(stats, root, c, r, c, r)
+            for g in range(2, groups[mask, 0] + 1):
+                other = _find(parent, p + offsets[groups[mask, g]])
+                if other != root:
+                    root, grew = _union(parent, stats, root, other)
+                    changed = changed or grew
+            if stats[root, _SIZE] > best_size or (stats[root, _SIZE] == best_size and stats[root, _FIRST] < best_first):
+                best, best_size, best_first = root, stats[root, _SIZE], stats[root, _FIRST]
             if with_iou and changed:
                 iou = _set_iou(stats, root, gt)
                 if iou > 0.0:  # a zero never beats the 0 that "no overlapping set" gives
                     heap_len = _heap_push(heap_keys, heap_roots, heap_len, iou, root)
         start += counts[t]
         if best >= 0:
-            s = best * _STRIDE
-            out_boxes[t, 0], out_boxes[t, 1] = stats[s + _COL0], stats[s + _ROW0]
-            out_boxes[t, 2], out_boxes[t, 3] = stats[s + _COL1] + 1, stats[s + _ROW1] + 1
+            out_boxes[t, 0], out_boxes[t, 1] = stats[best, _X0], stats[best, _Y0]
+            out_boxes[t, 2], out_boxes[t, 3] = stats[best, _X1] + 1, stats[best, _Y1] + 1
         if with_iou:
             top = heap_roots[0]
             while heap_len > 0 and (parent[top] != top or _set_iou(stats, top, gt) != heap_keys[0]):  # stale
@@ -243,41 +204,16 @@ def sweep_kernel(
     out_boxes: np.ndarray, out_iou: np.ndarray,
 ) -> None:
     """Fill ``out_boxes`` (B, T, 4) and, when ``with_iou``, ``out_iou`` (B, T) for maps (B, H, W) (module docstring)."""
-    n_images, height, width = maps.shape
-    pw = width + 2
-    n_padded = (height + 2) * pw
-    level = np.empty(height * width, np.int32)
-    counts = np.empty(thresholds.shape[0], np.int64)
-    order = np.empty(height * width, np.int32)
-    added = np.zeros(n_padded, np.uint8)
-    parent = np.empty(n_padded, np.int32)
-    stats = np.empty(n_padded * _STRIDE, np.int32)
-    offsets = np.array([-pw - 1, -pw, -pw + 1, -1, 1, pw - 1, pw, pw + 1], np.int64)
-    heap_keys = np.empty(n_padded if with_iou else 0, np.float64)
-    heap_roots = np.empty(n_padded if with_iou else 0, np.int32)
-    for b in range(n_images):
-        _order_pixels(maps[b], thresholds, level, counts, order)
-        added[:] = 0
-        _sweep_levels(
-            order, counts, width, gt_boxes[b], with_iou, groups, offsets, added, parent, stats, heap_keys, heap_roots,
-            out_boxes[b], out_iou[b],
-        )
+    for b in range(maps.shape[0]):
+        _sweep_map(maps[b], thresholds, gt_boxes[b], with_iou, groups, out_boxes[b], out_iou[b])
 
 
 def run_sweep(
     maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None, num_threads: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The largest component's boxes and, given ``gt_boxes``, every component's best IoU, per threshold.
-
-    Args:
-        maps: (B, H, W) finite, C-contiguous float32 or float64 maps.
-        thresholds: (T,) strictly increasing float64 thresholds.
-        gt_boxes: (B, 4) finite float64 boxes, or ``None`` for boxes only.
-        num_threads: threads sharing the batch; ``None`` uses every CPU this process may run on.
-
-    Returns:
-        (B, T, 4) float64 boxes and (B, T) float64 IoUs (``None`` without ``gt_boxes``).
-    """
+    """The largest component's boxes (B, T, 4) and, given ``gt_boxes`` (B, 4), every component's best IoU (B, T)
+    (else ``None``), per threshold, all float64, for finite C-contiguous (B, H, W) float32 or float64 maps and (T,)
+    strictly increasing thresholds; ``num_threads=None`` uses every CPU this process may run on."""
     n_images, n_levels, with_iou = maps.shape[0], thresholds.shape[0], gt_boxes is not None
     out_boxes = np.zeros((n_images, n_levels, 4), dtype=np.float64)
     out_iou = np.zeros((n_images, n_levels if with_iou else 0), dtype=np.float64)

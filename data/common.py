@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
-PathLike = Union[str, os.PathLike]
-FilterValue = Union[str, int, Sequence[Union[str, int]], None]
+PathLike = str | os.PathLike
+FilterValue = str | int | Sequence[str | int] | None
 
 SPLITS = ("train", "test")
 LAYOUTS = ("torchvision", "kaggle", "car_ims")

@@ -33,16 +33,15 @@ class Mirror:
 DEFAULT_MIRROR = Mirror()
 
 
-def _is_network_error(err: BaseException) -> bool:
-    """True for connection failures, whether raised by the socket layer, urllib3 or requests."""
+def _is_network_error(err: BaseException | None) -> bool:
+    """True for connection failures anywhere in ``err``'s chain, whether raised by the socket layer, urllib3 or requests."""
     seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)) or any(
-                cls.__name__ in _NETWORK_ERRORS for cls in type(current).__mro__):
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror)) or any(
+                cls.__name__ in _NETWORK_ERRORS for cls in type(err).__mro__):
             return True
-        current = current.__cause__ or current.__context__
+        err = err.__cause__ or err.__context__
     return False
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,39 +38,35 @@ class _Candidate:
     missing: list[str] = field(default_factory=list)
     layout: Layout | None = None
 
-    def note(self, path: Path | None, expected: str) -> None:
+    def note(self, paths: Sequence[Path], expected: str, is_dir: bool = False) -> Path | None:
+        """The first of ``paths`` that exists, noted as found; if none does, ``expected`` is noted as missing."""
+        path = next((path for path in paths if (path.is_dir() if is_dir else path.is_file())), None)
         if path is None:
             self.missing.append(expected)
         else:
-            self.found.append(str(path) + (os.sep if path.is_dir() else ""))
-
-
-def _first_existing(paths: Sequence[Path], is_dir: bool = False) -> Path | None:
-    return next((path for path in paths if (path.is_dir() if is_dir else path.is_file())), None)
+            self.found.append(str(path) + (os.sep if is_dir else ""))
+        return path
 
 
 def _devkit_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
     """torchvision's layout, or Kaggle's (nested image folders, devkit possibly in car_devkit/)."""
-    found = _first_existing([base / "devkit", base / "car_devkit" / "devkit", base / "car_devkit"], is_dir=True)
-    devkit = found or base / "devkit"
+    devkits = (base / "devkit", base / "car_devkit" / "devkit", base / "car_devkit")
+    devkit = next((folder for folder in devkits if folder.is_dir()), base / "devkit")
     nested = any((base / f"cars_{split}" / f"cars_{split}").is_dir() for split in SPLITS)
     candidate = _Candidate("kaggle" if nested or devkit != base / "devkit" else "torchvision", base)
-    meta = _first_existing([devkit / "cars_meta.mat"])
-    candidate.note(meta, str(base / "devkit" / "cars_meta.mat"))
-    annotation_files, image_dirs = {}, {}
+    meta = candidate.note([devkit / "cars_meta.mat"], str(base / "devkit" / "cars_meta.mat"))
+    annotation_files, image_dirs = {}, {}  # None where something is missing, and then never used
     for split in splits:
         if split == "train":
-            annotations, expected = _first_existing([devkit / "cars_train_annos.mat"]), str(base / "devkit" / "cars_train_annos.mat")
+            places, expected = [devkit / "cars_train_annos.mat"], str(base / "devkit" / "cars_train_annos.mat")
         else:
-            annotations = _first_existing([folder / name for folder in (base, devkit) for name in _TEST_ANNOTATIONS])
+            places = [folder / name for folder in (base, devkit) for name in _TEST_ANNOTATIONS]
             expected = str(base / "cars_test_annos_withlabels.mat")
-            if annotations is None and (devkit / "cars_test_annos.mat").is_file():
+            if (devkit / "cars_test_annos.mat").is_file():
                 expected += " (devkit/cars_test_annos.mat has no labels; the test labels come in cars_test_annos_withlabels.mat)"
-        candidate.note(annotations, expected)
-        images = _first_existing([base / f"cars_{split}" / f"cars_{split}", base / f"cars_{split}"], is_dir=True)
-        candidate.note(images, str(base / f"cars_{split}") + os.sep)
-        if annotations is not None and images is not None:
-            annotation_files[split], image_dirs[split] = annotations, images
+        annotation_files[split] = candidate.note(places, expected)
+        image_dirs[split] = candidate.note([base / f"cars_{split}" / f"cars_{split}", base / f"cars_{split}"],
+                                           str(base / f"cars_{split}") + os.sep, is_dir=True)
     if not candidate.missing:
         candidate.layout = Layout(candidate.kind, base, meta, annotation_files, image_dirs)  # type: ignore[arg-type]
     return candidate
@@ -78,11 +74,11 @@ def _devkit_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
 
 def _car_ims_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
     candidate = _Candidate("car_ims", base)
-    annotations, images = base / "cars_annos.mat", base / "car_ims"
-    candidate.note(_first_existing([annotations]), str(annotations))
-    candidate.note(_first_existing([images], is_dir=True), str(images) + os.sep)
+    annotations = candidate.note([base / "cars_annos.mat"], str(base / "cars_annos.mat"))
+    candidate.note([base / "car_ims"], str(base / "car_ims") + os.sep, is_dir=True)
     if not candidate.missing:
-        candidate.layout = Layout("car_ims", base, annotations, dict.fromkeys(splits, annotations), dict.fromkeys(splits, base))
+        candidate.layout = Layout("car_ims", base, annotations, dict.fromkeys(splits, annotations),  # type: ignore[arg-type]
+                                  dict.fromkeys(splits, base))
     return candidate
 
 
@@ -90,11 +86,6 @@ def by_hand(root: Path, handle: str = KAGGLE_HANDLE) -> str:
     """How to place a Kaggle mirror under ``root`` by hand (the end of a sentence)."""
     return (f"download https://www.kaggle.com/datasets/{handle} yourself, unzip it and put its stanford_cars folder at "
             f"{root / 'stanford_cars'} so that {root / 'stanford_cars' / 'devkit' / 'cars_meta.mat'} exists")
-
-
-def _how_to_get_the_data(root: Path) -> str:
-    return (f"To get the data: pass download_datasets=True (CLI: --download_datasets true) to fetch it from the Kaggle "
-            f"mirror {KAGGLE_HANDLE} (needs {DOWNLOAD_EXTRA_HINT}), or {by_hand(root)}.")
 
 
 def root_path(root: PathLike) -> Path:
@@ -112,27 +103,25 @@ def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
             where (or what a partial copy lacks) and how to get the data.
     """
     root = root_path(root)
-    candidates: list[_Candidate] = []
-    for base in (root / "stanford_cars", root):
-        if not base.is_dir():
-            continue
-        for look in (_devkit_candidate, _car_ims_candidate):
-            candidate = look(base, splits)
-            if candidate.layout is not None:
-                return candidate.layout
-            candidates.append(candidate)
+    candidates = [look(base, splits) for base in (root / "stanford_cars", root) if base.is_dir()
+                  for look in (_devkit_candidate, _car_ims_candidate)]
+    complete = next((candidate.layout for candidate in candidates if candidate.layout is not None), None)
+    if complete is not None:
+        return complete
+    how_to = (f"To get the data: pass download_datasets=True (CLI: --download_datasets true) to fetch it from the Kaggle "
+              f"mirror {KAGGLE_HANDLE} (needs {DOWNLOAD_EXTRA_HINT}), or {by_hand(root)}.")
     partial = [c for c in candidates if c.found]
     if partial:
         best = max(partial, key=lambda c: len(c.found))
         raise DatasetNotFoundError(
             f"Stanford Cars under {str(root)!r} is incomplete: found a {best.kind} layout at {best.base} "
-            f"({', '.join(best.found)}) but not {', '.join(best.missing)}.", _how_to_get_the_data(root))
+            f"({', '.join(best.found)}) but not {', '.join(best.missing)}.", how_to)
     raise DatasetNotFoundError(
         f"No Stanford Cars found under {str(root)!r}. Looked in {root / 'stanford_cars'} and {root} for: "
         f"torchvision's layout (devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat, "
         f"cars_train/, cars_test/); Kaggle's layout (cars_train/cars_train/, cars_test/cars_test/ with devkit/ or "
         f"car_devkit/devkit/ and cars_test_annos_withlabels.mat beside them); the original all-in-one layout "
-        f"(cars_annos.mat, car_ims/).", _how_to_get_the_data(root))
+        f"(cars_annos.mat, car_ims/).", how_to)
 
 
 @dataclass(frozen=True)
@@ -144,57 +133,49 @@ class SplitAnnotations:
     boxes: np.ndarray
 
 
-def _loadmat(path: Path) -> dict[str, Any]:
+def _load_variable(path: Path, variable: str) -> Any:
+    """``variable`` of a ``.mat`` file; :class:`AnnotationError` if the file is unreadable or lacks it."""
     import scipy.io as sio  # here, not at the top: it takes longer to import than the CLI needs to start
     try:
-        return sio.loadmat(str(path), squeeze_me=True)
+        mat = sio.loadmat(str(path), squeeze_me=True)
     except Exception as err:  # scipy raises ValueError, TypeError, OSError... for a bad file
         raise AnnotationError(f"{path} is not a readable MATLAB .mat file ({type(err).__name__}: {err}); re-download it") from err
-
-
-def _variable(mat: Mapping[str, Any], path: Path, variable: str) -> Any:
     if variable not in mat:
         present = sorted(key for key in mat if not key.startswith("__"))
         raise AnnotationError(f"{path} has no variable {variable!r} (it holds {present}); is it the right file?")
     return mat[variable]
 
 
-def _struct_columns(mat: Mapping[str, Any], path: Path, variable: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
-    records = np.atleast_1d(_variable(mat, path, variable))
-    names = records.dtype.names or ()
-    missing = [name for name in fields if name not in names]
-    if missing:
-        raise AnnotationError(f"{path}: the {variable!r} struct has no field {missing[0]!r} (its fields: {list(names)}); is it the right file?")
-    return {name: np.atleast_1d(records[name]) for name in fields}
-
-
-def _int_column(values: np.ndarray, path: Path, name: str) -> np.ndarray:
-    try:
-        return np.array([int(np.asarray(value).item()) for value in values], dtype=np.int64)
-    except (TypeError, ValueError) as err:
-        raise AnnotationError(f"{path}: field {name!r} holds a value that is not one whole number ({err})") from err
-
-
 # Cached on (path, modification time, size): each file is parsed once however many datasets read it.
 @functools.lru_cache(maxsize=8)
 def _read_class_names_cached(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    names = _variable(_loadmat(Path(path)), Path(path), "class_names")
-    return tuple(str(name) for name in np.atleast_1d(names).tolist())
+    return tuple(str(name) for name in np.atleast_1d(_load_variable(Path(path), "class_names")).tolist())
 
 
 @functools.lru_cache(maxsize=8)
 def _read_annotations_cached(path: str, mtime_ns: int, size: int, image_dir: str, car_ims: bool) -> dict[str, SplitAnnotations]:
     """The ``annotations`` of a file: per split for ``cars_annos.mat`` (its ``test`` field), else under ``"all"``."""
-    mat_path, name_field = Path(path), "relative_im_path" if car_ims else "fname"
-    fields = (name_field, "class") + (("test",) if car_ims else ()) + _BOX_FIELDS
-    columns = _struct_columns(_loadmat(mat_path), mat_path, "annotations", fields)
-    paths = np.array([str(Path(image_dir) / str(name)) for name in columns[name_field]], dtype=object)
-    labels = _int_column(columns["class"], mat_path, "class") - 1
-    is_test = _int_column(columns["test"], mat_path, "test").astype(bool) if car_ims else None
-    x1, y1, x2, y2 = (_int_column(columns[name], mat_path, name) for name in _BOX_FIELDS)
+    name_field = "relative_im_path" if car_ims else "fname"
+    number_fields = ("class",) + (("test",) if car_ims else ()) + _BOX_FIELDS
+    records = np.atleast_1d(_load_variable(Path(path), "annotations"))
+    present = records.dtype.names or ()
+    missing = [name for name in (name_field, *number_fields) if name not in present]
+    if missing:
+        raise AnnotationError(f"{path}: the 'annotations' struct has no field {missing[0]!r} (its fields: {list(present)}); "
+                              f"is it the right file?")
+    numbers = {}
+    for name in number_fields:
+        try:
+            numbers[name] = np.array([int(np.asarray(value).item()) for value in records[name]], dtype=np.int64)
+        except (TypeError, ValueError) as err:
+            raise AnnotationError(f"{path}: field {name!r} holds a value that is not one whole number ({err})") from err
+    paths = np.array([str(Path(image_dir) / str(name)) for name in records[name_field]], dtype=object)
+    labels = numbers["class"] - 1
+    x1, y1, x2, y2 = (numbers[name] for name in _BOX_FIELDS)
     boxes = np.stack([x1 - 1, y1 - 1, x2, y2], axis=1).astype(np.float64)  # 1-based inclusive -> 0-based half-open
-    if is_test is None:
+    if not car_ims:
         return {"all": SplitAnnotations(tuple(paths.tolist()), labels, boxes)}
+    is_test = numbers["test"].astype(bool)
     return {split: SplitAnnotations(tuple(paths[mask].tolist()), labels[mask], boxes[mask])
             for split, mask in (("train", ~is_test), ("test", is_test))}
 
@@ -228,20 +209,18 @@ def verify_stanford_cars(root: PathLike, num_classes: int = 196, num_train: int 
         DatasetError: Listing every count that differs and the first missing image files.
     """
     layout = find_layout(root)
-    names, problems = read_class_names(layout), list[str]()
-    if len(names) != num_classes:
-        problems.append(f"{layout.meta_file} has {len(names)} class names, expected {num_classes}")
+    names = read_class_names(layout)
+    problems = [f"{layout.meta_file} has {len(names)} class names, expected {num_classes}"] if len(names) != num_classes else []
     for split, expected in (("train", num_train), ("test", num_test)):
-        annotations = read_split(layout, split)
-        if len(annotations.paths) != expected:
-            problems.append(f"{layout.annotation_files[split]} annotates {len(annotations.paths)} {split} images, expected {expected}")
+        annotations, annotation_file = read_split(layout, split), layout.annotation_files[split]
         missing = [path for path in annotations.paths if not os.path.isfile(path)]
-        if missing:
-            problems.append(f"{len(missing)} {split} images are missing, e.g. {missing[:3]}")
         x1, y1, x2, y2 = annotations.boxes.T
         empty = int(np.sum((x2 <= x1) | (y2 <= y1)))
-        if empty:
-            problems.append(f"{empty} {split} boxes in {layout.annotation_files[split]} are empty")
+        n_images = len(annotations.paths)
+        checks = ((n_images != expected, f"{annotation_file} annotates {n_images} {split} images, expected {expected}"),
+                  (missing, f"{len(missing)} {split} images are missing, e.g. {missing[:3]}"),
+                  (empty, f"{empty} {split} boxes in {annotation_file} are empty"))
+        problems += [message for failed, message in checks if failed]
     if problems:
         raise DatasetError(f"Stanford Cars at {layout.base} is not complete: " + "; ".join(problems))
     return layout

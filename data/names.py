@@ -52,13 +52,12 @@ def parse_class_name(name: str) -> CarClass:
     *words, year = words
     two_word_make = " ".join(words[:2]).lower() in {make.lower() for make in TWO_WORD_MAKES}
     n_make = 2 if two_word_make and len(words) > 2 else 1
-    rest, lowered = words[n_make:], [word.lower() for word in words[n_make:]]
-    # A type must leave at least one word of model before it.
-    tails = ((kind, kind.lower().split()) for kind in BODY_TYPES)
-    body_type = next((kind for kind, tail in tails if len(rest) > len(tail) and lowered[-len(tail):] == tail), None)
+    model = " ".join(words[n_make:])
+    # The space before the type: it must leave at least one word of model.
+    body_type = next((kind for kind in BODY_TYPES if model.lower().endswith(" " + kind.lower())), None)
     if body_type is not None:
-        rest = rest[: -len(body_type.split())]
-    return CarClass(make=" ".join(words[:n_make]), model=" ".join(rest), body_type=body_type, year=int(year))
+        model = model[: -len(body_type) - 1]
+    return CarClass(make=" ".join(words[:n_make]), model=model, body_type=body_type, year=int(year))
 
 
 _MISSING = object()
@@ -90,37 +89,33 @@ class ClassToIdx(dict):
         except KeyError:
             return default
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self._names,))
 
-
-def _filter_values(filter_name: str, value: FilterValue) -> list[str] | list[int] | None:
-    if value is None:
-        return None
+def _filter_values(filter_name: str, value: FilterValue) -> list[str] | list[int]:
+    """A filter's value (not None) as a list: stripped texts, or years for ``car_production_year``."""
     values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
     if not values:
         raise ValueError(f"{filter_name}=[] keeps nothing; pass None to keep every class")
-    if filter_name == "car_production_year":
-        years: list[int] = []
-        for item in values:
-            if isinstance(item, bool):
-                raise ValueError(f"{filter_name}={value!r}: expected a year such as 2012, or a list of years")
-            try:
-                years.append(int(str(item).strip()))
-            except ValueError:
-                raise ValueError(f"{filter_name}={value!r}: {item!r} is not a year such as 2012") from None
-        return years
-    texts = [str(item).strip() for item in values]
-    if not all(texts):
-        raise ValueError(f"{filter_name}={value!r} holds an empty value; pass None to keep every class")
-    return texts
+    if filter_name != "car_production_year":
+        texts = [str(item).strip() for item in values]
+        if not all(texts):
+            raise ValueError(f"{filter_name}={value!r} holds an empty value; pass None to keep every class")
+        return texts
+    years: list[int] = []
+    for item in values:
+        if isinstance(item, bool):
+            raise ValueError(f"{filter_name}={value!r}: expected a year such as 2012, or a list of years")
+        try:
+            years.append(int(str(item).strip()))
+        except ValueError:
+            raise ValueError(f"{filter_name}={value!r}: {item!r} is not a year such as 2012") from None
+    return years
 
 
 def _matches(car: CarClass, filter_name: str, values: Sequence[str] | Sequence[int]) -> bool:
     """Years exactly; text case-insensitively as whole words: ``BMW`` never matches ``BMWX``, ``Van`` never ``Minivan``."""
     field_value = getattr(car, _FIELD_OF_FILTER[filter_name])
     if field_value is None or filter_name == "car_production_year":
-        return field_value is not None and field_value in values
+        return field_value in values
     patterns = (r"(?<![0-9A-Za-z])" + r"\s+".join(map(re.escape, str(value).split())) + r"(?![0-9A-Za-z])" for value in values)
     return any(re.search(pattern, field_value, re.IGNORECASE) for pattern in patterns)
 
@@ -161,21 +156,17 @@ def select_classes(
         ValueError: If a filter value is malformed, or a filter matches no class among those the
             filters before it kept; the message lists the values that do exist, with counts.
     """
-    given = dict(zip(FILTER_NAMES, (car_brand, car_type, car_production_year)))
-    requested = {name: _filter_values(name, value) for name, value in given.items()}
+    given = zip(FILTER_NAMES, (car_brand, car_type, car_production_year))
+    requested = {name: _filter_values(name, value) for name, value in given if value is not None}
     kept = list(range(len(class_names)))
-    if all(values is None for values in requested.values()):
-        return kept
-    cars = [parse_class_name(name) for name in class_names]
-    counts = list(image_counts) if image_counts is not None else [0] * len(class_names)
+    cars = [parse_class_name(name) for name in class_names] if requested else []
     applied: list[str] = []
     for filter_name, values in requested.items():
-        if values is None:
-            continue
         shown = values[0] if len(values) == 1 else values
         survivors = [index for index in kept if _matches(cars[index], filter_name, values)]
         if not survivors:  # list the values there: "Sedan (3 classes, 120 train images), ..."
             among = f" among the classes kept by {', '.join(applied)}" if applied else ""
+            counts = list(image_counts) if image_counts is not None else [0] * len(class_names)
             images = f" {split or 'train'} images" if image_counts is not None else None
             available = ", ".join(f"{_label(e.value)} ({e.n_classes} classes" + (f", {e.n_train}{images})" if images else ")")
                                   for e in _value_counts(cars, kept, filter_name, counts, counts))
@@ -212,8 +203,8 @@ def format_filter_summary(summary: FilterSummary | PathLike) -> str:
     """The plain-text table ``--list_filters`` prints, of a :class:`FilterSummary` or a dataset root."""
     if not isinstance(summary, FilterSummary):
         summary = summarize(summary)
-    lines = [f"Stanford Cars at {summary.root} ({summary.layout} layout): {summary.n_classes} classes, "
-             f"{summary.n_train} train and {summary.n_test} test images"]
+    lines = [(f"Stanford Cars at {summary.root} ({summary.layout} layout): {summary.n_classes} classes, "
+              f"{summary.n_train} train and {summary.n_test} test images")]
     for title in FILTER_NAMES:
         entries = getattr(summary, title)
         width = max([len(title)] + [len(_label(entry.value)) for entry in entries])
