@@ -18,7 +18,8 @@ from .data.common import (DOWNLOAD_EXTRA_HINT, KAGGLE_HANDLE, KAGGLE_URL, LAYOUT
                           DatasetNotFoundError, DownloadError, FilterValue, ImageLoadError, MissingImageError, PathLike)
 from .data.download import DEFAULT_MIRROR, Mirror, download_stanford_cars
 from .data.images import (CROP_AREA_RANGE, CROP_ATTEMPTS, CROP_MIN_BOX_VISIBLE, CROP_RELATIVE_ASPECT_RANGE, DRAFT_MIN_SHARE,
-                          FLIP_PROBABILITY, MIN_CROP_SIDE, ImageCache, decode_image, load_view, open_image, resize_pixels)
+                          FLIP_PROBABILITY, MIN_CROP_SIDE, ImageCache, checked_boxes, decode_image, load_view, open_image,
+                          resize_pixels)
 from .data.layouts import Layout, SplitAnnotations, find_layout, read_class_names, read_split, root_path, verify_stanford_cars
 from .data.names import (BODY_TYPES, FILTER_NAMES, TWO_WORD_MAKES, CarClass, ClassToIdx, FilterSummary, FilterValueCount,
                          format_filter_summary, parse_class_name, select_classes, summarize)
@@ -63,9 +64,8 @@ class StanfordCarsCAM(VisionDataset):
         Raises:
             ValueError: If the data under ``root`` does not give the checkpoint's classes.
         """
-        dataset = cls(root, split=split, car_type=checkpoint.get("car_type"), car_brand=checkpoint.get("car_brand"),
-                      car_production_year=checkpoint.get("car_production_year"), image_size=int(checkpoint["image_size"]),
-                      augment=False, **kwargs)
+        filters = {name: checkpoint.get(name) for name in FILTER_NAMES}
+        dataset = cls(root, split=split, image_size=int(checkpoint["image_size"]), augment=False, **filters, **kwargs)
         if list(dataset.classes) != list(checkpoint["class_names"]):
             raise ValueError(f"the data under {str(root)!r} gives classes {list(dataset.classes)[:4]}... but the checkpoint was "
                              f"trained on {list(checkpoint['class_names'])[:4]}...; point --root_datasets_dir at the data it was trained on")
@@ -95,17 +95,16 @@ class StanfordCarsCAM(VisionDataset):
         self.class_ids = select_classes(all_names, car_type, car_brand, car_production_year, image_counts=counts, split=split)
         self.classes = [all_names[index] for index in self.class_ids]
         self.class_to_idx = ClassToIdx(self.classes)
-        remap = np.full(len(all_names), -1, dtype=np.int64)  # full-set label -> kept label, or -1
-        remap[self.class_ids] = np.arange(len(self.class_ids))
-        new_labels = remap[annotations.labels]
-        keep = np.flatnonzero(new_labels >= 0)
+        keep = np.flatnonzero(np.isin(annotations.labels, self.class_ids))
+        new_labels = np.searchsorted(self.class_ids, annotations.labels[keep])  # class_ids ascend: full-set -> kept label
         if keep.size == 0 and any(value is not None for value in self.filters.values()):
             raise ValueError(f"the filters {self._filter_text()} keep {len(self.classes)} classes ({', '.join(self.classes[:5])}"
                              f"{', ...' if len(self.classes) > 5 else ''}) but the {split} split under {os.fspath(self.root)!r} "
                              f"has no image of them")
-        self.samples: list[tuple[str, int]] = [(annotations.paths[i], int(new_labels[i])) for i in keep]
+        self.samples: list[tuple[str, int]] = [(annotations.paths[i], int(label)) for i, label in zip(keep, new_labels)]
         self.targets: list[int] = [label for _, label in self.samples]
-        self.boxes: np.ndarray = annotations.boxes[keep]
+        self.boxes: np.ndarray = checked_boxes(self.layout.annotation_files[split], [path for path, _ in self.samples],
+                                               annotations.boxes[keep])
         logger.debug("StanfordCarsCAM %s: %d images of %d classes from %s", split, len(self.samples), len(self.classes), self.layout.base)
 
     def _filter_text(self) -> str:

@@ -7,12 +7,12 @@ import errno
 import math
 import numbers
 import os
-import pickle
-import re
+import pickletools
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,14 +31,43 @@ class _TorchFileError(Exception):
         self.kind = kind
 
 
-# How torch's weights-only unpickler names an object it will not build (a GLOBAL, function or class); else: damaged.
-_UNSAFE_OBJECT = re.compile(r"GLOBAL (\S+)|unrecognized function (.+?)(?: which|$)|new object .* but got (.+)$", re.M)
-
-
 def _first_line(err: BaseException) -> str:
     """The first line of ``err``'s own words (torch wraps the unpickler's in a page of advice), or its class name."""
     text = str(err).rsplit("WeightsUnpickler error:", 1)[-1]
     return next((line.strip().strip("'\"") for line in text.splitlines() if line.strip()), "") or type(err).__name__
+
+
+def _foreign_object(path: Path) -> str | None:
+    """The first object from outside torch that the pickle in ``path`` (bare, or torch's zip) asks to build, if any.
+
+    Read with ``pickletools`` (which runs nothing), so every pickle protocol is judged alike.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(name for name in archive.namelist() if name.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        strings: list[Any] = []  # the strings pushed so far: STACK_GLOBAL takes the last two
+        memo: dict[int, Any] = {}
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                name = arg.replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL":
+                name = ".".join(map(str, strings[-2:]))
+            else:
+                if "UNICODE" in opcode.name or "STRING" in opcode.name:
+                    strings.append(arg)
+                elif opcode.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[len(memo) if arg is None else arg] = strings[-1] if strings else None
+                elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+                    strings.append(memo.get(arg))
+                continue
+            if not (name.startswith("torch.") or name == "collections.OrderedDict"):
+                return name
+    except Exception:  # noqa: BLE001 - a damaged file is judged by torch.load, not here
+        return None
+    return None
 
 
 def _safe_torch_load(path: Path, location: torch.device) -> Any:
@@ -47,19 +76,20 @@ def _safe_torch_load(path: Path, location: torch.device) -> Any:
         head = handle.read(4)
     if not head:
         raise _TorchFileError("not_torch", "it is empty, 0 bytes; was its writing interrupted?")
+    unsafe = "it holds objects a safe (weights_only) load will not unpickle, such as {}"
     # torch.save writes a zip archive (a truncated one still starts with an entry header); files from
     # before PyTorch 1.6 are a protocol-2 pickle. Anything else would only confuse torch.load.
     if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        if name := _foreign_object(path):
+            raise _TorchFileError("unsafe", unsafe.format(name))
         raise _TorchFileError("not_torch", "not a file written by torch.save")
     try:
         with warnings.catch_warnings():  # torch's "please file an issue" on a newer pickle; the error says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch.load leaks KeyError, IndexError, ... on damaged files
-        unsafe = _UNSAFE_OBJECT.search(str(err)) if isinstance(err, pickle.UnpicklingError) else None
-        if unsafe:
-            name = next(group for group in unsafe.groups() if group).strip()
-            raise _TorchFileError("unsafe", f"it holds objects a safe (weights_only) load will not unpickle, such as {name}") from None
+        if name := _foreign_object(path):
+            raise _TorchFileError("unsafe", unsafe.format(name)) from None
         raise _TorchFileError("unreadable", f"truncated or damaged: {_first_line(err)}") from None
 
 
@@ -92,33 +122,54 @@ def _write_error(path: Path, err: OSError) -> OSError:
     return new
 
 
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Write ``path`` (mode ``"wb"``, or ``"w"`` for UTF-8) through a hidden file beside it, flushed to disk and
     moved into place with ``open()``'s permissions only on success: a crash mid-write keeps the old file.
-    Raises ``IsADirectoryError`` for a folder, and each ``OSError`` as its own class, naming ``path``.
+    Raises ``IsADirectoryError`` for a folder, and each ``OSError`` of the file system (a full disk included) as
+    its own class, naming ``path``; the caller's own exceptions pass unchanged.
     """
     path = Path(path)
     if path.is_dir():
         raise _folder_error(f"{str(path)!r} is a folder; give a file name")
-    ours, tmp = True, None  # only our own OSErrors are restated; the caller's pass unchanged
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            ours = False
+    except OSError as err:
+        raise _write_error(path, err) from None
+    handle, done = os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})), False
+    try:
+        try:
             yield handle
-            ours = True
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
+        except OSError as err:
+            if err.errno in _DISK_FULL:  # raised by the caller's writer, but about this file
+                raise _write_error(path, err) from None
+            raise
+        finally:
+            # Also after a failed write: torch.save on a full disk raises "unexpected pos", and only
+            # flushing what it left in the buffer brings out the OS's own error (ENOSPC).
+            _on_disk(handle.flush, path)
+        _on_disk(lambda: os.fsync(handle.fileno()), path)
+        _on_disk(handle.close, path)
+        _on_disk(lambda: os.chmod(tmp, default_file_mode()), path)
+        _on_disk(lambda: os.replace(tmp, path), path)
+        done = True
+    finally:
+        if not done:
+            with suppress(OSError):
+                handle.close()
             Path(tmp).unlink(missing_ok=True)
-        if ours and isinstance(err, OSError):
-            raise _write_error(path, err) from None
-        raise
+
+
+def _on_disk(step: Callable[[], Any], path: Path) -> None:
+    """Run one step of writing ``path``; its ``OSError`` is restated about ``path``."""
+    try:
+        step()
+    except OSError as err:
+        raise _write_error(path, err) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

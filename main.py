@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -16,26 +17,32 @@ from collections.abc import Sequence
 # another process holds a core. Must be set before torch starts its thread pool.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-if __package__ in (None, ""):
-    # Run as a script: make the clone importable as the package, whatever its folder is called.
-    import _bootstrap
+try:  # a Ctrl-C while the libraries import (seconds, for torch) is one line too
+    if __package__ in (None, ""):
+        # Run as a script: make the clone importable as the package, whatever its folder is called.
+        import _bootstrap
 
-    _bootstrap.ensure_package()
+        _bootstrap.ensure_package()
 
-from CAM_Stanford_Cars.cli import HelpFormatter, OneLineParser, bool_flag, positive_int, pretrained_flag, text_list, year_list
-from CAM_Stanford_Cars.config import SELECT_BY
-from CAM_Stanford_Cars.demo import run_demo
-from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
-from CAM_Stanford_Cars.localization import format_metrics_table
-from CAM_Stanford_Cars.model import CheckpointError, PretrainedWeightsError
-from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit, shutdown_distributed
+    from CAM_Stanford_Cars.cli import HelpFormatter, OneLineParser, bool_flag, positive_int, pretrained_flag, text_list, year_list
+    from CAM_Stanford_Cars.config import SELECT_BY
+    from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
+    from CAM_Stanford_Cars.demo import run_demo
+    from CAM_Stanford_Cars.localization import format_metrics_table
+    from CAM_Stanford_Cars.model import CheckpointError, PretrainedWeightsError
+    from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit, shutdown_distributed
+except KeyboardInterrupt:
+    print("main.py: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 __all__ = ["DEFAULTS", "pretrained_flag", "text_list", "year_list", "get_args_parser", "config_from_args", "check_commands",
-           "run", "main", "HelpFormatter", "OneLineParser", "bool_flag", "positive_int", "DatasetError", "StanfordCarsCAM",
+           "run", "main", "error_line", "HelpFormatter", "OneLineParser", "bool_flag", "positive_int", "DatasetError", "StanfordCarsCAM",
            "format_filter_summary", "format_metrics_table", "CheckpointError", "PretrainedWeightsError",
            "NonFiniteLossError", "TrainConfig", "evaluate_checkpoint", "fit", "shutdown_distributed"]
 
 DEFAULTS = TrainConfig()
+# Failures of the machine rather than of the user's input: exit status 1.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -137,6 +144,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def error_line(err: BaseException) -> str:
+    """``err``'s message; for one raised in a DataLoader worker, the worker's own message without torch's traceback."""
+    text = str(err)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python main.py`` and the ``cam-stanford-cars`` command."""
     args = get_args_parser().parse_args(argv)
@@ -145,8 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except (ValueError, OSError, DatasetError, CheckpointError, PretrainedWeightsError, NonFiniteLossError) as err:
-        print(f"main.py: error: {err}", file=sys.stderr)
-        return 1 if isinstance(err, NonFiniteLossError) else 2
+        print(f"main.py: error: {error_line(err)}", file=sys.stderr)
+        return 1 if isinstance(err, NonFiniteLossError) or getattr(err, "errno", None) in ENVIRONMENT_ERRNOS else 2
     except KeyboardInterrupt:
         print("main.py: interrupted", file=sys.stderr)
         return 130

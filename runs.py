@@ -6,10 +6,11 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from .checkpoint import require_entries
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
-from .files import atomic_file, atomic_write_text
+from .files import atomic_file, atomic_write_text, check_writable
 from .localization import METRIC_LABELS
 from .model import load_checkpoint
 
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT, BEST_CHECKPOINT, METRICS_LOG = "last.pt", "best.pt", "metrics.jsonl"
 ARGS_FILE, CURVES_FIGURE, TEST_METRICS = "args.json", "training_curves.png", "test_metrics.json"
+LOCK_FILE = ".lock"  # held by the run writing the folder
+_TEMP_FILE = re.compile(r"^\.(.+)\.\w{8}\.tmp$")  # files.atomic_file's hidden temp files: .NAME.XXXXXXXX.tmp
 
 # The main metric counts images, so two values differ by at least 1/n, far more than this tie-breaker adds.
 TIE_BREAK = 1e-6
@@ -54,12 +57,79 @@ def check_new_run(run_dir: Path, overwrite: bool) -> None:
                          f"--resume {str(last)!r}, start over with --overwrite true, or choose another folder")
 
 
-def remove_run_files(run_dir: Path) -> None:
-    """Delete what an earlier run left in ``run_dir`` (checkpoints, logs, figures, scores), nothing else."""
+def remove_run_files(run_dir: Path, keep: Sequence[str] = ()) -> None:
+    """Delete what an earlier run left in ``run_dir`` (checkpoints, logs, figures, scores) but ``keep``, nothing else."""
     stems = (Path(LAST_CHECKPOINT).stem, Path(BEST_CHECKPOINT).stem)
     scores = [p.name for p in run_dir.glob("*_metrics.json") if p.name.split("_", 1)[0] in stems]
-    for name in [LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS, *scores]:
+    for name in {LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS, *scores} - set(keep):
         (run_dir / name).unlink(missing_ok=True)
+
+
+class RunFolderBusy(ValueError):
+    """Another live process holds the run folder."""
+
+
+@contextmanager
+def hold_run_folder(run_dir: Path) -> Iterator[None]:
+    """Be the one writer of ``run_dir`` while inside: an OS lock (``flock``) on a file in it, released when the
+    process ends however it ends, so a killed run never blocks the next. Removes the temp files of killed writes.
+
+    Raises:
+        RunFolderBusy: If another process holds it (naming that process).
+        ValueError: If the folder cannot be created or written to.
+    """
+    existed = run_dir.is_dir()
+    check_writable(run_dir)
+    lock = run_dir / LOCK_FILE
+    try:
+        fd = _lock(lock, run_dir)
+    except BaseException:
+        if not existed:
+            with suppress(OSError):
+                run_dir.rmdir()
+        raise
+    try:
+        stale = [p for p in run_dir.glob(".*.tmp") if (m := _TEMP_FILE.match(p.name)) and _is_run_file(m.group(1))]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            logger.info("Removed %d unfinished file(s) of an interrupted write in %s", len(stale), run_dir)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        if not existed:
+            with suppress(OSError):  # a failed start leaves no empty folder behind
+                run_dir.rmdir()
+
+
+def _lock(lock: Path, run_dir: Path) -> int:
+    """Open and ``flock`` ``lock``, write this process's id in it; return the descriptor."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one writer per folder is then the user's care
+        return os.open(lock, os.O_RDWR | os.O_CREAT)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderBusy(f"--checkpoints_dir {str(run_dir)!r} is in use by another run (process {holder}); wait "
+                                "for it to end or stop it, or choose another folder") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:  # not a file its last holder removed meanwhile
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _is_run_file(name: str) -> bool:
+    return name in (LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS) or name.endswith("_metrics.json")
 
 
 def keep_as_best(last: Path) -> None:
@@ -167,8 +237,45 @@ def read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
         if saved.get(key) != json.loads(json.dumps(getattr(config, key))):
             raise ValueError(f"--resume {str(path)!r} was trained with {key}={saved.get(key)!r} but this run has "
                              f"{key}={getattr(config, key)!r}; pass the same value to continue it")
-    if int(checkpoint["epoch"]) >= config.n_epochs and not mid_epoch:
-        raise ValueError(f"--resume {str(path)!r}: that run already finished all {config.n_epochs} epochs; its best "
+    if int(checkpoint["epoch"]) >= config.n_epochs and not mid_epoch and _tested(run_dir, checkpoint):
+        raise ValueError(f"--resume {str(path)!r}: that run already finished all {config.n_epochs} epochs and its tests; its best "
                          f"checkpoint is {str(path.with_name(BEST_CHECKPOINT))!r} (score it with --evaluate). "
                          "Start a new run in another folder to train longer")
     return checkpoint
+
+
+def best_epoch(history: Sequence[Mapping[str, Any]]) -> int | None:
+    """The epoch ``best.pt`` holds: the last one the log marks best."""
+    return next((int(r["epoch"]) for r in reversed(history) if r.get("best")), None)
+
+
+def _saved_epoch(path: Path) -> int | None:
+    try:
+        return int(load_checkpoint(path)[1]["epoch"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _tested(run_dir: Path, checkpoint: Mapping[str, Any]) -> bool:
+    """Whether the finished run's last steps ran: its best checkpoint scored on the test split, its curves drawn."""
+    try:
+        tested = json.loads((run_dir / TEST_METRICS).read_text(encoding="utf-8")).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        return False
+    history = checkpoint.get("history") or read_metrics_log(run_dir / METRICS_LOG)
+    return tested == best_epoch(history) and (run_dir / CURVES_FIGURE).is_file()
+
+
+def repair_run(run_dir: Path, checkpoint: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Bring the log and ``best.pt`` in line with ``last.pt`` (``checkpoint``) after a kill at any moment, and return
+    the run's history: ``last.pt`` carries it, so an epoch whose log line a kill lost is written again."""
+    history = checkpoint.get("history")
+    if history is None:  # a checkpoint from before the history was kept in it: the log is the record
+        history = [r for r in read_metrics_log(run_dir / METRICS_LOG) if r["epoch"] <= int(checkpoint["epoch"])]
+    write_metrics_log(run_dir / METRICS_LOG, history)
+    best = best_epoch(history)
+    # A kill while best.pt was being copied at the best epoch: last.pt still holds that epoch's weights.
+    if best == int(checkpoint["epoch"]) and not checkpoint.get("epoch_progress") and _saved_epoch(run_dir / BEST_CHECKPOINT) != best:
+        logger.info("Restoring %s (epoch %d) from %s", BEST_CHECKPOINT, best, LAST_CHECKPOINT)
+        keep_as_best(run_dir / LAST_CHECKPOINT)
+    return list(history)

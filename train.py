@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,8 @@ from .files import atomic_file, atomic_write_text, check_writable, unwritable_re
 from .localization import METRIC_LABELS, LocalizationMeter
 from .model import AlexNetGAP, load_checkpoint
 from .runs import (ARGS_FILE, BEST_CHECKPOINT, CURVES_FIGURE, LAST_CHECKPOINT, METRICS_LOG, RESUME_MUST_MATCH, TEST_METRICS,
-                   StopRequest, check_new_run, epoch_score, format_metrics, keep_as_best, plain_config, read_metrics_log, read_resume_state,
-                   remove_run_files, summary_line, write_metrics_log)
+                   RunFolderBusy, StopRequest, check_new_run, epoch_score, format_metrics, hold_run_folder, keep_as_best, plain_config,
+                   read_metrics_log, read_resume_state, remove_run_files, repair_run, summary_line, write_metrics_log)
 from .runtime import (CPU_LOADER_WORKERS, accumulator_dtype, amp_dtype, autocast_context, collate_batch, configure_cpu_threads,
                       default_num_workers, make_loader, seed_everything, select_device, start_process)
 from .visualize import plot_training_curves
@@ -47,7 +48,7 @@ __all__ = [  # defined here, then re-exported from where they moved
     "configure_cpu_threads", "seed_everything", "accumulator_dtype", "amp_dtype", "autocast_context",
     "atomic_write_text", "unwritable_reason", "check_writable", "atomic_file", "LAST_CHECKPOINT", "BEST_CHECKPOINT",
     "METRICS_LOG", "ARGS_FILE", "CURVES_FIGURE", "TEST_METRICS", "RESUME_MUST_MATCH", "check_new_run",
-    "remove_run_files", "read_metrics_log", "write_metrics_log", "plain_config", "METRIC_LABELS", "StanfordCarsCAM",
+    "remove_run_files", "RunFolderBusy", "read_metrics_log", "write_metrics_log", "plain_config", "METRIC_LABELS", "StanfordCarsCAM",
     "LocalizationMeter", "AlexNetGAP", "load_checkpoint", "save_checkpoint", "require_entries", "unwrap_model",
 ]
 
@@ -302,7 +303,9 @@ class _Run:
         )
         resumed = checkpoint or {}
         self.start_epoch, self.best_score = int(resumed.get("epoch", 0)), float(resumed.get("best_score", -math.inf))
-        self.history = [r for r in read_metrics_log(self.run_dir / METRICS_LOG) if r["epoch"] <= self.start_epoch] if checkpoint else []
+        self.history = repair_run(self.run_dir, checkpoint) if checkpoint and dist_info.is_main else list(resumed.get("history", []))
+        self.old_run = config.overwrite and not checkpoint  # an earlier run's files, removed at this run's first save
+        self.saved = False
         self.partial, self.rng_state = EpochProgress(), None  # the first epoch's progress and RNG state
         if checkpoint:
             self.model.load_state_dict(checkpoint["model"])
@@ -339,24 +342,34 @@ class _Run:
                 rng_states = gather_rng_states(s.dist_info, s.device)
                 if s.dist_info.is_main:
                     progress = asdict(replace(state, sums=sums.tolist()))
-                    self.save(epoch, self.history[-1] if self.history else {}, progress, rng_states)
+                    self.save(epoch, self.history[-1] if self.history else {}, False, progress, rng_states)
                 return True
             self.end_epoch(epoch, state)
             if stop.after_epoch(more_epochs=epoch + 1 < config.n_epochs):
                 return True
         return False
 
-    def save(self, epoch: int, metrics: dict[str, Any], epoch_progress: dict[str, Any] | None = None,
-             rng_states: list[Tensor] | None = None) -> Path:
-        """Save ``last.pt`` with everything a resume or ``load_checkpoint`` needs."""
+    def save(self, epoch: int, metrics: dict[str, Any], best: bool = False, epoch_progress: dict[str, Any] | None = None,
+             rng_states: list[Tensor] | None = None) -> None:
+        """Save ``last.pt`` with everything a resume or ``load_checkpoint`` needs (the history too, so a kill
+        before the log is written loses no record), copy it to ``best.pt`` if ``best``, and write the log."""
         c, scaler = self.config, self.steps.scaler
-        return save_checkpoint(
+        last = save_checkpoint(
             self.run_dir / LAST_CHECKPOINT, self.model, epoch=epoch, metrics=metrics, best_score=self.best_score,
             optimizer=self.optimizer.state_dict(), lr_scheduler=self.steps.scheduler.state_dict(),
             scaler=scaler.state_dict() if scaler is not None else None, class_names=self.data.class_names,
             car_type=c.car_type, car_brand=c.car_brand, car_production_year=c.car_production_year, image_size=c.image_size,
             args=plain_config(c), world_size=self.steps.dist_info.world_size, epoch_progress=epoch_progress, rng_states=rng_states,
+            history=self.history,
         )
+        if not self.saved:  # the first checkpoint of this run: only now may it replace what an earlier run left
+            if self.old_run:
+                remove_run_files(self.run_dir, keep=(LAST_CHECKPOINT,))
+            atomic_write_text(self.run_dir / ARGS_FILE, json.dumps(plain_config(c), indent=2, sort_keys=True) + "\n")
+            self.saved = True
+        if best:
+            keep_as_best(last)
+        write_metrics_log(self.run_dir / METRICS_LOG, self.history)
 
     def evaluate(self, model: nn.Module, dataset: Dataset, desc: str, criterion: nn.Module | None = None) -> dict[str, float]:
         """``evaluate`` on this rank's share of ``dataset``, with the run's settings."""
@@ -378,10 +391,7 @@ class _Run:
         self.best_score = max(self.best_score, score)
         self.history.append(record)
         if s.dist_info.is_main:
-            last = self.save(epoch + 1, record)
-            if record["best"]:
-                keep_as_best(last)
-            write_metrics_log(self.run_dir / METRICS_LOG, self.history)
+            self.save(epoch + 1, record, record["best"])
             plot_training_curves(self.history, save_path=self.run_dir / CURVES_FIGURE)
             logger.info(summary_line(record, self.config.n_epochs))
 
@@ -391,6 +401,7 @@ class _Run:
         metrics = self.evaluate(best_model, self.data.test, "test")
         metrics["epoch"] = best_checkpoint["epoch"]
         if self.steps.dist_info.is_main:
+            plot_training_curves(self.history, save_path=self.run_dir / CURVES_FIGURE)
             atomic_write_text(self.run_dir / TEST_METRICS, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             logger.info("Test split (best epoch %d): %s", best_checkpoint["epoch"], format_metrics(metrics))
         return metrics
@@ -413,18 +424,18 @@ def fit(config: TrainConfig, stop_after_steps: int | None = None) -> RunResult:
     config.validate()
     dist_info, device = start_process(config.device)
     run_dir = Path(config.checkpoints_dir).expanduser()
+    with hold_run_folder(run_dir) if dist_info.is_main else nullcontext():
+        return _fit(config, stop_after_steps, dist_info, device, run_dir)
+
+
+def _fit(config: TrainConfig, stop_after_steps: int | None, dist_info: DistInfo, device: torch.device, run_dir: Path) -> RunResult:
     resume_state = read_resume_state(Path(config.resume).expanduser(), config) if config.resume else None
     if resume_state is None:
         check_new_run(run_dir, config.overwrite)
     data = build_datasets(config)
-    if dist_info.is_main:
-        check_writable(run_dir)
-        if resume_state is None and config.overwrite:
-            remove_run_files(run_dir)
     steps_per_epoch = math.ceil(len(epoch_sampler(data.train, 0, config.seed, dist_info)) / config.batch_size)
     run = _Run(config, data, dist_info, device, resume_state, steps_per_epoch)
     if dist_info.is_main:
-        atomic_write_text(run_dir / ARGS_FILE, json.dumps(plain_config(config), indent=2, sort_keys=True) + "\n")
         logger.info("Training on %s: %d classes, %d train / %d val / %d test images, epochs %d..%d of %d steps", device,
                     len(data.class_names), len(data.train), len(data.val) if data.val else 0, len(data.test),
                     run.start_epoch + 1, config.n_epochs, steps_per_epoch)

@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..files import unwritable_reason
-from .common import ImageLoadError, MissingImageError, PathLike
+from .common import AnnotationError, ImageLoadError, MissingImageError, PathLike
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +41,47 @@ def open_image(path: str) -> Image.Image:
         raise ImageLoadError(f"cannot read image file {path} ({type(err).__name__}: {err}); it may be truncated or not an image") from err
 
 
+def checked_boxes(annotation_file: PathLike, paths: Sequence[str], boxes: np.ndarray) -> np.ndarray:
+    """``boxes`` (N, 4) of the images ``paths``, checked against each image's size (read from its header).
+
+    An inverted box, or one wholly outside its image, is an :class:`AnnotationError` naming ``annotation_file``, the
+    image and the box; boxes partly outside are clipped to their image, with one warning that counts them. Rows of
+    NaN (no box) pass unchanged.
+    """
+    has_box = ~np.isnan(boxes).any(axis=1)
+
+    def refuse(mask: np.ndarray, problem: str) -> None:
+        if mask.any():
+            i = int(np.flatnonzero(mask)[0])
+            x1, y1, x2, y2 = boxes[i]
+            raise AnnotationError(f"{annotation_file}: the box of {paths[i]} (bbox_x1..y2 = {x1 + 1:.0f}, {y1 + 1:.0f}, {x2:.0f}, "
+                                  f"{y2:.0f}) {problem}; correct or remove that annotation")
+
+    refuse(has_box & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])), "is inverted (x2 < x1 or y2 < y1)")
+    sizes = np.zeros((len(paths), 2))
+    for i in np.flatnonzero(has_box):
+        with open_image(paths[i]) as image:
+            sizes[i] = image.size
+    limits = np.tile(sizes, 2)  # (N, 4): width, height, width, height
+    outside = (boxes[:, 0] >= sizes[:, 0]) | (boxes[:, 1] >= sizes[:, 1]) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
+    refuse(has_box & outside, "lies wholly outside the image")
+    clipped = np.where(has_box[:, None], np.clip(boxes, 0.0, limits), boxes)
+    if partly := int((has_box & (clipped != boxes).any(axis=1)).sum()):
+        logger.warning("%s: %d box(es) reach outside their image and were clipped to it", annotation_file, partly)
+    return clipped
+
+
 def _sample_crop(width: int, height: int, box: np.ndarray) -> tuple[float, float, float, float]:
     """A random crop ``(x0, y0, x1, y1)`` in original pixels that keeps most of ``box``; uses torch's RNG."""
     box_area = max((box[2] - box[0]) * (box[3] - box[1]), 0.0)
-    log_aspects = (math.log(CROP_RELATIVE_ASPECT_RANGE[0]), math.log(CROP_RELATIVE_ASPECT_RANGE[1]))
+    log_aspects = tuple(map(math.log, CROP_RELATIVE_ASPECT_RANGE))
     for _ in range(CROP_ATTEMPTS):
         area = torch.empty(()).uniform_(*CROP_AREA_RANGE).item()
         aspect = math.exp(torch.empty(()).uniform_(*log_aspects).item())
         crop_w, crop_h = width * math.sqrt(area * aspect), height * math.sqrt(area / aspect)
         if crop_w > width or crop_h > height:
             continue
-        x0 = torch.empty(()).uniform_(0.0, width - crop_w).item()
-        y0 = torch.empty(()).uniform_(0.0, height - crop_h).item()
+        x0, y0 = (torch.empty(()).uniform_(0.0, room).item() for room in (width - crop_w, height - crop_h))
         x1, y1 = x0 + crop_w, y0 + crop_h
         visible = max(min(box[2], x1) - max(box[0], x0), 0.0) * max(min(box[3], y1) - max(box[1], y0), 0.0)
         if box_area > 0 and visible >= CROP_MIN_BOX_VISIBLE * box_area:
@@ -68,19 +98,16 @@ def decode_image(path: str, min_size: tuple[int, int]) -> tuple[np.ndarray, int,
     Raises:
         MissingImageError, ImageLoadError: If the file is missing or cannot be decoded.
     """
-    image = open_image(path)
-    try:
-        (width, height), scale = image.size, 1
-        if min_size[0] < width and min_size[1] < height:
-            drafted = image.draft("RGB", min_size)  # PIL's draft mode: (mode, box of the full image in decoded pixels)
-            if drafted is not None:
+    with open_image(path) as image:
+        try:
+            (width, height), scale = image.size, 1
+            drafted = image.draft("RGB", min_size) if min_size[0] < width and min_size[1] < height else None
+            if drafted is not None:  # PIL's draft mode: (mode, box of the full image in decoded pixels)
                 scale = round(width / drafted[1][2])
-        image.load()
-        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    except Exception as err:  # truncated data, bad markers, decompression bombs...
-        raise ImageLoadError(f"cannot decode image file {path} ({type(err).__name__}: {err}); it may be truncated or corrupt") from err
-    finally:
-        image.close()
+            image.load()
+            pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        except Exception as err:  # truncated data, bad markers, decompression bombs...
+            raise ImageLoadError(f"cannot decode image file {path} ({type(err).__name__}: {err}); it may be truncated or corrupt") from err
     return pixels, scale, (width, height)
 
 
@@ -130,7 +157,7 @@ class ImageCache:
         """``(pixels (rows, cols, 3) uint8 read-only memory map, scale, (width, height))``, or None."""
         try:
             flat = np.load(self.path_for(path, view), mmap_mode="r")
-        except (FileNotFoundError, ValueError, OSError):
+        except (ValueError, OSError):  # missing, or not an .npy
             return None
         if flat.ndim != 1 or flat.shape[0] < self.HEADER_BYTES:
             return None  # not one of ours: decode afresh, and the next put replaces it
@@ -174,14 +201,10 @@ def _cached_pixels(path: str, min_side: int, view: str, cache: ImageCache | None
 
 def load_view(path: str, box: np.ndarray, image_size: int, augment: bool,
               cache: ImageCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The view the network sees: the whole image resized to S x S, or with ``augment`` a random crop and flip.
-
-    Crops are cut from pixels decoded at the scale that leaves the smallest crop S across, so a ``cache``
-    gives the same result bit for bit. Torch's global RNG; see ``docs/data.md``.
-
-    Args:
-        path: Image file; ``box``: (4,) ``[x1, y1, x2, y2]`` in its pixels, 0-based half-open.
-        image_size: Side S of the square output.
+    """The view the network sees of image ``path``, whose ``box`` (4,) ``[x1, y1, x2, y2]`` is in its pixels (0-based,
+    half-open): the whole image resized to S x S (``image_size``), or with ``augment`` a random crop and flip (torch's
+    global RNG; see ``docs/data.md``), cut from pixels decoded at the scale that leaves the smallest crop S across,
+    so a ``cache`` gives the same result bit for bit.
 
     Returns:
         ``(image, box)``: image (3, S, S) float32 RGB in [0, 1]; box (4,) float32 in its pixels, clipped to [0, S].
