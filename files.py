@@ -144,8 +144,12 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     try:
         try:
             yield handle
-        except OSError as err:
-            if err.errno in _DISK_FULL:  # raised by the caller's writer, but about this file
+        except BaseException as err:
+            # A full disk seen by the caller's writer is about this file; torch.save raises it, or (from its
+            # zip writer's exit) a RuntimeError with it as the context.
+            while err is not None and not (isinstance(err, OSError) and err.errno in _DISK_FULL):
+                err = err.__cause__ or err.__context__
+            if err is not None:
                 raise _write_error(path, err) from None
             raise
         finally:
