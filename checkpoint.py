@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .files import CheckpointError, _folder_error, _safe_torch_load, _TorchFileError, atomic_file
 
 CHECKPOINT_FORMAT_VERSION = 1
+PAPER_THRESHOLD = 0.2  # the CAM paper's threshold (Zhou et al. 2016), for checkpoints without a chosen one
 
 
 def _resolve_map_location(map_location: str | torch.device | None) -> torch.device:
@@ -39,6 +40,18 @@ def _resolve_map_location(map_location: str | torch.device | None) -> torch.devi
         raise ValueError(f"map_location {name!r} names a GPU this machine does not have "
                          f"({torch.cuda.device_count()} visible); use 'cuda:0' or 'cpu'")
     return device
+
+
+THRESHOLD_SOURCES = {"val": "chosen on the validation split", "paper": "the CAM paper's: no validation box to choose one by",
+                     "given": "given"}
+
+
+def cam_threshold_of(checkpoint: Mapping[str, Any]) -> tuple[float, str]:
+    """The CAM threshold a checkpoint's boxes are drawn and scored at, and where it came from (``"val"``, ``"paper"``);
+    the CAM paper's 0.2 for a checkpoint written before thresholds were chosen."""
+    if checkpoint.get("cam_threshold") is None:
+        return PAPER_THRESHOLD, "paper"
+    return float(checkpoint["cam_threshold"]), str(checkpoint.get("cam_threshold_source", "val"))
 
 
 def require_entries(checkpoint: Mapping[str, Any], keys: Sequence[str], path: str | os.PathLike) -> None:
@@ -84,6 +97,14 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> 
     with atomic_file(path, "wb") as handle:
         torch.save(payload, handle)
     return Path(path)
+
+
+def add_entries(path: str | os.PathLike, entries: Mapping[str, Any]) -> None:
+    """Add (or replace) ``entries`` in the checkpoint file ``path``, atomically; the rest stays as it was."""
+    checkpoint, _ = read_checkpoint(path)
+    checkpoint.update({key: _plain(value, key) for key, value in entries.items()})
+    with atomic_file(path, "wb") as handle:
+        torch.save(checkpoint, handle)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = None) -> tuple[dict[str, Any], torch.device]:

@@ -58,17 +58,29 @@ class StanfordCarsCAM(VisionDataset):
     in the full 196), ``samples``, ``targets``, ``boxes`` (N, 4) float64 original pixels, ``layout``.
     """
     @classmethod
-    def from_checkpoint(cls, checkpoint: Mapping[str, Any], root: PathLike, split: str = "test", **kwargs: Any) -> StanfordCarsCAM:
-        """The un-augmented ``split`` under ``root`` with a checkpoint dict's filters, image size and classes.
+    def from_checkpoint(cls, checkpoint: Mapping[str, Any], root: PathLike | None = None, split: str = "test",
+                        source: PathLike = "the checkpoint", flag: str = "--root_datasets_dir DIR", **kwargs: Any) -> StanfordCarsCAM:
+        """The un-augmented ``split`` with a checkpoint dict's filters, image size and classes, under ``root`` or
+        (``None``) the data folder the checkpoint records. ``source`` and ``flag`` name the file and the option in errors.
 
         Raises:
-            ValueError: If the data under ``root`` does not give the checkpoint's classes.
+            ValueError: If the data does not give the checkpoint's classes, or no folder is given or recorded.
+            DatasetNotFoundError: If no Stanford Cars is under the folder.
         """
+        recorded = root is None
+        if recorded and (root := checkpoint.get("data_root") or (checkpoint.get("args") or {}).get("root")) is None:
+            raise ValueError(f"{str(source)!r} does not record its data folder; pass it with {flag}")
         filters = {name: checkpoint.get(name) for name in FILTER_NAMES}
-        dataset = cls(root, split=split, image_size=int(checkpoint["image_size"]), augment=False, **filters, **kwargs)
+        try:
+            dataset = cls(root, split=split, image_size=int(checkpoint["image_size"]), augment=False, **filters, **kwargs)
+        except DatasetNotFoundError as err:
+            relative = "" if os.path.isabs(root) else "; a relative path there is relative to the folder training ran in"
+            where = f"{str(root)!r} is the data folder recorded in {str(source)!r}{relative}. " if recorded else ""
+            raise DatasetNotFoundError(err.problem, f"{where}Pass the folder holding the data the checkpoint was trained "
+                                       f"on: {flag}.") from None
         if list(dataset.classes) != list(checkpoint["class_names"]):
             raise ValueError(f"the data under {str(root)!r} gives classes {list(dataset.classes)[:4]}... but the checkpoint was "
-                             f"trained on {list(checkpoint['class_names'])[:4]}...; point --root_datasets_dir at the data it was trained on")
+                             f"trained on {list(checkpoint['class_names'])[:4]}...; point {flag.split()[0]} at the data it was trained on")
         return dataset
 
     def __init__(

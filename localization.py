@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "EIGHT_CONNECTED", "EMPTY_BOX", "IOU_THRESHOLD", "LOC_THRESHOLD", "METRIC_LABELS", "THRESHOLDS", "V2_IOU_THRESHOLDS",
-    "LocalizationMeter", "box_iou", "boxes_from_cams", "format_metrics_table", "largest_component_box", "mask_to_box",
+    "LocalizationMeter", "box_iou", "boxes_from_cams", "choose_cam_threshold", "format_metrics_table", "largest_component_box", "mask_to_box",
     "normalize_cams", "reference_best_iou", "reference_boxes", "sweep_best_iou", "sweep_boxes",
 ]
 
@@ -265,7 +265,7 @@ class LocalizationMeter:
         num_threads: threads for the sweep; ``None`` uses every CPU this process may run on.
     """
 
-    _HEAD = 5  # n_images, n_with_box, top1, top5, top1_loc
+    _HEAD = 4  # n_images, n_with_box, top1, top5
 
     def __init__(self, thresholds: np.ndarray = THRESHOLDS, loc_threshold: float = LOC_THRESHOLD, num_threads: int | None = None) -> None:
         self.thresholds = _check_thresholds(thresholds)
@@ -282,6 +282,7 @@ class LocalizationMeter:
         n = self.thresholds.shape[0]
         self._counts = np.zeros(self._HEAD, dtype=np.int64)
         self._hits = np.zeros(n, dtype=np.int64)  # (T,) largest component, IoU >= 0.5
+        self._hits_top1 = np.zeros(n, dtype=np.int64)  # (T,) those whose top-1 class is right too
         self._hits_v2 = np.zeros((len(V2_IOU_THRESHOLDS), n), dtype=np.int64)  # (3, T) any component
 
     @torch.no_grad()
@@ -312,11 +313,12 @@ class LocalizationMeter:
         hit = _iou(largest, gt[:, None, :]) >= IOU_THRESHOLD  # (N, T)
         self._hits += hit.sum(axis=0)
         self._hits_v2 += (best_iou >= np.array(V2_IOU_THRESHOLDS)[:, None, None]).sum(axis=1)  # (3, N, T) -> (3, T)
-        self._counts[4] += int((hit[:, self._loc_index] & top1_right[has_box]).sum())
+        self._hits_top1 += (hit & top1_right[has_box, None]).sum(axis=0)
 
-    def compute(self) -> dict[str, float | int]:
-        """The metrics so far as plain Python numbers (fractions in [0, 1]; NaN with nothing to count)."""
-        n_images, n_box, top1, top5, top1_loc = (int(v) for v in self._counts)
+    def compute(self, cam_threshold: float | None = None) -> dict[str, float | int]:
+        """The metrics so far as plain Python numbers (fractions in [0, 1]; NaN with nothing to count); given
+        ``cam_threshold``, also GT-known and Top-1 Loc at the one of ``thresholds`` nearest to it."""
+        n_images, n_box, top1, top5 = (int(v) for v in self._counts)
 
         def rate(count: float, total: int) -> float:
             return float(count) / total if total else math.nan
@@ -325,26 +327,32 @@ class LocalizationMeter:
         v2 = {f"maxboxacc_v2_iou{round(100 * iou)}": rate(self._hits_v2[i].max(), n_box) for i, iou in enumerate(V2_IOU_THRESHOLDS)}
         return {
             "top1": rate(top1, n_images), "top5": rate(top5, n_images),
-            "gt_known_loc": rate(self._hits[self._loc_index], n_box), "top1_loc": rate(top1_loc, n_box),
+            "gt_known_loc": rate(self._hits[self._loc_index], n_box), "top1_loc": rate(self._hits_top1[self._loc_index], n_box),
             "maxboxacc": rate(self._hits[best_t], n_box),
             "maxboxacc_threshold": float(self.thresholds[best_t]) if n_box else math.nan,
             "maxboxacc_v2": float(np.mean(list(v2.values()))) if n_box else math.nan, **v2,
             "n_images": n_images, "n_with_box": n_box, "n_without_box": n_images - n_box,
+            **(_at_threshold(self, cam_threshold, n_box) if cam_threshold is not None else {}),
         }
 
+    def box_accuracy_curve(self) -> np.ndarray:
+        """(T,) float64 share of the images with a box hit at each threshold (MaxBoxAcc is its maximum)."""
+        return self._hits / max(int(self._counts[1]), 1)
+
     def state_tensor(self) -> Tensor:
-        """All counts as one int64 tensor (5 + 4T,), to be summed across ranks."""
-        return torch.from_numpy(np.concatenate([self._counts, self._hits, self._hits_v2.ravel()]))
+        """All counts as one int64 tensor (4 + 5T,), to be summed across ranks."""
+        return torch.from_numpy(np.concatenate([self._counts, self._hits, self._hits_top1, self._hits_v2.ravel()]))
 
     def load_state_tensor(self, state: Tensor) -> None:
         """Replace the counts by ``state`` (e.g. the all-reduced :meth:`state_tensor`)."""
         values, n = state.detach().cpu().reshape(-1), self.thresholds.shape[0]
-        expected = self._HEAD + n * (1 + len(V2_IOU_THRESHOLDS))
+        expected = self._HEAD + n * (2 + len(V2_IOU_THRESHOLDS))
         if values.numel() != expected:
             raise ValueError(f"state has {values.numel()} counts, a meter with {n} thresholds has {expected}; were the meters built alike?")
         arr = (values.round() if values.is_floating_point() else values).long().numpy().copy()
         self._counts, self._hits = arr[: self._HEAD], arr[self._HEAD : self._HEAD + n]
-        self._hits_v2 = arr[self._HEAD + n :].reshape(len(V2_IOU_THRESHOLDS), n)
+        self._hits_top1 = arr[self._HEAD + n : self._HEAD + 2 * n]
+        self._hits_v2 = arr[self._HEAD + 2 * n :].reshape(len(V2_IOU_THRESHOLDS), n)
 
     def merge(self, other: LocalizationMeter) -> LocalizationMeter:
         """Add ``other``'s counts to this meter's; returns ``self``."""
@@ -354,15 +362,35 @@ class LocalizationMeter:
         return self
 
 
+def _at_threshold(meter: Any, cam_threshold: float, n_box: int) -> dict[str, float]:
+    """GT-known and Top-1 Loc of a meter at the one of its thresholds nearest to ``cam_threshold``."""
+    index = int(np.argmin(np.abs(meter.thresholds - cam_threshold)))
+    rate = (lambda count: float(count) / n_box) if n_box else (lambda count: math.nan)
+    return {"cam_threshold": float(cam_threshold), "gt_known_loc_at_cam_threshold": rate(meter._hits[index]),
+            "top1_loc_at_cam_threshold": rate(meter._hits_top1[index])}
+
+
+def choose_cam_threshold(curve: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> float:
+    """The threshold at the centre of the widest run of thresholds where the box accuracy ``curve`` (T,) is at its
+    maximum (the first such run of equal width): of equally good thresholds, neither the loosest nor the tightest box."""
+    best = np.flatnonzero(curve == np.max(curve))
+    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)  # consecutive indices at the maximum
+    widest = max(runs, key=len)
+    return float(thresholds[widest[(len(widest) - 1) // 2]])
+
+
 METRIC_LABELS: dict[str, str] = {  # short names of the metrics, for logs and figure legends
     "loss": "loss", "top1": "top-1", "top5": "top-5", "gt_known_loc": "GT-known Loc", "top1_loc": "Top-1 Loc",
-    "maxboxacc": "MaxBoxAcc", "maxboxacc_v2": "MaxBoxAccV2",
+    "maxboxacc": "MaxBoxAcc", "maxboxacc_v2": "MaxBoxAccV2", "gt_known_loc_at_cam_threshold": "GT-known Loc*",
+    "top1_loc_at_cam_threshold": "Top-1 Loc*",
 }
 
 _TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("top1", "Top-1 accuracy", "classification"), ("top5", "Top-5 accuracy", "classification"),
     ("gt_known_loc", "GT-known Loc", "true-class CAM, t=0.2, IoU>=0.5 (Zhou et al. 2016)"),
     ("top1_loc", "Top-1 Loc", "right top-1 class and GT-known hit (Zhou et al. 2016)"),
+    ("gt_known_loc_at_cam_threshold", "GT-known Loc*", "as GT-known Loc, at the CAM threshold t* chosen on validation"),
+    ("top1_loc_at_cam_threshold", "Top-1 Loc*", "as Top-1 Loc, at t*: the number to quote"),
     ("maxboxacc", "MaxBoxAcc", "best t, largest component, IoU>=0.5 (Choe et al. 2020)"),
     ("maxboxacc_v2", "MaxBoxAccV2", "mean over IoU 0.3/0.5/0.7, any component (Choe et al. 2020)"),
     *((f"maxboxacc_v2_iou{iou}", f"  at IoU 0.{iou // 10}", "best t") for iou in (30, 50, 70)),
@@ -380,11 +408,14 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
         text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
         if key == "maxboxacc" and isinstance(metrics.get("maxboxacc_threshold"), float) and not math.isnan(metrics["maxboxacc_threshold"]):
             note = f"{note}; at t={metrics['maxboxacc_threshold']:.2f}"
+        if key == "gt_known_loc_at_cam_threshold":
+            note = f"{note} (t*={metrics['cam_threshold']:.2f}, {metrics.get('cam_threshold_source', 'val')})"
         lines.append(f"{label:<16}{text:>9}  {note}")
     if "n_images" in metrics:
         lines += ["-" * 78, (f"images: {metrics['n_images']} ({metrics.get('n_with_box', '?')} with a box, "
                              f"{metrics.get('n_without_box', '?')} without: classified but not scored for localisation)")]
-    known = {key for key, _, _ in _TABLE_ROWS} | {"maxboxacc_threshold", "n_images", "n_with_box", "n_without_box"}
+    known = {key for key, _, _ in _TABLE_ROWS} | {"maxboxacc_threshold", "n_images", "n_with_box", "n_without_box", "cam_threshold",
+                                                  "cam_threshold_source"}
     extra = [f"{key}: {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key}: {metrics[key]}" for key in sorted(metrics) if key not in known]
     return "\n".join(lines + extra)
 

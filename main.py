@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import json
 import logging
 import os
 import sys
@@ -30,7 +29,7 @@ try:  # a Ctrl-C while the libraries import (seconds, for torch) is one line too
     from CAM_Stanford_Cars.demo import run_demo
     from CAM_Stanford_Cars.localization import format_metrics_table
     from CAM_Stanford_Cars.model import CheckpointError, PretrainedWeightsError
-    from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit, shutdown_distributed
+    from CAM_Stanford_Cars.train import PROTOCOLS, NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit, shutdown_distributed
 except KeyboardInterrupt:
     print("main.py: interrupted", file=sys.stderr)
     sys.exit(130)
@@ -51,7 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="main.py", formatter_class=HelpFormatter,
                            description="Train a GAP-AlexNet with class activation maps on (a filtered) Stanford Cars.")
     data = parser.add_argument_group("data")
-    data.add_argument("--root_datasets_dir", dest="root", default=DEFAULTS.root, metavar="DIR", help="folder holding Stanford Cars (or where to put it)")
+    data.add_argument("--root_datasets_dir", dest="root", default=None, metavar="DIR",
+                      help=f"folder holding Stanford Cars, or where to put it (default: {DEFAULTS.root}; for --evaluate, the checkpoint's)")
     data.add_argument("--download_datasets", type=bool_flag, default=DEFAULTS.download_datasets, metavar="BOOL",
                       help="fetch Stanford Cars from a public mirror when root holds no readable copy")
     data.add_argument("--car_type", type=text_list, default=None, metavar="TYPE", help="body type(s) to keep, e.g. Sedan or Sedan,Coupe (default: all)")
@@ -63,7 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--cache_dir", default=None, metavar="DIR",
                       help="keep decoded images in memory-mapped files here, reused across epochs and runs (default: no cache)")
     train = parser.add_argument_group("training")
-    train.add_argument("--n_epochs", type=positive_int, default=DEFAULTS.n_epochs, help="number of epochs")
+    train.add_argument("--n_epochs", type=positive_int, default=DEFAULTS.n_epochs,
+                       help="number of epochs; with --resume of a finished run, more epochs continue it on the cosine of N epochs")
     train.add_argument("--batch_size", type=positive_int, default=DEFAULTS.batch_size, help="images per batch (per process)")
     train.add_argument("--pretrained", type=pretrained_flag, default=DEFAULTS.pretrained, metavar="BOOL|PATH",
                        help="start from ImageNet AlexNet weights (torch hub cache or download), a local weights file, or false for scratch")
@@ -95,12 +96,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     other.add_argument("--list_filters", action="store_true", help="list the brands, types and years in the data, with image counts, and exit")
     other.add_argument("--evaluate", default=None, metavar="CHECKPOINT", help="score a checkpoint's classification and CAM localisation, and exit")
     other.add_argument("--split", choices=("train", "test"), default=None, help="split for --evaluate (default: test)")
+    other.add_argument("--protocol", choices=PROTOCOLS, default="cam",
+                       help="how --evaluate scores boxes: this project's (the CAM paper's wording) or clovaai/wsolevaluation's exactly (needs OpenCV)")
+    other.add_argument("--cam_curve_interval", type=float, choices=(0.01, 0.001), default=0.01,
+                       help="threshold step of --protocol wsolevaluation (0.001: its training default)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The library's typed config from the parsed flags (each field is a flag's ``dest``)."""
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**values, "root": DEFAULTS.root if values["root"] is None else values["root"]})
 
 
 def check_commands(args: argparse.Namespace) -> None:
@@ -109,8 +115,10 @@ def check_commands(args: argparse.Namespace) -> None:
                                          ("--evaluate", args.evaluate is not None)) if given]
     if len(commands) > 1:
         raise ValueError(f"{' and '.join(commands)} are separate commands; run them one at a time")
-    if args.split is not None and args.evaluate is None:
-        raise ValueError("--split chooses the split of --evaluate; add --evaluate CHECKPOINT, or leave --split out")
+    for flag, given in (("--split", args.split is not None), ("--protocol", args.protocol != "cam"),
+                        ("--cam_curve_interval", args.cam_curve_interval != 0.01)):
+        if given and args.evaluate is None:
+            raise ValueError(f"{flag} is an option of --evaluate; add --evaluate CHECKPOINT, or leave {flag} out")
     for flag, value in (("--evaluate", args.evaluate), ("--demo_dir", args.demo_dir), ("--cache_dir", args.cache_dir)):
         if value is not None and not value.strip():
             raise ValueError(f"{flag} is empty; pass a path, or leave {flag} out")
@@ -119,14 +127,15 @@ def check_commands(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the command the flags ask for; returns the exit status."""
     check_commands(args)
+    if args.evaluate is not None:
+        metrics = evaluate_checkpoint(args.evaluate, args.root, args.split or "test", args.batch_size, args.device, args.num_workers,
+                                      args.progress, args.download_datasets, args.protocol, args.cam_curve_interval)
+        print(format_metrics_table(metrics))
+        return 0
+    args.root = DEFAULTS.root if args.root is None else args.root
     if args.list_filters:
         dataset = StanfordCarsCAM(args.root, split="train", download_datasets=args.download_datasets)
         print(format_filter_summary(dataset.root))
-        return 0
-    if args.evaluate is not None:
-        metrics = evaluate_checkpoint(args.evaluate, args.root, args.split or "test", args.batch_size, args.device, args.num_workers,
-                                      args.progress, args.download_datasets)
-        print(format_metrics_table(metrics))
         return 0
     if args.demo:
         # The demo has its own settings; --n_epochs, when changed from its default, shortens it.
@@ -134,10 +143,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_demo(args.demo_dir, progress=args.progress, seed=args.seed, n_epochs=n_epochs)
         print(f"\nDemo finished. Checkpoint: {result.checkpoint}\nCAM figure: {result.figure}\nRun folder: {result.run_dir}")
         return 0
-    config = config_from_args(args)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(dict(sorted(vars(args).items())), default=str))
-    result = fit(config)
+    result = fit(config_from_args(args))
     if result.interrupted:
         return 130
     print(f"\nBest checkpoint: {result.best_checkpoint}\nLast checkpoint: {result.last_checkpoint}")
@@ -159,9 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
     try:
         return run(args)
-    except (ValueError, OSError, DatasetError, CheckpointError, PretrainedWeightsError, NonFiniteLossError) as err:
+    except (ValueError, OSError, ImportError, DatasetError, CheckpointError, PretrainedWeightsError, NonFiniteLossError) as err:
         print(f"main.py: error: {error_line(err)}", file=sys.stderr)
-        return 1 if isinstance(err, NonFiniteLossError) or getattr(err, "errno", None) in ENVIRONMENT_ERRNOS else 2
+        environment = isinstance(err, NonFiniteLossError | ImportError) or getattr(err, "errno", None) in ENVIRONMENT_ERRNOS
+        return 1 if environment else 2
     except KeyboardInterrupt:
         print("main.py: interrupted", file=sys.stderr)
         return 130

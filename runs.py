@@ -34,7 +34,7 @@ _TEMP_FILE = re.compile(r"^\.(.+)\.\w{8}\.tmp$")  # files.atomic_file's hidden t
 TIE_BREAK = 1e-6
 # What a resumed run must share with the run it continues: the data and its order, the optimisation (the saved
 # optimizer and schedule states were built from it) and the rule that scored the saved best epoch.
-RESUME_MUST_MATCH = ("n_epochs", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year",
+RESUME_MUST_MATCH = ("batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year",
                      "seed", "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs",
                      "label_smoothing", "select_by")
 
@@ -233,6 +233,11 @@ def read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"--resume {str(path)!r} stopped mid-epoch with {checkpoint.get('world_size', 1)} processes; "
                          f"continue it with the same number of processes (this run has {world_size})")
     saved = {**plain_config(TrainConfig()), **checkpoint["args"]}  # a setting added later ran with its default
+    finished = int(checkpoint["epoch"]) >= saved["n_epochs"] and not mid_epoch
+    if config.n_epochs != saved["n_epochs"] and not (finished and config.n_epochs > saved["n_epochs"]):
+        raise ValueError(f"--resume {str(path)!r} was trained with n_epochs={saved['n_epochs']} but this run has "
+                         f"n_epochs={config.n_epochs}; pass the same value to continue it (only a finished run can be "
+                         "extended, to more epochs)")
     for key in RESUME_MUST_MATCH:
         if saved.get(key) != json.loads(json.dumps(getattr(config, key))):
             raise ValueError(f"--resume {str(path)!r} was trained with {key}={saved.get(key)!r} but this run has "

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from .checkpoint import require_entries, save_checkpoint, unwrap_model
+from .checkpoint import PAPER_THRESHOLD, add_entries, cam_threshold_of, require_entries, save_checkpoint, unwrap_model
 from .config import MAX_IMAGE_SIZE, MAX_WORKERS_PER_CORE, TrainConfig
-from .dataset import StanfordCarsCAM
+from .dataset import FILTER_NAMES, StanfordCarsCAM
 from .distributed import (DistInfo, all_reduce_sum, epoch_sampler, eval_indices, gather_rng_states, init_distributed,
                           shutdown_distributed)
 from .files import atomic_file, atomic_write_text, check_writable, unwritable_reason
-from .localization import METRIC_LABELS, LocalizationMeter
+from .localization import METRIC_LABELS, LocalizationMeter, choose_cam_threshold
 from .model import AlexNetGAP, load_checkpoint
 from .runs import (ARGS_FILE, BEST_CHECKPOINT, CURVES_FIGURE, LAST_CHECKPOINT, METRICS_LOG, RESUME_MUST_MATCH, TEST_METRICS,
                    RunFolderBusy, StopRequest, check_new_run, epoch_score, format_metrics, hold_run_folder, keep_as_best, plain_config,
@@ -38,6 +39,7 @@ from .runs import (ARGS_FILE, BEST_CHECKPOINT, CURVES_FIGURE, LAST_CHECKPOINT, M
 from .runtime import (CPU_LOADER_WORKERS, accumulator_dtype, amp_dtype, autocast_context, collate_batch, configure_cpu_threads,
                       default_num_workers, make_loader, seed_everything, select_device, start_process)
 from .visualize import plot_training_curves
+from .wsol import WsolevaluationMeter
 
 __all__ = [  # defined here, then re-exported from where they moved
     "RunData", "stratified_split", "build_datasets", "collate_batch", "make_loader", "build_optimizer",
@@ -236,17 +238,24 @@ def epoch_train_metrics(state: EpochProgress, optimizer: torch.optim.Optimizer, 
 def evaluate(
     model: nn.Module, loader: DataLoader, device: torch.device, image_size: int, dist_info: DistInfo = DistInfo(),
     criterion: nn.Module | None = None, amp: bool = True, channels_last: bool = False, progress: bool = False, desc: str = "eval",
-) -> dict[str, float]:
+    cam_threshold: float | None = None, protocol: str = "cam", cam_curve_interval: float = 0.01, curve: bool = False,
+) -> dict[str, Any]:
     """Classification and CAM localisation metrics of ``model`` on ``loader``, in one forward pass per batch.
 
     Args:
         loader: Yields ``(images (B,3,S,S), labels (B,), boxes (B,4))``, boxes in the image's pixels
             (NaN where a layout has none).
 
+        cam_threshold: Also score GT-known and Top-1 Loc at this CAM threshold (``*_at_cam_threshold``).
+        protocol: ``"cam"`` (this project's, :class:`LocalizationMeter`) or ``"wsolevaluation"`` (clovaai/wsolevaluation's
+            ``BoxEvaluator``, exactly: :class:`WsolevaluationMeter`, with ``cam_curve_interval``; needs OpenCV).
+        curve: Add ``box_accuracy_curve``: ``{"threshold": [...], "accuracy": [...]}``, the hit rate per threshold.
+
     Returns:
-        ``loss`` (with a criterion) and the metrics of :class:`LocalizationMeter`, summed over all ranks.
+        ``loss`` (with a criterion) and the metrics of the meter, summed over all ranks.
     """
-    bare, meter = unwrap_model(model).eval(), LocalizationMeter()
+    bare = unwrap_model(model).eval()
+    meter = LocalizationMeter() if protocol == "cam" else WsolevaluationMeter(cam_curve_interval)
     loss_and_count = torch.zeros(2, device=device, dtype=accumulator_dtype(device))
     for images, labels_cpu, boxes in tqdm(loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False):
         images, labels = images.to(device, non_blocking=True), labels_cpu.to(device, non_blocking=True)
@@ -264,7 +273,9 @@ def evaluate(
         meter.update(logits.cpu(), labels_cpu, cams.cpu(), boxes, (image_size, image_size))
     if dist_info.distributed:
         meter.load_state_tensor(all_reduce_sum(meter.state_tensor().to(device), dist_info).cpu())
-    metrics = meter.compute()
+    metrics: dict[str, Any] = meter.compute(cam_threshold)
+    if curve:
+        metrics["box_accuracy_curve"] = {"threshold": meter.thresholds.tolist(), "accuracy": meter.box_accuracy_curve().tolist()}
     if criterion is not None:
         total, count = all_reduce_sum(loss_and_count, dist_info).tolist()
         metrics["loss"] = total / max(count, 1)
@@ -280,6 +291,21 @@ class RunResult:
     history: list[dict[str, Any]]
     test_metrics: dict[str, float]
     interrupted: bool = False
+
+
+PROTOCOLS = ("cam", "wsolevaluation")  # how boxes are scored: this project's, or clovaai/wsolevaluation's exactly
+THRESHOLD_ENTRIES = ("cam_threshold", "cam_threshold_source", "cam_threshold_curve")
+
+
+def threshold_entries(val_metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """A checkpoint's CAM threshold entries: the threshold that boxes the validation images best (the centre of the
+    best plateau of the box accuracy at IoU 0.5, ``"val"``), or when no validation box is hit at any threshold (or there
+    is no validation split) the CAM paper's 0.2 (``"paper"``)."""
+    if not val_metrics or not max(val_metrics["box_accuracy_curve"]["accuracy"], default=0.0):  # no box to choose by
+        return {"cam_threshold": PAPER_THRESHOLD, "cam_threshold_source": "paper", "cam_threshold_curve": None}
+    curve = val_metrics["box_accuracy_curve"]
+    threshold = choose_cam_threshold(np.asarray(curve["accuracy"]), np.asarray(curve["threshold"]))
+    return {"cam_threshold": threshold, "cam_threshold_source": "val", "cam_threshold_curve": curve}
 
 
 class _Run:
@@ -304,6 +330,7 @@ class _Run:
         resumed = checkpoint or {}
         self.start_epoch, self.best_score = int(resumed.get("epoch", 0)), float(resumed.get("best_score", -math.inf))
         self.history = repair_run(self.run_dir, checkpoint) if checkpoint and dist_info.is_main else list(resumed.get("history", []))
+        self.threshold = {key: resumed.get(key) for key in THRESHOLD_ENTRIES}
         self.old_run = config.overwrite and not checkpoint  # an earlier run's files, removed at this run's first save
         self.saved = False
         self.partial, self.rng_state = EpochProgress(), None  # the first epoch's progress and RNG state
@@ -311,6 +338,10 @@ class _Run:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             s.scheduler.load_state_dict(checkpoint["lr_scheduler"])
+            # The rate this run's schedule gives at the step reached: the same for a plain resume, and for a finished
+            # run extended to more epochs, the longer schedule's (its cosine then decays to zero at the new last epoch).
+            for group, base, factor in zip(self.optimizer.param_groups, s.scheduler.base_lrs, s.scheduler.lr_lambdas, strict=True):
+                group["lr"] = base * factor(s.scheduler.last_epoch)
             if s.scaler is not None and checkpoint.get("scaler"):
                 s.scaler.load_state_dict(checkpoint["scaler"])
         if resumed.get("epoch_progress") and dist_info.world_size == resumed.get("world_size", 1):
@@ -323,6 +354,22 @@ class _Run:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if config.compile:
             self.train_model = torch.compile(self.train_model)
+
+    def describe(self, steps_per_epoch: int) -> list[str]:
+        """What a person reads at the start: the data, the model, the device and where the run is saved."""
+        c, s, data = self.config, self.steps, self.data
+        filters = ", ".join(f"{name}={getattr(c, name)}" for name in FILTER_NAMES if getattr(c, name) is not None) or "none"
+        weights = "from scratch" if not c.pretrained else f"ImageNet weights, pretrained layers at {c.backbone_lr_scale:g}x the rate"
+        return [
+            f"Data:   {len(data.class_names)} classes (filters: {filters}) under {str(Path(c.root).expanduser().resolve())!r}: "
+            f"{len(data.train)} train / {len(data.val) if data.val else 0} validation / {len(data.test)} test images",
+            f"Model:  {self.model.arch}, {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters, {weights}",
+            f"Device: {s.device}" + (f" x {s.dist_info.world_size} processes" if s.dist_info.distributed else "")
+            + f", {self.num_workers} loader worker(s) per process, batch {c.batch_size}",
+            f"Run:    {str(self.run_dir)!r}, epochs {self.start_epoch + 1}..{c.n_epochs} of {steps_per_epoch} steps; "
+            f"{LAST_CHECKPOINT} and {BEST_CHECKPOINT} (best by {c.select_by}), {METRICS_LOG}, {CURVES_FIGURE}, "
+            f"{TEST_METRICS}; every setting in {ARGS_FILE}",
+        ]
 
     def train_epochs(self, stop: StopRequest) -> bool:
         """Train the remaining epochs; returns whether ``stop`` ended the run early (then saved)."""
@@ -360,7 +407,7 @@ class _Run:
             scaler=scaler.state_dict() if scaler is not None else None, class_names=self.data.class_names,
             car_type=c.car_type, car_brand=c.car_brand, car_production_year=c.car_production_year, image_size=c.image_size,
             args=plain_config(c), world_size=self.steps.dist_info.world_size, epoch_progress=epoch_progress, rng_states=rng_states,
-            history=self.history,
+            history=self.history, data_root=str(Path(c.root).expanduser().resolve()), **self.threshold,
         )
         if not self.saved:  # the first checkpoint of this run: only now may it replace what an earlier run left
             if self.old_run:
@@ -371,19 +418,20 @@ class _Run:
             keep_as_best(last)
         write_metrics_log(self.run_dir / METRICS_LOG, self.history)
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, desc: str, criterion: nn.Module | None = None) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, dataset: Dataset, desc: str, **kwargs: Any) -> dict[str, Any]:
         """``evaluate`` on this rank's share of ``dataset``, with the run's settings."""
         c, s = self.config, self.steps
         loader = make_loader(dataset, eval_indices(len(dataset), s.dist_info), c.batch_size, self.num_workers, s.device, c.seed)
-        return evaluate(model, loader, s.device, c.image_size, s.dist_info, criterion=criterion, amp=c.amp,
-                        channels_last=s.channels_last, progress=c.progress, desc=desc)
+        return evaluate(model, loader, s.device, c.image_size, s.dist_info, amp=c.amp, channels_last=s.channels_last,
+                        progress=c.progress, desc=desc, **kwargs)
 
     def end_epoch(self, epoch: int, state: EpochProgress) -> None:
         """Validate a finished epoch, judge it by ``select_by``, and (rank 0) save and log it."""
         s = self.steps
         record: dict[str, Any] = {"epoch": epoch + 1, **epoch_train_metrics(state, self.optimizer, s.dist_info, s.device)}
-        if self.data.val is not None:
-            record.update({f"val_{k}": v for k, v in self.evaluate(self.train_model, self.data.val, "val", s.criterion).items()})
+        val = self.evaluate(self.train_model, self.data.val, "val", criterion=s.criterion, curve=True) if self.data.val else None
+        self.threshold = threshold_entries(val)  # this epoch's weights, this epoch's threshold
+        record.update({f"val_{k}": v for k, v in (val or {}).items() if k != "box_accuracy_curve"})
         if self.config.eval_test_every_epoch:
             record.update({f"test_{k}": v for k, v in self.evaluate(self.train_model, self.data.test, "test").items()})
         score = epoch_score(record, self.config.select_by)
@@ -398,8 +446,9 @@ class _Run:
     def test_best(self) -> dict[str, float]:
         """Score the best checkpoint on the test split; rank 0 writes ``test_metrics.json``."""
         best_model, best_checkpoint = load_checkpoint(self.run_dir / BEST_CHECKPOINT, map_location=self.steps.device)
-        metrics = self.evaluate(best_model, self.data.test, "test")
-        metrics["epoch"] = best_checkpoint["epoch"]
+        threshold, source = cam_threshold_of(best_checkpoint)
+        metrics = self.evaluate(best_model, self.data.test, "test", cam_threshold=threshold)
+        metrics.update(epoch=best_checkpoint["epoch"], cam_threshold_source=source)
         if self.steps.dist_info.is_main:
             plot_training_curves(self.history, save_path=self.run_dir / CURVES_FIGURE)
             atomic_write_text(self.run_dir / TEST_METRICS, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -436,9 +485,7 @@ def _fit(config: TrainConfig, stop_after_steps: int | None, dist_info: DistInfo,
     steps_per_epoch = math.ceil(len(epoch_sampler(data.train, 0, config.seed, dist_info)) / config.batch_size)
     run = _Run(config, data, dist_info, device, resume_state, steps_per_epoch)
     if dist_info.is_main:
-        logger.info("Training on %s: %d classes, %d train / %d val / %d test images, epochs %d..%d of %d steps", device,
-                    len(data.class_names), len(data.train), len(data.val) if data.val else 0, len(data.test),
-                    run.start_epoch + 1, config.n_epochs, steps_per_epoch)
+        logger.info("\n".join(run.describe(steps_per_epoch)))
     stop = StopRequest(dist_info, device, stop_after_steps)
     with stop.installed():
         interrupted = run.train_epochs(stop)
@@ -451,15 +498,25 @@ def _fit(config: TrainConfig, stop_after_steps: int | None, dist_info: DistInfo,
 
 
 def evaluate_checkpoint(
-    checkpoint_path: str | os.PathLike, root: str | os.PathLike, split: str = "test", batch_size: int = 32,
+    checkpoint_path: str | os.PathLike, root: str | os.PathLike | None = None, split: str = "test", batch_size: int = 32,
     device: str = "auto", num_workers: int | None = None, progress: bool = True, download_datasets: bool = False,
-) -> dict[str, float]:
-    """Score a checkpoint on a split of the data it was trained for (its filters and size).
+    protocol: str = "cam", cam_curve_interval: float = 0.01,
+) -> dict[str, Any]:
+    """Score a checkpoint on a split of the data it was trained for (its filters and size), boxes at its CAM threshold.
+
+    A checkpoint without a CAM threshold gets one chosen on its validation split (rebuilt from its ``val_fraction`` and
+    ``seed``), stored in it.
+
+    Args:
+        root: The Stanford Cars folder; ``None`` takes the one the checkpoint records.
+        protocol, cam_curve_interval: As :func:`evaluate`.
 
     Returns:
-        The metrics of :class:`LocalizationMeter` plus ``split`` and ``checkpoint``, also written as
-        ``<checkpoint stem>_<split>_metrics.json`` beside the checkpoint.
+        The metrics of the meter, ``cam_threshold`` with its ``*_at_cam_threshold`` scores and source, ``split`` and
+        ``checkpoint``; also written as ``<checkpoint stem>_<split>_metrics.json`` beside the checkpoint.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     dev = select_device(device)
     model, checkpoint = load_checkpoint(checkpoint_path, map_location=dev)
     out = Path(checkpoint_path).with_name(f"{Path(checkpoint_path).stem}_{split}_metrics.json")
@@ -467,11 +524,22 @@ def evaluate_checkpoint(
         raise ValueError(f"the scores are written beside the checkpoint, as {str(out)!r}, but that folder is not writable "
                          f"({reason}); copy the checkpoint somewhere writable and evaluate that copy")
     require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
-    dataset = StanfordCarsCAM.from_checkpoint(checkpoint, root, split, return_box=True, download_datasets=download_datasets)
+    data = partial(StanfordCarsCAM.from_checkpoint, checkpoint, root, source=checkpoint_path, return_box=True,
+                   download_datasets=download_datasets)
     configure_cpu_threads(DistInfo(), dev)
     workers = default_num_workers(DistInfo(), dev) if num_workers is None else num_workers
-    loader = make_loader(dataset, range(len(dataset)), batch_size, workers, dev, seed=0)
-    metrics: dict[str, Any] = evaluate(model, loader, dev, checkpoint["image_size"], progress=progress, desc=f"evaluate {split}")
-    metrics.update(split=split, checkpoint=str(checkpoint_path))
+    scoring = partial(evaluate, model, device=dev, image_size=checkpoint["image_size"], progress=progress, protocol=protocol,
+                      cam_curve_interval=cam_curve_interval)
+    if checkpoint.get("cam_threshold") is None:
+        args, train = checkpoint.get("args") or {}, data("train")
+        _, val_idx = stratified_split(train.targets, float(args.get("val_fraction", 0.0)), int(args.get("seed", 0)))
+        val = scoring(make_loader(train, val_idx, batch_size, workers, dev, seed=0), desc="choose threshold", curve=True) if val_idx else None
+        checkpoint.update(threshold_entries(val))
+        add_entries(checkpoint_path, {key: checkpoint[key] for key in THRESHOLD_ENTRIES})
+    threshold, source = cam_threshold_of(checkpoint)
+    dataset = data(split)
+    metrics = scoring(make_loader(dataset, range(len(dataset)), batch_size, workers, dev, seed=0), desc=f"evaluate {split}",
+                      cam_threshold=threshold)
+    metrics.update(cam_threshold_source=source, protocol=protocol, split=split, checkpoint=str(checkpoint_path))
     atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics

@@ -14,6 +14,7 @@ if __name__ == "__main__" and not __package__:
     sys.exit(main())
 
 import argparse
+import logging
 import math
 import os
 import textwrap
@@ -31,14 +32,16 @@ from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 from torch.utils.data import default_collate
 
-from .checkpoint import require_entries
+from .checkpoint import THRESHOLD_SOURCES, cam_threshold_of, require_entries
 from .cli import HelpFormatter, OneLineParser, positive_int
-from .dataset import DatasetError, DatasetNotFoundError, StanfordCarsCAM
+from .dataset import DatasetError, StanfordCarsCAM
 from .files import CheckpointError, _check_dpi, _check_save_path, _save_figure_atomically
 from .localization import METRIC_LABELS, boxes_from_cams
 from .model import load_checkpoint
 from .overlay import _get_colormap, apply_cam, colormap_lut
 from .runtime import select_device
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["apply_cam", "colormap_lut", "get_args_parser", "main", "plot_training_curves", "render_cam_grid",
            "visualize_cam"]
@@ -284,34 +287,21 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], save_path: str | 
     return _finish(fig, save_path, dpi, show)
 
 
-def _checkpoint_data(ckpt: Mapping[str, Any], checkpoint: str | os.PathLike[str], root: Any, split: str) -> StanfordCarsCAM:
-    """The split of the data ``ckpt`` was trained on, under ``root`` or else the folder it records."""
-    recorded = root is None
-    if recorded and (root := (ckpt.get("args") or {}).get("root")) is None:
-        raise ValueError(f"{str(checkpoint)!r} does not record its data folder; pass it (root=..., or --root DIR)")
-    try:
-        return StanfordCarsCAM.from_checkpoint(ckpt, root, split, return_box=True)
-    except DatasetNotFoundError as err:
-        relative = "" if Path(root).is_absolute() else "; a relative path there is relative to the folder training ran in"
-        where = f"{str(root)!r} is the data folder recorded in {str(checkpoint)!r}{relative}. " if recorded else ""
-        raise DatasetNotFoundError(err.problem, f"{where}Pass the folder holding the data the checkpoint was trained "
-                                   "on: root=... (visualize.py: --root DIR).") from None
-
-
 def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, split: str = "test",
-                    n: int = 16, out: str | os.PathLike[str] = "cams.png", seed: int = 0, threshold: float = 0.2,
+                    n: int = 16, out: str | os.PathLike[str] = "cams.png", seed: int = 0, threshold: float | None = None,
                     device: str | torch.device = "cpu", alpha: float = 0.5, colormap: str = "jet") -> Path:
     """Draw the CAM overlays of ``n`` images of a split of the checkpoint's data, with predicted and true boxes.
 
     Each overlay shows the predicted class's CAM; the predicted box bounds its largest region above ``threshold``
-    once normalised.
+    once normalised: by default the checkpoint's ``cam_threshold``, chosen on validation (the CAM paper's 0.2 for a
+    checkpoint without one). The threshold used and where it came from are logged.
 
     Args:
         checkpoint: A file written by training (``best.pt`` or ``last.pt``).
         root: The Stanford Cars folder; None takes the checkpoint's (relative to where training ran).
         split, n, seed: ``"train"`` or ``"test"`` (no augmentation), how many images, and which.
         out: Figure path (format from the suffix), written atomically; returned as a ``Path``.
-        threshold: CAM threshold of the predicted box, in [0, 1) (the CAM paper's is 0.2).
+        threshold: CAM threshold of the predicted box, in [0, 1); ``None``: the checkpoint's.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
         alpha, colormap: The overlay's opacity and matplotlib colormap.
 
@@ -321,14 +311,17 @@ def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a whole number of images, at least 1, got {n!r}")
-    if not 0.0 <= threshold < 1.0:
+    if threshold is not None and not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
     _check_save_path(out, "out")  # before minutes of loading and drawing
     # By name, as training does, so "auto" works and a missing GPU is not reported as a bad file.
     device = select_device(str(device))
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
     require_entries(ckpt, ("image_size", "class_names"), checkpoint)
-    dataset = _checkpoint_data(ckpt, checkpoint, root, split)
+    threshold, source = (threshold, "given") if threshold is not None else cam_threshold_of(ckpt)
+    logger.info("Boxes at CAM threshold %.2f (%s)", threshold, THRESHOLD_SOURCES.get(source, source))
+    dataset = StanfordCarsCAM.from_checkpoint(ckpt, root, split, source=checkpoint, flag="root=... (visualize.py: --root DIR)",
+                                              return_box=True)
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     images, labels, true_boxes = default_collate([dataset[i] for i in chosen])  # (N, 3, S, S), (N,), (N, 4)
     with torch.no_grad():
@@ -365,7 +358,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=positive_int, default=16, help="number of images")
     parser.add_argument("--out", default="cams.png", help="figure file (.png, .pdf, .svg, ...)")
     parser.add_argument("--seed", type=int, default=0, help="chooses the images")
-    parser.add_argument("--threshold", type=_threshold, default=0.2, help="CAM threshold of the predicted box, in [0, 1)")
+    parser.add_argument("--threshold", type=_threshold, default=None,
+                        help="CAM threshold of the predicted box, in [0, 1) (default: the checkpoint's, chosen on validation; 0.2 is the CAM paper's)")
     parser.add_argument("--device", default="cpu", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     return parser
 
@@ -373,12 +367,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python visualize.py``; returns the exit status."""
     args = get_args_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stdout)  # the threshold the boxes are drawn at, as render_cam_grid logs it
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         _check_save_path(args.out, "--out")  # named as the user typed it, before any work
         path = render_cam_grid(**vars(args))
     except (ValueError, TypeError, OSError, DatasetError, CheckpointError) as err:
         print(f"visualize.py: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        logger.removeHandler(handler)
     print(f"CAM figure written to {path}")
     return 0
 

@@ -141,7 +141,7 @@ def test_demo_command_leaves_a_checkpoint_and_a_figure(tmp_path: Path) -> None:
     (["--evaluate", ""], "--evaluate is empty"),
     (["--demo", "--evaluate", "best.pt"], "--demo and --evaluate are separate commands"),
     (["--list_filters", "--demo"], "--demo and --list_filters are separate commands"),
-    (["--split", "train"], "--split chooses the split of --evaluate"),
+    (["--split", "train"], "--split is an option of --evaluate"),
     (["--demo", "--demo_dir", " "], "--demo_dir is empty"),
 ])
 def test_commands_that_contradict_or_name_nothing_are_refused(

@@ -453,7 +453,7 @@ def test_meter_batches_merge_and_state_round_trip() -> None:
     first.update(logits[:1], labels[:1], cams[:1], boxes[:1], (8, 8))
     second.update(logits[1:], labels[1:], cams[1:], boxes[1:], (8, 8))
     summed = first.state_tensor() + second.state_tensor()  # what all_reduce(SUM) does
-    assert summed.dtype == torch.int64 and summed.shape == (5 + 4 * 100,)
+    assert summed.dtype == torch.int64 and summed.shape == (4 + 5 * 100,)
     reduced = LocalizationMeter()
     reduced.load_state_tensor(summed)
     assert reduced.compute() == whole.compute()
