@@ -24,6 +24,7 @@ class TrainConfig:
     n_epochs: int = 30
     batch_size: int = 32
     image_size: int = 224
+    arch: str = "alexnet"  # one of model.ARCHS
     val_fraction: float = 0.1
     pretrained: bool | str = True
     optimizer: str = "sgd"

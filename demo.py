@@ -40,7 +40,7 @@ def demo_config(data_root: Path, run_dir: Path, seed: int = 0, progress: bool = 
 
 
 def run_demo(out_dir: str | os.PathLike | None = None, seed: int = 0, progress: bool = True, n_train_per_class: int = 28,
-             n_test_per_class: int = 10, n_epochs: int | None = None) -> DemoResult:
+             n_test_per_class: int = 10, n_epochs: int | None = None, arch: str = "alexnet") -> DemoResult:
     """Write synthetic data, train on it, evaluate, and draw the CAMs.
 
     Args:
@@ -48,6 +48,7 @@ def run_demo(out_dir: str | os.PathLike | None = None, seed: int = 0, progress: 
         seed: Seed of the data, the split and the training.
         n_train_per_class, n_test_per_class: Synthetic images per class.
         n_epochs: Override the demo's number of epochs (tests use fewer).
+        arch: The backbone (``--arch``), trained from scratch.
     """
     base = Path(out_dir).expanduser() if out_dir is not None else Path(tempfile.mkdtemp(prefix="cam_stanford_cars_demo_"))
     check_writable(base, "--demo_dir")
@@ -60,6 +61,7 @@ def run_demo(out_dir: str | os.PathLike | None = None, seed: int = 0, progress: 
         raise ValueError(f"--demo_dir {str(base)!r}: {err}") from None
     config = demo_config(data_root, run_dir, seed=seed, progress=progress)
     config.n_epochs = config.n_epochs if n_epochs is None else n_epochs
+    config.arch = arch
     result = fit(config)
     if result.interrupted:
         raise KeyboardInterrupt

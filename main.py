@@ -28,7 +28,7 @@ try:  # a Ctrl-C while the libraries import (seconds, for torch) is one line too
     from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
     from CAM_Stanford_Cars.demo import run_demo
     from CAM_Stanford_Cars.localization import format_metrics_table
-    from CAM_Stanford_Cars.model import CheckpointError, PretrainedWeightsError
+    from CAM_Stanford_Cars.model import ARCHS, CheckpointError, PretrainedWeightsError
     from CAM_Stanford_Cars.train import PROTOCOLS, NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit, shutdown_distributed
 except KeyboardInterrupt:
     print("main.py: interrupted", file=sys.stderr)
@@ -66,8 +66,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     train.add_argument("--n_epochs", type=positive_int, default=DEFAULTS.n_epochs,
                        help="number of epochs; with --resume of a finished run, more epochs continue it on the cosine of N epochs")
     train.add_argument("--batch_size", type=positive_int, default=DEFAULTS.batch_size, help="images per batch (per process)")
+    train.add_argument("--arch", choices=ARCHS, default=DEFAULTS.arch,
+                       help="backbone: the CAM paper's AlexNet-GAP or VGG16-GAP, or a ResNet with layer4 at stride 1")
     train.add_argument("--pretrained", type=pretrained_flag, default=DEFAULTS.pretrained, metavar="BOOL|PATH",
-                       help="start from ImageNet AlexNet weights (torch hub cache or download), a local weights file, or false for scratch")
+                       help="start from torchvision's ImageNet weights of --arch (torch hub cache or download), a local weights file, or false for scratch")
     train.add_argument("--optimizer", choices=("sgd", "adamw"), default=DEFAULTS.optimizer, help="optimizer")
     train.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate of the new layers")
     train.add_argument("--backbone_lr_scale", type=float, default=DEFAULTS.backbone_lr_scale, help="learning-rate factor of the pretrained layers")
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if args.demo:
         # The demo has its own settings; --n_epochs, when changed from its default, shortens it.
         n_epochs = None if args.n_epochs == DEFAULTS.n_epochs else args.n_epochs
-        result = run_demo(args.demo_dir, progress=args.progress, seed=args.seed, n_epochs=n_epochs)
+        result = run_demo(args.demo_dir, progress=args.progress, seed=args.seed, n_epochs=n_epochs, arch=args.arch)
         print(f"\nDemo finished. Checkpoint: {result.checkpoint}\nCAM figure: {result.figure}\nRun folder: {result.run_dir}")
         return 0
     result = fit(config_from_args(args))

@@ -2,7 +2,7 @@
 Discriminative Localization". A backbone gives K feature maps ``f``; global average pooling (GAP) and a linear
 layer ``(W, b)`` give the logits. For images ``x`` (B, 3, H, W), with ``w_k^c = W[c, k]``:
 
-    f = forward_features(x)                          # (B, K, h, w), 13x13 for AlexNet at 224x224
+    f = forward_features(x)                          # (B, K, h, w): 13x13 for AlexNet, 14x14 for the others at 224
     y_c = sum_k w_k^c * mean_{x,y} f_k(x, y) + b_c   # forward_head: (B, C)
     M_c(x, y) = sum_k w_k^c f_k(x, y)                # class_activation_maps: (B, C, h, w)
 
@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision import models
 
 # Checkpoint and file helpers lived here once; they stay importable from the model.
 from .checkpoint import CHECKPOINT_FORMAT_VERSION, read_checkpoint, require_entries, save_checkpoint, unwrap_model
 from .files import CheckpointError, _first_line, _safe_torch_load, _TorchFileError, atomic_file, default_file_mode, file_in_the_way
 
-__all__ = ["ALEXNET_WEIGHTS_URL", "ARCH", "BACKBONES", "CHECKPOINT_FORMAT_VERSION", "IMAGENET_MEAN", "IMAGENET_STD",
+__all__ = ["ALEXNET_WEIGHTS_URL", "ARCH", "ARCHS", "BACKBONES", "GAPNet", "ResNetGAP", "VGG16GAP", "create_model", "CHECKPOINT_FORMAT_VERSION", "IMAGENET_MEAN", "IMAGENET_STD",
            "MIN_INPUT_SIZE", "AlexNetGAP", "CheckpointError", "PretrainedSpec", "PretrainedWeightsError", "atomic_file",
            "build_model", "default_file_mode", "file_in_the_way", "load_checkpoint", "require_entries",
            "save_checkpoint", "unwrap_model"]
@@ -42,43 +43,35 @@ class PretrainedWeightsError(RuntimeError):
     """ImageNet AlexNet weights were asked for and could not be had."""
 
 
-class AlexNetGAP(nn.Module):
-    """AlexNet's convolutions (torchvision's ``alexnet().features[:12]``, so ImageNet weights load by key), the CAM
-    paper's ``Conv2d(256, K, 3, padding=1)`` + ReLU, GAP and ``Linear(K, C)``; normalises RGB in [0, 1] itself.
+class GAPNet(nn.Module):
+    """A backbone, global average pooling and one linear layer ``fc``: the network whose CAM is exact. A subclass
+    builds ``_features`` (normalised images -> f), ``fc``, lists its new layers and its ImageNet weights files.
 
     Args:
-        num_classes, cam_channels: C, and K the units of the added convolution (1024 in the paper); each at least 1.
-        pretrained: ``True`` for ImageNet AlexNet from the torch hub cache (downloaded if absent), a
+        num_classes: C, at least 1.
+        pretrained: ``True`` for torchvision's ImageNet weights from the torch hub cache (downloaded if absent), a
             path to a local copy, or ``False``/``None`` for random init.
-
-    Raises:
-        ValueError: If ``num_classes`` or ``cam_channels`` is not a positive integer.
-        PretrainedWeightsError: If pretrained weights were asked for and cannot be had.
     """
 
-    arch = ARCH
+    arch: str
+    title: str  # the backbone's name in messages
+    weights: tuple[Any, ...] = ()  # torchvision's weights enums the backbone accepts; the first is downloaded
+    cam_channels: int
 
-    def __init__(self, num_classes: int, pretrained: PretrainedSpec = False, cam_channels: int = 1024) -> None:
+    def __init__(self, num_classes: int, **model_args: int) -> None:
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("cam_channels", cam_channels)):
+        for name, value in (("num_classes", num_classes), *model_args.items()):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.num_classes, self.cam_channels = num_classes, cam_channels
-        self.model_args = {"num_classes": num_classes, "cam_channels": cam_channels}  # what rebuilds it from a checkpoint
+        self.num_classes = num_classes
+        self.model_args = {"num_classes": num_classes, **model_args}  # what rebuilds it from a checkpoint
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-        self.features = nn.Sequential(  # index for index torchvision's AlexNet.features[:12], so state dict keys match
-            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
-        )
-        self.cam_conv = nn.Sequential(nn.Conv2d(256, cam_channels, 3, padding=1), nn.ReLU(inplace=True))
-        self.fc = nn.Linear(cam_channels, num_classes)
-        # He init keeps the signal's scale through the ReLU stack: with PyTorch's default init a
-        # from-scratch AlexNet without batch norm idles for epochs at the majority class.
-        for conv in (m for m in self.modules() if isinstance(m, nn.Conv2d)):
+
+    def _init_new_layers(self, pretrained: PretrainedSpec) -> None:
+        """As the CAM paper and wsolevaluation: He init for the added convolution, N(0, 0.01) for ``fc``; then the
+        ImageNet weights, if asked for."""
+        for conv in (m for m in self.new_layers() if isinstance(m, nn.Conv2d)):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
         nn.init.normal_(self.fc.weight, std=0.01)
@@ -86,27 +79,37 @@ class AlexNetGAP(nn.Module):
         if pretrained:
             self.load_imagenet_features(None if pretrained is True else pretrained)
 
+    def new_layers(self) -> list[nn.Module]:
+        """The layers the CAM network adds to the ImageNet backbone."""
+        raise NotImplementedError
+
     def new_layer_parameters(self) -> list[nn.Parameter]:
         """Parameters of the layers the CAM paper adds (not in the ImageNet backbone)."""
-        return [*self.cam_conv.parameters(), *self.fc.parameters()]
+        return [p for layer in self.new_layers() for p in layer.parameters()]
+
+    def _load_backbone(self, state: Mapping[str, Tensor]) -> None:
+        """Copy a torchvision ImageNet state dict into the backbone's layers (``RuntimeError`` if it does not fit)."""
+        raise NotImplementedError
 
     def load_imagenet_features(self, weights_path: str | os.PathLike | None = None) -> None:
-        """Copy torchvision's ImageNet AlexNet weights (a local file, or the hub cache's for None) into ``features``.
+        """Copy torchvision's ImageNet weights (a local file, or the hub cache's for None) into the backbone.
 
         Raises:
             PretrainedWeightsError: If the weights cannot be had, read, or fitted to the layers.
         """
-        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS_URL.rsplit("/", 1)[1]
-        how_to = (f"Download {ALEXNET_WEIGHTS_URL} on a machine with internet, then either put it in {hub_file.parent} "
+        urls = [w.url for w in self.weights]
+        cached = [Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1] for url in urls]
+        hub_file = next((path for path in cached if path.is_file()), cached[0])
+        how_to = (f"Download {urls[0]} on a machine with internet, then either put it in {hub_file.parent} "
                   "or pass its path (--pretrained PATH); or train from scratch (--pretrained false).")
         path = hub_file if weights_path is None else Path(weights_path).expanduser()
         if weights_path is None:
             try:
                 if not hub_file.is_file():
                     hub_file.parent.mkdir(parents=True, exist_ok=True)
-                    torch.hub.download_url_to_file(ALEXNET_WEIGHTS_URL, str(hub_file), progress=True)
+                    torch.hub.download_url_to_file(urls[0], str(hub_file), progress=True)
             except (OSError, RuntimeError, ValueError) as err:
-                raise PretrainedWeightsError(f"Could not get ImageNet AlexNet weights ({_first_line(err)}). {how_to}") from None
+                raise PretrainedWeightsError(f"Could not get ImageNet {self.title} weights ({_first_line(err)}). {how_to}") from None
             how_to = f"Delete it to download it again, or: {how_to}"  # a damaged cached copy gets a local file's errors
         name = repr(str(path))
         if path.is_dir():
@@ -122,15 +125,18 @@ class AlexNetGAP(nn.Module):
         if not isinstance(state, Mapping):
             raise PretrainedWeightsError(f"{name} holds no state dict. {how_to}")
         try:
-            self.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
+            self._load_backbone(state)
         except RuntimeError as err:
-            raise PretrainedWeightsError(f"The weights in {name} do not fit AlexNet's convolutional layers: {err}. Use "
-                                         f"torchvision's ImageNet AlexNet ({ALEXNET_WEIGHTS_URL}) or train from scratch.") from None
+            raise PretrainedWeightsError(f"The weights in {name} do not fit {self.title}'s convolutional layers: {err}. Use "
+                                         f"torchvision's ImageNet weights ({urls[0]}) or train from scratch.") from None
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map ``f``: (B, 3, H, W) RGB in [0, 1], H, W >= 64 -> (B, K, h, w)."""
         self._check_images(x)
-        return self.cam_conv(self.features((x - self.mean) / self.std))
+        return self._features((x - self.mean) / self.std)
+
+    def _features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Global average pooling and the linear layer: (B, K, h, w) -> logits (B, C)."""
@@ -230,8 +236,149 @@ class AlexNetGAP(nn.Module):
         return index
 
 
-# The backbones a checkpoint's "arch" may name: adding a network is one entry.
-BACKBONES: dict[str, type[nn.Module]] = {ARCH: AlexNetGAP}
+class AlexNetGAP(GAPNet):
+    """AlexNet's convolutions (torchvision's ``alexnet().features[:12]``, so ImageNet weights load by key), the CAM
+    paper's ``Conv2d(256, K, 3, padding=1)`` + ReLU, GAP and ``Linear(K, C)``; normalises RGB in [0, 1] itself.
+
+    Args:
+        num_classes, cam_channels: C, and K the units of the added convolution (1024 in the paper); each at least 1.
+        pretrained: As :class:`GAPNet`.
+
+    Raises:
+        ValueError: If ``num_classes`` or ``cam_channels`` is not a positive integer.
+        PretrainedWeightsError: If pretrained weights were asked for and cannot be had.
+    """
+
+    arch, title = ARCH, "AlexNet"
+    weights = (models.AlexNet_Weights.IMAGENET1K_V1,)
+
+    def __init__(self, num_classes: int, pretrained: PretrainedSpec = False, cam_channels: int = 1024) -> None:
+        super().__init__(num_classes, cam_channels=cam_channels)
+        self.cam_channels = cam_channels
+        self.features = nn.Sequential(  # index for index torchvision's AlexNet.features[:12], so state dict keys match
+            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+        )
+        self.cam_conv = nn.Sequential(nn.Conv2d(256, cam_channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(cam_channels, num_classes)
+        # He init for every convolution: with PyTorch's default init a from-scratch AlexNet without
+        # batch norm idles for epochs at the majority class.
+        for conv in (m for m in self.features if isinstance(m, nn.Conv2d)):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        self._init_new_layers(pretrained)
+
+    def new_layers(self) -> list[nn.Module]:
+        return [self.cam_conv, self.fc]
+
+    def _load_backbone(self, state: Mapping[str, Tensor]) -> None:
+        self.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.cam_conv(self.features(x))
+
+
+class VGG16GAP(GAPNet):
+    """The CAM paper's VGGnet-GAP, as clovaai/wsolevaluation builds it: VGG16's convolutions up to conv5_3 (pool5
+    removed: a 14x14 map at 224), ``Conv2d(512, K, 3, padding=1)`` + ReLU, GAP and ``Linear(K, C)``.
+
+    Args:
+        num_classes, cam_channels, pretrained: As :class:`AlexNetGAP` (torchvision's ImageNet VGG16).
+    """
+
+    arch, title = "vgg16_gap", "VGG16"
+    weights = (models.VGG16_Weights.IMAGENET1K_V1,)
+
+    def __init__(self, num_classes: int, pretrained: PretrainedSpec = False, cam_channels: int = 1024) -> None:
+        super().__init__(num_classes, cam_channels=cam_channels)
+        self.cam_channels = cam_channels
+        self.features = models.vgg.make_layers(models.vgg.cfgs["D"])[:-1]  # torchvision's VGG16 features, less pool5
+        self.cam_conv = nn.Sequential(nn.Conv2d(512, cam_channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(cam_channels, num_classes)
+        for conv in (m for m in self.features if isinstance(m, nn.Conv2d)):  # as torchvision's VGG (no batch norm)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        self._init_new_layers(pretrained)
+
+    def new_layers(self) -> list[nn.Module]:
+        return [self.cam_conv, self.fc]
+
+    def _load_backbone(self, state: Mapping[str, Tensor]) -> None:
+        kept = {f"{i}" for i in range(len(self.features))}
+        self.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
+                                       if k.startswith("features.") and k.split(".")[1] in kept})
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.cam_conv(self.features(x))
+
+
+class ResNetGAP(GAPNet):
+    """torchvision's ResNet with ``layer4`` at stride 1 (a 14x14 map at 224, as wsolevaluation's ResNet-CAM), GAP and
+    ``Linear(K, C)``: its own last block is the CAM's feature map, K = 512 (ResNet-18) or 2048 (ResNet-50).
+
+    Args:
+        num_classes, pretrained: As :class:`GAPNet`.
+        depth: 18 or 50.
+    """
+
+    arch = "resnet_gap"
+
+    def __init__(self, num_classes: int, pretrained: PretrainedSpec = False, depth: int = 50) -> None:
+        if depth not in RESNETS:
+            raise ValueError(f"depth must be one of {sorted(RESNETS)}, got {depth!r}")
+        super().__init__(num_classes, depth=depth)
+        self.arch, self.title, self.weights = f"resnet{depth}_gap", f"ResNet-{depth}", RESNETS[depth][1]
+        resnet = RESNETS[depth][0]()
+        for module in resnet.layer4[0].modules():  # the stride-2 convolution and its shortcut's
+            if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+                module.stride = (1, 1)
+        self.features = nn.Sequential(*list(resnet.children())[:-2])  # conv1 .. layer4: torchvision's keys, renumbered
+        self.cam_channels = resnet.fc.in_features
+        self.fc = nn.Linear(self.cam_channels, num_classes)
+        self._init_new_layers(pretrained)
+
+    def new_layers(self) -> list[nn.Module]:
+        return [self.fc]
+
+    def _load_backbone(self, state: Mapping[str, Tensor]) -> None:
+        names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        prefix = {name: str(i) for i, name in enumerate(names)}
+        loaded = self.features.load_state_dict({f"{prefix[k.split('.')[0]]}.{k.split('.', 1)[1]}": v
+                                                for k, v in state.items() if k.split(".")[0] in prefix}, strict=False)
+        missing = [k for k in loaded.missing_keys if not k.endswith("num_batches_tracked")]  # older files lack these
+        if missing or loaded.unexpected_keys:
+            raise RuntimeError(f"missing keys {missing[:3]}, unexpected keys {loaded.unexpected_keys[:3]}")
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+RESNETS = {  # depth: (torchvision builder, ImageNet weights it accepts, the default first)
+    18: (models.resnet18, (models.ResNet18_Weights.IMAGENET1K_V1,)),
+    50: (models.resnet50, (models.ResNet50_Weights.IMAGENET1K_V2, models.ResNet50_Weights.IMAGENET1K_V1)),
+}
+
+
+def _resnet(depth: int) -> Any:
+    def build(num_classes: int, pretrained: PretrainedSpec = False, **model_args: Any) -> ResNetGAP:
+        return ResNetGAP(num_classes, pretrained, **{"depth": depth, **model_args})
+    return build
+
+
+# The backbones a checkpoint's "arch" may name, and ``--arch`` without its "_gap": adding a network is one entry.
+BACKBONES: dict[str, Any] = {ARCH: AlexNetGAP, "vgg16_gap": VGG16GAP, "resnet18_gap": _resnet(18), "resnet50_gap": _resnet(50)}
+ARCHS = tuple(name.removesuffix("_gap") for name in BACKBONES)
+
+
+def create_model(arch: str, num_classes: int, pretrained: PretrainedSpec = False) -> GAPNet:
+    """A new network of ``arch`` (``"alexnet"``, ``"vgg16"``, ``"resnet18"``, ``"resnet50"``) for ``num_classes`` classes."""
+    name = arch if arch in BACKBONES else f"{arch}_gap"
+    if name not in BACKBONES:
+        raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    return BACKBONES[name](num_classes=num_classes, pretrained=pretrained)
 
 
 def build_model(arch: str, model_args: Mapping[str, Any]) -> nn.Module:
@@ -241,7 +388,8 @@ def build_model(arch: str, model_args: Mapping[str, Any]) -> nn.Module:
         CheckpointError: If ``arch`` is not in :data:`BACKBONES` or its arguments do not fit it.
     """
     if arch not in BACKBONES:
-        raise CheckpointError(f"unknown architecture {arch!r}; this version knows {', '.join(map(repr, BACKBONES))}")
+        raise CheckpointError(f"unknown architecture {arch!r}; this version knows {', '.join(map(repr, BACKBONES))}: "
+                              "was it written by a newer CAM_Stanford_Cars?")
     try:
         return BACKBONES[arch](**dict(model_args))
     except (TypeError, ValueError) as err:

@@ -34,7 +34,7 @@ _TEMP_FILE = re.compile(r"^\.(.+)\.\w{8}\.tmp$")  # files.atomic_file's hidden t
 TIE_BREAK = 1e-6
 # What a resumed run must share with the run it continues: the data and its order, the optimisation (the saved
 # optimizer and schedule states were built from it) and the rule that scored the saved best epoch.
-RESUME_MUST_MATCH = ("batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year",
+RESUME_MUST_MATCH = ("arch", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year",
                      "seed", "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs",
                      "label_smoothing", "select_by")
 

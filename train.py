@@ -32,7 +32,7 @@ from .distributed import (DistInfo, all_reduce_sum, epoch_sampler, eval_indices,
                           shutdown_distributed)
 from .files import atomic_file, atomic_write_text, check_writable, unwritable_reason
 from .localization import METRIC_LABELS, LocalizationMeter, choose_cam_threshold
-from .model import AlexNetGAP, load_checkpoint
+from .model import AlexNetGAP, GAPNet, create_model, load_checkpoint
 from .runs import (ARGS_FILE, BEST_CHECKPOINT, CURVES_FIGURE, LAST_CHECKPOINT, METRICS_LOG, RESUME_MUST_MATCH, TEST_METRICS,
                    RunFolderBusy, StopRequest, check_new_run, epoch_score, format_metrics, hold_run_folder, keep_as_best, plain_config,
                    read_metrics_log, read_resume_state, remove_run_files, repair_run, summary_line, write_metrics_log)
@@ -102,7 +102,7 @@ def build_datasets(config: TrainConfig) -> RunData:
     return RunData(Subset(train_full, train_idx), Subset(train_plain, val_idx) if val_idx else None, test, list(train_full.classes))
 
 
-def build_optimizer(model: AlexNetGAP, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: GAPNet, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD or AdamW; pretrained layers learn at ``backbone_lr_scale`` times the rate; biases get no decay."""
     new = {id(p) for p in model.new_layer_parameters()}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
@@ -315,7 +315,7 @@ class _Run:
                  checkpoint: dict[str, Any] | None, steps_per_epoch: int) -> None:
         self.config, self.data, self.run_dir = config, data, Path(config.checkpoints_dir).expanduser()
         seed_everything(config.seed)
-        model = AlexNetGAP(num_classes=len(data.class_names), pretrained=False if checkpoint else config.pretrained).to(device)
+        model = create_model(config.arch, len(data.class_names), pretrained=False if checkpoint else config.pretrained).to(device)
         channels_last = config.channels_last and device.type == "cuda"
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model  # the bare model, saved
         self.optimizer = build_optimizer(self.model, config)
@@ -363,7 +363,8 @@ class _Run:
         return [
             f"Data:   {len(data.class_names)} classes (filters: {filters}) under {str(Path(c.root).expanduser().resolve())!r}: "
             f"{len(data.train)} train / {len(data.val) if data.val else 0} validation / {len(data.test)} test images",
-            f"Model:  {self.model.arch}, {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters, {weights}",
+            f"Model:  {self.model.title}-GAP, {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters, "
+            f"{weights}",
             f"Device: {s.device}" + (f" x {s.dist_info.world_size} processes" if s.dist_info.distributed else "")
             + f", {self.num_workers} loader worker(s) per process, batch {c.batch_size}",
             f"Run:    {str(self.run_dir)!r}, epochs {self.start_epoch + 1}..{c.n_epochs} of {steps_per_epoch} steps; "
