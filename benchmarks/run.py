@@ -12,6 +12,7 @@ images/s recorded), the CPU otherwise.
 | pipeline efficiency | training images/s from JPEG files through the real loader / on tensors in memory | >= 0.95 CPU, >= 0.85 GPU |
 | decode speed-up | loader's decode + resize to 224 per core / ``Image.open().convert("RGB").resize()`` | >= 2x |
 | CAM overhead | forward with ``return_cam=True`` / without, batch 64 | <= 1.03x |
+| backbones | per backbone (AlexNet, VGG16, ResNet-18, ResNet-50): training images/s on tensors in memory, batch 8; CAM overhead, batch 8 | <= 1.03x |
 | overlay speed | ``apply_cam`` / the faster of torchcam ``overlay_mask`` and grad-cam ``show_cam_on_image`` | >= 1.5x CPU, >= 20x GPU |
 | box sweep | one-pass sweep / ``scipy.ndimage.label`` per threshold, 100 thresholds | >= 20x |
 | evaluation speed | ``train.evaluate`` images/s / plain inference images/s | >= 0.5 |
@@ -20,7 +21,7 @@ images/s recorded), the CPU otherwise.
 Usage::
 
     pip install -e '.[bench]'        # torchcam, grad-cam, opencv (the peers)
-    python benchmarks/run.py         # a few minutes on 2 CPU cores
+    python benchmarks/run.py         # about 10 minutes on 2 CPU cores
     python benchmarks/run.py --quick --out /tmp/bench   # seconds, tiny sizes: a smoke test
 """
 
@@ -55,7 +56,7 @@ from torch import nn  # noqa: E402
 
 from CAM_Stanford_Cars.dataset import StanfordCarsCAM  # noqa: E402
 from CAM_Stanford_Cars.localization import THRESHOLDS, normalize_cams, reference_boxes, sweep_boxes  # noqa: E402
-from CAM_Stanford_Cars.model import AlexNetGAP  # noqa: E402
+from CAM_Stanford_Cars.model import ARCHS, GAPNet, create_model  # noqa: E402
 from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars  # noqa: E402
 from CAM_Stanford_Cars.train import (  # noqa: E402
     DistInfo,
@@ -79,7 +80,8 @@ TARGETS = {
     "pipeline_efficiency": {"cpu": (">=", 0.95), "cuda": (">=", 0.85)},
     "pipeline_efficiency_cached": {"cpu": (">=", 0.95), "cuda": (">=", 0.85)},
     "decode_speedup": {"any": (">=", 2.0)},
-    "cam_overhead": {"any": ("<=", 1.03)},
+    # One row per backbone; AlexNet's comes from the batch-64 ``cam_overhead`` figure when that ran.
+    **{f"cam_overhead_{arch}": {"any": ("<=", 1.03)} for arch in ARCHS},
     "overlay_speedup": {"cpu": (">=", 1.5), "cuda": (">=", 20.0)},
     "box_sweep_speedup": {"any": (">=", 20.0)},
     "evaluation_speed": {"any": (">=", 0.5)},
@@ -108,12 +110,15 @@ class Sizes:
     memory_epochs: int = 4
     memory_batches: int = 3
     split_batches: int = 3
+    # Every backbone, side by side: VGG16 trains at a few images/s on 2 CPU cores, so small batches.
+    backbone_batch: int = 8
+    backbone_steps: int = 2
 
 
 QUICK = Sizes(
     image_wh=(160, 104), image_size=64, n_train_per_class=2, n_test_per_class=1, batch=4, train_batches=2, repeats=2, pipeline_repeats=2, overlay_repeats=2,
     decode_images=8, cam_batch=4, overlay_batch=4, sweep_images=2, eval_batches=2, memory_epochs=2, memory_batches=2,
-    split_batches=1,
+    split_batches=1, backbone_batch=2, backbone_steps=1,
 )
 
 
@@ -247,18 +252,18 @@ def take(n: int, length: int) -> list[int]:
 # Figures
 
 
-def new_model(num_classes: int, device: torch.device) -> AlexNetGAP:
+def new_model(num_classes: int, device: torch.device, arch: str = "alexnet") -> GAPNet:
     torch.manual_seed(0)
-    return AlexNetGAP(num_classes=num_classes).to(device)
+    return create_model(arch, num_classes).to(device)
 
 
 class TrainStep:
-    """The training step of ``train.py`` (same function, optimiser, schedule and AMP settings)."""
+    """The training step of ``train.py`` (same function, optimiser, schedule and AMP settings) for backbone ``arch``."""
 
-    def __init__(self, num_classes: int, device: torch.device) -> None:
+    def __init__(self, num_classes: int, device: torch.device, arch: str = "alexnet") -> None:
         self.device = device
         self.channels_last = device.type == "cuda"
-        self.model = new_model(num_classes, device)
+        self.model = new_model(num_classes, device, arch)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -411,16 +416,53 @@ def decode_speedup(root: Path, cache_dir: Path, sizes: Sizes) -> dict[str, Any]:
     }
 
 
-def cam_overhead(sizes: Sizes, device: torch.device) -> dict[str, Any]:
-    """Forward with ``return_cam=True`` vs without, inference mode."""
-    model = new_model(196, device).eval()
-    x = torch.rand(sizes.cam_batch, 3, sizes.image_size, sizes.image_size, device=device)
+def cam_overhead(sizes: Sizes, device: torch.device, arch: str = "alexnet", batch: int | None = None) -> dict[str, Any]:
+    """Forward with ``return_cam=True`` vs without, inference mode, backbone ``arch``, ``batch`` images (``sizes.cam_batch``)."""
+    batch = sizes.cam_batch if batch is None else batch
+    model = new_model(196, device, arch).eval()
+    x = torch.rand(batch, 3, sizes.image_size, sizes.image_size, device=device)
     with torch.inference_mode():
         times = side_by_side({"plain": lambda: model(x), "cam": lambda: model(x, return_cam=True)}, sizes.repeats + 2, device)
+        cam = model(x[:1], return_cam=True)[1]
     return {
         "value": median_ratio(times["cam"], times["plain"]),
-        "images_per_s": {name: sizes.cam_batch / statistics.median(t) for name, t in times.items()},
-        "batch": sizes.cam_batch,
+        "images_per_s": {name: batch / statistics.median(t) for name, t in times.items()},
+        "batch": batch, "arch": arch, "title": model.title,
+        "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "cam_size": list(cam.shape[-2:]), "image_size": sizes.image_size,
+    }
+
+
+def backbones(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Per backbone: training images/s of the real step on tensors in memory (the backbones side by side), the
+    CAM overhead (as ``cam_overhead``), parameters and the CAM's size."""
+    generator = torch.Generator().manual_seed(0)
+    b, s, classes = sizes.backbone_batch, sizes.image_size, 196
+    memory = [
+        (torch.rand(b, 3, s, s, generator=generator), torch.randint(0, classes, (b,), generator=generator))
+        for _ in range(sizes.backbone_steps)
+    ]
+    if device.type == "cuda":
+        memory = [(x.to(device), y.to(device)) for x, y in memory]
+    steps = {arch: TrainStep(classes, device, arch) for arch in ARCHS}
+    times = side_by_side({arch: (lambda step=step: step.epoch(memory)) for arch, step in steps.items()}, sizes.repeats, device)
+    del steps
+    n = b * sizes.backbone_steps
+    archs: dict[str, Any] = {}
+    for arch in ARCHS:
+        cam = cam_overhead(sizes, device, arch, batch=b)
+        archs[arch] = {
+            "title": cam["title"],
+            "train_images_per_s": n / statistics.median(times[arch]),
+            "train_images_per_s_by_round": [round(n / t, 2) for t in times[arch]],
+            "cam_overhead": cam["value"],
+            "inference_images_per_s": cam["images_per_s"],
+            "parameters_millions": cam["parameters_millions"],
+            "cam_size": cam["cam_size"],
+        }
+    return {
+        "archs": archs, "batch": b, "image_size": s, "steps_per_run": sizes.backbone_steps, "repeats": sizes.repeats,
+        "device": str(device),
     }
 
 
@@ -626,7 +668,6 @@ ROWS = [
     ("pipeline_efficiency", "pipeline efficiency (JPEG decoded every epoch)", "pipeline_efficiency", "value"),
     ("pipeline_efficiency_cached", "pipeline efficiency (with `cache_dir`)", "pipeline_efficiency", "cached"),
     ("decode_speedup", "decode speed-up (per core)", "decode_speedup", "value"),
-    ("cam_overhead", "CAM overhead (batch 64)", "cam_overhead", "value"),
     ("overlay_speedup", "overlay speed vs faster peer", "overlay_speed", "value"),
     ("box_sweep_speedup", "box sweep, 100 thresholds", "box_sweep", "value"),
     ("evaluation_speed", "evaluation / plain inference", "evaluation_speed", "value"),
@@ -645,14 +686,36 @@ def verdict(value: float | None, target: tuple[str, float] | None) -> bool | Non
     return value >= bound if op == ">=" else value <= bound
 
 
-def summarize(figures: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
+def cam_rows(figures: dict[str, Any]) -> list[tuple[str, str, float | None, Any]]:
+    """(key, label, value, note) of the CAM overhead of each backbone. AlexNet's is the batch-64 ``cam_overhead``
+    figure when that ran (the backbones figure's batch-8 AlexNet otherwise), so it shows once."""
+    single = figures.get("cam_overhead", {})
+    table = figures.get("backbones", {})
+    by_arch = table.get("archs", {})
     rows = []
+    for arch in ARCHS:
+        if arch == "alexnet" and single:
+            data, value, batch = single, single.get("value"), single.get("batch", "?")
+        else:
+            data, value, batch = table, by_arch.get(arch, {}).get("cam_overhead"), table.get("batch", "?")
+        title = by_arch.get(arch, {}).get("title") or data.get("title") or arch
+        rows.append((f"cam_overhead_{arch}", f"CAM overhead, {title} (batch {batch})", value, data.get("error") or ""))
+    return rows
+
+
+def summarize(figures: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
+    entries = []
     for key, label, figure, field_name in ROWS:
         data = figures.get(figure, {})
         value = data.get(field_name) if isinstance(data, dict) else None
+        entries.append((key, label, value, data.get("error") or data.get("missing") or ""))
+    after = next(i for i, entry in enumerate(entries) if entry[0] == "decode_speedup") + 1
+    entries[after:after] = cam_rows(figures)
+    rows = []
+    for key, label, value, note in entries:
         target = target_for(key, device)
         rows.append({"figure": key, "label": label, "measured": value, "target": f"{target[0]} {target[1]:g}" if target else "",
-                     "met": verdict(value, target), "note": data.get("error") or data.get("missing") or ""})
+                     "met": verdict(value, target), "note": note})
     mem = figures.get("memory", {})
     rows.append({"figure": "memory", "label": f"memory: peak RSS per training epoch, batch {mem.get('batch', '?')}",
                  "measured": mem.get("value"), "target": "flat", "met": mem.get("flat"),
@@ -690,6 +753,12 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"Absolute training images/s ({pipe['device']}, batch {pipe['batch']}): in memory "
                   f"{pipe['images_per_s_memory']:.1f}, from JPEG {pipe['images_per_s_jpeg']:.1f}, "
                   f"from the cache {pipe['images_per_s_cached']:.1f}."]
+    table = results["figures"].get("backbones", {})
+    if table.get("archs"):
+        lines += ["", f"Training images/s per backbone ({table['device']}, batch {table['batch']}, {table['image_size']}x"
+                  f"{table['image_size']}, in memory): " + ", ".join(
+                      f"{a['title']} {a['train_images_per_s']:.1f} ({a['parameters_millions']:.1f} M parameters, CAM "
+                      f"{'x'.join(map(str, a['cam_size']))})" for a in table["archs"].values()) + "."]
     split = results["figures"].get("thread_split", {})
     if "images_per_s" in split:
         lines += ["", "Training images/s from JPEG by split of the cores: " + ", ".join(
@@ -713,7 +782,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
     parser.add_argument("--repeats", type=int, default=None, help="measured runs per figure (after a warm-up)")
     parser.add_argument("--only", nargs="*", default=None,
-                        choices=["pipeline", "split", "decode", "cam", "overlay", "sweep", "evaluate", "memory"],
+                        choices=["pipeline", "split", "decode", "cam", "backbones", "overlay", "sweep", "evaluate", "memory"],
                         help="run only these figures")
     return parser
 
@@ -738,6 +807,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ("pipeline", "pipeline_efficiency", lambda: pipeline_efficiency(root, cache_dir, sizes, device)),
             ("decode", "decode_speedup", lambda: decode_speedup(root, cache_dir, sizes)),
             ("cam", "cam_overhead", lambda: cam_overhead(sizes, device)),
+            ("backbones", "backbones", lambda: backbones(sizes, device)),
             ("overlay", "overlay_speed", lambda: overlay_speed(sizes, device)),
             ("sweep", "box_sweep", lambda: box_sweep(sizes)),
             ("evaluate", "evaluation_speed", lambda: evaluation_speed(sizes, device)),

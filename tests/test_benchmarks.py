@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from CAM_Stanford_Cars.model import ARCHS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ["pipeline_efficiency", "decode_speedup", "cam_overhead", "overlay_speed", "box_sweep", "evaluation_speed", "memory", "thread_split"]
+FIGURES = ["pipeline_efficiency", "decode_speedup", "cam_overhead", "backbones", "overlay_speed", "box_sweep", "evaluation_speed", "memory", "thread_split"]
 
 
 def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
@@ -41,6 +43,15 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     rounds = figures["pipeline_efficiency"]["images_per_s_by_round"]
     assert sorted(rounds) == ["cached", "jpeg", "memory"] and all(len(r) == 1 for r in rounds.values())
     assert figures["thread_split"]["best"] in figures["thread_split"]["images_per_s"]
+    by_arch = figures["backbones"]["archs"]
+    assert sorted(by_arch) == sorted(ARCHS)
+    for arch, data in by_arch.items():
+        for key in ("train_images_per_s", "cam_overhead"):
+            assert math.isfinite(data[key]) and data[key] > 0, (arch, key, data)
+        assert data["parameters_millions"] > 0 and len(data["cam_size"]) == 2, (arch, data)
+    cam_rows = [row["figure"] for row in results["summary"] if row["figure"].startswith("cam_overhead")]
+    assert cam_rows == [f"cam_overhead_{arch}" for arch in ARCHS]
+    assert sum("AlexNet" in row["label"] for row in results["summary"]) == 1
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.count("\n|") >= 1 + len(results["summary"]) and "| figure | measured | target | met? |" in table
 
