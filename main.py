@@ -24,6 +24,8 @@ try:  # a Ctrl-C while the libraries import (seconds, for torch) is one line too
         _bootstrap.ensure_package()
 
     from CAM_Stanford_Cars.cli import HelpFormatter, OneLineParser, bool_flag, positive_int, pretrained_flag, text_list, year_list
+    from CAM_Stanford_Cars.cams import METHODS
+    from CAM_Stanford_Cars.compare import compare_methods, format_methods_table
     from CAM_Stanford_Cars.config import SELECT_BY
     from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
     from CAM_Stanford_Cars.demo import run_demo
@@ -100,6 +102,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     other.add_argument("--split", choices=("train", "test"), default=None, help="split for --evaluate (default: test)")
     other.add_argument("--protocol", choices=PROTOCOLS, default="cam",
                        help="how --evaluate scores boxes: this project's (the CAM paper's wording) or clovaai/wsolevaluation's exactly (needs OpenCV)")
+    other.add_argument("--methods", type=text_list, default=None, metavar="NAMES",
+                       help=f"with --evaluate: score these CAM methods side by side ({', '.join(METHODS)}, or all); scorecam "
+                       "runs one forward pass per feature channel (1,024 for AlexNet-GAP), so it is by far the slowest")
     other.add_argument("--cam_curve_interval", type=float, choices=(0.01, 0.001), default=0.01,
                        help="threshold step of --protocol wsolevaluation (0.001: its training default)")
     return parser
@@ -117,7 +122,7 @@ def check_commands(args: argparse.Namespace) -> None:
                                          ("--evaluate", args.evaluate is not None)) if given]
     if len(commands) > 1:
         raise ValueError(f"{' and '.join(commands)} are separate commands; run them one at a time")
-    for flag, given in (("--split", args.split is not None), ("--protocol", args.protocol != "cam"),
+    for flag, given in (("--split", args.split is not None), ("--protocol", args.protocol != "cam"), ("--methods", args.methods is not None),
                         ("--cam_curve_interval", args.cam_curve_interval != 0.01)):
         if given and args.evaluate is None:
             raise ValueError(f"{flag} is an option of --evaluate; add --evaluate CHECKPOINT, or leave {flag} out")
@@ -129,6 +134,13 @@ def check_commands(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the command the flags ask for; returns the exit status."""
     check_commands(args)
+    if args.evaluate is not None and args.methods is not None:
+        names = [args.methods] if isinstance(args.methods, str) else args.methods
+        result = compare_methods(args.evaluate, args.root, args.split or "test", METHODS if names == ["all"] else names,
+                                 args.batch_size, args.device, args.num_workers, args.progress)
+        print(format_methods_table(result))
+        print("\n".join(f"{kind}: {path}" for kind, path in result["files"].items()))
+        return 0
     if args.evaluate is not None:
         metrics = evaluate_checkpoint(args.evaluate, args.root, args.split or "test", args.batch_size, args.device, args.num_workers,
                                       args.progress, args.download_datasets, args.protocol, args.cam_curve_interval)

@@ -32,6 +32,7 @@ from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from .cams import METHODS, compute_cams
 from .checkpoint import THRESHOLD_SOURCES, cam_threshold_of, require_entries
 from .cli import HelpFormatter, OneLineParser, positive_int
 from .dataset import DatasetError, StanfordCarsCAM
@@ -289,7 +290,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], save_path: str | 
 
 def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, split: str = "test",
                     n: int = 16, out: str | os.PathLike[str] = "cams.png", seed: int = 0, threshold: float | None = None,
-                    device: str | torch.device = "cpu", alpha: float = 0.5, colormap: str = "jet") -> Path:
+                    device: str | torch.device = "cpu", alpha: float = 0.5, colormap: str = "jet", method: str = "cam") -> Path:
     """Draw the CAM overlays of ``n`` images of a split of the checkpoint's data, with predicted and true boxes.
 
     Each overlay shows the predicted class's CAM; the predicted box bounds its largest region above ``threshold``
@@ -304,6 +305,7 @@ def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[
         threshold: CAM threshold of the predicted box, in [0, 1); ``None``: the checkpoint's.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
         alpha, colormap: The overlay's opacity and matplotlib colormap.
+        method: The map drawn: the model's own ``"cam"`` or another of ``cams.METHODS`` (e.g. ``"gradcam"``).
 
     Raises:
         ValueError: If an argument is unusable, or the data's classes are not the checkpoint's.
@@ -313,6 +315,8 @@ def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[
         raise ValueError(f"n must be a whole number of images, at least 1, got {n!r}")
     if threshold is not None and not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     _check_save_path(out, "out")  # before minutes of loading and drawing
     # By name, as training does, so "auto" works and a missing GPU is not reported as a bad file.
     device = select_device(str(device))
@@ -325,7 +329,8 @@ def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     images, labels, true_boxes = default_collate([dataset[i] for i in chosen])  # (N, 3, S, S), (N,), (N, 4)
     with torch.no_grad():
-        logits, cams = model(images.to(device), True)  # (N, C), (N, h, w)
+        logits = model(images.to(device))  # (N, C)
+    cams = compute_cams(model, images.to(device), method)  # (N, h, w), of the predicted class
     scores, predicted = logits.softmax(dim=1).max(dim=1)
     cams = cams.cpu()
     predicted_boxes = boxes_from_cams(cams, tuple(images.shape[-2:]), threshold=threshold)
@@ -360,6 +365,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="chooses the images")
     parser.add_argument("--threshold", type=_threshold, default=None,
                         help="CAM threshold of the predicted box, in [0, 1) (default: the checkpoint's, chosen on validation; 0.2 is the CAM paper's)")
+    parser.add_argument("--method", choices=METHODS, default="cam", help="the map to draw: the model's CAM or another method's")
     parser.add_argument("--device", default="cpu", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     return parser
 

@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from CAM_Stanford_Cars.cams import METHODS, compute_cams  # noqa: E402
 from CAM_Stanford_Cars.dataset import StanfordCarsCAM  # noqa: E402
 from CAM_Stanford_Cars.localization import THRESHOLDS, normalize_cams, reference_boxes, sweep_boxes  # noqa: E402
 from CAM_Stanford_Cars.model import ARCHS, GAPNet, create_model  # noqa: E402
@@ -466,6 +467,18 @@ def backbones(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     }
 
 
+def cam_methods(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Milliseconds per image of each CAM method (``compute_cams``) on AlexNet-GAP, the methods side by side."""
+    model = new_model(196, device).eval()
+    x = torch.rand(sizes.backbone_batch, 3, sizes.image_size, sizes.image_size, generator=torch.Generator().manual_seed(0))
+    x = x.to(device)
+    fns = {method: (lambda method=method: compute_cams(model, x, method)) for method in METHODS}
+    times = side_by_side(fns, max(1, sizes.repeats - 1), device)
+    per_image = {method: 1000 * statistics.median(t) / x.shape[0] for method, t in times.items()}
+    return {"value": per_image["scorecam"] / per_image["cam"], "ms_per_image": per_image, "batch": x.shape[0],
+            "image_size": sizes.image_size, "arch": "alexnet", "device": str(device)}
+
+
 def overlay_speed(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """``apply_cam`` vs torchcam's ``overlay_mask`` and grad-cam's ``show_cam_on_image``, same images and maps."""
     generator = torch.Generator().manual_seed(0)
@@ -753,6 +766,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"Absolute training images/s ({pipe['device']}, batch {pipe['batch']}): in memory "
                   f"{pipe['images_per_s_memory']:.1f}, from JPEG {pipe['images_per_s_jpeg']:.1f}, "
                   f"from the cache {pipe['images_per_s_cached']:.1f}."]
+    methods = results["figures"].get("cam_methods", {})
+    if "ms_per_image" in methods:
+        lines += ["", f"CAM methods, ms per image ({methods['device']}, AlexNet-GAP, batch {methods['batch']}, "
+                  f"{methods['image_size']}x{methods['image_size']}): " + ", ".join(
+                      f"{name} {ms:.1f}" for name, ms in methods["ms_per_image"].items()) + "."]
     table = results["figures"].get("backbones", {})
     if table.get("archs"):
         lines += ["", f"Training images/s per backbone ({table['device']}, batch {table['batch']}, {table['image_size']}x"
@@ -782,7 +800,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
     parser.add_argument("--repeats", type=int, default=None, help="measured runs per figure (after a warm-up)")
     parser.add_argument("--only", nargs="*", default=None,
-                        choices=["pipeline", "split", "decode", "cam", "backbones", "overlay", "sweep", "evaluate", "memory"],
+                        choices=["pipeline", "split", "decode", "cam", "backbones", "methods", "overlay", "sweep", "evaluate", "memory"],
                         help="run only these figures")
     return parser
 
@@ -808,6 +826,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ("decode", "decode_speedup", lambda: decode_speedup(root, cache_dir, sizes)),
             ("cam", "cam_overhead", lambda: cam_overhead(sizes, device)),
             ("backbones", "backbones", lambda: backbones(sizes, device)),
+            ("methods", "cam_methods", lambda: cam_methods(sizes, device)),
             ("overlay", "overlay_speed", lambda: overlay_speed(sizes, device)),
             ("sweep", "box_sweep", lambda: box_sweep(sizes)),
             ("evaluate", "evaluation_speed", lambda: evaluation_speed(sizes, device)),

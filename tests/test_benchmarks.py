@@ -14,7 +14,7 @@ import pytest
 from CAM_Stanford_Cars.model import ARCHS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ["pipeline_efficiency", "decode_speedup", "cam_overhead", "backbones", "overlay_speed", "box_sweep", "evaluation_speed", "memory", "thread_split"]
+FIGURES = ["pipeline_efficiency", "decode_speedup", "cam_overhead", "cam_methods", "backbones", "overlay_speed", "box_sweep", "evaluation_speed", "memory", "thread_split"]
 
 
 def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
@@ -39,6 +39,10 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert isinstance(row["measured"], float) and math.isfinite(row["measured"]) and row["measured"] > 0, row
         assert isinstance(row["met"], bool), row
     assert figures["box_sweep"]["equal_to_reference"] is True
+    from CAM_Stanford_Cars.cams import METHODS
+
+    assert sorted(figures["cam_methods"]["ms_per_image"]) == sorted(METHODS)
+    assert all(math.isfinite(ms) and ms > 0 for ms in figures["cam_methods"]["ms_per_image"].values())
     assert len(figures["memory"]["peak_rss_mib_per_epoch"]) == 2
     rounds = figures["pipeline_efficiency"]["images_per_s_by_round"]
     assert sorted(rounds) == ["cached", "jpeg", "memory"] and all(len(r) == 1 for r in rounds.values())

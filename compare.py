@@ -1,0 +1,160 @@
+"""CAM methods side by side on a checkpoint's data: every method scored by the same box metrics (GT-known and Top-1
+Loc at the checkpoint's threshold, MaxBoxAcc, MaxBoxAccV2) and the same faithfulness metrics (RISE deletion and
+insertion), in one pass over the data; one JSON, one CSV and one figure beside the checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .cams import METHODS, compute_cams, deletion_insertion
+from .checkpoint import cam_threshold_of, require_entries
+from .dataset import StanfordCarsCAM
+from .distributed import DistInfo
+from .files import _save_figure_atomically, atomic_write_text, unwritable_reason
+from .localization import METRIC_LABELS, LocalizationMeter, box_iou, boxes_from_cams
+from .model import load_checkpoint
+from .overlay import apply_cam
+from .runtime import configure_cpu_threads, default_num_workers, make_loader, select_device
+
+logger = logging.getLogger(__name__)
+
+# The columns of the printed table and of the CSV, after the method's name.
+COLUMNS = ("top1", "gt_known_loc", "top1_loc", "gt_known_loc_at_cam_threshold", "top1_loc_at_cam_threshold", "maxboxacc",
+           "maxboxacc_v2", "deletion_auc", "insertion_auc", "ms_per_image")
+LABELS = {**METRIC_LABELS, "deletion_auc": "deletion AUC (lower: faithful)", "insertion_auc": "insertion AUC (higher: faithful)",
+          "ms_per_image": "ms/image"}
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """``methods`` as a list without repeats, each one of :data:`METHODS` (``ValueError`` naming the unknown)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"--methods takes names among {', '.join(METHODS)}, comma-separated; got {', '.join(methods) or 'none'}")
+    return list(dict.fromkeys(methods))
+
+
+def compare_methods(
+    checkpoint_path: str | os.PathLike, root: str | os.PathLike | None = None, split: str = "test",
+    methods: Sequence[str] = METHODS, batch_size: int = 32, device: str = "auto", num_workers: int | None = None,
+    progress: bool = True, max_images: int | None = None, figure_images: int = 4, steps: int = 20,
+) -> dict[str, Any]:
+    """Score each CAM method on the split (or its first ``max_images``), all on the same images and true classes.
+
+    Each method's map of the true class is scored as :class:`LocalizationMeter` scores the model's CAM (boxes at the
+    checkpoint's ``cam_threshold`` for the ``*_at_cam_threshold`` keys), plus the mean RISE ``deletion_auc`` and
+    ``insertion_auc`` (:func:`cams.deletion_insertion`) and the ``ms_per_image`` the method took.
+
+    Returns:
+        ``{"methods": {name: metrics}, "split", "checkpoint", "cam_threshold", "cam_threshold_source", "files"}``, also
+        written as ``<stem>_<split>_methods.json`` beside the checkpoint, with ``.csv`` and ``.png`` (a row of overlays
+        per image of the first ``figure_images``, a column per method, each with its box and IoU).
+    """
+    methods = check_methods(methods)
+    dev = select_device(device)
+    model, checkpoint = load_checkpoint(checkpoint_path, map_location=dev)
+    stem = Path(checkpoint_path).with_name(f"{Path(checkpoint_path).stem}_{split}_methods")
+    if (reason := unwritable_reason(stem.parent)) is not None:
+        raise ValueError(f"the comparison is written beside the checkpoint, as {str(stem)!r}.json, but that folder is not "
+                         f"writable ({reason}); copy the checkpoint somewhere writable and compare that copy")
+    require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
+    dataset = StanfordCarsCAM.from_checkpoint(checkpoint, root, split, source=checkpoint_path, return_box=True)
+    threshold, source = cam_threshold_of(checkpoint)
+    configure_cpu_threads(DistInfo(), dev)
+    workers = default_num_workers(DistInfo(), dev) if num_workers is None else num_workers
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    loader = make_loader(dataset, range(n), batch_size, workers, dev, seed=0)
+    size = (dataset.image_size, dataset.image_size)
+    meters = {m: LocalizationMeter() for m in methods}
+    sums = {m: {"deletion_auc": 0.0, "insertion_auc": 0.0, "seconds": 0.0} for m in methods}
+    shown: dict[str, Any] = {"maps": {}}  # the first batch's first images, for the figure
+    for images, labels, boxes in tqdm(loader, desc=f"compare {len(methods)} methods", unit="batch", disable=not progress):
+        images, labels = images.to(dev), labels.to(dev)
+        with torch.no_grad():
+            logits = model(images)
+        for method in methods:
+            start = time.perf_counter()
+            maps = compute_cams(model, images, method, class_idx=labels)  # (B, h, w) of the true class
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            sums[method]["seconds"] += time.perf_counter() - start
+            meters[method].update(logits.cpu(), labels.cpu(), maps.cpu(), boxes, size)
+            faithfulness = deletion_insertion(model, images, maps, class_idx=labels, steps=steps)
+            for key in ("deletion_auc", "insertion_auc"):
+                sums[method][key] += float(faithfulness[key].sum())
+            if "images" not in shown:
+                shown["maps"][method] = maps[:figure_images].detach().cpu()
+        shown.setdefault("images", images[:figure_images].cpu())
+        shown.setdefault("boxes", boxes[:figure_images])
+    rows = {m: {**meters[m].compute(cam_threshold=threshold), "deletion_auc": sums[m]["deletion_auc"] / max(n, 1),
+                "insertion_auc": sums[m]["insertion_auc"] / max(n, 1), "ms_per_image": 1000 * sums[m]["seconds"] / max(n, 1)}
+            for m in methods}
+    files = {kind: str(stem.with_suffix(f".{kind}")) for kind in ("json", "csv", "png")}
+    result = {"methods": rows, "split": split, "checkpoint": str(checkpoint_path), "n_images": n, "cam_threshold": threshold,
+              "cam_threshold_source": source, "files": files}
+    if figure_images and "images" in shown:
+        draw_comparison(shown["images"], shown["maps"], shown["boxes"], threshold, files["png"])
+    atomic_write_text(Path(files["csv"]), methods_csv(rows))
+    atomic_write_text(Path(files["json"]), json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def methods_csv(rows: dict[str, dict[str, Any]]) -> str:
+    """One line per method, the :data:`COLUMNS` after its name."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["method", *COLUMNS])
+    writer.writerows([name, *(row.get(key) for key in COLUMNS)] for name, row in rows.items())
+    return out.getvalue()
+
+
+def format_methods_table(result: dict[str, Any]) -> str:
+    """The comparison as a plain-text table, one row per method (fractions in percent, AUCs as they are)."""
+    header = f"{'method':<16}" + "".join(f"{LABELS[key].split(' (')[0]:>16}" for key in COLUMNS)
+    lines = [header, "-" * len(header)]
+    for name, row in result["methods"].items():
+        cells = [f"{row[key]:.1f}" if key == "ms_per_image" else f"{row[key]:.3f}" if key.endswith("_auc")
+                 else f"{100 * row[key]:.1f}%" for key in COLUMNS]
+        lines.append(f"{name:<16}" + "".join(f"{cell:>16}" for cell in cells))
+    lines.append(f"{result['n_images']} images; boxes at the CAM threshold {result['cam_threshold']:.2f} "
+                 f"({result['cam_threshold_source']}); * marks scores at that threshold")
+    return "\n".join(lines)
+
+
+def draw_comparison(images: torch.Tensor, maps: dict[str, torch.Tensor], true_boxes: torch.Tensor, threshold: float,
+                    save_path: str | os.PathLike) -> Path:
+    """A row per image, a column per method: the overlay of the method's map with its box (solid) at ``threshold``,
+    the true box (dashed) and their IoU."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    names, n = list(maps), images.shape[0]
+    fig = Figure(figsize=(2.2 * len(names), 2.3 * n), layout="constrained")
+    axes = fig.subplots(n, len(names), squeeze=False)
+    for column, name in enumerate(names):
+        overlays = apply_cam(images, maps[name]).permute(0, 2, 3, 1).numpy()
+        predicted = boxes_from_cams(maps[name], tuple(images.shape[-2:]), threshold)
+        ious = box_iou(predicted.double(), true_boxes.double())
+        for row in range(n):
+            ax = axes[row, column]
+            ax.imshow(overlays[row])
+            ax.set_axis_off()
+            for box, style in ((predicted[row], {"edgecolor": "magenta"}), (true_boxes[row], {"edgecolor": "lime", "linestyle": "--"})):
+                if not torch.isnan(box).any():
+                    x1, y1, x2, y2 = box.tolist()
+                    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.5, **style))
+            ax.set_title(f"{name}" if row == 0 else "", fontsize=9)
+            ax.text(2, images.shape[-2] - 4, f"IoU {float(ious[row]):.2f}", color="white", fontsize=8,
+                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
+    _save_figure_atomically(fig, save_path, 100.0)
+    return Path(save_path)

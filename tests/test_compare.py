@@ -1,0 +1,59 @@
+"""CAM methods side by side: one pass, the same metrics, one JSON, CSV and figure; the command lines."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from CAM_Stanford_Cars import visualize
+from CAM_Stanford_Cars.compare import COLUMNS, compare_methods
+from CAM_Stanford_Cars.main import main
+from CAM_Stanford_Cars.train import evaluate_checkpoint
+
+
+@pytest.fixture
+def checkpoint(trained_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained run's best checkpoint (the comparison is written beside it)."""
+    return Path(shutil.copy(trained_run / "best.pt", tmp_path / "best.pt"))
+
+
+def test_every_method_is_scored_on_the_same_images_into_one_json(checkpoint: Path, synthetic_root: Path) -> None:
+    result = compare_methods(checkpoint, synthetic_root, methods=["cam", "gradcam", "layercam"], device="cpu", num_workers=0,
+                             progress=False, figure_images=2)
+    saved = json.loads(Path(result["files"]["json"]).read_text())
+    assert list(saved["methods"]) == ["cam", "gradcam", "layercam"] and saved["n_images"] == result["n_images"] > 0
+    for row in saved["methods"].values():
+        assert set(COLUMNS) <= row.keys() and row["n_with_box"] == result["n_images"]
+        assert 0.0 <= row["deletion_auc"] <= 1.0 and 0.0 <= row["insertion_auc"] <= 1.0 and row["ms_per_image"] > 0
+    # The model's own CAM scores exactly as --evaluate scores it.
+    plain = evaluate_checkpoint(checkpoint, synthetic_root, device="cpu", num_workers=0, progress=False)
+    for key in ("top1", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "top1_loc_at_cam_threshold"):
+        assert saved["methods"]["cam"][key] == plain[key], key
+    with open(result["files"]["csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["method"] for r in rows] == ["cam", "gradcam", "layercam"] and float(rows[0]["maxboxacc"]) == plain["maxboxacc"]
+    assert Path(result["files"]["png"]).stat().st_size > 0
+
+
+def test_the_methods_flag_prints_a_table_and_names_bad_input(
+    checkpoint: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--evaluate", str(checkpoint), "--root_datasets_dir", str(synthetic_root), "--device", "cpu", "--num_workers", "0",
+              "--progress", "false"]
+    assert main([*common, "--methods", "cam,xgradcam"]) == 0
+    out = capsys.readouterr().out
+    assert "xgradcam" in out and "deletion AUC" in out and "best_test_methods.json" in out
+    assert main([*common, "--methods", "cam,magic"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["--methods", "cam"]) == 2
+    assert "--methods is an option of --evaluate" in capsys.readouterr().err
+
+
+def test_visualize_draws_another_methods_map(checkpoint: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gradcam.png"
+    assert visualize.main([str(checkpoint), "--root", str(synthetic_root), "--n", "2", "--method", "gradcampp", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
