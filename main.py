@@ -30,6 +30,7 @@ try:  # a Ctrl-C while the libraries import (seconds, for torch) is one line too
     from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
     from CAM_Stanford_Cars.demo import run_demo
     from CAM_Stanford_Cars.localization import format_metrics_table
+    from CAM_Stanford_Cars.report import write_report
     from CAM_Stanford_Cars.model import ARCHS, CheckpointError, PretrainedWeightsError
     from CAM_Stanford_Cars.train import PROTOCOLS, NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit, shutdown_distributed
 except KeyboardInterrupt:
@@ -105,6 +106,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     other.add_argument("--methods", type=text_list, default=None, metavar="NAMES",
                        help=f"with --evaluate: score these CAM methods side by side ({', '.join(METHODS)}, or all); scorecam "
                        "runs one forward pass per feature channel (1,024 for AlexNet-GAP), so it is by far the slowest")
+    other.add_argument("--report", default=None, metavar="PATH.html",
+                       help="with --evaluate: also write one self-contained HTML page of every image's CAM, boxes and scores")
     other.add_argument("--cam_curve_interval", type=float, choices=(0.01, 0.001), default=0.01,
                        help="threshold step of --protocol wsolevaluation (0.001: its training default)")
     return parser
@@ -123,6 +126,7 @@ def check_commands(args: argparse.Namespace) -> None:
     if len(commands) > 1:
         raise ValueError(f"{' and '.join(commands)} are separate commands; run them one at a time")
     for flag, given in (("--split", args.split is not None), ("--protocol", args.protocol != "cam"), ("--methods", args.methods is not None),
+                        ("--report", args.report is not None),
                         ("--cam_curve_interval", args.cam_curve_interval != 0.01)):
         if given and args.evaluate is None:
             raise ValueError(f"{flag} is an option of --evaluate; add --evaluate CHECKPOINT, or leave {flag} out")
@@ -134,12 +138,19 @@ def check_commands(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the command the flags ask for; returns the exit status."""
     check_commands(args)
+    comparison = None
     if args.evaluate is not None and args.methods is not None:
         names = [args.methods] if isinstance(args.methods, str) else args.methods
-        result = compare_methods(args.evaluate, args.root, args.split or "test", METHODS if names == ["all"] else names,
-                                 args.batch_size, args.device, args.num_workers, args.progress)
-        print(format_methods_table(result))
-        print("\n".join(f"{kind}: {path}" for kind, path in result["files"].items()))
+        comparison = compare_methods(args.evaluate, args.root, args.split or "test", METHODS if names == ["all"] else names,
+                                     args.batch_size, args.device, args.num_workers, args.progress)
+        print(format_methods_table(comparison))
+        print("\n".join(f"{kind}: {path}" for kind, path in comparison["files"].items()))
+    if args.evaluate is not None and args.report is not None:
+        metrics = write_report(args.evaluate, args.report, args.root, args.split or "test", args.batch_size, args.device,
+                               args.num_workers, args.progress, methods=comparison)
+        print(f"{format_metrics_table(metrics)}\nreport: {metrics['report']} ({metrics['n_cards']} images)")
+        return 0
+    if comparison is not None:
         return 0
     if args.evaluate is not None:
         metrics = evaluate_checkpoint(args.evaluate, args.root, args.split or "test", args.batch_size, args.device, args.num_workers,

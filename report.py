@@ -1,0 +1,254 @@
+"""One self-contained HTML page about a checkpoint on a split: the run, its metrics, curves, per-class scores and a
+gallery of every image with its CAM and boxes, sorted and filtered in the page itself (no server, no network).
+The cards go to a temporary file while the split is evaluated (one pass), then the page is assembled atomically."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from .checkpoint import THRESHOLD_SOURCES, cam_threshold_of, require_entries
+from .compare import format_methods_table
+from .dataset import FILTER_NAMES, StanfordCarsCAM
+from .distributed import DistInfo
+from .files import atomic_file, file_in_the_way, unwritable_reason
+from .localization import IOU_THRESHOLD, LocalizationMeter, box_iou, boxes_from_cams, format_metrics_table
+from .model import load_checkpoint
+from .overlay import apply_cam
+from .runtime import autocast_context, configure_cpu_threads, default_num_workers, make_loader, select_device
+from .visualize import plot_training_curves
+
+__all__ = ["write_report"]
+
+TRUE_COLOR, PRED_COLOR = (0, 230, 0), (255, 0, 255)  # the true box green, the predicted box magenta
+esc = html.escape
+
+CSS = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h2{margin-top:1.4em}
+table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}
+td.n{text-align:right;font-variant-numeric:tabular-nums}pre{color:#555}img.fig{max-width:min(100%%,1000px);height:auto}#controls{margin:.5em 0}
+#gallery{display:flex;flex-wrap:wrap;gap:6px}.card{border:1px solid #ccc;border-radius:4px;padding:3px;font-size:11px;
+width:%(w)dpx;content-visibility:auto;contain-intrinsic-size:%(w)dpx 170px}.card[hidden]{display:none}.card img{vertical-align:top}
+.ok{color:#080;font-weight:bold}.no{color:#c00;font-weight:bold}.f{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;color:#666}"""
+
+ERROR_JS = """(function(){var E=[];function rec(m){E.push(String(m));if(document.body)document.body.dataset.errors=E.join(' | ');}
+window.onerror=function(m,s,l){rec(m+' (line '+l+')');};
+window.addEventListener('unhandledrejection',function(e){rec('unhandled rejection: '+e.reason);});
+var ce=console.error;console.error=function(){rec(Array.prototype.join.call(arguments,' '));return ce.apply(console,arguments);};
+document.addEventListener('DOMContentLoaded',function(){if(E.length)document.body.dataset.errors=E.join(' | ');});})();"""
+
+GALLERY_JS = """(function(){var g=document.getElementById('gallery'),S=document.getElementById('sort'),
+F=document.getElementById('filter'),K=document.getElementById('cls'),cards=Array.prototype.slice.call(g.children);
+function num(c,k){var v=c.dataset[k];return v===''?NaN:+v;}
+function cmp(a,b,k,desc){var x=num(a,k),y=num(b,k);if(isNaN(x)!==isNaN(y))return isNaN(x)?1:-1;
+if(isNaN(x)||x===y)return num(a,'i')-num(b,'i');return desc?y-x:x-y;}
+function apply(){var s=S.value,desc=s.charAt(0)==='-',k=desc?s.slice(1):s,f=F.value,cl=K.value,n=0;
+var sorted=cards.slice().sort(function(a,b){return cmp(a,b,k,desc);}),frag=document.createDocumentFragment();
+sorted.forEach(function(c){var d=c.dataset,hide=(f==='wrong'&&d.right==='1')||(f==='missed'&&d.hit!=='0')||(cl!==''&&d.cls!==cl);
+c.hidden=hide;if(!hide)n++;frag.appendChild(c);});g.appendChild(frag);
+document.getElementById('shown').textContent=n+' of '+cards.length+' shown';
+document.body.dataset.sort=s;document.body.dataset.filter=f;document.body.dataset.shown=n;}
+var p=new URLSearchParams(location.search);
+function pick(sel,v){if(v!==null&&Array.prototype.some.call(sel.options,function(o){return o.value===v;}))sel.value=v;}
+pick(S,p.get('sort'));pick(F,p.get('filter'));pick(K,p.get('class'));
+[S,F,K].forEach(function(e){e.addEventListener('change',apply);});apply();document.body.dataset.ready='1';})();"""
+
+
+def _check_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or one ValueError naming it and the fix: a folder, a suffix other than .html, unwritable."""
+    out, fix = Path(path), "give a file name ending in .html in a writable folder, such as 'report.html'"
+    if out.is_dir():
+        raise ValueError(f"the report path {str(out)!r} is a folder; {fix}")
+    if out.suffix.lower() != ".html":
+        raise ValueError(f"the report path {str(out)!r} does not end in .html; {fix}")
+    if blocker := file_in_the_way(out):
+        raise ValueError(f"the report path {str(out)!r} cannot be written: {str(blocker)!r} is a file, not a folder; {fix}")
+    if (reason := unwritable_reason(out.parent)) is not None:
+        raise ValueError(f"the report path {str(out)!r} is not writable ({reason}); {fix}")
+    return out
+
+
+def _uri(data: bytes, kind: str) -> str:
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _jpeg(pixels: np.ndarray, boxes: list[tuple[np.ndarray, tuple[int, int, int]]], size: int) -> str:
+    """An (S, S, 3) uint8 image shrunk to ``size`` with ``boxes`` (in its S x S pixels) drawn, as a JPEG data URI."""
+    image = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR)
+    draw, scale = ImageDraw.Draw(image), size / pixels.shape[0]
+    for box, color in boxes:
+        if np.isfinite(box).all():
+            x1, y1, x2, y2 = (float(v) * scale for v in box)
+            draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=color, width=2)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=70, optimize=True)
+    return _uri(buffer.getvalue(), "jpeg")
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return _uri(buffer.getvalue(), "png")
+
+
+def _table(header: list[str] | None, rows: list[list[Any]], numeric: tuple[int, ...] = ()) -> str:
+    """An HTML table of escaped cells, the columns ``numeric`` right-aligned."""
+    cells = lambda row, tag: "".join(f"<{tag}{' class=n' if tag == 'td' and i in numeric else ''}>{esc(str(c))}</{tag}>"
+                                     for i, c in enumerate(row))  # noqa: E731
+    head = f"<tr>{cells(header, 'th')}</tr>" if header else ""
+    return f"<table>{head}" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows) + "</table>"
+
+
+def _metrics_html(metrics: dict[str, Any]) -> str:
+    """format_metrics_table's rows (fixed columns: label 16, value 9, definition) as an HTML table, the rest below."""
+    lines = format_metrics_table(metrics).split("\n")
+    dashes = [i for i, line in enumerate(lines) if line and set(line) == {"-"}] + [len(lines)] * 2
+    rows = [[line[:16].strip(), line[16:25].strip(), line[25:].strip()] for line in lines[dashes[0] + 1:dashes[1]]]
+    notes = "\n".join(lines[dashes[1] + 1:])
+    return _table(["metric", "value", "definition"], rows, numeric=(1,)) + (f"<pre>{esc(notes)}</pre>" if notes else "")
+
+
+def _methods_html(result: dict[str, Any]) -> str:
+    """format_methods_table's rows (a 16-character column each) as an HTML table, its caption below."""
+    lines = format_methods_table(result).split("\n")
+    split = lambda line: [line[k:k + 16].strip() for k in range(0, len(line), 16)]  # noqa: E731
+    header = split(lines[0])
+    return _table(header, [split(line) for line in lines[2:-1]], tuple(range(1, len(header)))) + f"<pre>{esc(lines[-1])}</pre>"
+
+
+def _threshold_figure(val_curve: dict[str, Any] | None, meter: LocalizationMeter, split: str, threshold: float, source: str) -> str:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    ax = fig.subplots()
+    if val_curve:
+        ax.plot(val_curve["threshold"], val_curve["accuracy"], "--", color="tab:blue", label="validation (checkpoint)")
+    ax.plot(meter.thresholds, meter.box_accuracy_curve(), color="tab:orange", label=f"{split} (this report)")
+    ax.axvline(threshold, color="magenta", linestyle=":", label=f"t* = {threshold:.2f} ({source})")
+    ax.set(xlabel="CAM threshold", ylabel=f"box accuracy (IoU >= {IOU_THRESHOLD})", ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _card(i: int, path: str, image: str, overlay: str, iou: float, label: str, pred: str, conf: float, cls: int, size: int) -> str:
+    right, boxed = label == pred, not math.isnan(iou)
+    hit = boxed and iou >= IOU_THRESHOLD
+    mark = lambda ok: f"<span class={'ok' if ok else 'no'}>{'&#10003;' if ok else '&#10007;'}</span>"  # noqa: E731
+    box_text = f"{mark(hit)} box IoU {iou:.2f}" if boxed else "no true box"
+    img = '<img loading="lazy" decoding="async" width=%d height=%d alt="%s" src="%s">'
+    return (f'<div class="card" data-i="{i}" data-iou="{f"{iou:.4f}" if boxed else ""}" data-conf="{conf:.4f}" data-cls="{cls}" '
+            f'data-right="{int(right)}" data-hit="{int(hit) if boxed else ""}">' + img % (size, size, "image", image) +
+            img % (size, size, "CAM", overlay) + f"<div>{mark(right)} true: {esc(label)}<br>pred: {esc(pred)} ({100 * conf:.1f}%)"
+            f'<br>{box_text}</div><div class="f" title="{esc(path)}">{esc(os.path.basename(path))}</div></div>\n')
+
+
+def write_report(checkpoint_path: str | os.PathLike, path: str | os.PathLike, root: str | os.PathLike | None = None,
+                 split: str = "test", batch_size: int = 32, device: str = "auto", num_workers: int | None = None,
+                 progress: bool = True, methods: dict[str, Any] | None = None, thumb_size: int = 96) -> dict[str, Any]:
+    """Evaluate the checkpoint on ``split`` in one pass and write one self-contained HTML page at ``path``.
+
+    Returns:
+        The metrics as :func:`train.evaluate_checkpoint` gives them (boxes at the checkpoint's CAM threshold), plus
+        ``report`` (the page's path) and ``n_cards`` (one per image of the split).
+
+    Raises:
+        ValueError: Before any evaluation, if ``path`` is a folder, does not end in .html or cannot be written.
+    """
+    out = _check_path(path)
+    dev = select_device(device)
+    model, checkpoint = load_checkpoint(checkpoint_path, map_location=dev)
+    require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
+    dataset = StanfordCarsCAM.from_checkpoint(checkpoint, root, split, source=checkpoint_path, return_box=True)
+    threshold, source = cam_threshold_of(checkpoint)
+    configure_cpu_threads(DistInfo(), dev)
+    workers = default_num_workers(DistInfo(), dev) if num_workers is None else num_workers
+    loader = make_loader(dataset, range(len(dataset)), batch_size, workers, dev, seed=0)
+    classes, size, thumb = list(dataset.classes), (dataset.image_size,) * 2, int(thumb_size)
+    counts = np.zeros((4, len(classes)), dtype=np.int64)  # per class: images, right top-1, with a box, GT-known hits at t*
+    meter, index = LocalizationMeter(), 0
+    with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as cards:
+        for images, labels_cpu, boxes in tqdm(loader, desc=f"report {split}", unit="batch", disable=not progress, leave=False):
+            with torch.no_grad():  # as train.evaluate: features under autocast, the head and the maps in float32
+                gpu_images, labels = images.to(dev), labels_cpu.to(dev)
+                with autocast_context(dev, True):
+                    features = model.forward_features(gpu_images).float()
+                logits = model.forward_head(features)
+                true_cams = model.class_activation_maps(features, labels).cpu()
+                conf, pred = logits.softmax(dim=1).max(dim=1)
+                pred_cams = model.class_activation_maps(features, pred).cpu()
+            meter.update(logits.cpu(), labels_cpu, true_cams, boxes, size)
+            pred_boxes = boxes_from_cams(pred_cams, size, threshold)
+            ious = box_iou(pred_boxes.double(), boxes.double()).numpy()
+            pred, conf, labels_np = pred.cpu().numpy(), conf.cpu().numpy(), labels_cpu.numpy()
+            known_iou, wrong = ious.copy(), torch.from_numpy(pred != labels_np)  # the true class's box: the same where right
+            if wrong.any():
+                known_iou[wrong.numpy()] = box_iou(boxes_from_cams(true_cams[wrong], size, threshold).double(), boxes[wrong].double()).numpy()
+            for row, values in enumerate((np.ones_like(labels_np), pred == labels_np, ~np.isnan(known_iou), known_iou >= IOU_THRESHOLD)):
+                np.add.at(counts[row], labels_np, values.astype(np.int64))
+            to_bytes = lambda x: (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
+            pixels, overlays = to_bytes(images.float()), to_bytes(apply_cam(images.float(), pred_cams))
+            for b in range(images.shape[0]):
+                drawn = [(boxes[b].numpy(), TRUE_COLOR), (pred_boxes[b].numpy(), PRED_COLOR)]
+                cards.write(_card(index, dataset.samples[index][0], _jpeg(pixels[b], drawn, thumb), _jpeg(overlays[b], drawn, thumb),
+                                  float(ious[b]), classes[labels_np[b]], classes[pred[b]], float(conf[b]), int(labels_np[b]), thumb))
+                index += 1
+        metrics: dict[str, Any] = meter.compute(threshold)
+        metrics.update(cam_threshold_source=source, protocol="cam", split=split, checkpoint=str(checkpoint_path))
+        head = _page_head(checkpoint, checkpoint_path, split, classes, counts, threshold, source, metrics, meter, methods, thumb)
+        with atomic_file(out, "w") as handle:
+            handle.write(head)
+            cards.seek(0)
+            shutil.copyfileobj(cards, handle, 1 << 20)
+            handle.write(f'</div>\n<script>{GALLERY_JS}</script>\n</body></html>\n')
+    return {**metrics, "report": str(out), "n_cards": index}
+
+
+def _page_head(checkpoint: dict[str, Any], checkpoint_path: str | os.PathLike, split: str, classes: list[str], counts: np.ndarray,
+               threshold: float, source: str, metrics: dict[str, Any], meter: LocalizationMeter, methods: dict[str, Any] | None,
+               thumb: int) -> str:
+    """Everything before the cards: the run, the metrics, the figures, the per-class table and the gallery's controls."""
+    filters = ", ".join(f"{name}={checkpoint.get(name)!r}" for name in FILTER_NAMES if checkpoint.get(name) is not None)
+    history = checkpoint.get("history") or []
+    class_list = "<br>".join(f"{esc(name)} ({n})" for name, n in zip(classes, counts[0]))
+    run = _table(None, [
+        ["checkpoint", str(checkpoint_path)], ["architecture", checkpoint.get("arch", "?")], ["filters", filters or "none"],
+        ["image size", checkpoint["image_size"]], ["split", f"{split}: {int(counts[0].sum())} images"],
+        ["epochs trained", f"{checkpoint.get('epoch', '?')} ({len(history)} in the history)"],
+        ["CAM threshold for boxes", f"{threshold:.2f}: {THRESHOLD_SOURCES.get(source, source)}"],
+    ]).replace("</table>", f"<tr><td>classes</td><td><details><summary>{len(classes)} classes (images in this split)</summary>"
+                           f"{class_list}</details></td></tr></table>")
+    parts = [f"<!DOCTYPE html><html><head><meta charset=utf-8><title>CAM report: {esc(Path(checkpoint_path).name)} on {split}"
+             f"</title><style>{CSS % {'w': 2 * thumb + 10}}</style><script>{ERROR_JS}</script></head><body data-errors=\"\">",
+             f"<h1>CAM report: {esc(str(checkpoint_path))}</h1><h2>Run</h2>{run}<h2>Metrics ({esc(split)})</h2>{_metrics_html(metrics)}"]
+    if methods:
+        parts.append(f"<h2>CAM methods</h2>{_methods_html(methods)}")
+    try:
+        parts.append(f'<h2>Training curves</h2><img class=fig alt="training curves" src="{_png(plot_training_curves(history))}">')
+    except ValueError as err:  # no history, or nothing in it to plot
+        parts.append(f"<h2>Training curves</h2><p>none: {esc(str(err))}</p>")
+    curve = _threshold_figure(checkpoint.get("cam_threshold_curve"), meter, split, threshold, source)
+    parts.append(f'<h2>Box accuracy against the CAM threshold</h2><img class=fig alt="box accuracy curve" src="{curve}">')
+    rate = lambda hits, total: f"{100 * hits / total:.1f}%" if total else "n/a"  # noqa: E731
+    per_class = [[name, n, rate(right, n), f"{rate(hit, boxed)} of {boxed}"] for name, (n, right, boxed, hit) in zip(classes, counts.T)]
+    parts.append("<h2>Per class</h2>" + _table(["class", "images", "top-1", f"GT-known Loc at t*={threshold:.2f}"], per_class, (1, 2, 3)))
+    options = lambda pairs: "".join(f'<option value="{esc(v)}">{esc(t)}</option>' for v, t in pairs)  # noqa: E731
+    sorts = [("i", "split order"), ("iou", "IoU, lowest first"), ("-iou", "IoU, highest first"), ("conf", "confidence, lowest first"),
+             ("-conf", "confidence, highest first"), ("cls", "true class")]
+    shows = [("all", "all images"), ("wrong", "wrong class only"), ("missed", "missed box only (IoU < 0.5)")]
+    parts.append(f"<h2>Gallery</h2><p>Left: the image; right: the predicted class's CAM. Green: the true box; magenta: the box of "
+                 f"the CAM at t*={threshold:.2f}.</p><div id=controls>sort <select id=sort>{options(sorts)}</select> show "
+                 f"<select id=filter>{options(shows)}</select> class <select id=cls>{options([('', 'all classes'), *((str(i), c) for i, c in enumerate(classes))])}"
+                 f"</select> <span id=shown></span></div>\n<div id=gallery>\n")
+    return "".join(parts)
