@@ -5,12 +5,23 @@ Localization") on a filtered subset of Stanford Cars, then see and score where i
 
 The core, in the order data flows through it:
     dataset       find, parse, filter and load Stanford Cars (``StanfordCarsCAM``; parts in ``data/``)
-    model         the GAP network and its CAM (``AlexNetGAP``, ``load_checkpoint``)
-    localization  CAM -> boxes, IoU and the weakly supervised localisation metrics
+    model         the GAP networks and their CAM (``AlexNetGAP``, ``create_model``, ``load_checkpoint``)
+    cams          the CAM methods side by side (``compute_cams``) and RISE deletion/insertion
+    localization  CAM -> boxes, IoU and the weakly supervised localisation metrics (``wsol``: wsolevaluation's)
     overlay       CAM -> colour overlays (``apply_cam``)
 The shell: ``train`` (loops), ``runs`` (the run folder), ``checkpoint`` (files), ``visualize``
-(figures and its CLI), ``main`` (the command line), ``demo`` and ``synthetic`` (data without a
-download). ``README.md`` has the code map.
+(figures and its CLI), ``compare`` (methods side by side), ``report`` (the HTML report), ``main`` (the
+command line), ``demo`` and ``synthetic`` (data without a download). ``README.md`` has the code map.
 """
 
+__all__ = ["METHODS", "compute_cams", "deletion_insertion"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # On first use, not at import: importing torch here would fix OpenMP's settings before main.py sets them.
+    if name in __all__:
+        from . import cams
+
+        return getattr(cams, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
