@@ -17,12 +17,18 @@ images/s recorded), the CPU otherwise.
 | box sweep | one-pass sweep / ``scipy.ndimage.label`` per threshold, 100 thresholds | >= 20x |
 | evaluation speed | ``train.evaluate`` images/s / plain inference images/s | >= 0.5 |
 | memory | peak resident memory per training epoch, batch 32, CPU | flat from epoch to epoch |
+| report | ``report.write_report`` of an untrained AlexNet-GAP: the page's size (MB), seconds to write it, seconds per image, on the demo's 90 test images and on 8,041 (the real test split's size; 43 classes x 187), 160x104 JPEGs read at 128x128 | (a record, no target) |
+
+``--only FIGURE ...`` measures those figures alone; the others are kept from the ``results.json`` already in ``--out``
+(each with the ``machine`` and ``sizes`` of the run that measured it), so one figure can be re-measured or added
+without losing the rest. A ``--quick`` run never mixes with a full one's figures.
 
 Usage::
 
     pip install -e '.[bench]'        # torchcam, grad-cam, opencv (the peers)
     python benchmarks/run.py         # about 10 minutes on 2 CPU cores
     python benchmarks/run.py --quick --out /tmp/bench   # seconds, tiny sizes: a smoke test
+    python benchmarks/run.py --only report              # one figure; the rest of results.json is kept
 """
 
 from __future__ import annotations
@@ -55,9 +61,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from CAM_Stanford_Cars.cams import METHODS, compute_cams  # noqa: E402
-from CAM_Stanford_Cars.dataset import StanfordCarsCAM  # noqa: E402
+from CAM_Stanford_Cars.checkpoint import save_checkpoint  # noqa: E402
+from CAM_Stanford_Cars.data.class_names import STANFORD_CARS_CLASS_NAMES  # noqa: E402
+from CAM_Stanford_Cars.dataset import StanfordCarsCAM, select_classes  # noqa: E402
+from CAM_Stanford_Cars.demo import DEMO_FILTERS  # noqa: E402
 from CAM_Stanford_Cars.localization import THRESHOLDS, normalize_cams, reference_boxes, sweep_boxes  # noqa: E402
 from CAM_Stanford_Cars.model import ARCHS, GAPNet, create_model  # noqa: E402
+from CAM_Stanford_Cars.report import write_report  # noqa: E402
 from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars  # noqa: E402
 from CAM_Stanford_Cars.train import (  # noqa: E402
     DistInfo,
@@ -114,12 +124,24 @@ class Sizes:
     # Every backbone, side by side: VGG16 trains at a few images/s on 2 CPU cores, so small batches.
     backbone_batch: int = 8
     backbone_steps: int = 2
+    # The HTML report: small source JPEGs and a modest input size, so that writing 8,041 images and their report
+    # takes a few minutes on 2 CPU cores. The demo set is demo.py's nine classes x 10 test images (``None``: all of
+    # them); the large one 43 classes x 187 = 8,041, the size of the real Stanford Cars test split.
+    report_image_wh: tuple[int, int] = (160, 104)
+    report_image_size: int = 128
+    report_thumb_size: int = 96
+    report_batch: int = 32
+    report_demo_classes: int | None = None
+    report_demo_test_per_class: int = 10
+    report_large_classes: int = 43
+    report_large_test_per_class: int = 187
 
 
 QUICK = Sizes(
     image_wh=(160, 104), image_size=64, n_train_per_class=2, n_test_per_class=1, batch=4, train_batches=2, repeats=2, pipeline_repeats=2, overlay_repeats=2,
     decode_images=8, cam_batch=4, overlay_batch=4, sweep_images=2, eval_batches=2, memory_epochs=2, memory_batches=2,
-    split_batches=1, backbone_batch=2, backbone_steps=1,
+    split_batches=1, backbone_batch=2, backbone_steps=1, report_image_size=64, report_batch=4, report_demo_classes=2,
+    report_demo_test_per_class=3, report_large_classes=2, report_large_test_per_class=3,
 )
 
 
@@ -470,10 +492,10 @@ def backbones(sizes: Sizes, device: torch.device) -> dict[str, Any]:
 def cam_methods(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """Milliseconds per image of each CAM method (``compute_cams``) on AlexNet-GAP, the methods side by side."""
     model = new_model(196, device).eval()
-    x = torch.rand(sizes.backbone_batch, 3, sizes.image_size, sizes.image_size, generator=torch.Generator().manual_seed(0))
-    x = x.to(device)
+    # Two images: Score-CAM alone runs 1,024 forward passes per image, over a minute a round on two CPU cores.
+    x = torch.rand(2, 3, sizes.image_size, sizes.image_size, generator=torch.Generator().manual_seed(0)).to(device)
     fns = {method: (lambda method=method: compute_cams(model, x, method)) for method in METHODS}
-    times = side_by_side(fns, max(1, sizes.repeats - 1), device)
+    times = side_by_side(fns, 1, device)
     per_image = {method: 1000 * statistics.median(t) / x.shape[0] for method, t in times.items()}
     return {"value": per_image["scorecam"] / per_image["cam"], "ms_per_image": per_image, "batch": x.shape[0],
             "image_size": sizes.image_size, "arch": "alexnet", "device": str(device)}
@@ -673,6 +695,68 @@ def memory(root: Path, sizes: Sizes) -> dict[str, Any]:
     }
 
 
+def spread(names: Sequence[str], n: int) -> list[str]:
+    """``n`` of ``names``, evenly spaced over the list (so over brands and years too)."""
+    return [names[i * len(names) // n] for i in range(n)]
+
+
+def report_case(folder: Path, class_names: list[str], filters: dict[str, Any], n_test_per_class: int, sizes: Sizes,
+                device: torch.device, repeats: int) -> dict[str, Any]:
+    """Write the test images of ``class_names`` and an untrained checkpoint on ``filters``; time ``write_report``.
+
+    The median of ``repeats`` runs after one warm-up run (none when ``repeats`` is 0: one run, timed).
+    """
+    start = time.perf_counter()
+    root = write_synthetic_stanford_cars(folder / "data", class_names=class_names, n_train_per_class=0,
+                                         n_test_per_class=n_test_per_class, image_size=sizes.report_image_wh, seed=0, quality=90)
+    data_seconds = time.perf_counter() - start
+    full_filters = {"car_type": None, "car_brand": None, "car_production_year": None, **filters}
+    classes = StanfordCarsCAM(root, split="test", image_size=sizes.report_image_size, **full_filters).classes
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(folder / "checkpoint.pt", create_model("alexnet", len(classes)), class_names=list(classes),
+                                 image_size=sizes.report_image_size, epoch=0, args={"root": str(root)}, **full_filters)
+    page = folder / "report.html"
+
+    def write() -> dict[str, Any]:
+        return write_report(checkpoint, page, split="test", batch_size=sizes.report_batch, device=device.type, progress=False,
+                            thumb_size=sizes.report_thumb_size)
+
+    runs = [time.perf_counter()]
+    for _ in range(1 + repeats if repeats else 1):
+        result = write()
+        runs.append(time.perf_counter())
+    seconds = [b - a for a, b in zip(runs, runs[1:])][1 if repeats else 0:]
+    n = len(class_names) * n_test_per_class
+    if result["n_cards"] != n:
+        raise RuntimeError(f"the report has {result['n_cards']} cards for {n} test images")
+    writing = statistics.median(seconds)
+    return {
+        "images": n, "classes_with_images": len(class_names), "classes_in_checkpoint": len(classes),
+        "filters": {k: v for k, v in filters.items() if v is not None}, "mb": page.stat().st_size / 1e6,
+        "seconds": writing, "seconds_per_image": writing / n, "seconds_by_run": [round(t, 3) for t in seconds],
+        "data_writing_seconds": round(data_seconds, 2),
+    }
+
+
+def report(base: Path, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """The HTML report of an untrained AlexNet-GAP checkpoint: page size and writing time, demo set and 8,041 images."""
+    demo_names = [STANFORD_CARS_CLASS_NAMES[i] for i in select_classes(STANFORD_CARS_CLASS_NAMES, **DEMO_FILTERS)]
+    demo_names = demo_names[:sizes.report_demo_classes]
+    demo = report_case(base / "report_demo", demo_names, dict(DEMO_FILTERS), sizes.report_demo_test_per_class, sizes,
+                       device, sizes.repeats)
+    large_names = spread(STANFORD_CARS_CLASS_NAMES, sizes.report_large_classes)
+    large = report_case(base / "report_large", large_names, {}, sizes.report_large_test_per_class, sizes, device, 0)
+    return {
+        "value": large["seconds_per_image"],
+        "demo": demo, "large": large,
+        "arch": "alexnet (untrained, epoch 0)", "device": str(device), "batch": sizes.report_batch,
+        "loader_workers": default_num_workers(DistInfo(), device), "source_image_wh": list(sizes.report_image_wh),
+        "image_size": sizes.report_image_size, "thumb_size": sizes.report_thumb_size,
+        "timing": f"demo: median of {sizes.repeats} run(s) after a warm-up run; large: one run (after the demo's)",
+        "mb_unit": "10^6 bytes",
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 
@@ -716,17 +800,24 @@ def cam_rows(figures: dict[str, Any]) -> list[tuple[str, str, float | None, Any]
     return rows
 
 
+def figure_device(data: Any, device: torch.device) -> torch.device:
+    """The device a figure was measured on: its own ``machine``'s where it was kept from an earlier run, else ``device``."""
+    machine = data.get("machine") if isinstance(data, dict) else None
+    return torch.device(machine["device"]) if isinstance(machine, dict) and machine.get("device") else device
+
+
 def summarize(figures: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
-    entries = []
+    entries, devices = [], {}
     for key, label, figure, field_name in ROWS:
         data = figures.get(figure, {})
         value = data.get(field_name) if isinstance(data, dict) else None
         entries.append((key, label, value, data.get("error") or data.get("missing") or ""))
+        devices[key] = figure_device(data, device)
     after = next(i for i, entry in enumerate(entries) if entry[0] == "decode_speedup") + 1
     entries[after:after] = cam_rows(figures)
     rows = []
     for key, label, value, note in entries:
-        target = target_for(key, device)
+        target = target_for(key, devices.get(key, device))
         rows.append({"figure": key, "label": label, "measured": value, "target": f"{target[0]} {target[1]:g}" if target else "",
                      "met": verdict(value, target), "note": note})
     mem = figures.get("memory", {})
@@ -736,17 +827,39 @@ def summarize(figures: dict[str, Any], device: torch.device) -> list[dict[str, A
     return rows
 
 
+def machine_text(m: dict[str, Any]) -> str:
+    return (f"{m.get('device_name')} ({m.get('cores')} cores usable, torch {m.get('torch')}, {m.get('torch_threads')} torch "
+            f"threads, {m.get('loader_workers')} loader workers, device `{m.get('device')}`, OMP_WAIT_POLICY "
+            f"{m.get('omp_wait_policy')})")
+
+
+def kept_figures(figures: dict[str, Any]) -> dict[str, list[str]]:
+    """The figures kept from earlier runs (those carrying their own ``machine``), by the date of the run that measured them."""
+    by_date: dict[str, list[str]] = {}
+    for name, data in figures.items():
+        if isinstance(data, dict) and isinstance(data.get("machine"), dict):
+            by_date.setdefault(str(data["machine"].get("date")), []).append(name)
+    return by_date
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    lines = [
-        f"Measured {m['date']} on {m['device_name']} ({m['cores']} cores usable, torch {m['torch']}, "
-        f"{m['torch_threads']} torch threads, {m['loader_workers']} loader workers, device `{m['device']}`, "
-        f"OMP_WAIT_POLICY {m.get('omp_wait_policy')}).",
-        "",
-    ]
+    kept = kept_figures(results["figures"])
+    if kept:
+        measured = ", ".join(f"`{name}`" for name in results.get("measured", [])) or "none"
+        lines = [f"This run measured {measured} on {m['date']} on {machine_text(m)}."]
+    else:
+        lines = [f"Measured {m['date']} on {machine_text(m)}."]
+    lines.append("")
     other = m.get("other_processes_cpu_share")
     if other is not None and other > 0.05:
         lines += [f"Other processes used {other:.0%} of the machine's CPU time during the run: figures are noisy.", ""]
+    for date, names in sorted(kept.items()):
+        old = results["figures"][names[0]]["machine"]
+        share = old.get("other_processes_cpu_share")
+        busy = f"; other processes used {share:.0%} of its CPU time" if share is not None and share > 0.05 else ""
+        lines += [f"Kept from the run of {date} (not re-measured here) on {machine_text(old)}{busy}: "
+                  + ", ".join(f"`{name}`" for name in names) + ".", ""]
     lines += [
         "| figure | measured | target | met? |",
         "|---|---|---|---|",
@@ -781,7 +894,44 @@ def markdown(results: dict[str, Any]) -> str:
     if "images_per_s" in split:
         lines += ["", "Training images/s from JPEG by split of the cores: " + ", ".join(
             f"{name} {rate:.1f}" for name, rate in split["images_per_s"].items()) + f" (best: {split['best']})."]
+    page = results["figures"].get("report", {})
+    if "demo" in page and "large" in page:
+        demo, large = page["demo"], page["large"]
+        lines += ["", f"Report: demo set {demo['images']:,} images {demo['mb']:.2f} MB in {demo['seconds']:.2f} s; "
+                  f"{large['images']:,} images {large['mb']:.{1 if large['mb'] >= 10 else 2}f} MB in {large['seconds']:.1f} s "
+                  f"({1000 * large['seconds_per_image']:.1f} ms per image). `write_report` of an untrained AlexNet-GAP "
+                  f"({page['device']}, batch {page['batch']}, {page['loader_workers']} loader workers), "
+                  f"{'x'.join(map(str, page['source_image_wh']))} JPEGs read at {page['image_size']}x{page['image_size']}, "
+                  f"{page['thumb_size']}-pixel thumbnails; {large['classes_with_images']} classes x "
+                  f"{large['images'] // large['classes_with_images']} test images for the large set."]
     return "\n".join(lines) + "\n"
+
+
+def keep_previous(path: Path, results: dict[str, Any]) -> list[str]:
+    """Copy into ``results`` the figures of the earlier ``results.json`` at ``path`` that this run did not measure,
+    each with the ``machine`` and ``sizes`` of the run that measured it (a figure kept before keeps its own); their names.
+    A quick run's figures and a full run's are never mixed."""
+    if not path.is_file():
+        return []
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        figures = previous["figures"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.warning("%s is unreadable (%s): the figures not measured now are not kept", path, err)
+        return []
+    was_quick = bool((previous.get("sizes") or {}).get("quick"))
+    if was_quick != bool(results["sizes"]["quick"]):
+        logger.warning("%s holds a %s run's figures and this is a %s run: they are not kept", path,
+                       "quick" if was_quick else "full", "quick" if results["sizes"]["quick"] else "full")
+        return []
+    kept = []
+    for name, data in figures.items():
+        if name in results["figures"] or not isinstance(data, dict):
+            continue
+        results["figures"][name] = {**data, "machine": data.get("machine") or previous.get("machine"),
+                                    "sizes": data.get("sizes") or previous.get("sizes")}
+        kept.append(name)
+    return kept
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -800,8 +950,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
     parser.add_argument("--repeats", type=int, default=None, help="measured runs per figure (after a warm-up)")
     parser.add_argument("--only", nargs="*", default=None,
-                        choices=["pipeline", "split", "decode", "cam", "backbones", "methods", "overlay", "sweep", "evaluate", "memory"],
-                        help="run only these figures")
+                        choices=["pipeline", "split", "decode", "cam", "backbones", "methods", "overlay", "sweep", "evaluate", "memory",
+                                 "report"],
+                        help="measure only these figures; the others are kept from --out's results.json")
     return parser
 
 
@@ -819,7 +970,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine_info(device), "sizes": vars(sizes) | {"quick": args.quick}, "figures": {}}
     with tempfile.TemporaryDirectory(prefix="cam_bench_") as scratch:
         base = Path(args.data) if args.data else Path(scratch)
-        root = build_data(base / "data", sizes)
+        needs_data = only is None or bool(only & {"pipeline", "decode", "memory", "split"})
+        root = build_data(base / "data", sizes) if needs_data else base / "data"
         cache_dir = base / "cache"
         jobs: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
             ("pipeline", "pipeline_efficiency", lambda: pipeline_efficiency(root, cache_dir, sizes, device)),
@@ -832,6 +984,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ("evaluate", "evaluation_speed", lambda: evaluation_speed(sizes, device)),
             ("memory", "memory", lambda: memory(root, sizes)),
             ("split", "thread_split", lambda: thread_split(root, sizes, device)),
+            ("report", "report", lambda: report(base, sizes, device)),
         ]
         for short, name, job in jobs:
             if only is not None and short not in only:
@@ -850,8 +1003,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         pass
     share = other_work.share()
     results["machine"]["other_processes_cpu_share"] = None if share is None else round(share, 3)
-    results["summary"] = summarize(results["figures"], device)
     out = Path(args.out)
+    results["measured"] = list(results["figures"])
+    if only is not None:
+        kept = keep_previous(out / "results.json", results)
+        if kept:
+            logger.info("kept from the previous %s: %s", out / "results.json", ", ".join(kept))
+        order = [name for _, name, _ in jobs]
+        results["figures"] = dict(sorted(results["figures"].items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+    results["summary"] = summarize(results["figures"], device)
     atomic_write(out / "results.json", json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
     # The hand-written notes below the generated table survive a new run.
     previous = out / "results.md"

@@ -14,7 +14,8 @@ import pytest
 from CAM_Stanford_Cars.model import ARCHS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ["pipeline_efficiency", "decode_speedup", "cam_overhead", "cam_methods", "backbones", "overlay_speed", "box_sweep", "evaluation_speed", "memory", "thread_split"]
+FIGURES = ["pipeline_efficiency", "decode_speedup", "cam_overhead", "cam_methods", "backbones", "overlay_speed", "box_sweep", "evaluation_speed", "memory", "thread_split",
+           "report"]
 
 
 def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
@@ -58,6 +59,66 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert sum("AlexNet" in row["label"] for row in results["summary"]) == 1
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.count("\n|") >= 1 + len(results["summary"]) and "| figure | measured | target | met? |" in table
+    page = figures["report"]
+    assert math.isfinite(page["value"]) and page["value"] > 0
+    for case, images in (("demo", 2 * 3), ("large", 2 * 3)):  # quick: 2 classes x 3 test images each
+        data = page[case]
+        assert data["images"] == images, (case, data)
+        for key in ("mb", "seconds", "seconds_per_image"):
+            assert isinstance(data[key], float) and math.isfinite(data[key]) and data[key] > 0, (case, key, data)
+    assert page["demo"]["classes_in_checkpoint"] == 9 and page["large"]["classes_in_checkpoint"] == 196
+    assert "Report: demo set 6 images " in table and " ms per image)" in table
+    assert "measured" in results and "Kept from the run of" not in table  # a full run keeps nothing
+
+
+def test_only_keeps_the_other_figures_of_the_previous_run(tmp_path: Path) -> None:
+    out, full = tmp_path / "out", tmp_path / "full"
+    old_machine = {"date": "2020-01-02T03:04:05+00:00", "cpu": "Old CPU", "cores": 4, "torch": "1.0", "torch_threads": 4,
+                   "loader_workers": 3, "device": "cpu", "device_name": "Old CPU", "other_processes_cpu_share": 0.0}
+    older = {**old_machine, "date": "2019-05-06T07:08:09+00:00"}
+    previous = {
+        "machine": old_machine, "sizes": {"quick": True},
+        "figures": {
+            "pipeline_efficiency": {"value": 0.97, "cached": 0.99, "seconds": 1.0},
+            "decode_speedup": {"value": 2.5, "seconds": 1.0},
+            "box_sweep": {"value": 1.0, "stale": True},  # re-measured: replaced
+            "memory": {"value": 1234.0, "flat": True, "batch": 4, "peak_rss_mib_per_epoch": [1234.0], "machine": older},
+        },
+        "summary": [],
+    }
+    for folder, quick in ((out, True), (full, False)):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({**previous, "sizes": {"quick": quick}}))
+        (folder / "results.md").write_text("old table\n\n## Notes on these figures\n\nHand-written notes.\n")
+        done = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "benchmarks/run.py"), "--quick", "--repeats", "1", "--device", "cpu",
+             "--only", "sweep", "--out", str(folder), "--data", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    figures = results["figures"]
+    assert list(figures) == ["pipeline_efficiency", "decode_speedup", "box_sweep", "memory"]
+    assert results["measured"] == ["box_sweep"]
+    sweep = figures["box_sweep"]
+    assert "stale" not in sweep and "machine" not in sweep and sweep["equal_to_reference"] is True
+    assert figures["pipeline_efficiency"]["value"] == 0.97 and figures["pipeline_efficiency"]["machine"] == old_machine
+    assert figures["decode_speedup"]["sizes"] == {"quick": True}
+    assert figures["memory"]["machine"] == older  # kept before: keeps the run that measured it
+    assert results["machine"]["date"] != old_machine["date"]
+    rows = {row["figure"]: row for row in results["summary"]}
+    assert rows["pipeline_efficiency"]["measured"] == 0.97 and rows["pipeline_efficiency"]["met"] is True
+    assert rows["pipeline_efficiency_cached"]["measured"] == 0.99 and rows["memory"]["measured"] == 1234.0
+    assert rows["box_sweep_speedup"]["measured"] == sweep["value"]
+    table = (out / "results.md").read_text()
+    assert "This run measured `box_sweep` on " in table
+    assert "Kept from the run of 2020-01-02T03:04:05+00:00 (not re-measured here) on Old CPU" in table
+    assert "`pipeline_efficiency`, `decode_speedup`." in table
+    assert "Kept from the run of 2019-05-06T07:08:09+00:00" in table and "`memory`." in table
+    assert table.endswith("## Notes on these figures\n\nHand-written notes.\n") and "old table" not in table
+    # A full run's figures are not mixed into a quick run's.
+    assert list(json.loads((full / "results.json").read_text())["figures"]) == ["box_sweep"]
+    assert "Kept from" not in (full / "results.md").read_text()
 
 
 def test_side_by_side_rotates_which_run_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:

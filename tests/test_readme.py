@@ -62,6 +62,9 @@ COMMAND_TESTS: dict[str, str] = {
     "python main.py --evaluate path/to/dir/for/checkpoints/best.pt --root_datasets_dir stanford_cars_dataset --split test":
         "tests/test_cli.py::test_evaluate_command_prints_a_table_and_writes_json",
     "python benchmarks/run.py": "tests/test_benchmarks.py::test_quick_benchmark_writes_every_figure",  # in --quick mode
+    "python main.py --evaluate best.pt --methods all": "tests/test_compare.py::test_the_methods_flag_prints_a_table_and_names_bad_input",
+    "python visualize.py best.pt --method gradcam --out cams.png": "tests/test_compare.py::test_visualize_draws_another_methods_map",
+    "python main.py --evaluate best.pt --report report.html": "tests/test_report.py::test_the_report_flag_of_evaluate",
 }
 
 # CI commands that do what a README command does, and more: README command -> CI's command.

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -173,9 +174,10 @@ def test_the_report_flag_of_evaluate(trained_run: Path, synthetic_root: Path, tm
 
     checkpoint = Path(shutil.copy(trained_run / "best.pt", tmp_path / "best.pt"))
     out = tmp_path / "pages" / "report.html"
-    assert main(["--evaluate", str(checkpoint), "--root_datasets_dir", str(synthetic_root), "--report", str(out), "--device", "cpu",
-                 "--num_workers", "0", "--progress", "false", "--methods", "cam,gradcam"]) == 0
-    text = out.read_text(encoding="utf-8")
-    assert "gradcam" in text and f"report: {out}" in capsys.readouterr().out
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "main.py"), "--evaluate", str(checkpoint),
+                           "--root_datasets_dir", str(synthetic_root), "--report", str(out), "--device", "cpu", "--num_workers", "0",
+                           "--progress", "false", "--methods", "cam,gradcam"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "gradcam" in out.read_text(encoding="utf-8") and f"report: {out}" in done.stdout
     assert main(["--report", str(out)]) == 2
     assert "--report is an option of --evaluate" in capsys.readouterr().err
