@@ -75,27 +75,7 @@ def compare_methods(
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     loader = make_loader(dataset, range(n), batch_size, workers, dev, seed=0)
     size = (dataset.image_size, dataset.image_size)
-    meters = {m: LocalizationMeter() for m in methods}
-    sums = {m: {"deletion_auc": 0.0, "insertion_auc": 0.0, "seconds": 0.0} for m in methods}
-    shown: dict[str, Any] = {"maps": {}}  # the first batch's first images, for the figure
-    for images, labels, boxes in tqdm(loader, desc=f"compare {len(methods)} methods", unit="batch", disable=not progress):
-        images, labels = images.to(dev), labels.to(dev)
-        with torch.no_grad():
-            logits = model(images)
-        for method in methods:
-            start = time.perf_counter()
-            maps = compute_cams(model, images, method, class_idx=labels)  # (B, h, w) of the true class
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            sums[method]["seconds"] += time.perf_counter() - start
-            meters[method].update(logits.cpu(), labels.cpu(), maps.cpu(), boxes, size)
-            faithfulness = deletion_insertion(model, images, maps, class_idx=labels, steps=steps)
-            for key in ("deletion_auc", "insertion_auc"):
-                sums[method][key] += float(faithfulness[key].sum())
-            if "images" not in shown:
-                shown["maps"][method] = maps[:figure_images].detach().cpu()
-        shown.setdefault("images", images[:figure_images].cpu())
-        shown.setdefault("boxes", boxes[:figure_images])
+    meters, sums, shown = _score(model, loader, methods, size, figure_images, steps, progress)
     rows = {m: {**meters[m].compute(cam_threshold=threshold), "deletion_auc": sums[m]["deletion_auc"] / max(n, 1),
                 "insertion_auc": sums[m]["insertion_auc"] / max(n, 1), "ms_per_image": 1000 * sums[m]["seconds"] / max(n, 1)}
             for m in methods}
@@ -107,6 +87,34 @@ def compare_methods(
     atomic_write_text(Path(files["csv"]), methods_csv(rows))
     atomic_write_text(Path(files["json"]), json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def _score(model: torch.nn.Module, loader: Any, methods: list[str], size: tuple[int, int], figure_images: int, steps: int,
+           progress: bool) -> tuple[dict[str, LocalizationMeter], dict[str, dict[str, float]], dict[str, Any]]:
+    """One pass over ``loader``: each method's meter, its summed AUCs and seconds, and the first images for the figure."""
+    device = next(model.parameters()).device
+    meters = {m: LocalizationMeter() for m in methods}
+    sums = {m: {"deletion_auc": 0.0, "insertion_auc": 0.0, "seconds": 0.0} for m in methods}
+    shown: dict[str, Any] = {"maps": {}}  # the first batch's first images, for the figure
+    for images, labels, boxes in tqdm(loader, desc=f"compare {len(methods)} methods", unit="batch", disable=not progress):
+        images, labels = images.to(device), labels.to(device)
+        with torch.no_grad():
+            logits = model(images)
+        for method in methods:
+            start = time.perf_counter()
+            maps = compute_cams(model, images, method, class_idx=labels)  # (B, h, w) of the true class
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            sums[method]["seconds"] += time.perf_counter() - start
+            meters[method].update(logits.cpu(), labels.cpu(), maps.cpu(), boxes, size)
+            faithfulness = deletion_insertion(model, images, maps, class_idx=labels, steps=steps)
+            for key in ("deletion_auc", "insertion_auc"):
+                sums[method][key] += float(faithfulness[key].sum())
+            if "images" not in shown:
+                shown["maps"][method] = maps[:figure_images].detach().cpu()
+        shown.setdefault("images", images[:figure_images].cpu())
+        shown.setdefault("boxes", boxes[:figure_images])
+    return meters, sums, shown
 
 
 def methods_csv(rows: dict[str, dict[str, Any]]) -> str:

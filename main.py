@@ -100,6 +100,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     other.add_argument("--demo_dir", default=None, metavar="DIR", help="folder for the demo's data and run (default: a new temporary folder)")
     other.add_argument("--list_filters", action="store_true", help="list the brands, types and years in the data, with image counts, and exit")
     other.add_argument("--evaluate", default=None, metavar="CHECKPOINT", help="score a checkpoint's classification and CAM localisation, and exit")
+    _add_evaluate_options(other)
+    return parser
+
+
+def _add_evaluate_options(other: argparse._ArgumentGroup) -> None:
+    """The options of ``--evaluate``."""
     other.add_argument("--split", choices=("train", "test"), default=None, help="split for --evaluate (default: test)")
     other.add_argument("--protocol", choices=PROTOCOLS, default="cam",
                        help="how --evaluate scores boxes: this project's (the CAM paper's wording) or clovaai/wsolevaluation's exactly (needs OpenCV)")
@@ -110,7 +116,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="with --evaluate: also write one self-contained HTML page of every image's CAM, boxes and scores")
     other.add_argument("--cam_curve_interval", type=float, choices=(0.01, 0.001), default=0.01,
                        help="threshold step of --protocol wsolevaluation (0.001: its training default)")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -125,8 +130,8 @@ def check_commands(args: argparse.Namespace) -> None:
                                          ("--evaluate", args.evaluate is not None)) if given]
     if len(commands) > 1:
         raise ValueError(f"{' and '.join(commands)} are separate commands; run them one at a time")
-    for flag, given in (("--split", args.split is not None), ("--protocol", args.protocol != "cam"), ("--methods", args.methods is not None),
-                        ("--report", args.report is not None),
+    for flag, given in (("--split", args.split is not None), ("--protocol", args.protocol != "cam"),
+                        ("--methods", args.methods is not None), ("--report", args.report is not None),
                         ("--cam_curve_interval", args.cam_curve_interval != 0.01)):
         if given and args.evaluate is None:
             raise ValueError(f"{flag} is an option of --evaluate; add --evaluate CHECKPOINT, or leave {flag} out")
