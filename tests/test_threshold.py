@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.io as sio
 import torch
+from PIL import Image
 
 from CAM_Stanford_Cars import visualize
 from CAM_Stanford_Cars.localization import THRESHOLDS, LocalizationMeter, choose_cam_threshold, format_metrics_table
@@ -33,10 +34,27 @@ def tiny_config(root: Path, run_dir: Path, **overrides: object) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def val_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-epoch run with a validation split; returns its folder."""
+def val_root(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic data with every train box the whole image: the validation images are hit at low thresholds
+    whatever a short training learns, so a threshold is always chosen on validation."""
+    root = tmp_path_factory.mktemp("val_data") / "data"
+    shutil.copytree(synthetic_root, root)
+    mat = root / "stanford_cars" / "devkit" / "cars_train_annos.mat"
+    annotations = sio.loadmat(mat)["annotations"]
+    for j in range(annotations.shape[1]):
+        with Image.open(root / "stanford_cars" / "cars_train" / str(annotations[0, j]["fname"][0])) as image:
+            width, height = image.size
+        for name, value in (("bbox_x1", 1), ("bbox_y1", 1), ("bbox_x2", width), ("bbox_y2", height)):
+            annotations[0, j][name] = np.array([[value]])
+    sio.savemat(mat, {"annotations": annotations})
+    return root
+
+
+@pytest.fixture(scope="module")
+def val_run(val_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short run with a validation split; returns its folder."""
     run_dir = tmp_path_factory.mktemp("val_run")
-    fit(tiny_config(synthetic_root, run_dir, **VAL_RUN))
+    fit(tiny_config(val_root, run_dir, **VAL_RUN))
     return run_dir
 
 
@@ -51,7 +69,7 @@ def test_the_threshold_is_the_centre_of_the_best_plateau(curve: list[float], exp
 
 
 def test_the_threshold_is_chosen_on_validation_and_no_test_box_changes_it(
-    val_run: Path, synthetic_root: Path, tmp_path: Path
+    val_run: Path, val_root: Path, tmp_path: Path
 ) -> None:
     _, best = load_checkpoint(val_run / "best.pt")
     assert best["cam_threshold_source"] == "val"
@@ -60,7 +78,7 @@ def test_the_threshold_is_chosen_on_validation_and_no_test_box_changes_it(
     assert best["cam_threshold"] == choose_cam_threshold(np.array(curve["accuracy"]))
     # Poison every test box: training again gives the same threshold and curve.
     poisoned = tmp_path / "poisoned"
-    shutil.copytree(synthetic_root, poisoned)
+    shutil.copytree(val_root, poisoned)
     mat = poisoned / "stanford_cars" / "cars_test_annos_withlabels.mat"
     annotations = sio.loadmat(mat)["annotations"]
     for j in range(annotations.shape[1]):
