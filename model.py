@@ -236,7 +236,29 @@ class GAPNet(nn.Module):
         return index
 
 
-class AlexNetGAP(GAPNet):
+class _ConvGAP(GAPNet):
+    """A backbone of plain convolutions (``features``, torchvision's keys), the CAM paper's added ``cam_conv`` and ``fc``."""
+
+    def _he_init_features(self) -> None:
+        # He init for every convolution: with PyTorch's default init a from-scratch network without batch norm
+        # idles for epochs at the majority class.
+        for conv in (m for m in self.features if isinstance(m, nn.Conv2d)):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+
+    def new_layers(self) -> list[nn.Module]:
+        return [self.cam_conv, self.fc]
+
+    def _load_backbone(self, state: Mapping[str, Tensor]) -> None:
+        own = self.features.state_dict().keys()  # the file's later layers (pool5, the classifier) are not ours
+        self.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
+                                       if k.startswith("features.") and k.removeprefix("features.") in own})
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.cam_conv(self.features(x))
+
+
+class AlexNetGAP(_ConvGAP):
     """AlexNet's convolutions (torchvision's ``alexnet().features[:12]``, so ImageNet weights load by key), the CAM
     paper's ``Conv2d(256, K, 3, padding=1)`` + ReLU, GAP and ``Linear(K, C)``; normalises RGB in [0, 1] itself.
 
@@ -264,24 +286,11 @@ class AlexNetGAP(GAPNet):
         )
         self.cam_conv = nn.Sequential(nn.Conv2d(256, cam_channels, 3, padding=1), nn.ReLU(inplace=True))
         self.fc = nn.Linear(cam_channels, num_classes)
-        # He init for every convolution: with PyTorch's default init a from-scratch AlexNet without
-        # batch norm idles for epochs at the majority class.
-        for conv in (m for m in self.features if isinstance(m, nn.Conv2d)):
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+        self._he_init_features()
         self._init_new_layers(pretrained)
 
-    def new_layers(self) -> list[nn.Module]:
-        return [self.cam_conv, self.fc]
 
-    def _load_backbone(self, state: Mapping[str, Tensor]) -> None:
-        self.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
-
-    def _features(self, x: Tensor) -> Tensor:
-        return self.cam_conv(self.features(x))
-
-
-class VGG16GAP(GAPNet):
+class VGG16GAP(_ConvGAP):
     """The CAM paper's VGGnet-GAP, as clovaai/wsolevaluation builds it: VGG16's convolutions up to conv5_3 (pool5
     removed: a 14x14 map at 224), ``Conv2d(512, K, 3, padding=1)`` + ReLU, GAP and ``Linear(K, C)``.
 
@@ -298,21 +307,8 @@ class VGG16GAP(GAPNet):
         self.features = models.vgg.make_layers(models.vgg.cfgs["D"])[:-1]  # torchvision's VGG16 features, less pool5
         self.cam_conv = nn.Sequential(nn.Conv2d(512, cam_channels, 3, padding=1), nn.ReLU(inplace=True))
         self.fc = nn.Linear(cam_channels, num_classes)
-        for conv in (m for m in self.features if isinstance(m, nn.Conv2d)):  # as torchvision's VGG (no batch norm)
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+        self._he_init_features()  # as torchvision's VGG (no batch norm)
         self._init_new_layers(pretrained)
-
-    def new_layers(self) -> list[nn.Module]:
-        return [self.cam_conv, self.fc]
-
-    def _load_backbone(self, state: Mapping[str, Tensor]) -> None:
-        kept = {f"{i}" for i in range(len(self.features))}
-        self.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
-                                       if k.startswith("features.") and k.split(".")[1] in kept})
-
-    def _features(self, x: Tensor) -> Tensor:
-        return self.cam_conv(self.features(x))
 
 
 class ResNetGAP(GAPNet):
