@@ -18,14 +18,11 @@ import torch
 from tqdm import tqdm
 
 from .cams import METHODS, compute_cams, deletion_insertion
-from .checkpoint import cam_threshold_of, require_entries
-from .dataset import StanfordCarsCAM
-from .distributed import DistInfo
-from .files import _save_figure_atomically, atomic_write_text, unwritable_reason
+from .checkpoint import cam_threshold_of
+from .evaluation import open_checkpoint
+from .files import _save_figure_atomically, atomic_write_text
 from .localization import METRIC_LABELS, LocalizationMeter, box_iou, boxes_from_cams
-from .model import load_checkpoint
 from .overlay import apply_cam
-from .runtime import configure_cpu_threads, default_num_workers, make_loader, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -61,19 +58,12 @@ def compare_methods(
         per image of the first ``figure_images``, a column per method, each with its box and IoU).
     """
     methods = check_methods(methods)
-    dev = select_device(device)
-    model, checkpoint = load_checkpoint(checkpoint_path, map_location=dev)
     stem = Path(checkpoint_path).with_name(f"{Path(checkpoint_path).stem}_{split}_methods")
-    if (reason := unwritable_reason(stem.parent)) is not None:
-        raise ValueError(f"the comparison is written beside the checkpoint, as {str(stem)!r}.json, but that folder is not "
-                         f"writable ({reason}); copy the checkpoint somewhere writable and compare that copy")
-    require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
-    dataset = StanfordCarsCAM.from_checkpoint(checkpoint, root, split, source=checkpoint_path, return_box=True)
-    threshold, source = cam_threshold_of(checkpoint)
-    configure_cpu_threads(DistInfo(), dev)
-    workers = default_num_workers(DistInfo(), dev) if num_workers is None else num_workers
+    opened = open_checkpoint(checkpoint_path, stem.with_suffix(".json"), root, device, num_workers)
+    model, dataset = opened.model, opened.data(split)
+    threshold, source = cam_threshold_of(opened.checkpoint)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
-    loader = make_loader(dataset, range(n), batch_size, workers, dev, seed=0)
+    loader = opened.loader(dataset, range(n), batch_size)
     size = (dataset.image_size, dataset.image_size)
     meters, sums, shown = _score(model, loader, methods, size, figure_images, steps, progress)
     rows = {m: {**meters[m].compute(cam_threshold=threshold), "deletion_auc": sums[m]["deletion_auc"] / max(n, 1),

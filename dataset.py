@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from .data.names import (BODY_TYPES, FILTER_NAMES, TWO_WORD_MAKES, CarClass, Cla
                          format_filter_summary, parse_class_name, select_classes, summarize)
 
 __all__ = [  # StanfordCarsCAM and what it re-exports from data/: common, names, layouts, download, images
-    "StanfordCarsCAM", "PathLike", "FilterValue", "SPLITS", "LAYOUTS", "KAGGLE_HANDLE", "KAGGLE_URL", "DOWNLOAD_EXTRA_HINT",
+    "StanfordCarsCAM", "stratified_split", "PathLike", "FilterValue", "SPLITS", "LAYOUTS", "KAGGLE_HANDLE", "KAGGLE_URL", "DOWNLOAD_EXTRA_HINT",
     "DatasetError", "DatasetNotFoundError", "AnnotationError", "ImageLoadError", "MissingImageError", "DownloadError",
     "TWO_WORD_MAKES", "BODY_TYPES", "FILTER_NAMES", "CarClass", "parse_class_name", "ClassToIdx", "select_classes",
     "FilterValueCount", "FilterSummary", "summarize", "format_filter_summary", "Layout", "find_layout", "SplitAnnotations",
@@ -150,3 +150,19 @@ class StanfordCarsCAM(VisionDataset):
         return (f"Split: {self.split}\nLayout: {self.layout.kind} at {self.layout.base}\nClasses: {len(self.classes)}\n"
                 f"Filters: {self._filter_text()}\nImage size: {self.image_size}, augment: {self.augment}\n"
                 f"Cache: {self.cache.folder if self.cache is not None else None}")
+
+
+def stratified_split(targets: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split indices per class into sorted ``(train, val)``: each class gives ``round(n_c * val_fraction)``
+    images to validation, at least one and never all when it has two or more (each class learned and checked)."""
+    generator, targets = torch.Generator().manual_seed(seed), np.asarray(targets, dtype=np.int64)
+    train_idx, val_idx = [], []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        members = members[torch.randperm(len(members), generator=generator).numpy()]
+        n_val = round(len(members) * val_fraction)
+        if val_fraction > 0 and len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val_idx += members[:n_val].tolist()
+        train_idx += members[n_val:].tolist()
+    return sorted(train_idx), sorted(val_idx)

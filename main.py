@@ -29,10 +29,11 @@ try:  # a Ctrl-C while the libraries import (seconds, for torch) is one line too
     from CAM_Stanford_Cars.config import SELECT_BY
     from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
     from CAM_Stanford_Cars.demo import run_demo
+    from CAM_Stanford_Cars.evaluation import PROTOCOLS, evaluate_checkpoint
     from CAM_Stanford_Cars.localization import format_metrics_table
     from CAM_Stanford_Cars.report import write_report
     from CAM_Stanford_Cars.model import ARCHS, CheckpointError, PretrainedWeightsError
-    from CAM_Stanford_Cars.train import PROTOCOLS, NonFiniteLossError, TrainConfig, evaluate_checkpoint, fit, shutdown_distributed
+    from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, fit, shutdown_distributed
 except KeyboardInterrupt:
     print("main.py: interrupted", file=sys.stderr)
     sys.exit(130)

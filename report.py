@@ -19,15 +19,14 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from .checkpoint import THRESHOLD_SOURCES, cam_threshold_of, require_entries
+from .checkpoint import THRESHOLD_SOURCES, cam_threshold_of
 from .compare import format_methods_table
-from .dataset import FILTER_NAMES, StanfordCarsCAM
-from .distributed import DistInfo
+from .dataset import FILTER_NAMES
+from .evaluation import open_checkpoint
 from .files import atomic_file, file_in_the_way, unwritable_reason
 from .localization import IOU_THRESHOLD, LocalizationMeter, box_iou, boxes_from_cams, format_metrics_table
-from .model import load_checkpoint
 from .overlay import apply_cam
-from .runtime import autocast_context, configure_cpu_threads, default_num_workers, make_loader, select_device
+from .runtime import autocast_context
 from .visualize import plot_training_curves
 
 __all__ = ["write_report"]
@@ -160,21 +159,17 @@ def write_report(checkpoint_path: str | os.PathLike, path: str | os.PathLike, ro
     """Evaluate the checkpoint on ``split`` in one pass and write one self-contained HTML page at ``path``.
 
     Returns:
-        The metrics as :func:`train.evaluate_checkpoint` gives them (boxes at the checkpoint's CAM threshold), plus
+        The metrics as :func:`evaluation.evaluate_checkpoint` gives them (boxes at the checkpoint's CAM threshold), plus
         ``report`` (the page's path) and ``n_cards`` (one per image of the split).
 
     Raises:
         ValueError: Before any evaluation, if ``path`` is a folder, does not end in .html or cannot be written.
     """
     out = _check_path(path)
-    dev = select_device(device)
-    model, checkpoint = load_checkpoint(checkpoint_path, map_location=dev)
-    require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
-    dataset = StanfordCarsCAM.from_checkpoint(checkpoint, root, split, source=checkpoint_path, return_box=True)
+    opened = open_checkpoint(checkpoint_path, None, root, device, num_workers)
+    model, checkpoint, dev, dataset = opened.model, opened.checkpoint, opened.device, opened.data(split)
     threshold, source = cam_threshold_of(checkpoint)
-    configure_cpu_threads(DistInfo(), dev)
-    workers = default_num_workers(DistInfo(), dev) if num_workers is None else num_workers
-    loader = make_loader(dataset, range(len(dataset)), batch_size, workers, dev, seed=0)
+    loader = opened.loader(dataset, range(len(dataset)), batch_size)
     classes, size, thumb = list(dataset.classes), (dataset.image_size,) * 2, int(thumb_size)
     counts = np.zeros((4, len(classes)), dtype=np.int64)  # per class: images, right top-1, with a box, GT-known hits at t*
     meter, index = LocalizationMeter(), 0

@@ -1,4 +1,4 @@
-"""Training and evaluation loops: ``fit(config)`` trains on the train split less a held-out validation
+"""The training loop: ``fit(config)`` trains on the train split less a held-out validation
 split, keeps the last and best checkpoints, and scores the best on the test split (DDP under torchrun).
 Each epoch's order and augmentation come from ``(seed, epoch)`` and a mid-epoch stop saves every
 rank's RNG state, so ``--resume`` continues as if never stopped (bit-identical on CPU, no workers)."""
@@ -9,12 +9,10 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +23,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from .checkpoint import PAPER_THRESHOLD, add_entries, cam_threshold_of, require_entries, save_checkpoint, unwrap_model
+from .checkpoint import cam_threshold_of, require_entries, save_checkpoint, unwrap_model
 from .config import MAX_IMAGE_SIZE, MAX_WORKERS_PER_CORE, TrainConfig
-from .dataset import FILTER_NAMES, StanfordCarsCAM
+from .dataset import FILTER_NAMES, StanfordCarsCAM, stratified_split
 from .distributed import (DistInfo, all_reduce_sum, epoch_sampler, eval_indices, gather_rng_states, init_distributed,
                           shutdown_distributed)
+from .evaluation import PROTOCOLS, THRESHOLD_ENTRIES, evaluate, evaluate_checkpoint, threshold_entries
 from .files import atomic_file, atomic_write_text, check_writable, unwritable_reason
-from .localization import METRIC_LABELS, LocalizationMeter, choose_cam_threshold
+from .localization import METRIC_LABELS, LocalizationMeter
 from .model import AlexNetGAP, GAPNet, create_model, load_checkpoint
 from .runs import (ARGS_FILE, BEST_CHECKPOINT, CURVES_FIGURE, LAST_CHECKPOINT, METRICS_LOG, RESUME_MUST_MATCH, TEST_METRICS,
                    RunFolderBusy, StopRequest, check_new_run, epoch_score, format_metrics, hold_run_folder, keep_as_best, plain_config,
@@ -39,12 +38,12 @@ from .runs import (ARGS_FILE, BEST_CHECKPOINT, CURVES_FIGURE, LAST_CHECKPOINT, M
 from .runtime import (CPU_LOADER_WORKERS, accumulator_dtype, amp_dtype, autocast_context, collate_batch, configure_cpu_threads,
                       default_num_workers, make_loader, seed_everything, select_device, start_process)
 from .visualize import plot_training_curves
-from .wsol import WsolevaluationMeter
 
 __all__ = [  # defined here, then re-exported from where they moved
     "RunData", "stratified_split", "build_datasets", "collate_batch", "make_loader", "build_optimizer",
     "build_scheduler", "NonFiniteLossError", "EpochProgress", "StepSettings", "train_one_epoch", "epoch_train_metrics",
-    "evaluate", "RunResult", "fit", "format_metrics", "summary_line", "evaluate_checkpoint", "TrainConfig",
+    "evaluate", "RunResult", "fit", "format_metrics", "summary_line", "evaluate_checkpoint", "PROTOCOLS", "THRESHOLD_ENTRIES",
+    "threshold_entries", "TrainConfig",
     "MAX_IMAGE_SIZE", "MAX_WORKERS_PER_CORE", "DistInfo", "init_distributed", "shutdown_distributed", "epoch_sampler",
     "eval_indices", "gather_rng_states", "all_reduce_sum", "select_device", "CPU_LOADER_WORKERS", "default_num_workers",
     "configure_cpu_threads", "seed_everything", "accumulator_dtype", "amp_dtype", "autocast_context",
@@ -65,22 +64,6 @@ class RunData:
     val: Dataset | None
     test: StanfordCarsCAM
     class_names: list[str]
-
-
-def stratified_split(targets: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Split indices per class into sorted ``(train, val)``: each class gives ``round(n_c * val_fraction)``
-    images to validation, at least one and never all when it has two or more (each class learned and checked)."""
-    generator, targets = torch.Generator().manual_seed(seed), np.asarray(targets, dtype=np.int64)
-    train_idx, val_idx = [], []
-    for label in np.unique(targets):
-        members = np.flatnonzero(targets == label)
-        members = members[torch.randperm(len(members), generator=generator).numpy()]
-        n_val = round(len(members) * val_fraction)
-        if val_fraction > 0 and len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        val_idx += members[:n_val].tolist()
-        train_idx += members[n_val:].tolist()
-    return sorted(train_idx), sorted(val_idx)
 
 
 def build_datasets(config: TrainConfig) -> RunData:
@@ -234,54 +217,6 @@ def epoch_train_metrics(state: EpochProgress, optimizer: torch.optim.Optimizer, 
     }
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, image_size: int, dist_info: DistInfo = DistInfo(),
-    criterion: nn.Module | None = None, amp: bool = True, channels_last: bool = False, progress: bool = False, desc: str = "eval",
-    cam_threshold: float | None = None, protocol: str = "cam", cam_curve_interval: float = 0.01, curve: bool = False,
-) -> dict[str, Any]:
-    """Classification and CAM localisation metrics of ``model`` on ``loader``, in one forward pass per batch.
-
-    Args:
-        loader: Yields ``(images (B,3,S,S), labels (B,), boxes (B,4))``, boxes in the image's pixels
-            (NaN where a layout has none).
-
-        cam_threshold: Also score GT-known and Top-1 Loc at this CAM threshold (``*_at_cam_threshold``).
-        protocol: ``"cam"`` (this project's, :class:`LocalizationMeter`) or ``"wsolevaluation"`` (clovaai/wsolevaluation's
-            ``BoxEvaluator``, exactly: :class:`WsolevaluationMeter`, with ``cam_curve_interval``; needs OpenCV).
-        curve: Add ``box_accuracy_curve``: ``{"threshold": [...], "accuracy": [...]}``, the hit rate per threshold.
-
-    Returns:
-        ``loss`` (with a criterion) and the metrics of the meter, summed over all ranks.
-    """
-    bare = unwrap_model(model).eval()
-    meter = LocalizationMeter() if protocol == "cam" else WsolevaluationMeter(cam_curve_interval)
-    loss_and_count = torch.zeros(2, device=device, dtype=accumulator_dtype(device))
-    for images, labels_cpu, boxes in tqdm(loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False):
-        images, labels = images.to(device, non_blocking=True), labels_cpu.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, amp):
-            features = bare.forward_features(images).float()
-        # The head and the CAM in float32: in bf16, close logits tie or swap (top-1 changes) and
-        # CAM values round enough to move boxes; both cost next to nothing next to the features.
-        logits = bare.forward_head(features)  # (B, C)
-        cams = bare.class_activation_maps(features, labels)  # (B, h, w)
-        if criterion is not None:
-            loss_and_count[0] += criterion(logits, labels).to(loss_and_count.dtype) * labels.shape[0]
-            loss_and_count[1] += labels.shape[0]
-        meter.update(logits.cpu(), labels_cpu, cams.cpu(), boxes, (image_size, image_size))
-    if dist_info.distributed:
-        meter.load_state_tensor(all_reduce_sum(meter.state_tensor().to(device), dist_info).cpu())
-    metrics: dict[str, Any] = meter.compute(cam_threshold)
-    if curve:
-        metrics["box_accuracy_curve"] = {"threshold": meter.thresholds.tolist(), "accuracy": meter.box_accuracy_curve().tolist()}
-    if criterion is not None:
-        total, count = all_reduce_sum(loss_and_count, dist_info).tolist()
-        metrics["loss"] = total / max(count, 1)
-    return metrics
-
-
 @dataclass
 class RunResult:
     """What ``fit`` leaves behind."""
@@ -291,21 +226,6 @@ class RunResult:
     history: list[dict[str, Any]]
     test_metrics: dict[str, float]
     interrupted: bool = False
-
-
-PROTOCOLS = ("cam", "wsolevaluation")  # how boxes are scored: this project's, or clovaai/wsolevaluation's exactly
-THRESHOLD_ENTRIES = ("cam_threshold", "cam_threshold_source", "cam_threshold_curve")
-
-
-def threshold_entries(val_metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """A checkpoint's CAM threshold entries: the threshold that boxes the validation images best (the centre of the
-    best plateau of the box accuracy at IoU 0.5, ``"val"``), or when no validation box is hit at any threshold (or there
-    is no validation split) the CAM paper's 0.2 (``"paper"``)."""
-    if not val_metrics or not max(val_metrics["box_accuracy_curve"]["accuracy"], default=0.0):  # no box to choose by
-        return {"cam_threshold": PAPER_THRESHOLD, "cam_threshold_source": "paper", "cam_threshold_curve": None}
-    curve = val_metrics["box_accuracy_curve"]
-    threshold = choose_cam_threshold(np.asarray(curve["accuracy"]), np.asarray(curve["threshold"]))
-    return {"cam_threshold": threshold, "cam_threshold_source": "val", "cam_threshold_curve": curve}
 
 
 class _Run:
@@ -496,51 +416,3 @@ def _fit(config: TrainConfig, stop_after_steps: int | None, dist_info: DistInfo,
     if interrupted and dist_info.is_main:
         logger.warning("Stopped early; the run is saved in %s. Continue it with --resume %s", last, last)
     return RunResult(run_dir, last, best, run.history, {} if interrupted else run.test_best(), interrupted)
-
-
-def evaluate_checkpoint(
-    checkpoint_path: str | os.PathLike, root: str | os.PathLike | None = None, split: str = "test", batch_size: int = 32,
-    device: str = "auto", num_workers: int | None = None, progress: bool = True, download_datasets: bool = False,
-    protocol: str = "cam", cam_curve_interval: float = 0.01,
-) -> dict[str, Any]:
-    """Score a checkpoint on a split of the data it was trained for (its filters and size), boxes at its CAM threshold.
-
-    A checkpoint without a CAM threshold gets one chosen on its validation split (rebuilt from its ``val_fraction`` and
-    ``seed``), stored in it.
-
-    Args:
-        root: The Stanford Cars folder; ``None`` takes the one the checkpoint records.
-        protocol, cam_curve_interval: As :func:`evaluate`.
-
-    Returns:
-        The metrics of the meter, ``cam_threshold`` with its ``*_at_cam_threshold`` scores and source, ``split`` and
-        ``checkpoint``; also written as ``<checkpoint stem>_<split>_metrics.json`` beside the checkpoint.
-    """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    dev = select_device(device)
-    model, checkpoint = load_checkpoint(checkpoint_path, map_location=dev)
-    out = Path(checkpoint_path).with_name(f"{Path(checkpoint_path).stem}_{split}_metrics.json")
-    if (reason := unwritable_reason(out.parent)) is not None:
-        raise ValueError(f"the scores are written beside the checkpoint, as {str(out)!r}, but that folder is not writable "
-                         f"({reason}); copy the checkpoint somewhere writable and evaluate that copy")
-    require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
-    data = partial(StanfordCarsCAM.from_checkpoint, checkpoint, root, source=checkpoint_path, return_box=True,
-                   download_datasets=download_datasets)
-    configure_cpu_threads(DistInfo(), dev)
-    workers = default_num_workers(DistInfo(), dev) if num_workers is None else num_workers
-    scoring = partial(evaluate, model, device=dev, image_size=checkpoint["image_size"], progress=progress, protocol=protocol,
-                      cam_curve_interval=cam_curve_interval)
-    if checkpoint.get("cam_threshold") is None:
-        args, train = checkpoint.get("args") or {}, data("train")
-        _, val_idx = stratified_split(train.targets, float(args.get("val_fraction", 0.0)), int(args.get("seed", 0)))
-        val = scoring(make_loader(train, val_idx, batch_size, workers, dev, seed=0), desc="choose threshold", curve=True) if val_idx else None
-        checkpoint.update(threshold_entries(val))
-        add_entries(checkpoint_path, {key: checkpoint[key] for key in THRESHOLD_ENTRIES})
-    threshold, source = cam_threshold_of(checkpoint)
-    dataset = data(split)
-    metrics = scoring(make_loader(dataset, range(len(dataset)), batch_size, workers, dev, seed=0), desc=f"evaluate {split}",
-                      cam_threshold=threshold)
-    metrics.update(cam_threshold_source=source, protocol=protocol, split=split, checkpoint=str(checkpoint_path))
-    atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    return metrics

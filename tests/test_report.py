@@ -137,7 +137,7 @@ def test_a_path_it_cannot_write_is_refused_before_any_evaluation(case: str, tmp_
     def no_evaluation(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the checkpoint was loaded before the path was checked")
 
-    monkeypatch.setattr(report, "load_checkpoint", no_evaluation)
+    monkeypatch.setattr(report, "open_checkpoint", no_evaluation)
     (tmp_path / "folder.html").mkdir()
     (tmp_path / "a_file").write_text("not a folder")
     if case == "unwritable":
