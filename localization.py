@@ -118,24 +118,20 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def largest_component_box(mask: np.ndarray) -> np.ndarray:
     """The (4,) float64 box of the largest 8-connected component of an (H, W) mask; ``[0, 0, 0, 0]`` if empty.
-
-    Of equal sizes, the first in raster order wins (the lowest ``scipy.ndimage.label`` label).
-    """
+    Of equal sizes, the first in raster order wins (the lowest ``scipy.ndimage.label`` label, as ``np.argmax``)."""
     boxes, sizes = _components(np.asarray(mask, dtype=bool))
-    return boxes[int(np.argmax(sizes))] if sizes.size else EMPTY_BOX.copy()  # argmax: the first of equal sizes
+    return boxes[int(np.argmax(sizes))] if sizes.size else EMPTY_BOX.copy()
 
 
 def reference_boxes(cam: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> np.ndarray:
     """(T, 4) float64 :func:`largest_component_box` of ``cam >= t`` (in float64) for each of the (T,) thresholds,
-    labelling ``cam`` (H, W) once per threshold: the plain version :func:`sweep_boxes` must equal.
-    """
+    labelling ``cam`` (H, W) once per threshold: the plain version :func:`sweep_boxes` must equal."""
     return _label_sweep(np.asarray(cam, dtype=np.float64), _check_thresholds(thresholds), None)[0]
 
 
 def reference_best_iou(cam: np.ndarray, gt_box: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> np.ndarray:
     """(T,) float64 best IoU with ``gt_box`` (4,) over all 8-connected components of ``cam >= t`` (0 if none),
-    labelling ``cam`` (H, W) once per threshold: the plain version :func:`sweep_best_iou` must equal.
-    """
+    labelling ``cam`` (H, W) once per threshold: the plain version :func:`sweep_best_iou` must equal."""
     gt = _check_boxes(gt_box, "gt_box")
     return _label_sweep(np.asarray(cam, dtype=np.float64), _check_thresholds(thresholds), gt)[1]
 
@@ -248,7 +244,89 @@ def boxes_from_cams(cams: Tensor, size: tuple[int, int], threshold: float = LOC_
     return torch.from_numpy(boxes).to(device=cams.device, dtype=torch.float32)
 
 
-class LocalizationMeter:
+class _HitCounts:
+    """The counts both meters keep and how they become metrics; a meter fills them in its ``update``."""
+
+    _HEAD = 4  # n_images, n_with_box, top1, top5
+    _BUILT_FROM = "thresholds"  # what two meters that cannot merge differ in, for the error
+    _REPORT_NEAREST = False  # compute(cam_threshold) reports the nearest of the thresholds, not cam_threshold itself
+
+    def __init__(self, thresholds: np.ndarray, loc_threshold: float, choices: str) -> None:
+        matches = np.flatnonzero(np.isclose(thresholds, loc_threshold, rtol=0.0, atol=1e-9))
+        if matches.size == 0:
+            raise ValueError(f"loc_threshold={loc_threshold} is not one of {choices}")
+        self.thresholds, self.loc_threshold, self._loc_index = thresholds, float(loc_threshold), int(matches[0])
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every image seen."""
+        n = self.thresholds.shape[0]
+        self._counts = np.zeros(self._HEAD, dtype=np.int64)
+        self._hits = np.zeros(n, dtype=np.int64)  # (T,) largest region, IoU >= 0.5
+        self._hits_top1 = np.zeros(n, dtype=np.int64)  # (T,) those whose top-1 class is right too
+        self._hits_v2 = np.zeros((len(V2_IOU_THRESHOLDS), n), dtype=np.int64)  # (3, T) any region
+
+    def _count_classes(self, logits: Tensor, labels: Tensor, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Count a checked batch's images, boxes and top-1/top-5 hits; which images are right at top-1 and have a box (B,)."""
+        topk = logits.detach().cpu().float().topk(min(5, logits.shape[1]), dim=1).indices  # (B, k)
+        top1_right, has_box = (topk[:, 0] == labels).numpy(), ~np.isnan(boxes[:, 0])
+        top5_right = (topk == labels[:, None]).any(dim=1).numpy()
+        self._counts += np.array([logits.shape[0], has_box.sum(), top1_right.sum(), top5_right.sum()], dtype=np.int64)
+        return top1_right, has_box
+
+    def compute(self, cam_threshold: float | None = None) -> dict[str, float | int]:
+        """The metrics so far as plain Python numbers (fractions in [0, 1]; NaN with nothing to count).
+
+        Args:
+            cam_threshold: also report GT-known and Top-1 Loc at the one of :attr:`thresholds` nearest to it.
+        """
+        n_images, n_box, top1, top5 = (int(v) for v in self._counts)
+
+        def rate(count: float, total: int) -> float:
+            return float(count) / total if total else math.nan
+
+        best_t = int(np.argmax(self._hits))
+        v2 = {f"maxboxacc_v2_iou{round(100 * iou)}": rate(hits.max(), n_box)
+              for iou, hits in zip(V2_IOU_THRESHOLDS, self._hits_v2)}
+        out: dict[str, float | int] = {
+            "top1": rate(top1, n_images), "top5": rate(top5, n_images),
+            "gt_known_loc": rate(self._hits[self._loc_index], n_box), "top1_loc": rate(self._hits_top1[self._loc_index], n_box),
+            "maxboxacc": rate(self._hits[best_t], n_box),
+            "maxboxacc_threshold": float(self.thresholds[best_t]) if n_box else math.nan,
+            "maxboxacc_v2": float(np.mean(list(v2.values()))) if n_box else math.nan, **v2,
+            "n_images": n_images, "n_with_box": n_box, "n_without_box": n_images - n_box,
+        }
+        if cam_threshold is not None:
+            j = int(np.argmin(np.abs(self.thresholds - float(cam_threshold))))
+            out.update(cam_threshold=float(self.thresholds[j] if self._REPORT_NEAREST else cam_threshold),
+                       gt_known_loc_at_cam_threshold=rate(self._hits[j], n_box),
+                       top1_loc_at_cam_threshold=rate(self._hits_top1[j], n_box))
+        return out
+
+    def state_tensor(self) -> Tensor:
+        """All counts as one int64 tensor (4 + 5T,), to be summed across ranks."""
+        return torch.from_numpy(np.concatenate([self._counts, self._hits, self._hits_top1, self._hits_v2.ravel()]))
+
+    def load_state_tensor(self, state: Tensor) -> None:
+        """Replace the counts by ``state`` (e.g. the all-reduced :meth:`state_tensor`)."""
+        values, n = state.detach().cpu().reshape(-1), self.thresholds.shape[0]
+        expected = self._HEAD + n * (2 + len(V2_IOU_THRESHOLDS))
+        if values.numel() != expected:
+            raise ValueError(f"state has {values.numel()} counts, a meter with {n} thresholds has {expected}; "
+                             "were the meters built alike?")
+        arr = (values.round() if values.is_floating_point() else values).long().numpy().copy()
+        self._counts, rows = arr[: self._HEAD], arr[self._HEAD :].reshape(2 + len(V2_IOU_THRESHOLDS), n)
+        self._hits, self._hits_top1, self._hits_v2 = rows[0], rows[1], rows[2:]
+
+    def merge(self, other: _HitCounts) -> _HitCounts:
+        """Add ``other``'s counts to this meter's; returns ``self``."""
+        if not np.array_equal(self.thresholds, other.thresholds) or self._loc_index != other._loc_index:
+            raise ValueError(f"cannot merge meters built with different {self._BUILT_FROM} or loc_threshold")
+        self.load_state_tensor(self.state_tensor() + other.state_tensor())
+        return self
+
+
+class LocalizationMeter(_HitCounts):
     """Classification and weakly supervised localisation metrics, accumulated batch by batch as hit counts.
 
     ``top1``/``top5`` (top-min(5, C)) are over all images, the rest over images with a box (the others count in
@@ -265,25 +343,10 @@ class LocalizationMeter:
         num_threads: threads for the sweep; ``None`` uses every CPU this process may run on.
     """
 
-    _HEAD = 4  # n_images, n_with_box, top1, top5
-
-    def __init__(self, thresholds: np.ndarray = THRESHOLDS, loc_threshold: float = LOC_THRESHOLD, num_threads: int | None = None) -> None:
-        self.thresholds = _check_thresholds(thresholds)
+    def __init__(self, thresholds: np.ndarray = THRESHOLDS, loc_threshold: float = LOC_THRESHOLD,
+                 num_threads: int | None = None) -> None:
+        super().__init__(_check_thresholds(thresholds), loc_threshold, "the thresholds; pick one of them or add it")
         self.num_threads = num_threads
-        matches = np.flatnonzero(np.isclose(self.thresholds, loc_threshold, rtol=0.0, atol=1e-9))
-        if matches.size == 0:
-            raise ValueError(f"loc_threshold={loc_threshold} is not one of the thresholds; pick one of them or add it")
-        self.loc_threshold = float(loc_threshold)
-        self._loc_index = int(matches[0])
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every image seen."""
-        n = self.thresholds.shape[0]
-        self._counts = np.zeros(self._HEAD, dtype=np.int64)
-        self._hits = np.zeros(n, dtype=np.int64)  # (T,) largest component, IoU >= 0.5
-        self._hits_top1 = np.zeros(n, dtype=np.int64)  # (T,) those whose top-1 class is right too
-        self._hits_v2 = np.zeros((len(V2_IOU_THRESHOLDS), n), dtype=np.int64)  # (3, T) any component
 
     @torch.no_grad()
     def update(self, logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor | None, image_size: tuple[int, int]) -> None:
@@ -299,12 +362,7 @@ class LocalizationMeter:
             ValueError: on inconsistent shapes, labels out of range or invalid boxes.
         """
         labels, boxes = _check_batch(logits, labels, cams, gt_boxes)
-        n_images, n_classes = logits.shape
-        topk = logits.detach().cpu().float().topk(min(5, n_classes), dim=1).indices  # (B, k)
-        top1_right = (topk[:, 0] == labels).numpy()
-        top5_right = (topk == labels[:, None]).any(dim=1).numpy()
-        has_box = ~np.isnan(boxes[:, 0])
-        self._counts[:4] += np.array([n_images, has_box.sum(), top1_right.sum(), top5_right.sum()], dtype=np.int64)
+        top1_right, has_box = self._count_classes(logits, labels, boxes)
         if not has_box.any():
             return
         maps = normalize_cams(cams.detach().cpu()[torch.from_numpy(np.flatnonzero(has_box))], image_size).numpy()  # (N, H, W)
@@ -315,59 +373,9 @@ class LocalizationMeter:
         self._hits_v2 += (best_iou >= np.array(V2_IOU_THRESHOLDS)[:, None, None]).sum(axis=1)  # (3, N, T) -> (3, T)
         self._hits_top1 += (hit & top1_right[has_box, None]).sum(axis=0)
 
-    def compute(self, cam_threshold: float | None = None) -> dict[str, float | int]:
-        """The metrics so far as plain Python numbers (fractions in [0, 1]; NaN with nothing to count); given
-        ``cam_threshold``, also GT-known and Top-1 Loc at the one of ``thresholds`` nearest to it."""
-        n_images, n_box, top1, top5 = (int(v) for v in self._counts)
-
-        def rate(count: float, total: int) -> float:
-            return float(count) / total if total else math.nan
-
-        best_t = int(np.argmax(self._hits))
-        v2 = {f"maxboxacc_v2_iou{round(100 * iou)}": rate(self._hits_v2[i].max(), n_box) for i, iou in enumerate(V2_IOU_THRESHOLDS)}
-        return {
-            "top1": rate(top1, n_images), "top5": rate(top5, n_images),
-            "gt_known_loc": rate(self._hits[self._loc_index], n_box), "top1_loc": rate(self._hits_top1[self._loc_index], n_box),
-            "maxboxacc": rate(self._hits[best_t], n_box),
-            "maxboxacc_threshold": float(self.thresholds[best_t]) if n_box else math.nan,
-            "maxboxacc_v2": float(np.mean(list(v2.values()))) if n_box else math.nan, **v2,
-            "n_images": n_images, "n_with_box": n_box, "n_without_box": n_images - n_box,
-            **(_at_threshold(self, cam_threshold, n_box) if cam_threshold is not None else {}),
-        }
-
     def box_accuracy_curve(self) -> np.ndarray:
         """(T,) float64 share of the images with a box hit at each threshold (MaxBoxAcc is its maximum)."""
         return self._hits / max(int(self._counts[1]), 1)
-
-    def state_tensor(self) -> Tensor:
-        """All counts as one int64 tensor (4 + 5T,), to be summed across ranks."""
-        return torch.from_numpy(np.concatenate([self._counts, self._hits, self._hits_top1, self._hits_v2.ravel()]))
-
-    def load_state_tensor(self, state: Tensor) -> None:
-        """Replace the counts by ``state`` (e.g. the all-reduced :meth:`state_tensor`)."""
-        values, n = state.detach().cpu().reshape(-1), self.thresholds.shape[0]
-        expected = self._HEAD + n * (2 + len(V2_IOU_THRESHOLDS))
-        if values.numel() != expected:
-            raise ValueError(f"state has {values.numel()} counts, a meter with {n} thresholds has {expected}; were the meters built alike?")
-        arr = (values.round() if values.is_floating_point() else values).long().numpy().copy()
-        self._counts, self._hits = arr[: self._HEAD], arr[self._HEAD : self._HEAD + n]
-        self._hits_top1 = arr[self._HEAD + n : self._HEAD + 2 * n]
-        self._hits_v2 = arr[self._HEAD + 2 * n :].reshape(len(V2_IOU_THRESHOLDS), n)
-
-    def merge(self, other: LocalizationMeter) -> LocalizationMeter:
-        """Add ``other``'s counts to this meter's; returns ``self``."""
-        if not np.array_equal(self.thresholds, other.thresholds) or self._loc_index != other._loc_index:
-            raise ValueError("cannot merge meters built with different thresholds or loc_threshold")
-        self.load_state_tensor(self.state_tensor() + other.state_tensor())
-        return self
-
-
-def _at_threshold(meter: Any, cam_threshold: float, n_box: int) -> dict[str, float]:
-    """GT-known and Top-1 Loc of a meter at the one of its thresholds nearest to ``cam_threshold``."""
-    index = int(np.argmin(np.abs(meter.thresholds - cam_threshold)))
-    rate = (lambda count: float(count) / n_box) if n_box else (lambda count: math.nan)
-    return {"cam_threshold": float(cam_threshold), "gt_known_loc_at_cam_threshold": rate(meter._hits[index]),
-            "top1_loc_at_cam_threshold": rate(meter._hits_top1[index])}
 
 
 def choose_cam_threshold(curve: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> float:

@@ -2,29 +2,21 @@
 
 :class:`WsolevaluationMeter` has :class:`~.localization.LocalizationMeter`'s interface and metric keys but follows
 ``evaluation.py`` and ``inference.py`` of https://github.com/clovaai/wsolevaluation (Choe et al., CVPR 2020) step by
-step. Its differences from this project's default protocol (docs/metrics.md):
-
-- upsampling ``cv2.resize(..., INTER_CUBIC)`` in float64, then ``normalize_scoremap`` (NaN map -> zeros), not bilinear;
-- masks ``uint8(255 * map) > int(t * max)`` (``cv2.threshold``), not ``map >= t`` on the float map;
-- regions are ``cv2.findContours`` (RETR_TREE, CHAIN_APPROX_SIMPLE) outlines: "largest" is the largest
-  ``cv2.contourArea``, and MaxBoxAccV2 also boxes hole outlines;
-- boxes are inclusive ``[x, y, min(x + w, W - 1), min(y + h, H - 1)]`` from ``cv2.boundingRect``, IoU with ``+1`` areas,
-  an empty mask's box ``[0, 0, 0, 0]`` (one pixel for that IoU); ground truth truncated to ints (see :meth:`update`);
-- thresholds ``np.arange(0, 1, cam_curve_interval)`` (wsolevaluation trains with 0.001).
-
-OpenCV is an optional dependency, imported only when a meter is built.
+step: bicubic ``cv2.resize``, masks ``uint8(255 * map) > int(t * max)``, regions as ``cv2.findContours`` outlines
+(largest by ``cv2.contourArea``), inclusive boxes with ``+1`` areas, ground truth truncated to ints (see :meth:`update`),
+thresholds ``np.arange(0, 1, cam_curve_interval)``. docs/metrics.md, "Against clovaai/wsolevaluation", tabulates
+how this differs from the default protocol. OpenCV is an optional dependency, imported only when a meter is built.
 """
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .localization import LOC_THRESHOLD, _check_batch
+from .localization import LOC_THRESHOLD, _check_batch, _HitCounts
 
 __all__ = ["WsolevaluationMeter", "V2_IOU_THRESHOLDS"]
 
@@ -51,12 +43,13 @@ def _iou(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, inter / np.where(denominator > 0, denominator, 1), 0.0)
 
 
-class WsolevaluationMeter:
+class WsolevaluationMeter(_HitCounts):
     """wsolevaluation's MaxBoxAcc and MaxBoxAccV2, plus GT-known and Top-1 Loc, accumulated batch by batch as counts.
 
     Keys and the meaning of each are :class:`~.localization.LocalizationMeter`'s; only how a CAM becomes boxes differs
     (the module docstring). MaxBoxAcc: largest contour, IoU >= 0.5; MaxBoxAccV2: any contour, mean over IoU 0.3/0.5/0.7
-    of the best rate over thresholds (their ``multi_contour_eval=True``).
+    of the best rate over thresholds (their ``multi_contour_eval=True``). ``compute(cam_threshold)`` reports the
+    threshold it used, the nearest of :attr:`thresholds`.
 
     Args:
         cam_curve_interval: threshold step; thresholds are ``np.arange(0, 1, cam_curve_interval)``.
@@ -66,27 +59,16 @@ class WsolevaluationMeter:
         ImportError: if OpenCV is not installed.
     """
 
-    _HEAD = 4  # n_images, n_with_box, top1, top5
+    _BUILT_FROM = "cam_curve_interval"
+    _REPORT_NEAREST = True
 
     def __init__(self, cam_curve_interval: float = 0.01, loc_threshold: float = LOC_THRESHOLD) -> None:
         _cv2()  # fail here, with the install line, rather than at the first batch
         if not 0 < cam_curve_interval < 1:
             raise ValueError(f"cam_curve_interval must lie in (0, 1), got {cam_curve_interval}")
         self.cam_curve_interval = float(cam_curve_interval)
-        self.thresholds: np.ndarray = np.arange(0, 1, self.cam_curve_interval)  # exactly their float values
-        matches = np.flatnonzero(np.isclose(self.thresholds, loc_threshold, rtol=0.0, atol=1e-9))
-        if matches.size == 0:
-            raise ValueError(f"loc_threshold={loc_threshold} is not one of np.arange(0, 1, {cam_curve_interval})")
-        self.loc_threshold, self._loc_index = float(loc_threshold), int(matches[0])
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every image seen."""
-        n = self.thresholds.shape[0]
-        self._counts = np.zeros(self._HEAD, dtype=np.int64)
-        self._hits = np.zeros(n, dtype=np.int64)  # (T,) largest contour, IoU >= 0.5
-        self._hits_top1 = np.zeros(n, dtype=np.int64)  # (T,) the same, of images right at top-1
-        self._hits_v2 = np.zeros((V2_IOU_THRESHOLDS.shape[0], n), dtype=np.int64)  # (3, T) any contour
+        thresholds = np.arange(0, 1, self.cam_curve_interval)  # exactly their float values
+        super().__init__(thresholds, loc_threshold, f"np.arange(0, 1, {cam_curve_interval})")
 
     @torch.no_grad()
     def update(self, logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor | None, image_size: tuple[int, int]) -> None:
@@ -113,10 +95,7 @@ class WsolevaluationMeter:
         height, width = (int(v) for v in image_size)
         if height <= 0 or width <= 0:
             raise ValueError(f"image_size must be (H, W), two positive ints, got {image_size!r}")
-        topk = logits.detach().cpu().float().topk(min(5, logits.shape[1]), dim=1).indices  # (B, k)
-        top1_right, top5_right = (topk[:, 0] == labels).numpy(), (topk == labels[:, None]).any(dim=1).numpy()
-        has_box = ~np.isnan(boxes[:, 0])
-        self._counts += np.array([logits.shape[0], has_box.sum(), top1_right.sum(), top5_right.sum()], dtype=np.int64)
+        top1_right, has_box = self._count_classes(logits, labels, boxes)
         maps = cams.detach().cpu().double().reshape(cams.shape[0], *cams.shape[-2:]).numpy()  # as their t2n: float64
         for i in np.flatnonzero(has_box):
             largest, best = self._image_ious(self._scoremap(maps[i], (width, height)), np.trunc(boxes[i]).astype(np.int64))
@@ -163,56 +142,7 @@ class WsolevaluationMeter:
         np.maximum.at(best, np.array(owner), ious)  # IoUs are >= 0: the zeros start is harmless
         return ious[tops][inverse], best[inverse]
 
-    def compute(self, cam_threshold: float | None = None) -> dict[str, float | int]:
-        """The metrics so far as plain Python numbers (fractions in [0, 1]; NaN with nothing to count).
-
-        Args:
-            cam_threshold: also report GT-known and Top-1 Loc at the threshold of :attr:`thresholds` nearest to it.
-        """
-        n_images, n_box, top1, top5 = (int(v) for v in self._counts)
-
-        def rate(count: float, total: int) -> float:
-            return float(count) / total if total else math.nan
-
-        best_t = int(np.argmax(self._hits))
-        v2 = {f"maxboxacc_v2_iou{round(100 * iou)}": rate(hits.max(), n_box)
-              for iou, hits in zip(V2_IOU_THRESHOLDS, self._hits_v2)}
-        out: dict[str, float | int] = {
-            "top1": rate(top1, n_images), "top5": rate(top5, n_images),
-            "gt_known_loc": rate(self._hits[self._loc_index], n_box),
-            "top1_loc": rate(self._hits_top1[self._loc_index], n_box),
-            "maxboxacc": rate(self._hits[best_t], n_box),
-            "maxboxacc_threshold": float(self.thresholds[best_t]) if n_box else math.nan,
-            "maxboxacc_v2": float(np.mean(list(v2.values()))) if n_box else math.nan, **v2,
-            "n_images": n_images, "n_with_box": n_box, "n_without_box": n_images - n_box,
-        }
-        if cam_threshold is not None:
-            j = int(np.argmin(np.abs(self.thresholds - float(cam_threshold))))
-            out.update(cam_threshold=float(self.thresholds[j]), gt_known_loc_at_cam_threshold=rate(self._hits[j], n_box),
-                       top1_loc_at_cam_threshold=rate(self._hits_top1[j], n_box))
-        return out
-
     def box_accuracy_curve(self) -> np.ndarray:
         """(T,) float64 hit rate (largest contour, IoU >= 0.5) per threshold; NaN without images with a box."""
         n_box = int(self._counts[1])
         return self._hits / n_box if n_box else np.full(self.thresholds.shape[0], np.nan)
-
-    def state_tensor(self) -> Tensor:
-        """All counts as one int64 tensor (4 + 5T,), to be summed across ranks."""
-        return torch.from_numpy(np.concatenate([self._counts, self._hits, self._hits_top1, self._hits_v2.ravel()]))
-
-    def load_state_tensor(self, state: Tensor) -> None:
-        """Replace the counts by ``state`` (e.g. the all-reduced :meth:`state_tensor`)."""
-        values, n = state.detach().cpu().reshape(-1), self.thresholds.shape[0]
-        if values.numel() != self._HEAD + 5 * n:
-            raise ValueError(f"state has {values.numel()} counts, a meter with {n} thresholds has {self._HEAD + 5 * n}")
-        arr = (values.round() if values.is_floating_point() else values).long().numpy().copy()
-        self._counts, rows = arr[: self._HEAD], arr[self._HEAD :].reshape(2 + V2_IOU_THRESHOLDS.shape[0], n)
-        self._hits, self._hits_top1, self._hits_v2 = rows[0], rows[1], rows[2:]
-
-    def merge(self, other: WsolevaluationMeter) -> WsolevaluationMeter:
-        """Add ``other``'s counts to this meter's; returns ``self``."""
-        if not np.array_equal(self.thresholds, other.thresholds) or self._loc_index != other._loc_index:
-            raise ValueError("cannot merge meters built with different cam_curve_interval or loc_threshold")
-        self.load_state_tensor(self.state_tensor() + other.state_tensor())
-        return self

@@ -12,6 +12,8 @@ trusted: ``localization`` validates them.
 """
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 from scipy import ndimage
 
@@ -25,11 +27,9 @@ _SIZE, _FIRST, _X0, _Y0, _X1, _Y1 = range(6)
 
 
 def _neighbour_groups() -> np.ndarray:
-    """(256, 5) table: for a mask of added neighbours, how many 8-connected groups they form, then each one's first bit.
-
-    Bit ``i`` is the ``i``-th neighbour in raster order (NW, N, NE, W, E, SW, S, SE). Neighbours that touch were
-    united already, so a pixel looks up one neighbour per group (at most 4: the lone corners).
-    """
+    """(256, 5) table: for a mask of added neighbours (bit ``i``: the ``i``-th in raster order, NW, N, NE, W, E, SW, S,
+    SE), how many 8-connected groups they form, then each one's first bit. Neighbours that touch were united already,
+    so a pixel looks up one neighbour per group (at most 4: the lone corners)."""
     table = np.zeros((256, 5), dtype=np.int64)
     for mask in range(256):
         grid = np.zeros(9, dtype=bool)
@@ -52,36 +52,6 @@ def _set_iou(stats: np.ndarray, root: int, gt: np.ndarray) -> float:
     inter = max(min(x2, gt[2]) - max(x1, gt[0]), 0.0) * max(min(y2, gt[3]) - max(y1, gt[1]), 0.0)
     union = (x2 - x1) * (y2 - y1) + (gt[2] - gt[0]) * (gt[3] - gt[1]) - inter
     return inter / union if union > 0.0 else 0.0
-
-
-@njit(cache=True)
-def _heap_push(keys: np.ndarray, roots: np.ndarray, n: int, key: float, root: int) -> int:
-    """Push ``(key, root)`` onto the max-heap of ``n`` entries; the new size."""
-    i = n
-    while i > 0 and keys[(i - 1) >> 1] < key:
-        keys[i], roots[i] = keys[(i - 1) >> 1], roots[(i - 1) >> 1]
-        i = (i - 1) >> 1
-    keys[i], roots[i] = key, root
-    return n + 1
-
-
-@njit(cache=True)
-def _heap_pop(keys: np.ndarray, roots: np.ndarray, n: int) -> int:
-    """Drop the top of the max-heap of ``n`` entries; the new size."""
-    n -= 1
-    if n == 0:
-        return 0
-    key, root, i = keys[n], roots[n], 0
-    while 2 * i + 1 < n:
-        child = 2 * i + 1
-        if child + 1 < n and keys[child + 1] > keys[child]:
-            child += 1
-        if keys[child] <= key:
-            break
-        keys[i], roots[i] = keys[child], roots[child]
-        i = child
-    keys[i], roots[i] = key, root
-    return n
 
 
 @njit(cache=True)
@@ -142,10 +112,8 @@ def _union(parent: np.ndarray, stats: np.ndarray, root: int, other: int) -> tupl
 @njit(cache=True)
 def _sweep_map(cam: np.ndarray, thresholds: np.ndarray, gt: np.ndarray, with_iou: bool, groups: np.ndarray,
                out_boxes: np.ndarray, out_iou: np.ndarray) -> None:
-    """Add one (H, W) map's pixels level by level, filling its (T, 4) boxes and (T,) best IoUs.
-
-    The image is padded by a never-added border, so neighbours need no bounds checks.
-    """
+    """Add one (H, W) map's pixels level by level, filling its (T, 4) boxes and (T,) best IoUs. The image is padded
+    by a never-added border, so neighbours need no bounds checks."""
     height, width = cam.shape
     pw = width + 2
     counts, order = np.empty(thresholds.shape[0], np.int64), np.empty(height * width, np.int32)
@@ -154,8 +122,9 @@ def _sweep_map(cam: np.ndarray, thresholds: np.ndarray, gt: np.ndarray, with_iou
     parent = np.empty_like(added, np.int32)
     stats = np.empty((added.shape[0], 6), np.int32)
     offsets = np.array([-pw - 1, -pw, -pw + 1, -1, 1, pw - 1, pw, pw + 1])  # the neighbours, as GROUPS numbers them
-    heap_keys, heap_roots = np.empty(added.shape[0] if with_iou else 0), np.empty(added.shape[0] if with_iou else 0, np.int32)
-    best, best_size, best_first, start, heap_len = -1, 0, 0, 0, 0
+    heap = [(0.0, 0)]  # (-IoU, root): heapq's min-heap as a max-heap of IoUs; seeded so that numba can type it
+    heap.pop()
+    best, best_size, best_first, start = -1, 0, 0, 0
     for t in range(counts.shape[0] - 1, -1, -1):
         for k in range(start, start + counts[t]):
             r = order[k] // width
@@ -185,32 +154,27 @@ def _sweep_map(cam: np.ndarray, thresholds: np.ndarray, gt: np.ndarray, with_iou
             if with_iou and changed:
                 iou = _set_iou(stats, root, gt)
                 if iou > 0.0:  # a zero never beats the 0 that "no overlapping set" gives
-                    heap_len = _heap_push(heap_keys, heap_roots, heap_len, iou, root)
+                    heapq.heappush(heap, (-iou, root))
         start += counts[t]
         if best >= 0:
             out_boxes[t, 0], out_boxes[t, 1] = stats[best, _X0], stats[best, _Y0]
             out_boxes[t, 2], out_boxes[t, 3] = stats[best, _X1] + 1, stats[best, _Y1] + 1
         if with_iou:
-            top = heap_roots[0]
-            while heap_len > 0 and (parent[top] != top or _set_iou(stats, top, gt) != heap_keys[0]):  # stale
-                heap_len = _heap_pop(heap_keys, heap_roots, heap_len)
-                top = heap_roots[0]
-            out_iou[t] = heap_keys[0] if heap_len > 0 else 0.0
+            while len(heap) > 0 and (parent[heap[0][1]] != heap[0][1] or _set_iou(stats, heap[0][1], gt) != -heap[0][0]):  # stale
+                heapq.heappop(heap)
+            out_iou[t] = -heap[0][0] if len(heap) > 0 else 0.0
 
 
 @njit(cache=True, nogil=True)
-def sweep_kernel(
-    maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray, with_iou: bool, groups: np.ndarray,
-    out_boxes: np.ndarray, out_iou: np.ndarray,
-) -> None:
+def sweep_kernel(maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray, with_iou: bool, groups: np.ndarray,
+                 out_boxes: np.ndarray, out_iou: np.ndarray) -> None:
     """Fill ``out_boxes`` (B, T, 4) and, when ``with_iou``, ``out_iou`` (B, T) for maps (B, H, W) (module docstring)."""
     for b in range(maps.shape[0]):
         _sweep_map(maps[b], thresholds, gt_boxes[b], with_iou, groups, out_boxes[b], out_iou[b])
 
 
-def run_sweep(
-    maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None, num_threads: int | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
+def run_sweep(maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None,
+              num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The largest component's boxes (B, T, 4) and, given ``gt_boxes`` (B, 4), every component's best IoU (B, T)
     (else ``None``), per threshold, all float64, for finite C-contiguous (B, H, W) float32 or float64 maps and (T,)
     strictly increasing thresholds; ``num_threads=None`` uses every CPU this process may run on."""
