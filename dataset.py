@@ -120,8 +120,7 @@ class StanfordCarsCAM(VisionDataset):
         logger.debug("StanfordCarsCAM %s: %d images of %d classes from %s", split, len(self.samples), len(self.classes), self.layout.base)
 
     def _filter_text(self) -> str:
-        given = [f"{name}={value!r}" for name, value in self.filters.items() if value is not None]
-        return ", ".join(given) if given else "(none)"
+        return ", ".join(f"{name}={value!r}" for name, value in self.filters.items() if value is not None) or "(none)"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -142,9 +141,8 @@ class StanfordCarsCAM(VisionDataset):
         """The box of sample ``index`` in the un-augmented S x S view: (4,) float32 in [0, S] (augmented: ``return_box``)."""
         with open_image(self.samples[index][0]) as image:
             width, height = image.size
-        box = np.clip(self.boxes[index], 0.0, [width, height, width, height])
         scale = np.array([self.image_size / width, self.image_size / height] * 2)
-        return torch.as_tensor(box * scale, dtype=torch.float32)
+        return torch.as_tensor(self.boxes[index] * scale, dtype=torch.float32)  # boxes were clipped to the image on loading
 
     def extra_repr(self) -> str:
         return (f"Split: {self.split}\nLayout: {self.layout.kind} at {self.layout.base}\nClasses: {len(self.classes)}\n"

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .data.class_names import STANFORD_CARS_CLASS_NAMES
-from .data.common import LAYOUTS, PathLike
+from .data.common import BOX_FIELDS, LAYOUTS, PathLike
 from .data.layouts import root_path
 from .data.names import parse_class_name
 
@@ -46,7 +46,6 @@ _FAMILIES: dict[str, tuple[float, float, float, float, float, float, float]] = {
     "sports": (3.3, 0.55, 0.26, 0.35, 0.70, 0.16, 0.20),
 }
 _LOOK_SALT = "1897:"  # chosen to keep the body colours of DEFAULT_CLASS_NAMES far apart
-_BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
 _META = {"class_names": np.array(STANFORD_CARS_CLASS_NAMES, dtype=object).reshape(1, -1)}  # a 1x196 cell array
 # The .mat header's text holds the writing time; a fixed text makes the same seed give the same bytes.
 _MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, written by CAM_Stanford_Cars.synthetic".ljust(116)
@@ -255,7 +254,7 @@ def _draw_records(chosen: list[str], image_size: tuple[int, int], seed: int, siz
             if split == "train" and index < n_grayscale + n_cmyk:
                 image = image.convert("L" if index < n_grayscale else "CMYK")
             box = np.array([left + 1, top + 1, right, bottom], dtype=np.uint16)
-            records[split].append({"image": image, "fname": f"{index + 1:05d}.jpg", **dict(zip(_BOX_FIELDS, box)),
+            records[split].append({"image": image, "fname": f"{index + 1:05d}.jpg", **dict(zip(BOX_FIELDS, box)),
                                    "class": np.uint8(STANFORD_CARS_CLASS_NAMES.index(name) + 1)})
     return records
 
@@ -269,7 +268,7 @@ def _write_layout(folder: Path, records: dict[str, list[dict[str, Any]]], layout
         rows = [dict(mixed[p], relative_im_path=f"car_ims/{n:06d}.jpg") for n, p in enumerate(order, start=1)]
         for row in rows:
             row["image"].save(folder / row["relative_im_path"], "JPEG", quality=quality)
-        return _savemat(folder / "cars_annos.mat", rows, ("relative_im_path", *_BOX_FIELDS, "class", "test"), **_META)
+        return _savemat(folder / "cars_annos.mat", rows, ("relative_im_path", *BOX_FIELDS, "class", "test"), **_META)
     devkit = folder / ("devkit" if layout == "torchvision" else "car_devkit/devkit")  # Kaggle nests the folders
     for split, split_records in records.items():
         images = folder / f"cars_{split}" / (f"cars_{split}" if layout == "kaggle" else "")
@@ -277,10 +276,10 @@ def _write_layout(folder: Path, records: dict[str, list[dict[str, Any]]], layout
         for record in split_records:
             record["image"].save(images / record["fname"], "JPEG", quality=quality)
     _savemat(devkit / "cars_meta.mat", **_META)
-    _savemat(devkit / "cars_train_annos.mat", records["train"], (*_BOX_FIELDS, "class", "fname"))
+    _savemat(devkit / "cars_train_annos.mat", records["train"], (*BOX_FIELDS, "class", "fname"))
     # The devkit's own test file has no labels; the labelled one sits beside the image folders.
-    _savemat(devkit / "cars_test_annos.mat", records["test"], (*_BOX_FIELDS, "fname"))
-    _savemat(folder / "cars_test_annos_withlabels.mat", records["test"], (*_BOX_FIELDS, "class", "fname"))
+    _savemat(devkit / "cars_test_annos.mat", records["test"], (*BOX_FIELDS, "fname"))
+    _savemat(folder / "cars_test_annos_withlabels.mat", records["test"], (*BOX_FIELDS, "class", "fname"))
 
 
 def write_tiny_stanford_cars(root: PathLike, layout: str = "torchvision", seed: int = 0) -> Path:

@@ -11,6 +11,7 @@ FilterValue = str | int | Sequence[str | int] | None
 
 SPLITS = ("train", "test")
 LAYOUTS = ("torchvision", "kaggle", "car_ims")
+BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")  # 1-based, inclusive in the .mat files
 
 KAGGLE_HANDLE = "rickyyyyyyy/torchvision-stanford-cars"
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_HANDLE}"

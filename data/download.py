@@ -124,6 +124,5 @@ def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path
             logger.info("Cannot symlink here; copying %s to %s", layout.base, target)
             shutil.copytree(layout.base, temporary)
         os.replace(temporary, target)
-    placed = find_layout(root)
-    logger.info("Stanford Cars placed at %s (%s layout)", placed.base, placed.kind)
-    return placed.base
+    logger.info("Stanford Cars placed at %s (%s layout)", target, layout.kind)
+    return target

@@ -62,10 +62,9 @@ def checked_boxes(annotation_file: PathLike, paths: Sequence[str], boxes: np.nda
     for i in np.flatnonzero(has_box):
         with open_image(paths[i]) as image:
             sizes[i] = image.size
-    limits = np.tile(sizes, 2)  # (N, 4): width, height, width, height
     outside = (boxes[:, 0] >= sizes[:, 0]) | (boxes[:, 1] >= sizes[:, 1]) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
     refuse(has_box & outside, "lies wholly outside the image")
-    clipped = np.where(has_box[:, None], np.clip(boxes, 0.0, limits), boxes)
+    clipped = np.where(has_box[:, None], np.clip(boxes, 0.0, np.tile(sizes, 2)), boxes)  # limits: w, h, w, h
     if partly := int((has_box & (clipped != boxes).any(axis=1)).sum()):
         logger.warning("%s: %d box(es) reach outside their image and were clipped to it", annotation_file, partly)
     return clipped
@@ -137,8 +136,7 @@ class ImageCache:
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"cache_dir {os.fspath(folder)!r} is a file, not a folder; choose another folder or leave it out")
         # Checked once, here: otherwise an unwritable cache only shows as a warning per image.
-        reason = unwritable_reason(self.folder)
-        if reason is not None:
+        if (reason := unwritable_reason(self.folder)) is not None:
             raise ValueError(f"cache_dir {os.fspath(folder)!r} is not writable ({reason}); choose another folder or leave it out")
         self.min_free_bytes = int(min_free_bytes)
         self._warned: set[str] = set()

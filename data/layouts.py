@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .common import (DOWNLOAD_EXTRA_HINT, KAGGLE_HANDLE, SPLITS, AnnotationError, DatasetError,
+from .common import (BOX_FIELDS, DOWNLOAD_EXTRA_HINT, KAGGLE_HANDLE, SPLITS, AnnotationError, DatasetError,
                      DatasetNotFoundError, PathLike)
 
-_BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
 _TEST_ANNOTATIONS = ("cars_test_annos_withlabels.mat", "cars_test_annos_withlabels (1).mat")
 
 
@@ -105,13 +104,11 @@ def find_layout(root: PathLike, splits: Sequence[str] = SPLITS) -> Layout:
     root = root_path(root)
     candidates = [look(base, splits) for base in (root / "stanford_cars", root) if base.is_dir()
                   for look in (_devkit_candidate, _car_ims_candidate)]
-    complete = next((candidate.layout for candidate in candidates if candidate.layout is not None), None)
-    if complete is not None:
+    if complete := next((candidate.layout for candidate in candidates if candidate.layout is not None), None):
         return complete
     how_to = (f"To get the data: pass download_datasets=True (CLI: --download_datasets true) to fetch it from the Kaggle "
               f"mirror {KAGGLE_HANDLE} (needs {DOWNLOAD_EXTRA_HINT}), or {by_hand(root)}.")
-    partial = [c for c in candidates if c.found]
-    if partial:
+    if partial := [c for c in candidates if c.found]:
         best = max(partial, key=lambda c: len(c.found))
         raise DatasetNotFoundError(
             f"Stanford Cars under {str(root)!r} is incomplete: found a {best.kind} layout at {best.base} "
@@ -156,11 +153,10 @@ def _read_class_names_cached(path: str, mtime_ns: int, size: int) -> tuple[str, 
 def _read_annotations_cached(path: str, mtime_ns: int, size: int, image_dir: str, car_ims: bool) -> dict[str, SplitAnnotations]:
     """The ``annotations`` of a file: per split for ``cars_annos.mat`` (its ``test`` field), else under ``"all"``."""
     name_field = "relative_im_path" if car_ims else "fname"
-    number_fields = ("class",) + (("test",) if car_ims else ()) + _BOX_FIELDS
+    number_fields = ("class",) + (("test",) if car_ims else ()) + BOX_FIELDS
     records = np.atleast_1d(_load_variable(Path(path), "annotations"))
     present = records.dtype.names or ()
-    missing = [name for name in (name_field, *number_fields) if name not in present]
-    if missing:
+    if missing := [name for name in (name_field, *number_fields) if name not in present]:
         raise AnnotationError(f"{path}: the 'annotations' struct has no field {missing[0]!r} (its fields: {list(present)}); "
                               f"is it the right file?")
     numbers = {}
@@ -171,8 +167,7 @@ def _read_annotations_cached(path: str, mtime_ns: int, size: int, image_dir: str
             raise AnnotationError(f"{path}: field {name!r} holds a value that is not one whole number ({err})") from err
     paths = np.array([str(Path(image_dir) / str(name)) for name in records[name_field]], dtype=object)
     labels = numbers["class"] - 1
-    x1, y1, x2, y2 = (numbers[name] for name in _BOX_FIELDS)
-    boxes = np.stack([x1 - 1, y1 - 1, x2, y2], axis=1).astype(np.float64)  # 1-based inclusive -> 0-based half-open
+    boxes = (np.stack([numbers[name] for name in BOX_FIELDS], axis=1) - [1, 1, 0, 0]).astype(np.float64)  # 0-based, half-open
     if not car_ims:
         return {"all": SplitAnnotations(tuple(paths.tolist()), labels, boxes)}
     is_test = numbers["test"].astype(bool)

@@ -60,9 +60,6 @@ def parse_class_name(name: str) -> CarClass:
     return CarClass(make=" ".join(words[:n_make]), model=model, body_type=body_type, year=int(year))
 
 
-_MISSING = object()
-
-
 class ClassToIdx(dict):
     """torchvision's ``class_to_idx`` (name -> index), a plain dict, that also maps an int-like index to its name."""
     def __init__(self, classes: Sequence[str]) -> None:
@@ -81,7 +78,7 @@ class ClassToIdx(dict):
         return self._names[index]
 
     def __contains__(self, key: object) -> bool:
-        return self.get(key, _MISSING) is not _MISSING
+        return self.get(key) is not None  # a hit is an index or a name, never None
 
     def get(self, key: Any, default: Any = None) -> Any:  # type: ignore[override]
         try:
