@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -23,8 +22,6 @@ from .evaluation import open_checkpoint
 from .files import _save_figure_atomically, atomic_write_text
 from .localization import METRIC_LABELS, LocalizationMeter, box_iou, boxes_from_cams
 from .overlay import apply_cam
-
-logger = logging.getLogger(__name__)
 
 # The columns of the printed table and of the CSV, after the method's name.
 COLUMNS = ("top1", "gt_known_loc", "top1_loc", "gt_known_loc_at_cam_threshold", "top1_loc_at_cam_threshold", "maxboxacc",

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -127,8 +128,6 @@ def _methods_html(result: dict[str, Any]) -> str:
 
 
 def _threshold_figure(val_curve: dict[str, Any] | None, meter: LocalizationMeter, split: str, threshold: float, source: str) -> str:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6.4, 3.4), layout="constrained")
     ax = fig.subplots()
     if val_curve:
@@ -176,20 +175,19 @@ def write_report(checkpoint_path: str | os.PathLike, path: str | os.PathLike, ro
     with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as cards:
         for images, labels_cpu, boxes in tqdm(loader, desc=f"report {split}", unit="batch", disable=not progress, leave=False):
             with torch.no_grad():  # as train.evaluate: features under autocast, the head and the maps in float32
-                gpu_images, labels = images.to(dev), labels_cpu.to(dev)
                 with autocast_context(dev, True):
-                    features = model.forward_features(gpu_images).float()
+                    features = model.forward_features(images.to(dev)).float()
                 logits = model.forward_head(features)
-                true_cams = model.class_activation_maps(features, labels).cpu()
+                true_cams = model.class_activation_maps(features, labels_cpu.to(dev)).cpu()
                 conf, pred = logits.softmax(dim=1).max(dim=1)
                 pred_cams = model.class_activation_maps(features, pred).cpu()
             meter.update(logits.cpu(), labels_cpu, true_cams, boxes, size)
             pred_boxes = boxes_from_cams(pred_cams, size, threshold)
             ious = box_iou(pred_boxes.double(), boxes.double()).numpy()
             pred, conf, labels_np = pred.cpu().numpy(), conf.cpu().numpy(), labels_cpu.numpy()
-            known_iou, wrong = ious.copy(), torch.from_numpy(pred != labels_np)  # the true class's box: the same where right
-            if wrong.any():
-                known_iou[wrong.numpy()] = box_iou(boxes_from_cams(true_cams[wrong], size, threshold).double(), boxes[wrong].double()).numpy()
+            known_iou = ious.copy()  # the true class's box: the predicted one where the class is right
+            if (wrong := pred != labels_np).any():
+                known_iou[wrong] = box_iou(boxes_from_cams(true_cams[wrong], size, threshold).double(), boxes[wrong].double()).numpy()
             for row, values in enumerate((np.ones_like(labels_np), pred == labels_np, ~np.isnan(known_iou), known_iou >= IOU_THRESHOLD)):
                 np.add.at(counts[row], labels_np, values.astype(np.int64))
             to_bytes = lambda x: (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731

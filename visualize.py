@@ -330,9 +330,8 @@ def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[
     images, labels, true_boxes = default_collate([dataset[i] for i in chosen])  # (N, 3, S, S), (N,), (N, 4)
     with torch.no_grad():
         logits = model(images.to(device))  # (N, C)
-    cams = compute_cams(model, images.to(device), method)  # (N, h, w), of the predicted class
+    cams = compute_cams(model, images.to(device), method).cpu()  # (N, h, w), of the predicted class
     scores, predicted = logits.softmax(dim=1).max(dim=1)
-    cams = cams.cpu()
     predicted_boxes = boxes_from_cams(cams, tuple(images.shape[-2:]), threshold=threshold)
     fig = visualize_cam(images, apply_cam(images, cams, alpha=alpha, colormap=colormap), predicted.cpu(), labels,
                         boxes={"predicted": predicted_boxes, "true": true_boxes}, save_path=out,

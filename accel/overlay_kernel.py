@@ -51,8 +51,7 @@ if HAVE_NUMBA:
 
     @njit(cache=True, nogil=True)
     def _upsample_one(cam, ty, tx, rows, up):  # pragma: no cover - compiled
-        """Upsample one (h, w) map into ``up`` (H, W); ``rows`` (h, W) is scratch. Each tap is torch's
-        ``t0 * w0 + t1 * w1`` as its compiler contracts it."""
+        """Upsample one (h, w) map into ``up`` (H, W), each tap torch's ``t0 * w0 + t1 * w1``; ``rows`` (h, W) is scratch."""
         y0, y1, wy0, wy1 = ty
         x0, x1, wx0, wx1 = tx
         for r in range(cam.shape[0]):
