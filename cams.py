@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from .model import ClassIndex, GAPNet
+from .model import ClassIndex, GAPNet, _positive_int
 
 __all__ = ["METHODS", "compute_cams", "deletion_insertion"]
 
@@ -61,12 +61,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _head_gradient(model: GAPNet, features: Tensor, index: Tensor) -> Tensor:
@@ -87,8 +81,7 @@ def _combine(weights: Tensor, features: Tensor) -> Tensor:
 
 def _gradcampp_weights(d1: Tensor, d2: Tensor, d3: Tensor, features: Tensor) -> Tensor:
     """Grad-CAM++'s ``w_k = sum_ij alpha_k(i, j) ReLU(d1)``, alpha = d2 / (2 d2 + sum_ab f_k(a, b) d3) (0 where the
-    denominator is 0). With ``Y = exp(y_c)`` (the paper) the derivatives are ``exp(y_c) d^n``: the exp cancels in
-    alpha and is a positive factor per image in w, dropped as torchcam does (it overflows float32 for y_c > 88)."""
+    denominator is 0); without the paper's ``exp(y_c)`` factor (module docstring), which overflows float32 for y_c > 88."""
     denom = 2 * d2 + features.sum(dim=(2, 3), keepdim=True) * d3
     nonzero = denom != 0
     alpha = torch.where(nonzero, d2 / torch.where(nonzero, denom, 1), 0)
@@ -191,10 +184,9 @@ def deletion_insertion(model: nn.Module, images: Tensor, maps: Tensor, class_idx
         maps: (B, h, w) saliency, e.g. from :func:`compute_cams`; only the ranking matters.
         class_idx: The maps' class: ``None`` for the predicted class, an int, or B ints.
         steps: Intervals of the curves (steps + 1 points); torchcam's default 20.
-        baseline: ``"zeros"`` (torchcam's default; black here, as the model normalises: not the mean colour that
-            zeros of a normalised input are) or ``"blur"``
-            (RISE's insertion baseline: Gaussian blur, kernel 11, sigma 5, with torchvision's reflect padding where
-            RISE pads with zeros). It serves both curves: RISE pairs zeros for deletion with blur for insertion.
+        baseline: ``"zeros"`` (torchcam's default; black here, as the model normalises, not the mean colour of zeros of a
+            normalised input) or ``"blur"`` (RISE's insertion baseline: Gaussian blur, kernel 11, sigma 5, torchvision's
+            reflect padding where RISE pads with zeros), for both curves (RISE pairs zeros for deletion, blur for insertion).
 
     Returns:
         ``deletion_auc``, ``insertion_auc`` (B,), ``deletion_curve``, ``insertion_curve`` (B, steps + 1), and

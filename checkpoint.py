@@ -21,13 +21,11 @@ PAPER_THRESHOLD = 0.2  # the CAM paper's threshold (Zhou et al. 2016), for check
 
 def _resolve_map_location(map_location: str | torch.device | None) -> torch.device:
     """``map_location`` as a device that exists here, so a device problem never reads as a bad file."""
-    if map_location is None:
-        return torch.device("cpu")
-    if not isinstance(map_location, str | torch.device):
+    if not isinstance(map_location, str | torch.device | None):
         raise TypeError("map_location must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
                         f"got {type(map_location).__name__}")
     try:
-        device = torch.device(map_location)
+        device = torch.device("cpu" if map_location is None else map_location)
     except (RuntimeError, ValueError):
         raise ValueError(f"map_location {map_location!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
     name = str(map_location)

@@ -11,7 +11,7 @@ import pickletools
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -38,10 +38,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def _foreign_object(path: Path) -> str | None:
-    """The first object from outside torch that the pickle in ``path`` (bare, or torch's zip) asks to build, if any.
-
-    Read with ``pickletools`` (which runs nothing), so every pickle protocol is judged alike.
-    """
+    """The first non-torch object the pickle in ``path`` (bare or in torch's zip) would build, if any; read, never run."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
@@ -122,6 +119,15 @@ def _write_error(path: Path, err: OSError) -> OSError:
     return new
 
 
+@contextmanager
+def _restated(path: Path) -> Iterator[None]:
+    """An ``OSError`` of one step of writing ``path`` restated about ``path``."""
+    try:
+        yield
+    except OSError as err:
+        raise _write_error(path, err) from None
+
+
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -135,11 +141,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     path = Path(path)
     if path.is_dir():
         raise _folder_error(f"{str(path)!r} is a folder; give a file name")
-    try:
+    with _restated(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise _write_error(path, err) from None
     handle, done = os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})), False
     try:
         try:
@@ -155,25 +159,19 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         finally:
             # Also after a failed write: torch.save on a full disk raises "unexpected pos", and only
             # flushing what it left in the buffer brings out the OS's own error (ENOSPC).
-            _on_disk(handle.flush, path)
-        _on_disk(lambda: os.fsync(handle.fileno()), path)
-        _on_disk(handle.close, path)
-        _on_disk(lambda: os.chmod(tmp, default_file_mode()), path)
-        _on_disk(lambda: os.replace(tmp, path), path)
+            with _restated(path):
+                handle.flush()
+        with _restated(path):
+            os.fsync(handle.fileno())
+            handle.close()
+            os.chmod(tmp, default_file_mode())
+            os.replace(tmp, path)
         done = True
     finally:
         if not done:
             with suppress(OSError):
                 handle.close()
             Path(tmp).unlink(missing_ok=True)
-
-
-def _on_disk(step: Callable[[], Any], path: Path) -> None:
-    """Run one step of writing ``path``; its ``OSError`` is restated about ``path``."""
-    try:
-        step()
-    except OSError as err:
-        raise _write_error(path, err) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -200,8 +198,7 @@ def check_writable(folder: Path, flag: str = "--checkpoints_dir") -> None:
 
 
 def _check_save_path(save_path: str | os.PathLike[str], name: str = "save_path") -> str:
-    """Refuse a figure path that cannot be written, before anything is drawn; return its format (e.g. ``"png"``).
-    ``name`` is the path as the caller's user knows it (``"save_path"``, ``"--out"``)."""
+    """Refuse a figure path that cannot be written, before drawing; return its format. ``name``: the user's word for it."""
     from matplotlib.backend_bases import FigureCanvasBase  # here: the model and checkpoints import this module
 
     if not isinstance(save_path, str | os.PathLike):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import reprlib
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,10 @@ from torchvision import models
 from .checkpoint import CHECKPOINT_FORMAT_VERSION, read_checkpoint, require_entries, save_checkpoint, unwrap_model
 from .files import CheckpointError, _first_line, _safe_torch_load, _TorchFileError, atomic_file, default_file_mode, file_in_the_way
 
-__all__ = ["ALEXNET_WEIGHTS_URL", "ARCH", "ARCHS", "BACKBONES", "GAPNet", "ResNetGAP", "VGG16GAP", "create_model", "CHECKPOINT_FORMAT_VERSION", "IMAGENET_MEAN", "IMAGENET_STD",
-           "MIN_INPUT_SIZE", "AlexNetGAP", "CheckpointError", "PretrainedSpec", "PretrainedWeightsError", "atomic_file",
-           "build_model", "default_file_mode", "file_in_the_way", "load_checkpoint", "require_entries",
-           "save_checkpoint", "unwrap_model"]
+__all__ = ["ALEXNET_WEIGHTS_URL", "ARCH", "ARCHS", "BACKBONES", "CHECKPOINT_FORMAT_VERSION", "IMAGENET_MEAN", "IMAGENET_STD",
+           "MIN_INPUT_SIZE", "AlexNetGAP", "CheckpointError", "GAPNet", "PretrainedSpec", "PretrainedWeightsError", "ResNetGAP",
+           "VGG16GAP", "atomic_file", "build_model", "create_model", "default_file_mode", "file_in_the_way", "load_checkpoint",
+           "require_entries", "save_checkpoint", "unwrap_model"]
 
 ARCH = "alexnet_gap"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -41,6 +42,12 @@ ClassIndex = int | Sequence[int] | Tensor
 
 class PretrainedWeightsError(RuntimeError):
     """ImageNet AlexNet weights were asked for and could not be had."""
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 class GAPNet(nn.Module):
@@ -61,19 +68,14 @@ class GAPNet(nn.Module):
     def __init__(self, num_classes: int, **model_args: int) -> None:
         super().__init__()
         for name, value in (("num_classes", num_classes), *model_args.items()):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            _positive_int(name, value)
         self.num_classes = num_classes
         self.model_args = {"num_classes": num_classes, **model_args}  # what rebuilds it from a checkpoint
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def _init_new_layers(self, pretrained: PretrainedSpec) -> None:
-        """As the CAM paper and wsolevaluation: He init for the added convolution, N(0, 0.01) for ``fc``; then the
-        ImageNet weights, if asked for."""
-        for conv in (m for m in self.new_layers() if isinstance(m, nn.Conv2d)):
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+        """N(0, 0.01) for ``fc``, as the CAM paper (``cam_conv`` keeps PyTorch's default init); then ImageNet weights if asked."""
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
         if pretrained:
@@ -239,12 +241,19 @@ class GAPNet(nn.Module):
 class _ConvGAP(GAPNet):
     """A backbone of plain convolutions (``features``, torchvision's keys), the CAM paper's added ``cam_conv`` and ``fc``."""
 
-    def _he_init_features(self) -> None:
-        # He init for every convolution: with PyTorch's default init a from-scratch network without batch norm
-        # idles for epochs at the majority class.
+    def __init__(self, num_classes: int, pretrained: PretrainedSpec, cam_channels: int, features: nn.Sequential,
+                 feature_channels: int) -> None:
+        super().__init__(num_classes, cam_channels=cam_channels)
+        self.cam_channels = cam_channels
+        self.features = features
+        self.cam_conv = nn.Sequential(nn.Conv2d(feature_channels, cam_channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(cam_channels, num_classes)
+        # He init for every backbone convolution (as torchvision's VGG): with PyTorch's default init a from-scratch
+        # network without batch norm idles for epochs at the majority class.
         for conv in (m for m in self.features if isinstance(m, nn.Conv2d)):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
+        self._init_new_layers(pretrained)
 
     def new_layers(self) -> list[nn.Module]:
         return [self.cam_conv, self.fc]
@@ -275,19 +284,14 @@ class AlexNetGAP(_ConvGAP):
     weights = (models.AlexNet_Weights.IMAGENET1K_V1,)
 
     def __init__(self, num_classes: int, pretrained: PretrainedSpec = False, cam_channels: int = 1024) -> None:
-        super().__init__(num_classes, cam_channels=cam_channels)
-        self.cam_channels = cam_channels
-        self.features = nn.Sequential(  # index for index torchvision's AlexNet.features[:12], so state dict keys match
+        features = nn.Sequential(  # index for index torchvision's AlexNet.features[:12], so state dict keys match
             nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
             nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
             nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
         )
-        self.cam_conv = nn.Sequential(nn.Conv2d(256, cam_channels, 3, padding=1), nn.ReLU(inplace=True))
-        self.fc = nn.Linear(cam_channels, num_classes)
-        self._he_init_features()
-        self._init_new_layers(pretrained)
+        super().__init__(num_classes, pretrained, cam_channels, features, feature_channels=256)
 
 
 class VGG16GAP(_ConvGAP):
@@ -302,13 +306,8 @@ class VGG16GAP(_ConvGAP):
     weights = (models.VGG16_Weights.IMAGENET1K_V1,)
 
     def __init__(self, num_classes: int, pretrained: PretrainedSpec = False, cam_channels: int = 1024) -> None:
-        super().__init__(num_classes, cam_channels=cam_channels)
-        self.cam_channels = cam_channels
-        self.features = models.vgg.make_layers(models.vgg.cfgs["D"])[:-1]  # torchvision's VGG16 features, less pool5
-        self.cam_conv = nn.Sequential(nn.Conv2d(512, cam_channels, 3, padding=1), nn.ReLU(inplace=True))
-        self.fc = nn.Linear(cam_channels, num_classes)
-        self._he_init_features()  # as torchvision's VGG (no batch norm)
-        self._init_new_layers(pretrained)
+        features = models.vgg.make_layers(models.vgg.cfgs["D"])[:-1]  # torchvision's VGG16 features, less pool5
+        super().__init__(num_classes, pretrained, cam_channels, features, feature_channels=512)
 
 
 class ResNetGAP(GAPNet):
@@ -358,14 +357,9 @@ RESNETS = {  # depth: (torchvision builder, ImageNet weights it accepts, the def
 }
 
 
-def _resnet(depth: int) -> Any:
-    def build(num_classes: int, pretrained: PretrainedSpec = False, **model_args: Any) -> ResNetGAP:
-        return ResNetGAP(num_classes, pretrained, **{"depth": depth, **model_args})
-    return build
-
-
 # The backbones a checkpoint's "arch" may name, and ``--arch`` without its "_gap": adding a network is one entry.
-BACKBONES: dict[str, Any] = {ARCH: AlexNetGAP, "vgg16_gap": VGG16GAP, "resnet18_gap": _resnet(18), "resnet50_gap": _resnet(50)}
+BACKBONES: dict[str, Any] = {ARCH: AlexNetGAP, "vgg16_gap": VGG16GAP, "resnet18_gap": partial(ResNetGAP, depth=18),
+                             "resnet50_gap": partial(ResNetGAP, depth=50)}
 ARCHS = tuple(name.removesuffix("_gap") for name in BACKBONES)
 
 

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT, BEST_CHECKPOINT, METRICS_LOG = "last.pt", "best.pt", "metrics.jsonl"
 ARGS_FILE, CURVES_FIGURE, TEST_METRICS = "args.json", "training_curves.png", "test_metrics.json"
+RUN_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS)  # and *_metrics.json
 LOCK_FILE = ".lock"  # held by the run writing the folder
 _TEMP_FILE = re.compile(r"^\.(.+)\.\w{8}\.tmp$")  # files.atomic_file's hidden temp files: .NAME.XXXXXXXX.tmp
 
@@ -61,7 +62,7 @@ def remove_run_files(run_dir: Path, keep: Sequence[str] = ()) -> None:
     """Delete what an earlier run left in ``run_dir`` (checkpoints, logs, figures, scores) but ``keep``, nothing else."""
     stems = (Path(LAST_CHECKPOINT).stem, Path(BEST_CHECKPOINT).stem)
     scores = [p.name for p in run_dir.glob("*_metrics.json") if p.name.split("_", 1)[0] in stems]
-    for name in {LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS, *scores} - set(keep):
+    for name in {*RUN_FILES, *scores} - set(keep):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -80,15 +81,9 @@ def hold_run_folder(run_dir: Path) -> Iterator[None]:
     """
     existed = run_dir.is_dir()
     check_writable(run_dir)
-    lock = run_dir / LOCK_FILE
+    lock, fd = run_dir / LOCK_FILE, None
     try:
         fd = _lock(lock, run_dir)
-    except BaseException:
-        if not existed:
-            with suppress(OSError):
-                run_dir.rmdir()
-        raise
-    try:
         stale = [p for p in run_dir.glob(".*.tmp") if (m := _TEMP_FILE.match(p.name)) and _is_run_file(m.group(1))]
         for path in stale:
             path.unlink(missing_ok=True)
@@ -96,8 +91,9 @@ def hold_run_folder(run_dir: Path) -> Iterator[None]:
             logger.info("Removed %d unfinished file(s) of an interrupted write in %s", len(stale), run_dir)
         yield
     finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
+        if fd is not None:
+            lock.unlink(missing_ok=True)
+            os.close(fd)
         if not existed:
             with suppress(OSError):  # a failed start leaves no empty folder behind
                 run_dir.rmdir()
@@ -129,7 +125,7 @@ def _lock(lock: Path, run_dir: Path) -> int:
 
 
 def _is_run_file(name: str) -> bool:
-    return name in (LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS) or name.endswith("_metrics.json")
+    return name in RUN_FILES or name.endswith("_metrics.json")
 
 
 def keep_as_best(last: Path) -> None:
