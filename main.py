@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -16,7 +17,19 @@ from collections.abc import Sequence
 # another process holds a core. Must be set before torch starts its thread pool.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-try:  # a Ctrl-C while the libraries import (seconds, for torch) is one line too
+
+def _exit_interrupted(*_: object) -> None:
+    print("main.py: interrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+_EXIT_ON_CTRL_C = __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+if _EXIT_ON_CTRL_C:
+    # A KeyboardInterrupt raised inside a library's import can be swallowed there and surface as another error (numpy:
+    # "cannot load module more than once"); nothing is written yet, so a Ctrl-C while importing just exits.
+    signal.signal(signal.SIGINT, _exit_interrupted)
+
+try:  # imported as a module (the console script), a Ctrl-C while the libraries import is one line too
     if __package__ in (None, ""):
         # Run as a script: make the clone importable as the package, whatever its folder is called.
         import _bootstrap
@@ -35,8 +48,9 @@ try:  # a Ctrl-C while the libraries import (seconds, for torch) is one line too
     from CAM_Stanford_Cars.model import ARCHS, CheckpointError, PretrainedWeightsError
     from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, fit, shutdown_distributed
 except KeyboardInterrupt:
-    print("main.py: interrupted", file=sys.stderr)
-    sys.exit(130)
+    _exit_interrupted()
+if _EXIT_ON_CTRL_C:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 __all__ = ["DEFAULTS", "pretrained_flag", "text_list", "year_list", "get_args_parser", "config_from_args", "check_commands",
            "run", "main", "error_line", "HelpFormatter", "OneLineParser", "bool_flag", "positive_int", "DatasetError", "StanfordCarsCAM",
