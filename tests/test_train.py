@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from CAM_Stanford_Cars import evaluation as evaluation_module
 from CAM_Stanford_Cars import files as files_module
 from CAM_Stanford_Cars import runtime as runtime_module
 from CAM_Stanford_Cars import train as train_module
@@ -203,7 +204,7 @@ def test_evaluate_says_before_scoring_when_the_checkpoint_folder_is_not_writable
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(files_module.tempfile, "TemporaryFile", refuse)
-    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: pytest.fail("scored before checking the folder"))
+    monkeypatch.setattr(evaluation_module, "evaluate", lambda *a, **k: pytest.fail("scored before checking the folder"))
     with pytest.raises(ValueError, match="best_test_metrics.json.*not writable.*Operation not permitted"):
         train_module.evaluate_checkpoint(trained_run / "best.pt", root=synthetic_root, progress=False)
 
@@ -314,35 +315,39 @@ def test_two_processes_with_gloo(synthetic_root: Path, tmp_path: Path) -> None:
 DDP_SCRIPT = """
 import json, sys
 from CAM_Stanford_Cars.train import TrainConfig, fit
-settings = json.loads(sys.argv[1])
-stop = settings.pop("stop_after_steps")
-fit(TrainConfig(**settings), stop_after_steps=stop)
+for settings in json.loads(sys.argv[1]):
+    stop = settings.pop("stop_after_steps")
+    fit(TrainConfig(**settings), stop_after_steps=stop)
 """
 
 
-def run_two_ranks(tmp_path: Path, settings: dict[str, object]) -> None:
+def run_two_ranks(tmp_path: Path, *runs: dict[str, object]) -> None:
+    """One ``torchrun`` of two processes that run ``fit`` for each of ``runs`` in turn (each launch imports torch
+    anew in three processes, which takes longer than these tiny runs)."""
     script = tmp_path / "ddp_fit.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), json.dumps(settings)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), json.dumps(runs)],
         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def test_two_processes_resume_mid_epoch_as_if_never_stopped(tmp_path: Path) -> None:
-    # 40 train images at batch 1: 20 steps per rank, so the ranks agree to stop at step 10, mid-epoch.
+    # 24 train images (13 per class, one of each held out) at batch 1: 12 steps per rank, so the ranks agree to stop
+    # at step 10, mid-epoch, with two steps left for the resumed run.
     root = write_synthetic_stanford_cars(
-        tmp_path / "cars", class_names=SEED_CLASSES, n_train_per_class=22, n_test_per_class=1, image_size=(96, 64), seed=1
+        tmp_path / "cars", class_names=SEED_CLASSES, n_train_per_class=13, n_test_per_class=1, image_size=(96, 64), seed=1
     )
     settings: dict[str, object] = dict(
         root=str(root), car_type="Sedan", car_brand="BMW", car_production_year=2012, n_epochs=1, batch_size=1, image_size=64, pretrained=False, device="cpu",
         num_workers=0, progress=False, seed=5, lr=0.01, stop_after_steps=None,
     )
-    run_two_ranks(tmp_path, {**settings, "checkpoints_dir": str(tmp_path / "whole")})
+    # The uninterrupted run and the stopped one share a launch; the resumed run starts in new processes.
     stopped = tmp_path / "stopped"
-    run_two_ranks(tmp_path, {**settings, "checkpoints_dir": str(stopped), "stop_after_steps": 1})
+    run_two_ranks(tmp_path, {**settings, "checkpoints_dir": str(tmp_path / "whole")},
+                  {**settings, "checkpoints_dir": str(stopped), "stop_after_steps": 1})
     _, partial = load_checkpoint(stopped / "last.pt")
     assert partial["epoch_progress"]["step"] == 10
     # The saved running sums count both ranks' images, and each rank's RNG state is kept.
@@ -352,6 +357,7 @@ def test_two_processes_resume_mid_epoch_as_if_never_stopped(tmp_path: Path) -> N
 
     whole_model, whole = load_checkpoint(tmp_path / "whole" / "last.pt")
     resumed_model, resumed = load_checkpoint(stopped / "last.pt")
+    assert whole["metrics"]["train_images"] == 24  # 12 steps per rank: the stop at step 10 was mid-epoch
     for key in ("train_loss", "train_top1", "train_images", "val_loss", "val_top1"):
         assert resumed["metrics"][key] == whole["metrics"][key], key
     for name, tensor in whole_model.state_dict().items():
