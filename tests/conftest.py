@@ -77,3 +77,18 @@ def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
         device="cpu", num_workers=0, progress=False, seed=0,
     ))
     return run_dir
+
+
+@pytest.fixture
+def cam_checkpoint(synthetic_root: Path, tmp_path: Path) -> Path:
+    """An untrained checkpoint on the seed's filters (the two BMW 2012 sedans), 64x64 images and 8 CAM channels (Score-CAM
+    runs one forward pass per channel)."""
+    from CAM_Stanford_Cars.dataset import StanfordCarsCAM
+    from CAM_Stanford_Cars.model import AlexNetGAP, save_checkpoint
+
+    filters = {"car_type": "Sedan", "car_brand": "BMW", "car_production_year": 2012}
+    classes = StanfordCarsCAM(synthetic_root, split="test", **filters).classes
+    torch.manual_seed(0)
+    model = AlexNetGAP(num_classes=len(classes), cam_channels=8)
+    return save_checkpoint(tmp_path / "run" / "best.pt", model, class_names=classes, image_size=64,
+                           args={"root": str(synthetic_root)}, **filters)

@@ -25,23 +25,6 @@ def checkpoint(trained_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copy(trained_run / "best.pt", tmp_path / "best.pt"))
 
 
-@pytest.fixture
-def small_checkpoint(synthetic_root: Path, tmp_path: Path) -> Path:
-    """An untrained AlexNet-GAP with 8 CAM channels at 64 px, for the seed's filters: Score-CAM runs one forward pass
-    per channel, so ``--methods all`` over the trained run's 1,024 channels would spend most of its time there."""
-    import torch
-
-    from CAM_Stanford_Cars.dataset import StanfordCarsCAM
-    from CAM_Stanford_Cars.model import AlexNetGAP, save_checkpoint
-
-    filters = {"car_type": "Sedan", "car_brand": "BMW", "car_production_year": 2012}
-    classes = StanfordCarsCAM(synthetic_root, split="test", **filters).classes
-    torch.manual_seed(0)
-    model = AlexNetGAP(num_classes=len(classes), cam_channels=8)
-    return save_checkpoint(tmp_path / "run" / "best.pt", model, class_names=classes, image_size=64,
-                           args={"root": str(synthetic_root)}, **filters)
-
-
 def test_every_method_is_scored_on_the_same_images_into_one_json(checkpoint: Path, synthetic_root: Path) -> None:
     result = compare_methods(checkpoint, synthetic_root, methods=["cam", "gradcam", "layercam"], device="cpu", num_workers=0,
                              progress=False, figure_images=2)
@@ -61,9 +44,9 @@ def test_every_method_is_scored_on_the_same_images_into_one_json(checkpoint: Pat
 
 
 def test_the_methods_flag_prints_a_table_and_names_bad_input(
-    small_checkpoint: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
+    cam_checkpoint: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    common = ["--evaluate", str(small_checkpoint), "--root_datasets_dir", str(synthetic_root), "--device", "cpu", "--num_workers", "0",
+    common = ["--evaluate", str(cam_checkpoint), "--root_datasets_dir", str(synthetic_root), "--device", "cpu", "--num_workers", "0",
               "--progress", "false"]
     done = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), *common, "--methods", "all"], capture_output=True, text=True,
                           timeout=600)

@@ -549,20 +549,6 @@ def test_training_curves_reject_unusable_history(history: list, match: str) -> N
 # ------------------------------------------------------------------------------- the command line
 
 
-@pytest.fixture
-def cam_checkpoint(synthetic_root: Path, tmp_path: Path) -> Path:
-    """An untrained checkpoint on the seed's filters (the two BMW 2012 sedans), 64x64 images."""
-    from CAM_Stanford_Cars.dataset import StanfordCarsCAM
-    from CAM_Stanford_Cars.model import AlexNetGAP, save_checkpoint
-
-    filters = {"car_type": "Sedan", "car_brand": "BMW", "car_production_year": 2012}
-    classes = StanfordCarsCAM(synthetic_root, split="test", **filters).classes
-    torch.manual_seed(0)
-    model = AlexNetGAP(num_classes=len(classes), cam_channels=8)
-    return save_checkpoint(tmp_path / "run" / "best.pt", model, class_names=classes, image_size=64,
-                           args={"root": str(synthetic_root)}, **filters)
-
-
 def test_render_cam_grid_resolves_the_device_by_name(cam_checkpoint: Path, tmp_path: Path) -> None:
     out = visualize.render_cam_grid(cam_checkpoint, n=2, out=tmp_path / "cams.png", device="auto")
     with Image.open(out) as image:
