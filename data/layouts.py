@@ -143,14 +143,15 @@ def _load_variable(path: Path, variable: str) -> Any:
     return mat[variable]
 
 
-# Cached on (path, modification time, size): each file is parsed once however many datasets read it.
+# Cached on the path and the file's identity and version (_file_key): each file is parsed once however many datasets
+# read it, and a relative path read from another working folder is another file.
 @functools.lru_cache(maxsize=8)
-def _read_class_names_cached(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+def _read_class_names_cached(path: str, version: tuple[object, ...]) -> tuple[str, ...]:
     return tuple(str(name) for name in np.atleast_1d(_load_variable(Path(path), "class_names")).tolist())
 
 
 @functools.lru_cache(maxsize=8)
-def _read_annotations_cached(path: str, mtime_ns: int, size: int, image_dir: str, car_ims: bool) -> dict[str, SplitAnnotations]:
+def _read_annotations_cached(path: str, version: tuple[object, ...], image_dir: str, car_ims: bool) -> dict[str, SplitAnnotations]:
     """The ``annotations`` of a file: per split for ``cars_annos.mat`` (its ``test`` field), else under ``"all"``."""
     name_field = "relative_im_path" if car_ims else "fname"
     number_fields = ("class",) + (("test",) if car_ims else ()) + BOX_FIELDS
@@ -168,6 +169,8 @@ def _read_annotations_cached(path: str, mtime_ns: int, size: int, image_dir: str
     paths = np.array([str(Path(image_dir) / str(name)) for name in records[name_field]], dtype=object)
     labels = numbers["class"] - 1
     boxes = (np.stack([numbers[name] for name in BOX_FIELDS], axis=1) - [1, 1, 0, 0]).astype(np.float64)  # 0-based, half-open
+    for array in (labels, boxes):
+        array.setflags(write=False)  # shared by every dataset that reads this file
     if not car_ims:
         return {"all": SplitAnnotations(tuple(paths.tolist()), labels, boxes)}
     is_test = numbers["test"].astype(bool)
@@ -175,9 +178,11 @@ def _read_annotations_cached(path: str, mtime_ns: int, size: int, image_dir: str
             for split, mask in (("train", ~is_test), ("test", is_test))}
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
+def _file_key(path: Path) -> tuple[str, tuple[object, ...]]:
+    """``path`` as given (for messages and image paths) and its file's identity and version: a copy keeps the
+    modification time, never the change time."""
     stat = path.stat()
-    return str(path), stat.st_mtime_ns, stat.st_size
+    return str(path), (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def read_class_names(layout: Layout) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import sys
@@ -541,6 +542,24 @@ def test_annotations_are_parsed_once(tiny_root: Path, monkeypatch: pytest.Monkey
     for i in range(len(train)):
         train[i]
     assert sorted(Path(p).name for p in loads) == ["cars_meta.mat", "cars_test_annos_withlabels.mat", "cars_train_annos.mat"]
+
+
+def test_one_relative_path_in_two_working_folders_reads_each_folders_annotations(
+    tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two copies whose train annotations differ in one box only, with the same size and modification time (as
+    # shutil.copy2 leaves them), read through the same relative path from two working folders.
+    boxes = []
+    for name, x1 in (("a", 1), ("b", 3)):
+        shutil.copytree(tiny_root, tmp_path / name / "data")
+        mat = tmp_path / name / "data" / "stanford_cars" / "devkit" / "cars_train_annos.mat"
+        annotations = sio.loadmat(mat)["annotations"]
+        annotations[0, 0]["bbox_x1"] = np.array([[x1]])
+        sio.savemat(mat, {"annotations": annotations})
+        os.utime(mat, ns=(10**18, 10**18))
+        monkeypatch.chdir(tmp_path / name)
+        boxes.append(StanfordCarsCAM("data", split="train").boxes[0, 0])
+    assert boxes == [0.0, 2.0]
 
 
 def test_dataloader_with_workers_and_boxes(tiny_root: Path) -> None:
