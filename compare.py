@@ -113,17 +113,23 @@ def methods_csv(rows: dict[str, dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+def methods_table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]], str]:
+    """:func:`format_methods_table`'s content: the header, a row of cells per method (fractions in percent, AUCs as
+    they are) and the caption."""
+    header = ["method", *(LABELS[key].split(" (")[0] for key in COLUMNS)]
+    rows = [[name, *(f"{row[key]:.1f}" if key == "ms_per_image" else f"{row[key]:.3f}" if key.endswith("_auc")
+                     else f"{100 * row[key]:.1f}%" for key in COLUMNS)] for name, row in result["methods"].items()]
+    caption = (f"{result['n_images']} images; boxes at the CAM threshold {result['cam_threshold']:.2f} "
+               f"({result['cam_threshold_source']}); * marks scores at that threshold")
+    return header, rows, caption
+
+
 def format_methods_table(result: dict[str, Any]) -> str:
-    """The comparison as a plain-text table, one row per method (fractions in percent, AUCs as they are)."""
-    header = f"{'method':<16}" + "".join(f"{LABELS[key].split(' (')[0]:>16}" for key in COLUMNS)
-    lines = [header, "-" * len(header)]
-    for name, row in result["methods"].items():
-        cells = [f"{row[key]:.1f}" if key == "ms_per_image" else f"{row[key]:.3f}" if key.endswith("_auc")
-                 else f"{100 * row[key]:.1f}%" for key in COLUMNS]
-        lines.append(f"{name:<16}" + "".join(f"{cell:>16}" for cell in cells))
-    lines.append(f"{result['n_images']} images; boxes at the CAM threshold {result['cam_threshold']:.2f} "
-                 f"({result['cam_threshold_source']}); * marks scores at that threshold")
-    return "\n".join(lines)
+    """The comparison as a plain-text table, one row per method, 16 characters a column."""
+    header, rows, caption = methods_table_rows(result)
+    line = lambda cells: f"{cells[0]:<16}" + "".join(f"{cell:>16}" for cell in cells[1:])  # noqa: E731
+    top = line(header)
+    return "\n".join([top, "-" * len(top), *map(line, rows), caption])
 
 
 def draw_comparison(images: torch.Tensor, maps: dict[str, torch.Tensor], true_boxes: torch.Tensor, threshold: float,

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "EIGHT_CONNECTED", "EMPTY_BOX", "IOU_THRESHOLD", "LOC_THRESHOLD", "METRIC_LABELS", "THRESHOLDS", "V2_IOU_THRESHOLDS",
-    "LocalizationMeter", "box_iou", "boxes_from_cams", "choose_cam_threshold", "format_metrics_table", "largest_component_box", "mask_to_box",
+    "LocalizationMeter", "box_iou", "boxes_from_cams", "choose_cam_threshold", "format_metrics_table", "metrics_table_rows", "largest_component_box", "mask_to_box",
     "normalize_cams", "reference_best_iou", "reference_boxes", "sweep_best_iou", "sweep_boxes",
 ]
 
@@ -405,12 +405,10 @@ _TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def format_metrics_table(metrics: dict[str, Any]) -> str:
-    """:meth:`LocalizationMeter.compute`'s metrics as a plain-text table in percent, no trailing newline.
-
-    Absent metrics are skipped; keys it does not know (``loss``, ``split``, ...) follow the table.
-    """
-    lines = [f"{'metric':<16}{'value':>9}  definition", "-" * 78]
+def metrics_table_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """:func:`format_metrics_table`'s content: ``(label, value, definition)`` rows of the metrics present, and the lines
+    after them (the image counts, then the keys it does not know: ``loss``, ``split``, ...)."""
+    rows = []
     for key, label, note in (row for row in _TABLE_ROWS if row[0] in metrics):
         value = metrics[key]
         text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
@@ -418,14 +416,25 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
             note = f"{note}; at t={metrics['maxboxacc_threshold']:.2f}"
         if key == "gt_known_loc_at_cam_threshold":
             note = f"{note} (t*={metrics['cam_threshold']:.2f}, {metrics.get('cam_threshold_source', 'val')})"
-        lines.append(f"{label:<16}{text:>9}  {note}")
+        rows.append((label, text, note))
+    after = []
     if "n_images" in metrics:
-        lines += ["-" * 78, (f"images: {metrics['n_images']} ({metrics.get('n_with_box', '?')} with a box, "
-                             f"{metrics.get('n_without_box', '?')} without: classified but not scored for localisation)")]
+        after.append(f"images: {metrics['n_images']} ({metrics.get('n_with_box', '?')} with a box, "
+                     f"{metrics.get('n_without_box', '?')} without: classified but not scored for localisation)")
     known = {key for key, _, _ in _TABLE_ROWS} | {"maxboxacc_threshold", "n_images", "n_with_box", "n_without_box", "cam_threshold",
                                                   "cam_threshold_source"}
-    extra = [f"{key}: {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key}: {metrics[key]}" for key in sorted(metrics) if key not in known]
-    return "\n".join(lines + extra)
+    after += [f"{key}: {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key}: {metrics[key]}" for key in sorted(metrics) if key not in known]
+    return rows, after
+
+
+def format_metrics_table(metrics: dict[str, Any]) -> str:
+    """:meth:`LocalizationMeter.compute`'s metrics as a plain-text table in percent, no trailing newline.
+
+    Absent metrics are skipped; keys it does not know (``loss``, ``split``, ...) follow the table.
+    """
+    rows, after = metrics_table_rows(metrics)
+    lines = [f"{'metric':<16}{'value':>9}  definition", "-" * 78, *(f"{label:<16}{text:>9}  {note}" for label, text, note in rows)]
+    return "\n".join(lines + (["-" * 78] if "n_images" in metrics else []) + after)
 
 
 def _check_batch(logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor | None) -> tuple[Tensor, np.ndarray]:

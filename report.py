@@ -21,11 +21,11 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from .checkpoint import THRESHOLD_SOURCES, cam_threshold_of
-from .compare import format_methods_table
+from .compare import methods_table_rows
 from .dataset import FILTER_NAMES
 from .evaluation import open_checkpoint
 from .files import atomic_file, file_in_the_way, unwritable_reason
-from .localization import IOU_THRESHOLD, LocalizationMeter, box_iou, boxes_from_cams, format_metrics_table
+from .localization import IOU_THRESHOLD, LocalizationMeter, box_iou, boxes_from_cams, metrics_table_rows
 from .overlay import apply_cam
 from .runtime import autocast_context
 from .visualize import plot_training_curves
@@ -111,20 +111,17 @@ def _table(header: list[str] | None, rows: list[list[Any]], numeric: tuple[int, 
 
 
 def _metrics_html(metrics: dict[str, Any]) -> str:
-    """format_metrics_table's rows (fixed columns: label 16, value 9, definition) as an HTML table, the rest below."""
-    lines = format_metrics_table(metrics).split("\n")
-    dashes = [i for i, line in enumerate(lines) if line and set(line) == {"-"}] + [len(lines)] * 2
-    rows = [[line[:16].strip(), line[16:25].strip(), line[25:].strip()] for line in lines[dashes[0] + 1:dashes[1]]]
-    notes = "\n".join(lines[dashes[1] + 1:])
-    return _table(["metric", "value", "definition"], rows, numeric=(1,)) + (f"<pre>{esc(notes)}</pre>" if notes else "")
+    """format_metrics_table's rows as an HTML table, the lines after them below."""
+    rows, after = metrics_table_rows(metrics)
+    notes = "\n".join(after)
+    return (_table(["metric", "value", "definition"], [[label.strip(), text, note] for label, text, note in rows], numeric=(1,))
+            + (f"<pre>{esc(notes)}</pre>" if notes else ""))
 
 
 def _methods_html(result: dict[str, Any]) -> str:
-    """format_methods_table's rows (a 16-character column each) as an HTML table, its caption below."""
-    lines = format_methods_table(result).split("\n")
-    split = lambda line: [line[k:k + 16].strip() for k in range(0, len(line), 16)]  # noqa: E731
-    header = split(lines[0])
-    return _table(header, [split(line) for line in lines[2:-1]], tuple(range(1, len(header)))) + f"<pre>{esc(lines[-1])}</pre>"
+    """format_methods_table's rows as an HTML table, its caption below."""
+    header, rows, caption = methods_table_rows(result)
+    return _table(header, rows, tuple(range(1, len(header)))) + f"<pre>{esc(caption)}</pre>"
 
 
 def _threshold_figure(val_curve: dict[str, Any] | None, meter: LocalizationMeter, split: str, threshold: float, source: str) -> str:
