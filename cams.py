@@ -107,8 +107,16 @@ def _score_weights(model: GAPNet, images: Tensor, features: Tensor, index: Tenso
     return torch.cat(weights).view(n, k).to(features.dtype)
 
 
-def compute_cams(model: GAPNet, images: Tensor, method: str = "cam", class_idx: ClassIndex | None = None, *,
-                 batch_size: int = 64, n_samples: int = 4, std: float = 0.15) -> Tensor:
+def compute_cams(
+    model: GAPNet,
+    images: Tensor,
+    method: str = "cam",
+    class_idx: ClassIndex | None = None,
+    *,
+    batch_size: int = 64,
+    n_samples: int = 4,
+    std: float = 0.15,
+) -> Tensor:
     """Class activation maps by ``method``, at the feature resolution, raw (not normalised), in eval mode.
 
     Score-CAM runs one forward pass per (image, channel) pair, B * K in all (K = 1,024 for AlexNet-GAP and VGG16-GAP,
@@ -139,7 +147,9 @@ def compute_cams(model: GAPNet, images: Tensor, method: str = "cam", class_idx: 
         with torch.no_grad():
             features = model.forward_features(images)
             logits = model.forward_head(features)
-        index = logits.argmax(dim=1) if class_idx is None else model._class_index(class_idx, len(images), features.device)
+        index = (
+            logits.argmax(dim=1) if class_idx is None else model._class_index(class_idx, len(images), features.device)
+        )
         if method == "cam":  # the very computation of model(x, True): equal bit for bit
             return model._cam(features, index)
         features = features.to(torch.promote_types(features.dtype, torch.float32))  # full precision under autocast
@@ -167,8 +177,14 @@ def compute_cams(model: GAPNet, images: Tensor, method: str = "cam", class_idx: 
             return (grad.relu() * features).sum(dim=1).relu()  # layercam: weights per pixel
 
 
-def deletion_insertion(model: nn.Module, images: Tensor, maps: Tensor, class_idx: ClassIndex | None = None,
-                       steps: int = 20, baseline: str = "zeros") -> dict[str, Tensor]:
+def deletion_insertion(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    class_idx: ClassIndex | None = None,
+    steps: int = 20,
+    baseline: str = "zeros",
+) -> dict[str, Tensor]:
     """RISE's deletion and insertion (Petsiuk et al. 2018), batched, as torchcam 0.5's ``DeletionInsertionMetric``.
 
     Pixels are ranked by ``maps`` upsampled bilinearly to the image size (ties: lower index first, stable sort).
@@ -204,10 +220,17 @@ def deletion_insertion(model: nn.Module, images: Tensor, maps: Tensor, class_idx
     pixels = height * width
     with _eval_mode(model), torch.no_grad():
         index = model(images).argmax(dim=1) if class_idx is None else model._class_index(class_idx, n, images.device)
-        saliency = F.interpolate(maps[:, None].to(images.device, torch.float32), size=(height, width), mode="bilinear",
-                                 align_corners=False)
-        ranks = saliency.flatten(1).argsort(dim=1, descending=True, stable=True).argsort(dim=1).view(n, 1, height, width)
-        base = torch.zeros_like(images) if baseline == "zeros" else gaussian_blur(images, [BLUR_KERNEL] * 2, [BLUR_SIGMA] * 2)
+        saliency = F.interpolate(
+            maps[:, None].to(images.device, torch.float32), size=(height, width), mode="bilinear", align_corners=False
+        )
+        ranks = (
+            saliency.flatten(1).argsort(dim=1, descending=True, stable=True).argsort(dim=1).view(n, 1, height, width)
+        )
+        base = (
+            torch.zeros_like(images)
+            if baseline == "zeros"
+            else gaussian_blur(images, [BLUR_KERNEL] * 2, [BLUR_SIGMA] * 2)
+        )
         stride = math.ceil(pixels / steps)
         counts = [min(i * stride, pixels) for i in range(steps + 1)]
         curves = []
@@ -218,5 +241,10 @@ def deletion_insertion(model: nn.Module, images: Tensor, maps: Tensor, class_idx
             curves.append(probs.gather(1, index.repeat(2)[:, None]).view(2, n))
         deletion, insertion = torch.stack(curves, dim=2).unbind(0)  # (B, steps + 1) each
         fractions = torch.tensor(counts, dtype=torch.float32, device=images.device) / pixels
-    return {"deletion_auc": torch.trapezoid(deletion, fractions, dim=1), "deletion_curve": deletion, "fractions": fractions,
-            "insertion_auc": torch.trapezoid(insertion, fractions, dim=1), "insertion_curve": insertion}
+    return {
+        "deletion_auc": torch.trapezoid(deletion, fractions, dim=1),
+        "deletion_curve": deletion,
+        "fractions": fractions,
+        "insertion_auc": torch.trapezoid(insertion, fractions, dim=1),
+        "insertion_curve": insertion,
+    }

@@ -22,26 +22,37 @@ PAPER_THRESHOLD = 0.2  # the CAM paper's threshold (Zhou et al. 2016), for check
 def _resolve_map_location(map_location: str | torch.device | None) -> torch.device:
     """``map_location`` as a device that exists here, so a device problem never reads as a bad file."""
     if not isinstance(map_location, str | torch.device | None):
-        raise TypeError("map_location must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
-                        f"got {type(map_location).__name__}")
+        raise TypeError(
+            "map_location must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
+            f"got {type(map_location).__name__}"
+        )
     try:
         device = torch.device("cpu" if map_location is None else map_location)
     except (RuntimeError, ValueError):
-        raise ValueError(f"map_location {map_location!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+        raise ValueError(
+            f"map_location {map_location!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from None
     name = str(map_location)
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if device.type not in available:
         raise ValueError(f"map_location {name!r} is not supported here; use 'cpu', 'cuda' or 'mps'")
     if not available[device.type]:
-        raise ValueError(f"map_location {name!r} asks for {device.type.upper()}, which is not available here; use 'cpu'")
+        raise ValueError(
+            f"map_location {name!r} asks for {device.type.upper()}, which is not available here; use 'cpu'"
+        )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"map_location {name!r} names a GPU this machine does not have "
-                         f"({torch.cuda.device_count()} visible); use 'cuda:0' or 'cpu'")
+        raise ValueError(
+            f"map_location {name!r} names a GPU this machine does not have "
+            f"({torch.cuda.device_count()} visible); use 'cuda:0' or 'cpu'"
+        )
     return device
 
 
-THRESHOLD_SOURCES = {"val": "chosen on the validation split", "paper": "the CAM paper's: no validation box to choose one by",
-                     "given": "given"}
+THRESHOLD_SOURCES = {
+    "val": "chosen on the validation split",
+    "paper": "the CAM paper's: no validation box to choose one by",
+    "given": "given",
+}
 
 
 def cam_threshold_of(checkpoint: Mapping[str, Any]) -> tuple[float, str]:
@@ -75,8 +86,10 @@ def _plain(value: Any, key: str) -> Any:
         return {k: _plain(v, f"{key}.{k}") for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_plain(v, f"{key}[{i}]") for i, v in enumerate(value))
-    raise TypeError(f"checkpoint entry {key!r} is a {type(value).__name__}, which a safe (weights_only) load "
-                    "cannot read; store plain types instead (for argparse arguments pass vars(args))")
+    raise TypeError(
+        f"checkpoint entry {key!r} is a {type(value).__name__}, which a safe (weights_only) load "
+        "cannot read; store plain types instead (for argparse arguments pass vars(args))"
+    )
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> Path:
@@ -90,8 +103,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state: Any) -> 
     """
     bare = unwrap_model(model)
     payload = {key: _plain(value, key) for key, value in state.items()}
-    payload.update(format_version=CHECKPOINT_FORMAT_VERSION, arch=bare.arch, model_args=dict(bare.model_args),
-                   model=bare.state_dict())
+    payload.update(
+        format_version=CHECKPOINT_FORMAT_VERSION,
+        arch=bare.arch,
+        model_args=dict(bare.model_args),
+        model=bare.state_dict(),
+    )
     with atomic_file(path, "wb") as handle:
         torch.save(payload, handle)
     return Path(path)
@@ -105,7 +122,9 @@ def add_entries(path: str | os.PathLike, entries: Mapping[str, Any]) -> None:
         torch.save(checkpoint, handle)
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = None) -> tuple[dict[str, Any], torch.device]:
+def read_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device | None = None
+) -> tuple[dict[str, Any], torch.device]:
     """The dict a checkpoint file holds, read safely (``weights_only=True``: nothing in it runs).
 
     Returns:
@@ -129,15 +148,19 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     try:
         checkpoint = _safe_torch_load(path, location)
     except _TorchFileError as err:
-        raise CheckpointError({
-            "not_torch": f"{name} is not a torch checkpoint ({err}); pass the best.pt or last.pt of a run",
-            "unsafe": f"refused to load {name}: {err}. Nothing in it was run. Only checkpoints written by "
-            "save_checkpoint load here; if you trust the file, re-save its tensors as plain types.",
-        }.get(err.kind, f"{name} is not a readable checkpoint ({err})")) from None
+        raise CheckpointError(
+            {
+                "not_torch": f"{name} is not a torch checkpoint ({err}); pass the best.pt or last.pt of a run",
+                "unsafe": f"refused to load {name}: {err}. Nothing in it was run. Only checkpoints written by "
+                "save_checkpoint load here; if you trust the file, re-save its tensors as plain types.",
+            }.get(err.kind, f"{name} is not a readable checkpoint ({err})")
+        ) from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise CheckpointError(f"{name} is a torch file but not a CAM_Stanford_Cars checkpoint")
     if not isinstance(version := checkpoint["format_version"], int) or version > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(f"{name} has checkpoint format {version!r}, newer than this version reads "
-                              f"({CHECKPOINT_FORMAT_VERSION}); upgrade CAM_Stanford_Cars")
+        raise CheckpointError(
+            f"{name} has checkpoint format {version!r}, newer than this version reads "
+            f"({CHECKPOINT_FORMAT_VERSION}); upgrade CAM_Stanford_Cars"
+        )
     require_entries(checkpoint, ("arch", "model_args", "model"), path)
     return checkpoint, location

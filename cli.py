@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-_BOOLEANS = dict.fromkeys(("true", "yes", "1", "on", "y", "t"), True) | dict.fromkeys(("false", "no", "0", "off", "n", "f"), False)
+_BOOLEANS = dict.fromkeys(("true", "yes", "1", "on", "y", "t"), True) | dict.fromkeys(
+    ("false", "no", "0", "off", "n", "f"), False
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults in the help, except where there is none (the text then says what happens)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is argparse.SUPPRESS or isinstance(action.default, bool) and action.nargs == 0:
+        if (
+            action.default is None
+            or action.default is argparse.SUPPRESS
+            or (isinstance(action.default, bool)
+            and action.nargs == 0)
+        ):
             return action.help or ""
         return super()._get_help_string(action)
 

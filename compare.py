@@ -24,24 +24,48 @@ from .localization import METRIC_LABELS, LocalizationMeter, box_iou, boxes_from_
 from .overlay import apply_cam
 
 # The columns of the printed table and of the CSV, after the method's name.
-COLUMNS = ("top1", "gt_known_loc", "top1_loc", "gt_known_loc_at_cam_threshold", "top1_loc_at_cam_threshold", "maxboxacc",
-           "maxboxacc_v2", "deletion_auc", "insertion_auc", "ms_per_image")
-LABELS = {**METRIC_LABELS, "deletion_auc": "deletion AUC (lower: faithful)", "insertion_auc": "insertion AUC (higher: faithful)",
-          "ms_per_image": "ms/image"}
+COLUMNS = (
+    "top1",
+    "gt_known_loc",
+    "top1_loc",
+    "gt_known_loc_at_cam_threshold",
+    "top1_loc_at_cam_threshold",
+    "maxboxacc",
+    "maxboxacc_v2",
+    "deletion_auc",
+    "insertion_auc",
+    "ms_per_image",
+)
+LABELS = {
+    **METRIC_LABELS,
+    "deletion_auc": "deletion AUC (lower: faithful)",
+    "insertion_auc": "insertion AUC (higher: faithful)",
+    "ms_per_image": "ms/image",
+}
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
     """``methods`` as a list without repeats, each one of :data:`METHODS` (``ValueError`` naming the unknown)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise ValueError(f"--methods takes names among {', '.join(METHODS)}, comma-separated; got {', '.join(methods) or 'none'}")
+        raise ValueError(
+            f"--methods takes names among {', '.join(METHODS)}, comma-separated; got {', '.join(methods) or 'none'}"
+        )
     return list(dict.fromkeys(methods))
 
 
 def compare_methods(
-    checkpoint_path: str | os.PathLike, root: str | os.PathLike | None = None, split: str = "test",
-    methods: Sequence[str] = METHODS, batch_size: int = 32, device: str = "auto", num_workers: int | None = None,
-    progress: bool = True, max_images: int | None = None, figure_images: int = 4, steps: int = 20,
+    checkpoint_path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    split: str = "test",
+    methods: Sequence[str] = METHODS,
+    batch_size: int = 32,
+    device: str = "auto",
+    num_workers: int | None = None,
+    progress: bool = True,
+    max_images: int | None = None,
+    figure_images: int = 4,
+    steps: int = 20,
 ) -> dict[str, Any]:
     """Score each CAM method on the split (or its first ``max_images``), all on the same images and true classes.
 
@@ -63,12 +87,25 @@ def compare_methods(
     loader = opened.loader(dataset, range(n), batch_size)
     size = (dataset.image_size, dataset.image_size)
     meters, sums, shown = _score(model, loader, methods, size, figure_images, steps, progress)
-    rows = {m: {**meters[m].compute(cam_threshold=threshold), "deletion_auc": sums[m]["deletion_auc"] / max(n, 1),
-                "insertion_auc": sums[m]["insertion_auc"] / max(n, 1), "ms_per_image": 1000 * sums[m]["seconds"] / max(n, 1)}
-            for m in methods}
+    rows = {
+        m: {
+            **meters[m].compute(cam_threshold=threshold),
+            "deletion_auc": sums[m]["deletion_auc"] / max(n, 1),
+            "insertion_auc": sums[m]["insertion_auc"] / max(n, 1),
+            "ms_per_image": 1000 * sums[m]["seconds"] / max(n, 1),
+        }
+        for m in methods
+    }
     files = {kind: str(stem.with_suffix(f".{kind}")) for kind in ("json", "csv", "png")}
-    result = {"methods": rows, "split": split, "checkpoint": str(checkpoint_path), "n_images": n, "cam_threshold": threshold,
-              "cam_threshold_source": source, "files": files}
+    result = {
+        "methods": rows,
+        "split": split,
+        "checkpoint": str(checkpoint_path),
+        "n_images": n,
+        "cam_threshold": threshold,
+        "cam_threshold_source": source,
+        "files": files,
+    }
     if figure_images and "images" in shown:
         draw_comparison(shown["images"], shown["maps"], shown["boxes"], threshold, files["png"])
     atomic_write_text(Path(files["csv"]), methods_csv(rows))
@@ -76,14 +113,23 @@ def compare_methods(
     return result
 
 
-def _score(model: torch.nn.Module, loader: Any, methods: list[str], size: tuple[int, int], figure_images: int, steps: int,
-           progress: bool) -> tuple[dict[str, LocalizationMeter], dict[str, dict[str, float]], dict[str, Any]]:
+def _score(
+    model: torch.nn.Module,
+    loader: Any,
+    methods: list[str],
+    size: tuple[int, int],
+    figure_images: int,
+    steps: int,
+    progress: bool,
+) -> tuple[dict[str, LocalizationMeter], dict[str, dict[str, float]], dict[str, Any]]:
     """One pass over ``loader``: each method's meter, its summed AUCs and seconds, and the first images for the figure."""
     device = next(model.parameters()).device
     meters = {m: LocalizationMeter() for m in methods}
     sums = {m: {"deletion_auc": 0.0, "insertion_auc": 0.0, "seconds": 0.0} for m in methods}
     shown: dict[str, Any] = {"maps": {}}  # the first batch's first images, for the figure
-    for images, labels, boxes in tqdm(loader, desc=f"compare {len(methods)} methods", unit="batch", disable=not progress):
+    for images, labels, boxes in tqdm(
+        loader, desc=f"compare {len(methods)} methods", unit="batch", disable=not progress
+    ):
         images, labels = images.to(device), labels.to(device)
         with torch.no_grad():
             logits = model(images)
@@ -117,10 +163,24 @@ def methods_table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str
     """:func:`format_methods_table`'s content: the header, a row of cells per method (fractions in percent, AUCs as
     they are) and the caption."""
     header = ["method", *(LABELS[key].split(" (")[0] for key in COLUMNS)]
-    rows = [[name, *(f"{row[key]:.1f}" if key == "ms_per_image" else f"{row[key]:.3f}" if key.endswith("_auc")
-                     else f"{100 * row[key]:.1f}%" for key in COLUMNS)] for name, row in result["methods"].items()]
-    caption = (f"{result['n_images']} images; boxes at the CAM threshold {result['cam_threshold']:.2f} "
-               f"({result['cam_threshold_source']}); * marks scores at that threshold")
+    rows = [
+        [
+            name,
+            *(
+                f"{row[key]:.1f}"
+                if key == "ms_per_image"
+                else f"{row[key]:.3f}"
+                if key.endswith("_auc")
+                else f"{100 * row[key]:.1f}%"
+                for key in COLUMNS
+            ),
+        ]
+        for name, row in result["methods"].items()
+    ]
+    caption = (
+        f"{result['n_images']} images; boxes at the CAM threshold {result['cam_threshold']:.2f} "
+        f"({result['cam_threshold_source']}); * marks scores at that threshold"
+    )
     return header, rows, caption
 
 
@@ -132,8 +192,13 @@ def format_methods_table(result: dict[str, Any]) -> str:
     return "\n".join([top, "-" * len(top), *map(line, rows), caption])
 
 
-def draw_comparison(images: torch.Tensor, maps: dict[str, torch.Tensor], true_boxes: torch.Tensor, threshold: float,
-                    save_path: str | os.PathLike) -> Path:
+def draw_comparison(
+    images: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    true_boxes: torch.Tensor,
+    threshold: float,
+    save_path: str | os.PathLike,
+) -> Path:
     """A row per image, a column per method: the overlay of the method's map with its box (solid) at ``threshold``,
     the true box (dashed) and their IoU."""
     from matplotlib.figure import Figure
@@ -150,12 +215,21 @@ def draw_comparison(images: torch.Tensor, maps: dict[str, torch.Tensor], true_bo
             ax = axes[row, column]
             ax.imshow(overlays[row])
             ax.set_axis_off()
-            for box, style in ((predicted[row], {"edgecolor": "magenta"}), (true_boxes[row], {"edgecolor": "lime", "linestyle": "--"})):
+            for box, style in (
+                (predicted[row], {"edgecolor": "magenta"}),
+                (true_boxes[row], {"edgecolor": "lime", "linestyle": "--"}),
+            ):
                 if not torch.isnan(box).any():
                     x1, y1, x2, y2 = box.tolist()
                     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.5, **style))
             ax.set_title(f"{name}" if row == 0 else "", fontsize=9)
-            ax.text(2, images.shape[-2] - 4, f"IoU {float(ious[row]):.2f}", color="white", fontsize=8,
-                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
+            ax.text(
+                2,
+                images.shape[-2] - 4,
+                f"IoU {float(ious[row]):.2f}",
+                color="white",
+                fontsize=8,
+                bbox={"facecolor": "black", "alpha": 0.6, "pad": 1},
+            )
     _save_figure_atomically(fig, save_path, 100.0)
     return Path(save_path)

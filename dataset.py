@@ -14,24 +14,107 @@ import numpy as np
 import torch
 from torchvision.datasets import VisionDataset
 
-from .data.common import (DOWNLOAD_EXTRA_HINT, KAGGLE_HANDLE, KAGGLE_URL, LAYOUTS, SPLITS, AnnotationError, DatasetError,
-                          DatasetNotFoundError, DownloadError, FilterValue, ImageLoadError, MissingImageError, PathLike)
+from .data.common import (
+    DOWNLOAD_EXTRA_HINT,
+    KAGGLE_HANDLE,
+    KAGGLE_URL,
+    LAYOUTS,
+    SPLITS,
+    AnnotationError,
+    DatasetError,
+    DatasetNotFoundError,
+    DownloadError,
+    FilterValue,
+    ImageLoadError,
+    MissingImageError,
+    PathLike,
+)
 from .data.download import DEFAULT_MIRROR, Mirror, download_stanford_cars
-from .data.images import (CROP_AREA_RANGE, CROP_ATTEMPTS, CROP_MIN_BOX_VISIBLE, CROP_RELATIVE_ASPECT_RANGE, DRAFT_MIN_SHARE,
-                          FLIP_PROBABILITY, MIN_CROP_SIDE, ImageCache, checked_boxes, decode_image, load_view, open_image,
-                          resize_pixels)
-from .data.layouts import Layout, SplitAnnotations, find_layout, read_class_names, read_split, root_path, verify_stanford_cars
-from .data.names import (BODY_TYPES, FILTER_NAMES, TWO_WORD_MAKES, CarClass, ClassToIdx, FilterSummary, FilterValueCount,
-                         format_filter_summary, parse_class_name, select_classes, summarize)
+from .data.images import (
+    CROP_AREA_RANGE,
+    CROP_ATTEMPTS,
+    CROP_MIN_BOX_VISIBLE,
+    CROP_RELATIVE_ASPECT_RANGE,
+    DRAFT_MIN_SHARE,
+    FLIP_PROBABILITY,
+    MIN_CROP_SIDE,
+    ImageCache,
+    checked_boxes,
+    decode_image,
+    load_view,
+    open_image,
+    resize_pixels,
+)
+from .data.layouts import (
+    Layout,
+    SplitAnnotations,
+    find_layout,
+    read_class_names,
+    read_split,
+    root_path,
+    verify_stanford_cars,
+)
+from .data.names import (
+    BODY_TYPES,
+    FILTER_NAMES,
+    TWO_WORD_MAKES,
+    CarClass,
+    ClassToIdx,
+    FilterSummary,
+    FilterValueCount,
+    format_filter_summary,
+    parse_class_name,
+    select_classes,
+    summarize,
+)
 
 __all__ = [  # StanfordCarsCAM and what it re-exports from data/: common, names, layouts, download, images
-    "StanfordCarsCAM", "stratified_split", "PathLike", "FilterValue", "SPLITS", "LAYOUTS", "KAGGLE_HANDLE", "KAGGLE_URL", "DOWNLOAD_EXTRA_HINT",
-    "DatasetError", "DatasetNotFoundError", "AnnotationError", "ImageLoadError", "MissingImageError", "DownloadError",
-    "TWO_WORD_MAKES", "BODY_TYPES", "FILTER_NAMES", "CarClass", "parse_class_name", "ClassToIdx", "select_classes",
-    "FilterValueCount", "FilterSummary", "summarize", "format_filter_summary", "Layout", "find_layout", "SplitAnnotations",
-    "read_class_names", "read_split", "verify_stanford_cars", "Mirror", "DEFAULT_MIRROR", "download_stanford_cars",
-    "CROP_AREA_RANGE", "CROP_RELATIVE_ASPECT_RANGE", "CROP_MIN_BOX_VISIBLE", "CROP_ATTEMPTS", "FLIP_PROBABILITY",
-    "MIN_CROP_SIDE", "DRAFT_MIN_SHARE", "decode_image", "resize_pixels", "ImageCache", "load_view",
+    "BODY_TYPES",
+    "CROP_AREA_RANGE",
+    "CROP_ATTEMPTS",
+    "CROP_MIN_BOX_VISIBLE",
+    "CROP_RELATIVE_ASPECT_RANGE",
+    "DEFAULT_MIRROR",
+    "DOWNLOAD_EXTRA_HINT",
+    "DRAFT_MIN_SHARE",
+    "FILTER_NAMES",
+    "FLIP_PROBABILITY",
+    "KAGGLE_HANDLE",
+    "KAGGLE_URL",
+    "LAYOUTS",
+    "MIN_CROP_SIDE",
+    "SPLITS",
+    "TWO_WORD_MAKES",
+    "AnnotationError",
+    "CarClass",
+    "ClassToIdx",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "DownloadError",
+    "FilterSummary",
+    "FilterValue",
+    "FilterValueCount",
+    "ImageCache",
+    "ImageLoadError",
+    "Layout",
+    "Mirror",
+    "MissingImageError",
+    "PathLike",
+    "SplitAnnotations",
+    "StanfordCarsCAM",
+    "decode_image",
+    "download_stanford_cars",
+    "find_layout",
+    "format_filter_summary",
+    "load_view",
+    "parse_class_name",
+    "read_class_names",
+    "read_split",
+    "resize_pixels",
+    "select_classes",
+    "stratified_split",
+    "summarize",
+    "verify_stanford_cars",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,9 +140,17 @@ class StanfordCarsCAM(VisionDataset):
     Attributes: ``classes`` (kept, renumbered 0..K-1), ``class_to_idx`` (both ways), ``class_ids`` (indices
     in the full 196), ``samples``, ``targets``, ``boxes`` (N, 4) float64 original pixels, ``layout``.
     """
+
     @classmethod
-    def from_checkpoint(cls, checkpoint: Mapping[str, Any], root: PathLike | None = None, split: str = "test",
-                        source: PathLike = "the checkpoint", flag: str = "--root_datasets_dir DIR", **kwargs: Any) -> StanfordCarsCAM:
+    def from_checkpoint(
+        cls,
+        checkpoint: Mapping[str, Any],
+        root: PathLike | None = None,
+        split: str = "test",
+        source: PathLike = "the checkpoint",
+        flag: str = "--root_datasets_dir DIR",
+        **kwargs: Any,
+    ) -> StanfordCarsCAM:
         """The un-augmented ``split`` with a checkpoint dict's filters, image size and classes, under ``root`` or
         (``None``) the data folder the checkpoint records. ``source`` and ``flag`` name the file and the option in errors.
 
@@ -72,21 +163,37 @@ class StanfordCarsCAM(VisionDataset):
             raise ValueError(f"{str(source)!r} does not record its data folder; pass it with {flag}")
         filters = {name: checkpoint.get(name) for name in FILTER_NAMES}
         try:
-            dataset = cls(root, split=split, image_size=int(checkpoint["image_size"]), augment=False, **filters, **kwargs)
+            dataset = cls(
+                root, split=split, image_size=int(checkpoint["image_size"]), augment=False, **filters, **kwargs
+            )
         except DatasetNotFoundError as err:
-            relative = "" if os.path.isabs(root) else "; a relative path there is relative to the folder training ran in"
+            relative = (
+                "" if os.path.isabs(root) else "; a relative path there is relative to the folder training ran in"
+            )
             where = f"{str(root)!r} is the data folder recorded in {str(source)!r}{relative}. " if recorded else ""
-            raise DatasetNotFoundError(err.problem, f"{where}Pass the folder holding the data the checkpoint was trained "
-                                       f"on: {flag}.") from None
+            raise DatasetNotFoundError(
+                err.problem, f"{where}Pass the folder holding the data the checkpoint was trained on: {flag}."
+            ) from None
         if list(dataset.classes) != list(checkpoint["class_names"]):
-            raise ValueError(f"the data under {str(root)!r} gives classes {list(dataset.classes)[:4]}... but the checkpoint was "
-                             f"trained on {list(checkpoint['class_names'])[:4]}...; point {flag.split()[0]} at the data it was trained on")
+            raise ValueError(
+                f"the data under {str(root)!r} gives classes {list(dataset.classes)[:4]}... but the checkpoint was "
+                f"trained on {list(checkpoint['class_names'])[:4]}...; point {flag.split()[0]} at the data it was trained on"
+            )
         return dataset
 
     def __init__(
-        self, root: PathLike, split: str = "train", car_type: FilterValue = None, car_brand: FilterValue = None,
-        car_production_year: FilterValue = None, download_datasets: bool = False, generate_img_for_cam: bool = False,
-        image_size: int = 224, augment: bool | None = None, return_box: bool = False, cache_dir: PathLike | None = None,
+        self,
+        root: PathLike,
+        split: str = "train",
+        car_type: FilterValue = None,
+        car_brand: FilterValue = None,
+        car_production_year: FilterValue = None,
+        download_datasets: bool = False,
+        generate_img_for_cam: bool = False,
+        image_size: int = 224,
+        augment: bool | None = None,
+        return_box: bool = False,
+        cache_dir: PathLike | None = None,
     ) -> None:
         root_path(root)  # a None root would otherwise fail deep inside VisionDataset
         super().__init__(root)
@@ -104,20 +211,33 @@ class StanfordCarsCAM(VisionDataset):
         self.layout = find_layout(self.root, splits=(split,))
         all_names, annotations = read_class_names(self.layout), read_split(self.layout, split)
         counts = np.bincount(annotations.labels, minlength=len(all_names))
-        self.class_ids = select_classes(all_names, car_type, car_brand, car_production_year, image_counts=counts, split=split)
+        self.class_ids = select_classes(
+            all_names, car_type, car_brand, car_production_year, image_counts=counts, split=split
+        )
         self.classes = [all_names[index] for index in self.class_ids]
         self.class_to_idx = ClassToIdx(self.classes)
         keep = np.flatnonzero(np.isin(annotations.labels, self.class_ids))
-        new_labels = np.searchsorted(self.class_ids, annotations.labels[keep])  # class_ids ascend: full-set -> kept label
+        new_labels = np.searchsorted(
+            self.class_ids, annotations.labels[keep]
+        )  # class_ids ascend: full-set -> kept label
         if keep.size == 0 and any(value is not None for value in self.filters.values()):
-            raise ValueError(f"the filters {self._filter_text()} keep {len(self.classes)} classes ({', '.join(self.classes[:5])}"
-                             f"{', ...' if len(self.classes) > 5 else ''}) but the {split} split under {os.fspath(self.root)!r} "
-                             f"has no image of them")
+            raise ValueError(
+                f"the filters {self._filter_text()} keep {len(self.classes)} classes ({', '.join(self.classes[:5])}"
+                f"{', ...' if len(self.classes) > 5 else ''}) but the {split} split under {os.fspath(self.root)!r} "
+                f"has no image of them"
+            )
         self.samples: list[tuple[str, int]] = [(annotations.paths[i], int(label)) for i, label in zip(keep, new_labels)]
         self.targets: list[int] = [label for _, label in self.samples]
-        self.boxes: np.ndarray = checked_boxes(self.layout.annotation_files[split], [path for path, _ in self.samples],
-                                               annotations.boxes[keep])
-        logger.debug("StanfordCarsCAM %s: %d images of %d classes from %s", split, len(self.samples), len(self.classes), self.layout.base)
+        self.boxes: np.ndarray = checked_boxes(
+            self.layout.annotation_files[split], [path for path, _ in self.samples], annotations.boxes[keep]
+        )
+        logger.debug(
+            "StanfordCarsCAM %s: %d images of %d classes from %s",
+            split,
+            len(self.samples),
+            len(self.classes),
+            self.layout.base,
+        )
 
     def _filter_text(self) -> str:
         return ", ".join(f"{name}={value!r}" for name, value in self.filters.items() if value is not None) or "(none)"
@@ -142,12 +262,16 @@ class StanfordCarsCAM(VisionDataset):
         with open_image(self.samples[index][0]) as image:
             width, height = image.size
         scale = np.array([self.image_size / width, self.image_size / height] * 2)
-        return torch.as_tensor(self.boxes[index] * scale, dtype=torch.float32)  # boxes were clipped to the image on loading
+        return torch.as_tensor(
+            self.boxes[index] * scale, dtype=torch.float32
+        )  # boxes were clipped to the image on loading
 
     def extra_repr(self) -> str:
-        return (f"Split: {self.split}\nLayout: {self.layout.kind} at {self.layout.base}\nClasses: {len(self.classes)}\n"
-                f"Filters: {self._filter_text()}\nImage size: {self.image_size}, augment: {self.augment}\n"
-                f"Cache: {self.cache.folder if self.cache is not None else None}")
+        return (
+            f"Split: {self.split}\nLayout: {self.layout.kind} at {self.layout.base}\nClasses: {len(self.classes)}\n"
+            f"Filters: {self._filter_text()}\nImage size: {self.image_size}, augment: {self.augment}\n"
+            f"Cache: {self.cache.folder if self.cache is not None else None}"
+        )
 
 
 def stratified_split(targets: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

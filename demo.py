@@ -24,6 +24,7 @@ DEMO_FILTERS = {"car_brand": "BMW", "car_production_year": 2012}
 @dataclass
 class DemoResult:
     """Where the demo left its data, run, checkpoint and figure, and the test metrics."""
+
     data_root: Path
     run_dir: Path
     checkpoint: Path
@@ -33,14 +34,36 @@ class DemoResult:
 
 def demo_config(data_root: Path, run_dir: Path, seed: int = 0, progress: bool = True) -> TrainConfig:
     """Settings that learn the synthetic classes from scratch on two CPU cores in about a minute."""
-    return TrainConfig(root=str(data_root), checkpoints_dir=str(run_dir), **DEMO_FILTERS, n_epochs=16, batch_size=32,
-                       image_size=DEMO_IMAGE_SIZE, val_fraction=0.15, pretrained=False, optimizer="adamw", lr=3e-4,
-                       weight_decay=0.05, warmup_epochs=1.0, label_smoothing=0.1, seed=seed, device="cpu", overwrite=True,
-                       progress=progress)
+    return TrainConfig(
+        root=str(data_root),
+        checkpoints_dir=str(run_dir),
+        **DEMO_FILTERS,
+        n_epochs=16,
+        batch_size=32,
+        image_size=DEMO_IMAGE_SIZE,
+        val_fraction=0.15,
+        pretrained=False,
+        optimizer="adamw",
+        lr=3e-4,
+        weight_decay=0.05,
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        seed=seed,
+        device="cpu",
+        overwrite=True,
+        progress=progress,
+    )
 
 
-def run_demo(out_dir: str | os.PathLike | None = None, seed: int = 0, progress: bool = True, n_train_per_class: int = 28,
-             n_test_per_class: int = 10, n_epochs: int | None = None, arch: str = "alexnet") -> DemoResult:
+def run_demo(
+    out_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    n_train_per_class: int = 28,
+    n_test_per_class: int = 10,
+    n_epochs: int | None = None,
+    arch: str = "alexnet",
+) -> DemoResult:
     """Write synthetic data, train on it, evaluate, and draw the CAMs.
 
     Args:
@@ -50,13 +73,20 @@ def run_demo(out_dir: str | os.PathLike | None = None, seed: int = 0, progress: 
         n_epochs: Override the demo's number of epochs (tests use fewer).
         arch: The backbone (``--arch``), trained from scratch.
     """
-    base = Path(out_dir).expanduser() if out_dir is not None else Path(tempfile.mkdtemp(prefix="cam_stanford_cars_demo_"))
+    base = (
+        Path(out_dir).expanduser() if out_dir is not None else Path(tempfile.mkdtemp(prefix="cam_stanford_cars_demo_"))
+    )
     check_writable(base, "--demo_dir")
     data_root, run_dir = base / "data", base / "run"
     class_names = [STANFORD_CARS_CLASS_NAMES[i] for i in select_classes(STANFORD_CARS_CLASS_NAMES, **DEMO_FILTERS)]
     try:
-        write_synthetic_stanford_cars(data_root, class_names=class_names, n_train_per_class=n_train_per_class,
-                                      n_test_per_class=n_test_per_class, seed=seed)
+        write_synthetic_stanford_cars(
+            data_root,
+            class_names=class_names,
+            n_train_per_class=n_train_per_class,
+            n_test_per_class=n_test_per_class,
+            seed=seed,
+        )
     except ValueError as err:
         raise ValueError(f"--demo_dir {str(base)!r}: {err}") from None
     config = demo_config(data_root, run_dir, seed=seed, progress=progress)

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, DistributedSampler
 @dataclass(frozen=True)
 class DistInfo:
     """Where this process stands in a (possibly one-process) run."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -48,7 +49,9 @@ def shutdown_distributed() -> None:
 
 def epoch_sampler(dataset: Dataset, epoch: int, seed: int, dist_info: DistInfo) -> DistributedSampler:
     """This rank's shuffled share of ``dataset`` for one epoch, seeded by ``(seed, epoch)``."""
-    sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=seed)
+    sampler = DistributedSampler(
+        dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=seed
+    )
     sampler.set_epoch(epoch)
     return sampler
 

@@ -24,7 +24,14 @@ from .distributed import DistInfo, all_reduce_sum
 from .files import atomic_write_text, unwritable_reason
 from .localization import LocalizationMeter, choose_cam_threshold
 from .model import GAPNet, load_checkpoint
-from .runtime import accumulator_dtype, autocast_context, configure_cpu_threads, default_num_workers, make_loader, select_device
+from .runtime import (
+    accumulator_dtype,
+    autocast_context,
+    configure_cpu_threads,
+    default_num_workers,
+    make_loader,
+    select_device,
+)
 from .wsol import WsolevaluationMeter
 
 PROTOCOLS = ("cam", "wsolevaluation")  # how boxes are scored: this project's, or clovaai/wsolevaluation's exactly
@@ -44,9 +51,20 @@ def threshold_entries(val_metrics: dict[str, Any] | None) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, image_size: int, dist_info: DistInfo = DistInfo(),
-    criterion: nn.Module | None = None, amp: bool = True, channels_last: bool = False, progress: bool = False, desc: str = "eval",
-    cam_threshold: float | None = None, protocol: str = "cam", cam_curve_interval: float = 0.01, curve: bool = False,
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    image_size: int,
+    dist_info: DistInfo = DistInfo(),
+    criterion: nn.Module | None = None,
+    amp: bool = True,
+    channels_last: bool = False,
+    progress: bool = False,
+    desc: str = "eval",
+    cam_threshold: float | None = None,
+    protocol: str = "cam",
+    cam_curve_interval: float = 0.01,
+    curve: bool = False,
 ) -> dict[str, Any]:
     """Classification and CAM localisation metrics of ``model`` on ``loader``, in one forward pass per batch.
 
@@ -65,7 +83,9 @@ def evaluate(
     bare = unwrap_model(model).eval()
     meter = LocalizationMeter() if protocol == "cam" else WsolevaluationMeter(cam_curve_interval)
     loss_and_count = torch.zeros(2, device=device, dtype=accumulator_dtype(device))
-    for images, labels_cpu, boxes in tqdm(loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False):
+    for images, labels_cpu, boxes in tqdm(
+        loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False
+    ):
         images, labels = images.to(device, non_blocking=True), labels_cpu.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -83,7 +103,10 @@ def evaluate(
         meter.load_state_tensor(all_reduce_sum(meter.state_tensor().to(device), dist_info).cpu())
     metrics: dict[str, Any] = meter.compute(cam_threshold)
     if curve:
-        metrics["box_accuracy_curve"] = {"threshold": meter.thresholds.tolist(), "accuracy": meter.box_accuracy_curve().tolist()}
+        metrics["box_accuracy_curve"] = {
+            "threshold": meter.thresholds.tolist(),
+            "accuracy": meter.box_accuracy_curve().tolist(),
+        }
     if criterion is not None:
         total, count = all_reduce_sum(loss_and_count, dist_info).tolist()
         metrics["loss"] = total / max(count, 1)
@@ -93,6 +116,7 @@ def evaluate(
 @dataclass
 class OpenedCheckpoint:
     """A checkpoint ready to be scored: its model on ``device``, its entries, and its data."""
+
     model: GAPNet
     checkpoint: dict[str, Any]
     device: torch.device
@@ -103,27 +127,48 @@ class OpenedCheckpoint:
         return make_loader(dataset, indices, batch_size, self.num_workers, self.device, seed=0)
 
 
-def open_checkpoint(checkpoint_path: str | os.PathLike, writes: str | os.PathLike | None, root: str | os.PathLike | None = None,
-                    device: str = "auto", num_workers: int | None = None, download_datasets: bool = False) -> OpenedCheckpoint:
+def open_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    writes: str | os.PathLike | None,
+    root: str | os.PathLike | None = None,
+    device: str = "auto",
+    num_workers: int | None = None,
+    download_datasets: bool = False,
+) -> OpenedCheckpoint:
     """Load a checkpoint to score it on its data (under ``root``, or the folder it records), once ``writes`` (a file to
     be written beside it, or None) is known to be writable; threads and loader workers set for ``device``."""
     dev = select_device(device)
     model, checkpoint = load_checkpoint(checkpoint_path, map_location=dev)
     if writes is not None and (reason := unwritable_reason(Path(writes).parent)) is not None:
-        raise ValueError(f"{str(writes)!r} is written beside the checkpoint, but that folder is not writable ({reason}); "
-                         "copy the checkpoint somewhere writable and use that copy")
+        raise ValueError(
+            f"{str(writes)!r} is written beside the checkpoint, but that folder is not writable ({reason}); "
+            "copy the checkpoint somewhere writable and use that copy"
+        )
     require_entries(checkpoint, ("image_size", "class_names"), checkpoint_path)
     configure_cpu_threads(DistInfo(), dev)
     workers = default_num_workers(DistInfo(), dev) if num_workers is None else num_workers
-    data = partial(StanfordCarsCAM.from_checkpoint, checkpoint, root, source=checkpoint_path, return_box=True,
-                   download_datasets=download_datasets)
+    data = partial(
+        StanfordCarsCAM.from_checkpoint,
+        checkpoint,
+        root,
+        source=checkpoint_path,
+        return_box=True,
+        download_datasets=download_datasets,
+    )
     return OpenedCheckpoint(model, checkpoint, dev, workers, data)
 
 
 def evaluate_checkpoint(
-    checkpoint_path: str | os.PathLike, root: str | os.PathLike | None = None, split: str = "test", batch_size: int = 32,
-    device: str = "auto", num_workers: int | None = None, progress: bool = True, download_datasets: bool = False,
-    protocol: str = "cam", cam_curve_interval: float = 0.01,
+    checkpoint_path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    split: str = "test",
+    batch_size: int = 32,
+    device: str = "auto",
+    num_workers: int | None = None,
+    progress: bool = True,
+    download_datasets: bool = False,
+    protocol: str = "cam",
+    cam_curve_interval: float = 0.01,
 ) -> dict[str, Any]:
     """Score a checkpoint on a split of the data it was trained for (its filters and size), boxes at its CAM threshold.
 
@@ -143,17 +188,28 @@ def evaluate_checkpoint(
     out = Path(checkpoint_path).with_name(f"{Path(checkpoint_path).stem}_{split}_metrics.json")
     opened = open_checkpoint(checkpoint_path, out, root, device, num_workers, download_datasets)
     checkpoint = opened.checkpoint
-    scoring = partial(evaluate, opened.model, device=opened.device, image_size=checkpoint["image_size"], progress=progress,
-                      protocol=protocol, cam_curve_interval=cam_curve_interval)
+    scoring = partial(
+        evaluate,
+        opened.model,
+        device=opened.device,
+        image_size=checkpoint["image_size"],
+        progress=progress,
+        protocol=protocol,
+        cam_curve_interval=cam_curve_interval,
+    )
     if checkpoint.get("cam_threshold") is None:
         args, train = checkpoint.get("args") or {}, opened.data("train")
         _, val_idx = stratified_split(train.targets, float(args.get("val_fraction", 0.0)), int(args.get("seed", 0)))
-        val = scoring(opened.loader(train, val_idx, batch_size), desc="choose threshold", curve=True) if val_idx else None
+        val = (
+            scoring(opened.loader(train, val_idx, batch_size), desc="choose threshold", curve=True) if val_idx else None
+        )
         checkpoint.update(threshold_entries(val))
         add_entries(checkpoint_path, {key: checkpoint[key] for key in THRESHOLD_ENTRIES})
     threshold, source = cam_threshold_of(checkpoint)
     dataset = opened.data(split)
-    metrics = scoring(opened.loader(dataset, range(len(dataset)), batch_size), desc=f"evaluate {split}", cam_threshold=threshold)
+    metrics = scoring(
+        opened.loader(dataset, range(len(dataset)), batch_size), desc=f"evaluate {split}", cam_threshold=threshold
+    )
     metrics.update(cam_threshold_source=source, protocol=protocol, split=split, checkpoint=str(checkpoint_path))
     atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics

@@ -62,7 +62,7 @@ def _foreign_object(path: Path) -> str | None:
                 continue
             if not (name.startswith("torch.") or name == "collections.OrderedDict"):
                 return name
-    except Exception:  # noqa: BLE001 - a damaged file is judged by torch.load, not here
+    except Exception:
         return None
     return None
 
@@ -84,7 +84,7 @@ def _safe_torch_load(path: Path, location: torch.device) -> Any:
         with warnings.catch_warnings():  # torch's "please file an issue" on a newer pickle; the error says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch.load leaks KeyError, IndexError, ... on damaged files
+    except Exception as err:
         if name := _foreign_object(path):
             raise _TorchFileError("unsafe", unsafe.format(name)) from None
         raise _TorchFileError("unreadable", f"truncated or damaged: {_first_line(err)}") from None
@@ -114,7 +114,9 @@ def _write_error(path: Path, err: OSError) -> OSError:
     blocker = file_in_the_way(path)
     # mkdir reports a file in the way as "File exists", which reads as if the target existed.
     reason = f"{str(blocker)!r} is a file, not a folder" if blocker else err.strerror or _first_line(err)
-    new = (NotADirectoryError if blocker else type(err))(f"could not write {str(path)!r}: {reason}; choose another path")
+    new = (NotADirectoryError if blocker else type(err))(
+        f"could not write {str(path)!r}: {reason}; choose another path"
+    )
     new.errno = errno.ENOTDIR if blocker else err.errno  # set after construction, so str() stays the message
     return new
 
@@ -207,11 +209,15 @@ def _check_save_path(save_path: str | os.PathLike[str], name: str = "save_path")
     if path.is_dir():
         raise ValueError(f"{name} {str(path)!r} is a folder; give a file name such as {str(path / 'cams.png')!r}")
     if blocker := file_in_the_way(path):
-        raise ValueError(f"{name} {str(path)!r} cannot be written: {str(blocker)!r} is a file, not a folder; choose another path")
+        raise ValueError(
+            f"{name} {str(path)!r} cannot be written: {str(blocker)!r} is a file, not a folder; choose another path"
+        )
     fmt, supported = path.suffix[1:].lower(), FigureCanvasBase.get_supported_filetypes()
     if fmt not in supported:
-        raise ValueError(f"cannot tell the image format of {name} {str(path)!r} from its suffix; "
-                         f"use one of {', '.join('.' + s for s in sorted(supported))}")
+        raise ValueError(
+            f"cannot tell the image format of {name} {str(path)!r} from its suffix; "
+            f"use one of {', '.join('.' + s for s in sorted(supported))}"
+        )
     return fmt
 
 

@@ -25,9 +25,26 @@ from .accel.sweep import HAVE_NUMBA, run_sweep
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "EIGHT_CONNECTED", "EMPTY_BOX", "IOU_THRESHOLD", "LOC_THRESHOLD", "METRIC_LABELS", "THRESHOLDS", "V2_IOU_THRESHOLDS",
-    "LocalizationMeter", "box_iou", "boxes_from_cams", "choose_cam_threshold", "format_metrics_table", "metrics_table_rows", "largest_component_box", "mask_to_box",
-    "normalize_cams", "reference_best_iou", "reference_boxes", "sweep_best_iou", "sweep_boxes",
+    "EIGHT_CONNECTED",
+    "EMPTY_BOX",
+    "IOU_THRESHOLD",
+    "LOC_THRESHOLD",
+    "METRIC_LABELS",
+    "THRESHOLDS",
+    "V2_IOU_THRESHOLDS",
+    "LocalizationMeter",
+    "box_iou",
+    "boxes_from_cams",
+    "choose_cam_threshold",
+    "format_metrics_table",
+    "largest_component_box",
+    "mask_to_box",
+    "metrics_table_rows",
+    "normalize_cams",
+    "reference_best_iou",
+    "reference_boxes",
+    "sweep_best_iou",
+    "sweep_boxes",
 ]
 
 THRESHOLDS: np.ndarray = np.arange(100) / 100  # 0, 0.01, ..., 0.99: wsolevaluation's cam_curve_interval=0.01
@@ -64,7 +81,9 @@ def normalize_cams(cams: Tensor, size: tuple[int, int]) -> Tensor:
     span = up.amax(dim=(-2, -1), keepdim=True) - low
     # One check (one sync) for both: the sweep trusts these maps to be finite, and a span that overflows makes them NaN.
     if not bool(torch.isfinite(cams).all() & torch.isfinite(span).all()):
-        raise ValueError("cams contain NaN or infinite values, or a range too wide for their dtype; check the model's output before scoring it")
+        raise ValueError(
+            "cams contain NaN or infinite values, or a range too wide for their dtype; check the model's output before scoring it"
+        )
     return torch.where(span > 0, (up - low) / torch.where(span > 0, span, 1.0), 0.0)
 
 
@@ -95,7 +114,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter_w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0, None)
     inter_h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0, None)
     inter = inter_w * inter_h
-    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    union = (
+        (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
@@ -168,11 +189,14 @@ def _check_maps(maps: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _warn_no_numba() -> None:
-    logger.warning("numba is not installed: the localisation sweep labels each threshold with scipy (slower); pip install numba")
+    logger.warning(
+        "numba is not installed: the localisation sweep labels each threshold with scipy (slower); pip install numba"
+    )
 
 
-def _sweep(maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None,
-           num_threads: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _sweep(
+    maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None, num_threads: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Boxes (B, T, 4) and, given ``gt_boxes`` (B, 4), best IoUs (B, T) of checked maps and thresholds."""
     if HAVE_NUMBA:
         return run_sweep(maps, thresholds, gt_boxes, num_threads)
@@ -183,7 +207,9 @@ def _sweep(maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None
     return boxes, (None if gt_boxes is None else best)
 
 
-def sweep_boxes(maps: np.ndarray | Tensor, thresholds: np.ndarray = THRESHOLDS, num_threads: int | None = None) -> np.ndarray:
+def sweep_boxes(
+    maps: np.ndarray | Tensor, thresholds: np.ndarray = THRESHOLDS, num_threads: int | None = None
+) -> np.ndarray:
     """Box of the largest 8-connected component of ``map >= t`` (in float64) per threshold; equals :func:`reference_boxes`.
 
     Args:
@@ -204,8 +230,9 @@ def sweep_boxes(maps: np.ndarray | Tensor, thresholds: np.ndarray = THRESHOLDS, 
     return boxes[0] if single else boxes
 
 
-def sweep_best_iou(maps: np.ndarray | Tensor, gt_boxes: np.ndarray, thresholds: np.ndarray = THRESHOLDS,
-                   num_threads: int | None = None) -> np.ndarray:
+def sweep_best_iou(
+    maps: np.ndarray | Tensor, gt_boxes: np.ndarray, thresholds: np.ndarray = THRESHOLDS, num_threads: int | None = None
+) -> np.ndarray:
     """Best IoU with the ground truth over the 8-connected components of ``map >= t`` per threshold (MaxBoxAccV2).
 
     Equals :func:`reference_best_iou`. wsolevaluation boxes the mask's contours: an outer contour has its component's
@@ -286,21 +313,30 @@ class _HitCounts:
             return float(count) / total if total else math.nan
 
         best_t = int(np.argmax(self._hits))
-        v2 = {f"maxboxacc_v2_iou{round(100 * iou)}": rate(hits.max(), n_box)
-              for iou, hits in zip(V2_IOU_THRESHOLDS, self._hits_v2)}
+        v2 = {
+            f"maxboxacc_v2_iou{round(100 * iou)}": rate(hits.max(), n_box)
+            for iou, hits in zip(V2_IOU_THRESHOLDS, self._hits_v2)
+        }
         out: dict[str, float | int] = {
-            "top1": rate(top1, n_images), "top5": rate(top5, n_images),
-            "gt_known_loc": rate(self._hits[self._loc_index], n_box), "top1_loc": rate(self._hits_top1[self._loc_index], n_box),
+            "top1": rate(top1, n_images),
+            "top5": rate(top5, n_images),
+            "gt_known_loc": rate(self._hits[self._loc_index], n_box),
+            "top1_loc": rate(self._hits_top1[self._loc_index], n_box),
             "maxboxacc": rate(self._hits[best_t], n_box),
             "maxboxacc_threshold": float(self.thresholds[best_t]) if n_box else math.nan,
-            "maxboxacc_v2": float(np.mean(list(v2.values()))) if n_box else math.nan, **v2,
-            "n_images": n_images, "n_with_box": n_box, "n_without_box": n_images - n_box,
+            "maxboxacc_v2": float(np.mean(list(v2.values()))) if n_box else math.nan,
+            **v2,
+            "n_images": n_images,
+            "n_with_box": n_box,
+            "n_without_box": n_images - n_box,
         }
         if cam_threshold is not None:
             j = int(np.argmin(np.abs(self.thresholds - float(cam_threshold))))
-            out.update(cam_threshold=float(self.thresholds[j] if self._REPORT_NEAREST else cam_threshold),
-                       gt_known_loc_at_cam_threshold=rate(self._hits[j], n_box),
-                       top1_loc_at_cam_threshold=rate(self._hits_top1[j], n_box))
+            out.update(
+                cam_threshold=float(self.thresholds[j] if self._REPORT_NEAREST else cam_threshold),
+                gt_known_loc_at_cam_threshold=rate(self._hits[j], n_box),
+                top1_loc_at_cam_threshold=rate(self._hits_top1[j], n_box),
+            )
         return out
 
     def state_tensor(self) -> Tensor:
@@ -312,8 +348,10 @@ class _HitCounts:
         values, n = state.detach().cpu().reshape(-1), self.thresholds.shape[0]
         expected = self._HEAD + n * (2 + len(V2_IOU_THRESHOLDS))
         if values.numel() != expected:
-            raise ValueError(f"state has {values.numel()} counts, a meter with {n} thresholds has {expected}; "
-                             "were the meters built alike?")
+            raise ValueError(
+                f"state has {values.numel()} counts, a meter with {n} thresholds has {expected}; "
+                "were the meters built alike?"
+            )
         arr = (values.round() if values.is_floating_point() else values).long().numpy().copy()
         self._counts, rows = arr[: self._HEAD], arr[self._HEAD :].reshape(2 + len(V2_IOU_THRESHOLDS), n)
         self._hits, self._hits_top1, self._hits_v2 = rows[0], rows[1], rows[2:]
@@ -343,13 +381,16 @@ class LocalizationMeter(_HitCounts):
         num_threads: threads for the sweep; ``None`` uses every CPU this process may run on.
     """
 
-    def __init__(self, thresholds: np.ndarray = THRESHOLDS, loc_threshold: float = LOC_THRESHOLD,
-                 num_threads: int | None = None) -> None:
+    def __init__(
+        self, thresholds: np.ndarray = THRESHOLDS, loc_threshold: float = LOC_THRESHOLD, num_threads: int | None = None
+    ) -> None:
         super().__init__(_check_thresholds(thresholds), loc_threshold, "the thresholds; pick one of them or add it")
         self.num_threads = num_threads
 
     @torch.no_grad()
-    def update(self, logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor | None, image_size: tuple[int, int]) -> None:
+    def update(
+        self, logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor | None, image_size: tuple[int, int]
+    ) -> None:
         """Add a batch.
 
         Args:
@@ -365,7 +406,9 @@ class LocalizationMeter(_HitCounts):
         top1_right, has_box = self._count_classes(logits, labels, boxes)
         if not has_box.any():
             return
-        maps = normalize_cams(cams.detach().cpu()[torch.from_numpy(np.flatnonzero(has_box))], image_size).numpy()  # (N, H, W)
+        maps = normalize_cams(
+            cams.detach().cpu()[torch.from_numpy(np.flatnonzero(has_box))], image_size
+        ).numpy()  # (N, H, W)
         gt = boxes[has_box]
         largest, best_iou = _sweep(maps, self.thresholds, gt, self.num_threads)  # (N, T, 4), (N, T)
         hit = _iou(largest, gt[:, None, :]) >= IOU_THRESHOLD  # (N, T)
@@ -388,13 +431,20 @@ def choose_cam_threshold(curve: np.ndarray, thresholds: np.ndarray = THRESHOLDS)
 
 
 METRIC_LABELS: dict[str, str] = {  # short names of the metrics, for logs and figure legends
-    "loss": "loss", "top1": "top-1", "top5": "top-5", "gt_known_loc": "GT-known Loc", "top1_loc": "Top-1 Loc",
-    "maxboxacc": "MaxBoxAcc", "maxboxacc_v2": "MaxBoxAccV2", "gt_known_loc_at_cam_threshold": "GT-known Loc*",
+    "loss": "loss",
+    "top1": "top-1",
+    "top5": "top-5",
+    "gt_known_loc": "GT-known Loc",
+    "top1_loc": "Top-1 Loc",
+    "maxboxacc": "MaxBoxAcc",
+    "maxboxacc_v2": "MaxBoxAccV2",
+    "gt_known_loc_at_cam_threshold": "GT-known Loc*",
     "top1_loc_at_cam_threshold": "Top-1 Loc*",
 }
 
 _TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
-    ("top1", "Top-1 accuracy", "classification"), ("top5", "Top-5 accuracy", "classification"),
+    ("top1", "Top-1 accuracy", "classification"),
+    ("top5", "Top-5 accuracy", "classification"),
     ("gt_known_loc", "GT-known Loc", "true-class CAM, t=0.2, IoU>=0.5 (Zhou et al. 2016)"),
     ("top1_loc", "Top-1 Loc", "right top-1 class and GT-known hit (Zhou et al. 2016)"),
     ("gt_known_loc_at_cam_threshold", "GT-known Loc*", "as GT-known Loc, at the CAM threshold t* chosen on validation"),
@@ -412,18 +462,34 @@ def metrics_table_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, str, st
     for key, label, note in (row for row in _TABLE_ROWS if row[0] in metrics):
         value = metrics[key]
         text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
-        if key == "maxboxacc" and isinstance(metrics.get("maxboxacc_threshold"), float) and not math.isnan(metrics["maxboxacc_threshold"]):
+        if (
+            key == "maxboxacc"
+            and isinstance(metrics.get("maxboxacc_threshold"), float)
+            and not math.isnan(metrics["maxboxacc_threshold"])
+        ):
             note = f"{note}; at t={metrics['maxboxacc_threshold']:.2f}"
         if key == "gt_known_loc_at_cam_threshold":
             note = f"{note} (t*={metrics['cam_threshold']:.2f}, {metrics.get('cam_threshold_source', 'val')})"
         rows.append((label, text, note))
     after = []
     if "n_images" in metrics:
-        after.append(f"images: {metrics['n_images']} ({metrics.get('n_with_box', '?')} with a box, "
-                     f"{metrics.get('n_without_box', '?')} without: classified but not scored for localisation)")
-    known = {key for key, _, _ in _TABLE_ROWS} | {"maxboxacc_threshold", "n_images", "n_with_box", "n_without_box", "cam_threshold",
-                                                  "cam_threshold_source"}
-    after += [f"{key}: {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key}: {metrics[key]}" for key in sorted(metrics) if key not in known]
+        after.append(
+            f"images: {metrics['n_images']} ({metrics.get('n_with_box', '?')} with a box, "
+            f"{metrics.get('n_without_box', '?')} without: classified but not scored for localisation)"
+        )
+    known = {key for key, _, _ in _TABLE_ROWS} | {
+        "maxboxacc_threshold",
+        "n_images",
+        "n_with_box",
+        "n_without_box",
+        "cam_threshold",
+        "cam_threshold_source",
+    }
+    after += [
+        f"{key}: {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key}: {metrics[key]}"
+        for key in sorted(metrics)
+        if key not in known
+    ]
     return rows, after
 
 
@@ -433,7 +499,11 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     Absent metrics are skipped; keys it does not know (``loss``, ``split``, ...) follow the table.
     """
     rows, after = metrics_table_rows(metrics)
-    lines = [f"{'metric':<16}{'value':>9}  definition", "-" * 78, *(f"{label:<16}{text:>9}  {note}" for label, text, note in rows)]
+    lines = [
+        f"{'metric':<16}{'value':>9}  definition",
+        "-" * 78,
+        *(f"{label:<16}{text:>9}  {note}" for label, text, note in rows),
+    ]
     return "\n".join(lines + (["-" * 78] if "n_images" in metrics else []) + after)
 
 
@@ -446,7 +516,9 @@ def _check_batch(logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor 
     if labels.shape[0] != n_images:
         raise ValueError(f"labels must be ({n_images},) to match logits, got shape {tuple(labels.shape)}")
     if n_images and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes}) for {n_classes} logits, got range [{int(labels.min())}, {int(labels.max())}]")
+        raise ValueError(
+            f"labels must lie in [0, {n_classes}) for {n_classes} logits, got range [{int(labels.min())}, {int(labels.max())}]"
+        )
     if cams.shape[0] != n_images:
         raise ValueError(f"cams must hold {n_images} maps to match logits, got shape {tuple(cams.shape)}")
     if gt_boxes is None:
@@ -459,7 +531,9 @@ def _check_batch(logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor 
 def _check_thresholds(thresholds: np.ndarray) -> np.ndarray:
     values = np.ascontiguousarray(thresholds, dtype=np.float64)
     if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all() or (np.diff(values) <= 0).any():
-        raise ValueError(f"thresholds must be a non-empty, finite, strictly increasing 1-D sequence, got {np.asarray(thresholds)!r}")
+        raise ValueError(
+            f"thresholds must be a non-empty, finite, strictly increasing 1-D sequence, got {np.asarray(thresholds)!r}"
+        )
     return values
 
 
@@ -476,5 +550,7 @@ def _check_boxes(boxes: np.ndarray | Tensor, name: str) -> np.ndarray:
         raise ValueError(f"{name} has a box with an infinite coordinate; boxes are finite [x1, y1, x2, y2] or all NaN")
     inverted = (known[:, 2] < known[:, 0]) | (known[:, 3] < known[:, 1])
     if inverted.any():
-        raise ValueError(f"{name} has a box with x2 < x1 or y2 < y1 ({known[inverted][0].tolist()}); boxes are [x1, y1, x2, y2]")
+        raise ValueError(
+            f"{name} has a box with x2 < x1 or y2 < y1 ({known[inverted][0].tolist()}); boxes are [x1, y1, x2, y2]"
+        )
     return boxes

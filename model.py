@@ -25,12 +25,42 @@ from torchvision import models
 
 # Checkpoint and file helpers lived here once; they stay importable from the model.
 from .checkpoint import CHECKPOINT_FORMAT_VERSION, read_checkpoint, require_entries, save_checkpoint, unwrap_model
-from .files import CheckpointError, _first_line, _safe_torch_load, _TorchFileError, atomic_file, default_file_mode, file_in_the_way
+from .files import (
+    CheckpointError,
+    _first_line,
+    _safe_torch_load,
+    _TorchFileError,
+    atomic_file,
+    default_file_mode,
+    file_in_the_way,
+)
 
-__all__ = ["ALEXNET_WEIGHTS_URL", "ARCH", "ARCHS", "BACKBONES", "CHECKPOINT_FORMAT_VERSION", "IMAGENET_MEAN", "IMAGENET_STD",
-           "MIN_INPUT_SIZE", "AlexNetGAP", "CheckpointError", "GAPNet", "PretrainedSpec", "PretrainedWeightsError", "ResNetGAP",
-           "VGG16GAP", "atomic_file", "build_model", "create_model", "default_file_mode", "file_in_the_way", "load_checkpoint",
-           "require_entries", "save_checkpoint", "unwrap_model"]
+__all__ = [
+    "ALEXNET_WEIGHTS_URL",
+    "ARCH",
+    "ARCHS",
+    "BACKBONES",
+    "CHECKPOINT_FORMAT_VERSION",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MIN_INPUT_SIZE",
+    "VGG16GAP",
+    "AlexNetGAP",
+    "CheckpointError",
+    "GAPNet",
+    "PretrainedSpec",
+    "PretrainedWeightsError",
+    "ResNetGAP",
+    "atomic_file",
+    "build_model",
+    "create_model",
+    "default_file_mode",
+    "file_in_the_way",
+    "load_checkpoint",
+    "require_entries",
+    "save_checkpoint",
+    "unwrap_model",
+]
 
 ARCH = "alexnet_gap"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -102,8 +132,10 @@ class GAPNet(nn.Module):
         urls = [w.url for w in self.weights]
         cached = [Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1] for url in urls]
         hub_file = next((path for path in cached if path.is_file()), cached[0])
-        how_to = (f"Download {urls[0]} on a machine with internet, then either put it in {hub_file.parent} "
-                  "or pass its path (--pretrained PATH); or train from scratch (--pretrained false).")
+        how_to = (
+            f"Download {urls[0]} on a machine with internet, then either put it in {hub_file.parent} "
+            "or pass its path (--pretrained PATH); or train from scratch (--pretrained false)."
+        )
         path = hub_file if weights_path is None else Path(weights_path).expanduser()
         if weights_path is None:
             try:
@@ -111,26 +143,36 @@ class GAPNet(nn.Module):
                     hub_file.parent.mkdir(parents=True, exist_ok=True)
                     torch.hub.download_url_to_file(urls[0], str(hub_file), progress=True)
             except (OSError, RuntimeError, ValueError) as err:
-                raise PretrainedWeightsError(f"Could not get ImageNet {self.title} weights ({_first_line(err)}). {how_to}") from None
+                raise PretrainedWeightsError(
+                    f"Could not get ImageNet {self.title} weights ({_first_line(err)}). {how_to}"
+                ) from None
             how_to = f"Delete it to download it again, or: {how_to}"  # a damaged cached copy gets a local file's errors
         name = repr(str(path))
         if path.is_dir():
-            raise PretrainedWeightsError(f"Pretrained weights path {name} is a folder; pass the weights file in it "
-                                         f"(e.g. {str(path / hub_file.name)!r}). {how_to}")
+            raise PretrainedWeightsError(
+                f"Pretrained weights path {name} is a folder; pass the weights file in it "
+                f"(e.g. {str(path / hub_file.name)!r}). {how_to}"
+            )
         if not path.is_file():
             raise PretrainedWeightsError(f"Pretrained weights file {name} does not exist. {how_to}")
         try:
             state = _safe_torch_load(path, torch.device("cpu"))
         except _TorchFileError as err:
-            what = f"{name} is not a torch weights file" if err.kind == "not_torch" else f"Could not read pretrained weights {name}"
+            what = (
+                f"{name} is not a torch weights file"
+                if err.kind == "not_torch"
+                else f"Could not read pretrained weights {name}"
+            )
             raise PretrainedWeightsError(f"{what} ({err}). {how_to}") from None
         if not isinstance(state, Mapping):
             raise PretrainedWeightsError(f"{name} holds no state dict. {how_to}")
         try:
             self._load_backbone(state)
         except RuntimeError as err:
-            raise PretrainedWeightsError(f"The weights in {name} do not fit {self.title}'s convolutional layers: {err}. Use "
-                                         f"torchvision's ImageNet weights ({urls[0]}) or train from scratch.") from None
+            raise PretrainedWeightsError(
+                f"The weights in {name} do not fit {self.title}'s convolutional layers: {err}. Use "
+                f"torchvision's ImageNet weights ({urls[0]}) or train from scratch."
+            ) from None
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map ``f``: (B, 3, H, W) RGB in [0, 1], H, W >= 64 -> (B, K, h, w)."""
@@ -159,7 +201,9 @@ class GAPNet(nn.Module):
         """
         if not isinstance(features, Tensor) or features.ndim != 4 or features.shape[1] != self.cam_channels:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-            raise ValueError(f"features must be (B, {self.cam_channels}, h, w) as forward_features returns, got {shape}")
+            raise ValueError(
+                f"features must be (B, {self.cam_channels}, h, w) as forward_features returns, got {shape}"
+            )
         index = None if class_idx is None else self._class_index(class_idx, features.shape[0], features.device)
         return self._cam(features, index)
 
@@ -173,7 +217,9 @@ class GAPNet(nn.Module):
                 return torch.einsum("ck,bkhw->bchw", weight, features)  # (B, C, h, w)
             return torch.einsum("bk,bkhw->bhw", weight[index], features)  # (B, h, w)
 
-    def forward(self, x: Tensor, return_cam: bool = False, class_idx: ClassIndex | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, return_cam: bool = False, class_idx: ClassIndex | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Classify RGB images in [0, 1] and, with ``return_cam``, return their CAM from the same forward pass.
 
         Args:
@@ -199,50 +245,74 @@ class GAPNet(nn.Module):
         """Refuse input the convolutions would fail on deep inside torch (metadata only: no GPU sync)."""
         if not isinstance(x, Tensor):
             how = "from_numpy" if type(x).__module__ == "numpy" else "as_tensor"
-            raise TypeError(f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}; use torch.{how}(images)")
+            raise TypeError(
+                f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}; use torch.{how}(images)"
+            )
         device, dtype = self.mean.device, self.fc.weight.dtype
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(x.shape)}")
         if min(x.shape[-2:]) < MIN_INPUT_SIZE:
-            raise ValueError(f"images must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got {x.shape[-2]}x{x.shape[-1]}; "
-                             "resize them (e.g. image_size=224)")
+            raise ValueError(
+                f"images must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got {x.shape[-2]}x{x.shape[-1]}; "
+                "resize them (e.g. image_size=224)"
+            )
         if not x.is_floating_point():
-            raise ValueError(f"images must be floating point RGB in [0, 1], got dtype {x.dtype}; "
-                             "convert 0..255 pixel values with images.float() / 255")
+            raise ValueError(
+                f"images must be floating point RGB in [0, 1], got dtype {x.dtype}; "
+                "convert 0..255 pixel values with images.float() / 255"
+            )
         if x.device != device:
-            raise ValueError(f"images are on {x.device} but the model is on {device}; move them with images.to({str(device)!r})")
+            raise ValueError(
+                f"images are on {x.device} but the model is on {device}; move them with images.to({str(device)!r})"
+            )
         # Normalising promotes half images to the buffers' dtype, but float64 stays float64 and a float32 conv refuses it.
         if torch.promote_types(x.dtype, self.mean.dtype) != dtype and not torch.is_autocast_enabled(x.device.type):
             how = "images.float()" if dtype == torch.float32 else f"images.to({dtype})"
-            raise ValueError(f"images have dtype {x.dtype} but the model's weights are {dtype}; convert them with {how}")
+            raise ValueError(
+                f"images have dtype {x.dtype} but the model's weights are {dtype}; convert them with {how}"
+            )
 
     def _class_index(self, class_idx: ClassIndex, batch_size: int, device: torch.device) -> Tensor:
         """``class_idx`` as a (B,) long tensor on ``device``, checked against the classes."""
         span = f"[0, {self.num_classes - 1}]"
         if isinstance(class_idx, str | bytes):
-            raise ValueError(f"class_idx must be an int or one int per sample, got the string {class_idx!r}; "
-                             "map class names to indices with the dataset's class_to_idx")
+            raise ValueError(
+                f"class_idx must be an int or one int per sample, got the string {class_idx!r}; "
+                "map class names to indices with the dataset's class_to_idx"
+            )
         if isinstance(class_idx, int) and not isinstance(class_idx, bool) and not 0 <= class_idx < self.num_classes:
             raise ValueError(f"class_idx values must lie in {span}, got {class_idx}")  # before as_tensor: no int128
         try:
             index = torch.as_tensor(class_idx, device=device)
         except (TypeError, ValueError, RuntimeError, OverflowError) as err:
-            raise ValueError(f"class_idx must be an int, or one int in {span} per sample, got {reprlib.repr(class_idx)} ({err})") from None
+            raise ValueError(
+                f"class_idx must be an int, or one int in {span} per sample, got {reprlib.repr(class_idx)} ({err})"
+            ) from None
         if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
             raise ValueError(f"class_idx must hold integers, got dtype {index.dtype}")
         index = index.long().expand(batch_size) if index.ndim == 0 else index.long()
         if index.shape != (batch_size,):
-            raise ValueError(f"class_idx must be an int or one class per sample ({batch_size}), got shape {tuple(index.shape)}")
+            raise ValueError(
+                f"class_idx must be an int or one class per sample ({batch_size}), got shape {tuple(index.shape)}"
+            )
         if ((index < 0) | (index >= self.num_classes)).any():  # one host sync: evaluation passes labels every batch
-            raise ValueError(f"class_idx values must lie in {span}, got {index.tolist() if batch_size <= 16 else 'values outside it'}")
+            raise ValueError(
+                f"class_idx values must lie in {span}, got {index.tolist() if batch_size <= 16 else 'values outside it'}"
+            )
         return index
 
 
 class _ConvGAP(GAPNet):
     """A backbone of plain convolutions (``features``, torchvision's keys), the CAM paper's added ``cam_conv`` and ``fc``."""
 
-    def __init__(self, num_classes: int, pretrained: PretrainedSpec, cam_channels: int, features: nn.Sequential,
-                 feature_channels: int) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        pretrained: PretrainedSpec,
+        cam_channels: int,
+        features: nn.Sequential,
+        feature_channels: int,
+    ) -> None:
         super().__init__(num_classes, cam_channels=cam_channels)
         self.cam_channels = cam_channels
         self.features = features
@@ -260,8 +330,13 @@ class _ConvGAP(GAPNet):
 
     def _load_backbone(self, state: Mapping[str, Tensor]) -> None:
         own = self.features.state_dict().keys()  # the file's later layers (pool5, the classifier) are not ours
-        self.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
-                                       if k.startswith("features.") and k.removeprefix("features.") in own})
+        self.features.load_state_dict(
+            {
+                k.removeprefix("features."): v
+                for k, v in state.items()
+                if k.startswith("features.") and k.removeprefix("features.") in own
+            }
+        )
 
     def _features(self, x: Tensor) -> Tensor:
         return self.cam_conv(self.features(x))
@@ -285,11 +360,18 @@ class AlexNetGAP(_ConvGAP):
 
     def __init__(self, num_classes: int, pretrained: PretrainedSpec = False, cam_channels: int = 1024) -> None:
         features = nn.Sequential(  # index for index torchvision's AlexNet.features[:12], so state dict keys match
-            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 64, 11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
         )
         super().__init__(num_classes, pretrained, cam_channels, features, feature_channels=256)
 
@@ -341,8 +423,14 @@ class ResNetGAP(GAPNet):
     def _load_backbone(self, state: Mapping[str, Tensor]) -> None:
         names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
         prefix = {name: str(i) for i, name in enumerate(names)}
-        loaded = self.features.load_state_dict({f"{prefix[k.split('.')[0]]}.{k.split('.', 1)[1]}": v
-                                                for k, v in state.items() if k.split(".")[0] in prefix}, strict=False)
+        loaded = self.features.load_state_dict(
+            {
+                f"{prefix[k.split('.')[0]]}.{k.split('.', 1)[1]}": v
+                for k, v in state.items()
+                if k.split(".")[0] in prefix
+            },
+            strict=False,
+        )
         missing = [k for k in loaded.missing_keys if not k.endswith("num_batches_tracked")]  # older files lack these
         if missing or loaded.unexpected_keys:
             raise RuntimeError(f"missing keys {missing[:3]}, unexpected keys {loaded.unexpected_keys[:3]}")
@@ -358,8 +446,12 @@ RESNETS = {  # depth: (torchvision builder, ImageNet weights it accepts, the def
 
 
 # The backbones a checkpoint's "arch" may name, and ``--arch`` without its "_gap": adding a network is one entry.
-BACKBONES: dict[str, Any] = {ARCH: AlexNetGAP, "vgg16_gap": VGG16GAP, "resnet18_gap": partial(ResNetGAP, depth=18),
-                             "resnet50_gap": partial(ResNetGAP, depth=50)}
+BACKBONES: dict[str, Any] = {
+    ARCH: AlexNetGAP,
+    "vgg16_gap": VGG16GAP,
+    "resnet18_gap": partial(ResNetGAP, depth=18),
+    "resnet50_gap": partial(ResNetGAP, depth=50),
+}
 ARCHS = tuple(name.removesuffix("_gap") for name in BACKBONES)
 
 
@@ -378,15 +470,19 @@ def build_model(arch: str, model_args: Mapping[str, Any]) -> nn.Module:
         CheckpointError: If ``arch`` is not in :data:`BACKBONES` or its arguments do not fit it.
     """
     if arch not in BACKBONES:
-        raise CheckpointError(f"unknown architecture {arch!r}; this version knows {', '.join(map(repr, BACKBONES))}: "
-                              "was it written by a newer CAM_Stanford_Cars?")
+        raise CheckpointError(
+            f"unknown architecture {arch!r}; this version knows {', '.join(map(repr, BACKBONES))}: "
+            "was it written by a newer CAM_Stanford_Cars?"
+        )
     try:
         return BACKBONES[arch](**dict(model_args))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"the arguments {dict(model_args)} do not fit architecture {arch!r}: {err}") from None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from a :func:`save_checkpoint` file alone, read safely (``weights_only=True``).
 
     Returns:

@@ -27,10 +27,15 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _get_colormap(colormap: str | Colormap) -> Colormap:
-    _check(isinstance(colormap, (str, Colormap)),
-           f"colormap must be a matplotlib colormap name or Colormap, got {type(colormap).__name__} {colormap!r}")
-    _check(isinstance(colormap, Colormap) or colormap in matplotlib.colormaps, f"unknown colormap {colormap!r}: "
-           "expected a matplotlib colormap name such as 'jet', 'viridis' or 'inferno' (see matplotlib.colormaps)")
+    _check(
+        isinstance(colormap, (str, Colormap)),
+        f"colormap must be a matplotlib colormap name or Colormap, got {type(colormap).__name__} {colormap!r}",
+    )
+    _check(
+        isinstance(colormap, Colormap) or colormap in matplotlib.colormaps,
+        f"unknown colormap {colormap!r}: "
+        "expected a matplotlib colormap name such as 'jet', 'viridis' or 'inferno' (see matplotlib.colormaps)",
+    )
     return matplotlib.colormaps.get_cmap(colormap)
 
 
@@ -58,35 +63,61 @@ def colormap_lut(colormap: str | Colormap = "jet", device: torch.device | str = 
 
 def _validate(images: Tensor, cams: Tensor, alpha: float) -> tuple[Tensor, Tensor, bool]:
     """Return images as (B, 3, H, W), cams as (B, h, w), and whether the input was a single image."""
-    _check(isinstance(images, Tensor) and isinstance(cams, Tensor),
-           f"images and cams must be torch tensors, got {type(images).__name__} and {type(cams).__name__}")
-    _check(not isinstance(alpha, bool) and isinstance(alpha, (int, float)) and 0.0 <= float(alpha) <= 1.0,
-           f"alpha must be a number in [0, 1] (the heat map's weight), got {alpha!r}")
-    _check(images.is_floating_point(), f"images must be a floating point tensor with values in [0, 1], got dtype "
-           f"{images.dtype}; convert uint8 images with images.float() / 255")
+    _check(
+        isinstance(images, Tensor) and isinstance(cams, Tensor),
+        f"images and cams must be torch tensors, got {type(images).__name__} and {type(cams).__name__}",
+    )
+    _check(
+        not isinstance(alpha, bool) and isinstance(alpha, (int, float)) and 0.0 <= float(alpha) <= 1.0,
+        f"alpha must be a number in [0, 1] (the heat map's weight), got {alpha!r}",
+    )
+    _check(
+        images.is_floating_point(),
+        f"images must be a floating point tensor with values in [0, 1], got dtype "
+        f"{images.dtype}; convert uint8 images with images.float() / 255",
+    )
     _check(cams.is_floating_point(), f"cams must be a floating point tensor, got dtype {cams.dtype}")
     _check(images.ndim in (3, 4), f"images must be (B, 3, H, W) or (3, H, W), got shape {tuple(images.shape)}")
     single = images.ndim == 3
     if single:
-        _check(cams.ndim == 2 or cams.ndim == 3 and len(cams) == 1, "a single image (3, H, W) takes a single map "
-               f"(h, w) or (1, h, w), got cams of shape {tuple(cams.shape)}")
+        _check(
+            cams.ndim == 2 or (cams.ndim == 3 and len(cams) == 1),
+            f"a single image (3, H, W) takes a single map (h, w) or (1, h, w), got cams of shape {tuple(cams.shape)}",
+        )
         images, cams = images[None], cams.reshape(1, *cams.shape[-2:])
-    _check(cams.ndim != 4 or cams.shape[1] == 1, f"cams of ndim 4 must be (B, 1, h, w), got shape {tuple(cams.shape)}; "
-           "pick one class's map per image, e.g. cams[torch.arange(B), labels]")
+    _check(
+        cams.ndim != 4 or cams.shape[1] == 1,
+        f"cams of ndim 4 must be (B, 1, h, w), got shape {tuple(cams.shape)}; "
+        "pick one class's map per image, e.g. cams[torch.arange(B), labels]",
+    )
     cams = cams[:, 0] if cams.ndim == 4 else cams
     _check(cams.ndim == 3, f"cams must be (B, h, w) or (B, 1, h, w), got shape {tuple(cams.shape)}")
-    _check(len(cams) == len(images), f"batch sizes differ: {len(images)} images but {len(cams)} cams; pass one map per image")
-    _check(images.shape[1] == 3, f"images must have 3 (RGB) channels, got shape {tuple(images.shape)}; "
-           "repeat a grey channel with images.expand(-1, 3, -1, -1)")
-    _check(min(*images.shape[2:], *cams.shape[1:]) >= 1, f"empty image or map: images {tuple(images.shape)}, cams {tuple(cams.shape)}")
+    _check(
+        len(cams) == len(images),
+        f"batch sizes differ: {len(images)} images but {len(cams)} cams; pass one map per image",
+    )
+    _check(
+        images.shape[1] == 3,
+        f"images must have 3 (RGB) channels, got shape {tuple(images.shape)}; "
+        "repeat a grey channel with images.expand(-1, 3, -1, -1)",
+    )
+    _check(
+        min(*images.shape[2:], *cams.shape[1:]) >= 1,
+        f"empty image or map: images {tuple(images.shape)}, cams {tuple(cams.shape)}",
+    )
     # Normalising divides by max - min in the working dtype. A NaN, an infinity or a span that
     # overflows all make the span non-finite, so one check (one wait for a GPU) serves them all.
     work = cams.detach().flatten(1).to(torch.promote_types(cams.dtype, torch.float32))
     finite = torch.isfinite(work.amax(dim=1) - work.amin(dim=1))
     if not bool(finite.all()):
-        _check(bool(torch.isfinite(cams).all()), "cams contain NaN or infinite values; a class activation map must be finite")
-        raise ValueError(f"cams[{int(torch.nonzero(~finite)[0])}] spans more than {work.dtype} can hold "
-                         "(max - min overflows); rescale the maps, e.g. cams / cams.abs().amax()")
+        _check(
+            bool(torch.isfinite(cams).all()),
+            "cams contain NaN or infinite values; a class activation map must be finite",
+        )
+        raise ValueError(
+            f"cams[{int(torch.nonzero(~finite)[0])}] spans more than {work.dtype} can hold "
+            "(max - min overflows); rescale the maps, e.g. cams / cams.abs().amax()"
+        )
     return images, cams, single
 
 
@@ -122,10 +153,20 @@ def apply_cam(images: Tensor, cams: Tensor, alpha: float = 0.5, colormap: str | 
     # On the CPU the output costs more to fault in than to fill; numpy asks for transparent huge
     # pages on large buffers and torch's allocator does not.
     np_dtype = _NUMPY_DTYPES.get(images.dtype) if images.device.type == "cpu" else None
-    out = torch.from_numpy(np.empty(images.shape, np_dtype)) if np_dtype else torch.empty_like(images, memory_format=torch.contiguous_format)
+    out = (
+        torch.from_numpy(np.empty(images.shape, np_dtype))
+        if np_dtype
+        else torch.empty_like(images, memory_format=torch.contiguous_format)
+    )
     if _kernel_applies(images, cams):
-        overlay_kernel.blend_overlays(images.contiguous().numpy(), cams.contiguous().numpy(), table.numpy(), alpha,
-                                      out.numpy(), threads=torch.get_num_threads())
+        overlay_kernel.blend_overlays(
+            images.contiguous().numpy(),
+            cams.contiguous().numpy(),
+            table.numpy(),
+            alpha,
+            out.numpy(),
+            threads=torch.get_num_threads(),
+        )
     else:
         _overlay_torch(images, cams, table, alpha, out)
     return out[0] if single else out
@@ -148,5 +189,9 @@ def _overlay_torch(images: Tensor, cams: Tensor, table: Tensor, alpha: float, ou
 
 def _kernel_applies(images: Tensor, cams: Tensor) -> bool:
     """Whether the compiled kernel computes what :func:`_overlay_torch` would: float32 on the CPU."""
-    return (overlay_kernel.HAVE_NUMBA and images.device.type == "cpu" and images.dtype == cams.dtype == torch.float32
-            and overlay_kernel.matches_torch(tuple(cams.shape[1:]), tuple(images.shape[2:])))
+    return (
+        overlay_kernel.HAVE_NUMBA
+        and images.device.type == "cpu"
+        and images.dtype == cams.dtype == torch.float32
+        and overlay_kernel.matches_torch(tuple(cams.shape[1:]), tuple(images.shape[2:]))
+    )

@@ -73,7 +73,9 @@ def _check_path(path: str | os.PathLike) -> Path:
     if out.suffix.lower() != ".html":
         raise ValueError(f"the report path {str(out)!r} does not end in .html; {fix}")
     if blocker := file_in_the_way(out):
-        raise ValueError(f"the report path {str(out)!r} cannot be written: {str(blocker)!r} is a file, not a folder; {fix}")
+        raise ValueError(
+            f"the report path {str(out)!r} cannot be written: {str(blocker)!r} is a file, not a folder; {fix}"
+        )
     if (reason := unwritable_reason(out.parent)) is not None:
         raise ValueError(f"the report path {str(out)!r} is not writable ({reason}); {fix}")
     return out
@@ -104,8 +106,9 @@ def _png(fig: Any) -> str:
 
 def _table(header: list[str] | None, rows: list[list[Any]], numeric: tuple[int, ...] = ()) -> str:
     """An HTML table of escaped cells, the columns ``numeric`` right-aligned."""
-    cells = lambda row, tag: "".join(f"<{tag}{' class=n' if tag == 'td' and i in numeric else ''}>{esc(str(c))}</{tag}>"
-                                     for i, c in enumerate(row))  # noqa: E731
+    cells = lambda row, tag: "".join(
+        f"<{tag}{' class=n' if tag == 'td' and i in numeric else ''}>{esc(str(c))}</{tag}>" for i, c in enumerate(row)
+    )
     head = f"<tr>{cells(header, 'th')}</tr>" if header else ""
     return f"<table>{head}" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows) + "</table>"
 
@@ -114,8 +117,9 @@ def _metrics_html(metrics: dict[str, Any]) -> str:
     """format_metrics_table's rows as an HTML table, the lines after them below."""
     rows, after = metrics_table_rows(metrics)
     notes = "\n".join(after)
-    return (_table(["metric", "value", "definition"], [[label.strip(), text, note] for label, text, note in rows], numeric=(1,))
-            + (f"<pre>{esc(notes)}</pre>" if notes else ""))
+    return _table(
+        ["metric", "value", "definition"], [[label.strip(), text, note] for label, text, note in rows], numeric=(1,)
+    ) + (f"<pre>{esc(notes)}</pre>" if notes else "")
 
 
 def _methods_html(result: dict[str, Any]) -> str:
@@ -124,7 +128,9 @@ def _methods_html(result: dict[str, Any]) -> str:
     return _table(header, rows, tuple(range(1, len(header)))) + f"<pre>{esc(caption)}</pre>"
 
 
-def _threshold_figure(val_curve: dict[str, Any] | None, meter: LocalizationMeter, split: str, threshold: float, source: str) -> str:
+def _threshold_figure(
+    val_curve: dict[str, Any] | None, meter: LocalizationMeter, split: str, threshold: float, source: str
+) -> str:
     fig = Figure(figsize=(6.4, 3.4), layout="constrained")
     ax = fig.subplots()
     if val_curve:
@@ -137,21 +143,36 @@ def _threshold_figure(val_curve: dict[str, Any] | None, meter: LocalizationMeter
     return _png(fig)
 
 
-def _card(i: int, path: str, image: str, overlay: str, iou: float, label: str, pred: str, conf: float, cls: int, size: int) -> str:
+def _card(
+    i: int, path: str, image: str, overlay: str, iou: float, label: str, pred: str, conf: float, cls: int, size: int
+) -> str:
     right, boxed = label == pred, not math.isnan(iou)
     hit = boxed and iou >= IOU_THRESHOLD
     mark = lambda ok: f"<span class={'ok' if ok else 'no'}>{'&#10003;' if ok else '&#10007;'}</span>"  # noqa: E731
     box_text = f"{mark(hit)} box IoU {iou:.2f}" if boxed else "no true box"
     img = '<img loading="lazy" decoding="async" width=%d height=%d alt="%s" src="%s">'
-    return (f'<div class="card" data-i="{i}" data-iou="{f"{iou:.4f}" if boxed else ""}" data-conf="{conf:.4f}" data-cls="{cls}" '
-            f'data-right="{int(right)}" data-hit="{int(hit) if boxed else ""}">' + img % (size, size, "image", image) +
-            img % (size, size, "CAM", overlay) + f"<div>{mark(right)} true: {esc(label)}<br>pred: {esc(pred)} ({100 * conf:.1f}%)"
-            f'<br>{box_text}</div><div class="f" title="{esc(path)}">{esc(os.path.basename(path))}</div></div>\n')
+    return (
+        f'<div class="card" data-i="{i}" data-iou="{f"{iou:.4f}" if boxed else ""}" data-conf="{conf:.4f}" data-cls="{cls}" '
+        f'data-right="{int(right)}" data-hit="{int(hit) if boxed else ""}">'
+        + img % (size, size, "image", image)
+        + img % (size, size, "CAM", overlay)
+        + f"<div>{mark(right)} true: {esc(label)}<br>pred: {esc(pred)} ({100 * conf:.1f}%)"
+        f'<br>{box_text}</div><div class="f" title="{esc(path)}">{esc(os.path.basename(path))}</div></div>\n'
+    )
 
 
-def write_report(checkpoint_path: str | os.PathLike, path: str | os.PathLike, root: str | os.PathLike | None = None,
-                 split: str = "test", batch_size: int = 32, device: str = "auto", num_workers: int | None = None,
-                 progress: bool = True, methods: dict[str, Any] | None = None, thumb_size: int = 96) -> dict[str, Any]:
+def write_report(
+    checkpoint_path: str | os.PathLike,
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    split: str = "test",
+    batch_size: int = 32,
+    device: str = "auto",
+    num_workers: int | None = None,
+    progress: bool = True,
+    methods: dict[str, Any] | None = None,
+    thumb_size: int = 96,
+) -> dict[str, Any]:
     """Evaluate the checkpoint on ``split`` in one pass and write one self-contained HTML page at ``path``.
 
     Returns:
@@ -167,10 +188,14 @@ def write_report(checkpoint_path: str | os.PathLike, path: str | os.PathLike, ro
     threshold, source = cam_threshold_of(checkpoint)
     loader = opened.loader(dataset, range(len(dataset)), batch_size)
     classes, size, thumb = list(dataset.classes), (dataset.image_size,) * 2, int(thumb_size)
-    counts = np.zeros((4, len(classes)), dtype=np.int64)  # per class: images, right top-1, with a box, GT-known hits at t*
+    counts = np.zeros(
+        (4, len(classes)), dtype=np.int64
+    )  # per class: images, right top-1, with a box, GT-known hits at t*
     meter, index = LocalizationMeter(), 0
     with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as cards:
-        for images, labels_cpu, boxes in tqdm(loader, desc=f"report {split}", unit="batch", disable=not progress, leave=False):
+        for images, labels_cpu, boxes in tqdm(
+            loader, desc=f"report {split}", unit="batch", disable=not progress, leave=False
+        ):
             with torch.no_grad():  # as train.evaluate: features under autocast, the head and the maps in float32
                 with autocast_context(dev, True):
                     features = model.forward_features(images.to(dev)).float()
@@ -184,61 +209,118 @@ def write_report(checkpoint_path: str | os.PathLike, path: str | os.PathLike, ro
             pred, conf, labels_np = pred.cpu().numpy(), conf.cpu().numpy(), labels_cpu.numpy()
             known_iou = ious.copy()  # the true class's box: the predicted one where the class is right
             if (wrong := pred != labels_np).any():
-                known_iou[wrong] = box_iou(boxes_from_cams(true_cams[wrong], size, threshold).double(), boxes[wrong].double()).numpy()
-            for row, values in enumerate((np.ones_like(labels_np), pred == labels_np, ~np.isnan(known_iou), known_iou >= IOU_THRESHOLD)):
+                known_iou[wrong] = box_iou(
+                    boxes_from_cams(true_cams[wrong], size, threshold).double(), boxes[wrong].double()
+                ).numpy()
+            for row, values in enumerate(
+                (np.ones_like(labels_np), pred == labels_np, ~np.isnan(known_iou), known_iou >= IOU_THRESHOLD)
+            ):
                 np.add.at(counts[row], labels_np, values.astype(np.int64))
             to_bytes = lambda x: (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
             pixels, overlays = to_bytes(images.float()), to_bytes(apply_cam(images.float(), pred_cams))
             for b in range(images.shape[0]):
                 drawn = [(boxes[b].numpy(), TRUE_COLOR), (pred_boxes[b].numpy(), PRED_COLOR)]
-                cards.write(_card(index, dataset.samples[index][0], _jpeg(pixels[b], drawn, thumb), _jpeg(overlays[b], drawn, thumb),
-                                  float(ious[b]), classes[labels_np[b]], classes[pred[b]], float(conf[b]), int(labels_np[b]), thumb))
+                cards.write(
+                    _card(
+                        index,
+                        dataset.samples[index][0],
+                        _jpeg(pixels[b], drawn, thumb),
+                        _jpeg(overlays[b], drawn, thumb),
+                        float(ious[b]),
+                        classes[labels_np[b]],
+                        classes[pred[b]],
+                        float(conf[b]),
+                        int(labels_np[b]),
+                        thumb,
+                    )
+                )
                 index += 1
         metrics: dict[str, Any] = meter.compute(threshold)
         metrics.update(cam_threshold_source=source, protocol="cam", split=split, checkpoint=str(checkpoint_path))
-        head = _page_head(checkpoint, checkpoint_path, split, classes, counts, threshold, source, metrics, meter, methods, thumb)
+        head = _page_head(
+            checkpoint, checkpoint_path, split, classes, counts, threshold, source, metrics, meter, methods, thumb
+        )
         with atomic_file(out, "w") as handle:
             handle.write(head)
             cards.seek(0)
             shutil.copyfileobj(cards, handle, 1 << 20)
-            handle.write(f'</div>\n<script>{GALLERY_JS}</script>\n</body></html>\n')
+            handle.write(f"</div>\n<script>{GALLERY_JS}</script>\n</body></html>\n")
     return {**metrics, "report": str(out), "n_cards": index}
 
 
-def _page_head(checkpoint: dict[str, Any], checkpoint_path: str | os.PathLike, split: str, classes: list[str], counts: np.ndarray,
-               threshold: float, source: str, metrics: dict[str, Any], meter: LocalizationMeter, methods: dict[str, Any] | None,
-               thumb: int) -> str:
+def _page_head(
+    checkpoint: dict[str, Any],
+    checkpoint_path: str | os.PathLike,
+    split: str,
+    classes: list[str],
+    counts: np.ndarray,
+    threshold: float,
+    source: str,
+    metrics: dict[str, Any],
+    meter: LocalizationMeter,
+    methods: dict[str, Any] | None,
+    thumb: int,
+) -> str:
     """Everything before the cards: the run, the metrics, the figures, the per-class table and the gallery's controls."""
     filters = ", ".join(f"{name}={checkpoint.get(name)!r}" for name in FILTER_NAMES if checkpoint.get(name) is not None)
     history = checkpoint.get("history") or []
     class_list = "<br>".join(f"{esc(name)} ({n})" for name, n in zip(classes, counts[0]))
-    run = _table(None, [
-        ["checkpoint", str(checkpoint_path)], ["architecture", checkpoint.get("arch", "?")], ["filters", filters or "none"],
-        ["image size", checkpoint["image_size"]], ["split", f"{split}: {int(counts[0].sum())} images"],
-        ["epochs trained", f"{checkpoint.get('epoch', '?')} ({len(history)} in the history)"],
-        ["CAM threshold for boxes", f"{threshold:.2f}: {THRESHOLD_SOURCES.get(source, source)}"],
-    ]).replace("</table>", f"<tr><td>classes</td><td><details><summary>{len(classes)} classes (images in this split)</summary>"
-                           f"{class_list}</details></td></tr></table>")
-    parts = [f"<!DOCTYPE html><html><head><meta charset=utf-8><title>CAM report: {esc(Path(checkpoint_path).name)} on {split}"
-             f"</title><style>{CSS % {'w': 2 * thumb + 10}}</style><script>{ERROR_JS}</script></head><body data-errors=\"\">",
-             f"<h1>CAM report: {esc(str(checkpoint_path))}</h1><h2>Run</h2>{run}<h2>Metrics ({esc(split)})</h2>{_metrics_html(metrics)}"]
+    run = _table(
+        None,
+        [
+            ["checkpoint", str(checkpoint_path)],
+            ["architecture", checkpoint.get("arch", "?")],
+            ["filters", filters or "none"],
+            ["image size", checkpoint["image_size"]],
+            ["split", f"{split}: {int(counts[0].sum())} images"],
+            ["epochs trained", f"{checkpoint.get('epoch', '?')} ({len(history)} in the history)"],
+            ["CAM threshold for boxes", f"{threshold:.2f}: {THRESHOLD_SOURCES.get(source, source)}"],
+        ],
+    ).replace(
+        "</table>",
+        f"<tr><td>classes</td><td><details><summary>{len(classes)} classes (images in this split)</summary>"
+        f"{class_list}</details></td></tr></table>",
+    )
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset=utf-8><title>CAM report: {esc(Path(checkpoint_path).name)} on {split}"
+        f'</title><style>{CSS % {"w": 2 * thumb + 10}}</style><script>{ERROR_JS}</script></head><body data-errors="">',
+        f"<h1>CAM report: {esc(str(checkpoint_path))}</h1><h2>Run</h2>{run}<h2>Metrics ({esc(split)})</h2>{_metrics_html(metrics)}",
+    ]
     if methods:
         parts.append(f"<h2>CAM methods</h2>{_methods_html(methods)}")
     try:
-        parts.append(f'<h2>Training curves</h2><img class=fig alt="training curves" src="{_png(plot_training_curves(history))}">')
+        parts.append(
+            f'<h2>Training curves</h2><img class=fig alt="training curves" src="{_png(plot_training_curves(history))}">'
+        )
     except ValueError as err:  # no history, or nothing in it to plot
         parts.append(f"<h2>Training curves</h2><p>none: {esc(str(err))}</p>")
     curve = _threshold_figure(checkpoint.get("cam_threshold_curve"), meter, split, threshold, source)
-    parts.append(f'<h2>Box accuracy against the CAM threshold</h2><img class=fig alt="box accuracy curve" src="{curve}">')
+    parts.append(
+        f'<h2>Box accuracy against the CAM threshold</h2><img class=fig alt="box accuracy curve" src="{curve}">'
+    )
     rate = lambda hits, total: f"{100 * hits / total:.1f}%" if total else "n/a"  # noqa: E731
-    per_class = [[name, n, rate(right, n), f"{rate(hit, boxed)} of {boxed}"] for name, (n, right, boxed, hit) in zip(classes, counts.T)]
-    parts.append("<h2>Per class</h2>" + _table(["class", "images", "top-1", f"GT-known Loc at t*={threshold:.2f}"], per_class, (1, 2, 3)))
+    per_class = [
+        [name, n, rate(right, n), f"{rate(hit, boxed)} of {boxed}"]
+        for name, (n, right, boxed, hit) in zip(classes, counts.T)
+    ]
+    parts.append(
+        "<h2>Per class</h2>"
+        + _table(["class", "images", "top-1", f"GT-known Loc at t*={threshold:.2f}"], per_class, (1, 2, 3))
+    )
     options = lambda pairs: "".join(f'<option value="{esc(v)}">{esc(t)}</option>' for v, t in pairs)  # noqa: E731
-    sorts = [("i", "split order"), ("iou", "IoU, lowest first"), ("-iou", "IoU, highest first"), ("conf", "confidence, lowest first"),
-             ("-conf", "confidence, highest first"), ("cls", "true class")]
+    sorts = [
+        ("i", "split order"),
+        ("iou", "IoU, lowest first"),
+        ("-iou", "IoU, highest first"),
+        ("conf", "confidence, lowest first"),
+        ("-conf", "confidence, highest first"),
+        ("cls", "true class"),
+    ]
     shows = [("all", "all images"), ("wrong", "wrong class only"), ("missed", "missed box only (IoU < 0.5)")]
-    parts.append(f"<h2>Gallery</h2><p>Left: the image; right: the predicted class's CAM. Green: the true box; magenta: the box of "
-                 f"the CAM at t*={threshold:.2f}.</p><div id=controls>sort <select id=sort>{options(sorts)}</select> show "
-                 f"<select id=filter>{options(shows)}</select> class <select id=cls>{options([('', 'all classes'), *((str(i), c) for i, c in enumerate(classes))])}"
-                 f"</select> <span id=shown></span></div>\n<div id=gallery>\n")
+    parts.append(
+        f"<h2>Gallery</h2><p>Left: the image; right: the predicted class's CAM. Green: the true box; magenta: the box of "
+        f"the CAM at t*={threshold:.2f}.</p><div id=controls>sort <select id=sort>{options(sorts)}</select> show "
+        f"<select id=filter>{options(shows)}</select> class <select id=cls>{options([('', 'all classes'), *((str(i), c) for i, c in enumerate(classes))])}"
+        f"</select> <span id=shown></span></div>\n<div id=gallery>\n"
+    )
     return "".join(parts)

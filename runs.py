@@ -27,7 +27,14 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT, BEST_CHECKPOINT, METRICS_LOG = "last.pt", "best.pt", "metrics.jsonl"
 ARGS_FILE, CURVES_FIGURE, TEST_METRICS = "args.json", "training_curves.png", "test_metrics.json"
-RUN_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, ARGS_FILE, METRICS_LOG, CURVES_FIGURE, TEST_METRICS)  # and *_metrics.json
+RUN_FILES = (
+    LAST_CHECKPOINT,
+    BEST_CHECKPOINT,
+    ARGS_FILE,
+    METRICS_LOG,
+    CURVES_FIGURE,
+    TEST_METRICS,
+)  # and *_metrics.json
 LOCK_FILE = ".lock"  # held by the run writing the folder
 _TEMP_FILE = re.compile(r"^\.(.+)\.\w{8}\.tmp$")  # files.atomic_file's hidden temp files: .NAME.XXXXXXXX.tmp
 
@@ -35,9 +42,24 @@ _TEMP_FILE = re.compile(r"^\.(.+)\.\w{8}\.tmp$")  # files.atomic_file's hidden t
 TIE_BREAK = 1e-6
 # What a resumed run must share with the run it continues: the data and its order, the optimisation (the saved
 # optimizer and schedule states were built from it) and the rule that scored the saved best epoch.
-RESUME_MUST_MATCH = ("arch", "batch_size", "image_size", "val_fraction", "car_type", "car_brand", "car_production_year",
-                     "seed", "optimizer", "lr", "backbone_lr_scale", "momentum", "weight_decay", "warmup_epochs",
-                     "label_smoothing", "select_by")
+RESUME_MUST_MATCH = (
+    "arch",
+    "batch_size",
+    "image_size",
+    "val_fraction",
+    "car_type",
+    "car_brand",
+    "car_production_year",
+    "seed",
+    "optimizer",
+    "lr",
+    "backbone_lr_scale",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "select_by",
+)
 
 
 def epoch_score(record: Mapping[str, Any], select_by: str = "val_top1") -> float:
@@ -54,8 +76,10 @@ def check_new_run(run_dir: Path, overwrite: bool) -> None:
     """Refuse to start a run over another one in ``run_dir``, unless ``overwrite``."""
     last = run_dir / LAST_CHECKPOINT
     if last.exists() and not overwrite:
-        raise ValueError(f"--checkpoints_dir {str(run_dir)!r} already holds a run ({last.name}); continue it with "
-                         f"--resume {str(last)!r}, start over with --overwrite true, or choose another folder")
+        raise ValueError(
+            f"--checkpoints_dir {str(run_dir)!r} already holds a run ({last.name}); continue it with "
+            f"--resume {str(last)!r}, start over with --overwrite true, or choose another folder"
+        )
 
 
 def remove_run_files(run_dir: Path, keep: Sequence[str] = ()) -> None:
@@ -112,8 +136,10 @@ def _lock(lock: Path, run_dir: Path) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunFolderBusy(f"--checkpoints_dir {str(run_dir)!r} is in use by another run (process {holder}); wait "
-                                "for it to end or stop it, or choose another folder") from None
+            raise RunFolderBusy(
+                f"--checkpoints_dir {str(run_dir)!r} is in use by another run (process {holder}); wait "
+                "for it to end or stop it, or choose another folder"
+            ) from None
         try:
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:  # not a file its last holder removed meanwhile
                 os.ftruncate(fd, 0)
@@ -142,8 +168,10 @@ def read_metrics_log(path: Path) -> list[dict[str, Any]]:
             if line.strip():
                 records.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{str(path)!r} is damaged ({err.msg} on line {number}); delete it to resume without "
-                             "the earlier epochs' records, or restore it") from None
+            raise ValueError(
+                f"{str(path)!r} is damaged ({err.msg} on line {number}); delete it to resume without "
+                "the earlier epochs' records, or restore it"
+            ) from None
     return records
 
 
@@ -153,14 +181,19 @@ def write_metrics_log(path: Path, history: Sequence[dict[str, Any]]) -> None:
 
 def format_metrics(metrics: dict[str, Any], prefix: str = "") -> str:
     """``loss 0.6931  top-1 0.812  top-5 0.990  ...`` for the metrics present."""
-    return "  ".join(f"{label} {metrics[prefix + key]:{'.4f' if key == 'loss' else '.3f'}}"
-                     for key, label in METRIC_LABELS.items() if prefix + key in metrics)
+    return "  ".join(
+        f"{label} {metrics[prefix + key]:{'.4f' if key == 'loss' else '.3f'}}"
+        for key, label in METRIC_LABELS.items()
+        if prefix + key in metrics
+    )
 
 
 def summary_line(record: dict[str, Any], n_epochs: int) -> str:
     """One line per epoch: training loss/accuracy/speed, then the validation metrics."""
-    line = (f"epoch {record['epoch']}/{n_epochs}  loss {record['train_loss']:.4f}  acc {record['train_top1']:.3f}  "
-            f"{record['train_images_per_s']:.0f} img/s  lr {record['lr']:.2e}")
+    line = (
+        f"epoch {record['epoch']}/{n_epochs}  loss {record['train_loss']:.4f}  acc {record['train_top1']:.3f}  "
+        f"{record['train_images_per_s']:.0f} img/s  lr {record['lr']:.2e}"
+    )
     if "val_top1" in record:
         line += "  | val " + format_metrics(record, "val_")
     return line + ("  *best*" if record.get("best") else "")
@@ -200,11 +233,13 @@ class StopRequest:
     @contextmanager
     def installed(self) -> Iterator[StopRequest]:
         """Turn the first Ctrl-C (SIGINT) into ``requested``; a second one aborts."""
+
         def handler(signum: int, frame: Any) -> None:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
             logger.warning("Interrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+
         try:
             previous = signal.signal(signal.SIGINT, handler)
         except ValueError:  # not the main thread: leave signals alone
@@ -220,28 +255,40 @@ def read_resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
     """The checkpoint to continue, checked against the run it is asked to continue."""
     _, checkpoint = load_checkpoint(path)
     mid_epoch, world_size = checkpoint.get("epoch_progress"), int(os.environ.get("WORLD_SIZE", "1"))
-    require_entries(checkpoint, ("optimizer", "lr_scheduler", "epoch", "args", *(["rng_states"] if mid_epoch else [])), path)
+    require_entries(
+        checkpoint, ("optimizer", "lr_scheduler", "epoch", "args", *(["rng_states"] if mid_epoch else [])), path
+    )
     run_dir = Path(config.checkpoints_dir).expanduser()
     if path.parent.resolve() != run_dir.resolve():
-        raise ValueError(f"--resume {str(path)!r} belongs to the run in {str(path.parent)!r} but --checkpoints_dir is "
-                         f"{str(run_dir)!r}; pass --checkpoints_dir {str(path.parent)!r} to continue that run")
+        raise ValueError(
+            f"--resume {str(path)!r} belongs to the run in {str(path.parent)!r} but --checkpoints_dir is "
+            f"{str(run_dir)!r}; pass --checkpoints_dir {str(path.parent)!r} to continue that run"
+        )
     if mid_epoch and checkpoint.get("world_size", 1) != world_size:
-        raise ValueError(f"--resume {str(path)!r} stopped mid-epoch with {checkpoint.get('world_size', 1)} processes; "
-                         f"continue it with the same number of processes (this run has {world_size})")
+        raise ValueError(
+            f"--resume {str(path)!r} stopped mid-epoch with {checkpoint.get('world_size', 1)} processes; "
+            f"continue it with the same number of processes (this run has {world_size})"
+        )
     saved = {**plain_config(TrainConfig()), **checkpoint["args"]}  # a setting added later ran with its default
     finished = int(checkpoint["epoch"]) >= saved["n_epochs"] and not mid_epoch
     if config.n_epochs != saved["n_epochs"] and not (finished and config.n_epochs > saved["n_epochs"]):
-        raise ValueError(f"--resume {str(path)!r} was trained with n_epochs={saved['n_epochs']} but this run has "
-                         f"n_epochs={config.n_epochs}; pass the same value to continue it (only a finished run can be "
-                         "extended, to more epochs)")
+        raise ValueError(
+            f"--resume {str(path)!r} was trained with n_epochs={saved['n_epochs']} but this run has "
+            f"n_epochs={config.n_epochs}; pass the same value to continue it (only a finished run can be "
+            "extended, to more epochs)"
+        )
     for key in RESUME_MUST_MATCH:
         if saved.get(key) != json.loads(json.dumps(getattr(config, key))):
-            raise ValueError(f"--resume {str(path)!r} was trained with {key}={saved.get(key)!r} but this run has "
-                             f"{key}={getattr(config, key)!r}; pass the same value to continue it")
+            raise ValueError(
+                f"--resume {str(path)!r} was trained with {key}={saved.get(key)!r} but this run has "
+                f"{key}={getattr(config, key)!r}; pass the same value to continue it"
+            )
     if int(checkpoint["epoch"]) >= config.n_epochs and not mid_epoch and _tested(run_dir, checkpoint):
-        raise ValueError(f"--resume {str(path)!r}: that run already finished all {config.n_epochs} epochs and its tests; its best "
-                         f"checkpoint is {str(path.with_name(BEST_CHECKPOINT))!r} (score it with --evaluate). "
-                         "Start a new run in another folder to train longer")
+        raise ValueError(
+            f"--resume {str(path)!r}: that run already finished all {config.n_epochs} epochs and its tests; its best "
+            f"checkpoint is {str(path.with_name(BEST_CHECKPOINT))!r} (score it with --evaluate). "
+            "Start a new run in another folder to train longer"
+        )
     return checkpoint
 
 
@@ -276,7 +323,11 @@ def repair_run(run_dir: Path, checkpoint: Mapping[str, Any]) -> list[dict[str, A
     write_metrics_log(run_dir / METRICS_LOG, history)
     best = best_epoch(history)
     # A kill while best.pt was being copied at the best epoch: last.pt still holds that epoch's weights.
-    if best == int(checkpoint["epoch"]) and not checkpoint.get("epoch_progress") and _saved_epoch(run_dir / BEST_CHECKPOINT) != best:
+    if (
+        best == int(checkpoint["epoch"])
+        and not checkpoint.get("epoch_progress")
+        and _saved_epoch(run_dir / BEST_CHECKPOINT) != best
+    ):
         logger.info("Restoring %s (epoch %d) from %s", BEST_CHECKPOINT, best, LAST_CHECKPOINT)
         keep_as_best(run_dir / LAST_CHECKPOINT)
     return list(history)

@@ -45,12 +45,16 @@ def start_process(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
         ValueError: If the device is not available, or cannot serve a distributed run.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device_name.startswith("cuda:"):
-        raise ValueError(f"--device {device_name} puts every process on one GPU; under torchrun each process takes the "
-                         "GPU of its LOCAL_RANK: pass --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose GPUs")
+        raise ValueError(
+            f"--device {device_name} puts every process on one GPU; under torchrun each process takes the "
+            "GPU of its LOCAL_RANK: pass --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose GPUs"
+        )
     dist_info = init_distributed(device_name)
     device = select_device(device_name, dist_info.local_rank)
     if dist_info.distributed and device.type == "mps":  # gloo, the only backend off CUDA, cannot reduce on MPS
-        raise ValueError("torchrun cannot train on Apple MPS (no distributed backend supports it); use --device cpu, or run one process")
+        raise ValueError(
+            "torchrun cannot train on Apple MPS (no distributed backend supports it); use --device cpu, or run one process"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)  # pinned memory and capability queries then use this GPU
     return dist_info, device
@@ -85,16 +89,30 @@ def collate_batch(items: Sequence[tuple[Any, ...]]) -> Any:
     single-threaded copy cannot stall on a busy machine as torch's parallel one can."""
     if torch.utils.data.get_worker_info() is not None:
         return default_collate(items)  # a worker stacks straight into shared memory
-    return [torch.from_numpy(np.stack([t.numpy() for t in column]))
-            if isinstance(column[0], Tensor) and column[0].device.type == "cpu" and column[0].dtype != torch.bfloat16
-            else default_collate(list(column)) for column in zip(*items)]
+    return [
+        torch.from_numpy(np.stack([t.numpy() for t in column]))
+        if isinstance(column[0], Tensor) and column[0].device.type == "cpu" and column[0].dtype != torch.bfloat16
+        else default_collate(list(column))
+        for column in zip(*items)
+    ]
 
 
-def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, num_workers: int, device: torch.device, seed: int) -> DataLoader:
+def make_loader(
+    dataset: Dataset, indices: Sequence[int], batch_size: int, num_workers: int, device: torch.device, seed: int
+) -> DataLoader:
     """A loader over ``indices`` in that order (the order is decided by the caller)."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=list(indices), num_workers=num_workers, collate_fn=collate_batch,
-                      pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
-                      generator=torch.Generator().manual_seed(seed), drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=list(indices),
+        num_workers=num_workers,
+        collate_fn=collate_batch,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=False,
+    )
 
 
 def seed_everything(seed: int) -> None:

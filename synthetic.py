@@ -32,17 +32,32 @@ MARKER_FILE = "SYNTHETIC.txt"
 # Meta order. The two BMW 2012 sedans make the seed's filter (BMW, Sedan, 2012) keep two classes;
 # the other BMW 2012 and the other sedan check that the filter drops them.
 DEFAULT_CLASS_NAMES: tuple[str, ...] = (
-    "Audi S4 Sedan 2007", "BMW ActiveHybrid 5 Sedan 2012", "BMW 3 Series Sedan 2012", "BMW M3 Coupe 2012",
-    "Chevrolet Express Cargo Van 2007", "Ford F-150 Regular Cab 2012", "Jeep Wrangler SUV 2012", "Volkswagen Beetle Hatchback 2012")
-TINY_CLASS_NAMES: tuple[str, ...] = ("BMW ActiveHybrid 5 Sedan 2012", "BMW 3 Series Sedan 2012", "Jeep Wrangler SUV 2012")
+    "Audi S4 Sedan 2007",
+    "BMW ActiveHybrid 5 Sedan 2012",
+    "BMW 3 Series Sedan 2012",
+    "BMW M3 Coupe 2012",
+    "Chevrolet Express Cargo Van 2007",
+    "Ford F-150 Regular Cab 2012",
+    "Jeep Wrangler SUV 2012",
+    "Volkswagen Beetle Hatchback 2012",
+)
+TINY_CLASS_NAMES: tuple[str, ...] = (
+    "BMW ActiveHybrid 5 Sedan 2012",
+    "BMW 3 Series Sedan 2012",
+    "Jeep Wrangler SUV 2012",
+)
 
 # Silhouette of each family in unit coordinates (u along the car, front at u=1; v down, wheels' bottom at v=1):
 # aspect (length / height), top of the lower body, roof height, cabin start and end along u, pillar slopes.
 _FAMILIES: dict[str, tuple[float, float, float, float, float, float, float]] = {
-    "sedan": (2.9, 0.45, 0.10, 0.22, 0.76, 0.10, 0.15), "coupe": (3.1, 0.50, 0.20, 0.26, 0.72, 0.18, 0.15),
-    "convertible": (3.1, 0.50, 0.50, 0.30, 0.70, 0.0, 0.08), "hatchback": (2.4, 0.45, 0.08, 0.08, 0.72, 0.05, 0.16),
-    "wagon": (3.0, 0.45, 0.10, 0.05, 0.76, 0.02, 0.14), "suv": (2.2, 0.42, 0.02, 0.05, 0.80, 0.02, 0.08),
-    "van": (2.1, 0.45, 0.0, 0.0, 0.88, 0.0, 0.10), "pickup": (2.8, 0.45, 0.06, 0.36, 0.72, 0.0, 0.10),
+    "sedan": (2.9, 0.45, 0.10, 0.22, 0.76, 0.10, 0.15),
+    "coupe": (3.1, 0.50, 0.20, 0.26, 0.72, 0.18, 0.15),
+    "convertible": (3.1, 0.50, 0.50, 0.30, 0.70, 0.0, 0.08),
+    "hatchback": (2.4, 0.45, 0.08, 0.08, 0.72, 0.05, 0.16),
+    "wagon": (3.0, 0.45, 0.10, 0.05, 0.76, 0.02, 0.14),
+    "suv": (2.2, 0.42, 0.02, 0.05, 0.80, 0.02, 0.08),
+    "van": (2.1, 0.45, 0.0, 0.0, 0.88, 0.0, 0.10),
+    "pickup": (2.8, 0.45, 0.06, 0.36, 0.72, 0.0, 0.10),
     "sports": (3.3, 0.55, 0.26, 0.35, 0.70, 0.16, 0.20),
 }
 _LOOK_SALT = "1897:"  # chosen to keep the body colours of DEFAULT_CLASS_NAMES far apart
@@ -54,6 +69,7 @@ _MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, written by CAM_Stanford_Cars.synthetic
 @dataclass(frozen=True)
 class CarLook:
     """How the cars of one class are drawn."""
+
     family: str
     color: tuple[int, int, int]
     accent: tuple[int, int, int]
@@ -67,18 +83,24 @@ class CarLook:
 
 def car_look(class_name: str) -> CarLook:
     """The looks of a class's cars: silhouette from its body type, the rest from a hash of its name."""
+
     def hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
         r, g, b = colorsys.hsv_to_rgb(h % 1.0, s, v)
         return int(r * 255), int(g * 255), int(b * 255)
+
     unit = [byte / 255.0 for byte in hashlib.sha256((_LOOK_SALT + class_name).encode("utf-8")).digest()]
     kind = (parse_class_name(class_name).body_type or "").lower()  # one of BODY_TYPES, or none: a sports car
     family = "sports" if not kind else "pickup" if kind.endswith("cab") else "van" if kind.endswith("van") else kind
     return CarLook(
-        family, color=hsv(unit[0], 0.55 + 0.4 * unit[1], 0.5 + 0.45 * unit[2]),
+        family,
+        color=hsv(unit[0], 0.55 + 0.4 * unit[1], 0.5 + 0.45 * unit[2]),
         accent=hsv(unit[0] + 0.5, 0.3 + 0.6 * unit[3], 0.35 + 0.6 * unit[4]),
         glass=hsv(0.55 + 0.1 * unit[5], 0.3 + 0.4 * unit[6], 0.15 + 0.25 * unit[7]),
-        hub=hsv(unit[8], 0.5 * unit[9], 0.4 + 0.6 * unit[10]), n_windows=1 + int(unit[11] * 2.999), stripe=unit[12] > 0.5,
-        aspect=_FAMILIES[family][0] * (0.9 + 0.2 * unit[13]), wheel_radius=0.13 + 0.05 * unit[14],
+        hub=hsv(unit[8], 0.5 * unit[9], 0.4 + 0.6 * unit[10]),
+        n_windows=1 + int(unit[11] * 2.999),
+        stripe=unit[12] > 0.5,
+        aspect=_FAMILIES[family][0] * (0.9 + 0.2 * unit[13]),
+        wheel_radius=0.13 + 0.05 * unit[14],
     )
 
 
@@ -86,22 +108,43 @@ def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right:
     """One car on a transparent RGBA canvas ``length`` pixels long; its alpha is its extent."""
     height = max(8, round(length / (look.aspect * rng.uniform(0.96, 1.04))))
     light = rng.uniform(0.85, 1.15)  # lighting varies per image, never per class
-    body, accent, glass, hub = (tuple(int(min(255, max(0, c * light))) for c in color) + (255,)
-                                for color in (look.color, look.accent, look.glass, look.hub))
+    body, accent, glass, hub = (
+        tuple(int(min(255, max(0, c * light))) for c in color) + (255,)
+        for color in (look.color, look.accent, look.glass, look.hub)
+    )
     canvas = Image.new("RGBA", (length, height), (0, 0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     w, h = length - 1, height - 1
+
     def pt(u: float, v: float) -> tuple[float, float]:
         return (u if facing_right else 1.0 - u) * w, v * h
+
     def quad(u0: float, v0: float, u1: float, v1: float, fill: Any) -> None:
         draw.polygon([pt(u0, v0), pt(u1, v0), pt(u1, v1), pt(u0, v1)], fill=fill)
+
     _, top, roof, c0, c1, rear, front = _FAMILIES[look.family]
     bottom = 0.86
-    draw.polygon([pt(0.0, top + 0.06), pt(0.03, top), pt(0.96, top + 0.04), pt(1.0, top + 0.12),
-                  pt(1.0, bottom - 0.04), pt(0.97, bottom), pt(0.03, bottom), pt(0.0, bottom - 0.04)], fill=body)
+    draw.polygon(
+        [
+            pt(0.0, top + 0.06),
+            pt(0.03, top),
+            pt(0.96, top + 0.04),
+            pt(1.0, top + 0.12),
+            pt(1.0, bottom - 0.04),
+            pt(0.97, bottom),
+            pt(0.03, bottom),
+            pt(0.0, bottom - 0.04),
+        ],
+        fill=body,
+    )
     if look.family == "convertible":  # the folded top and the windscreen
-        draw.polygon([pt(c0, top), pt(c0 + 0.04, top - 0.08), pt(c1 - 0.1, top - 0.08), pt(c1 - 0.06, top)], fill=(25, 25, 25, 255))
-        draw.polygon([pt(c1 - 0.06, top), pt(c1 - 0.02, top - 0.22), pt(c1, top - 0.22), pt(c1 + 0.01, top)], fill=glass)
+        draw.polygon(
+            [pt(c0, top), pt(c0 + 0.04, top - 0.08), pt(c1 - 0.1, top - 0.08), pt(c1 - 0.06, top)],
+            fill=(25, 25, 25, 255),
+        )
+        draw.polygon(
+            [pt(c1 - 0.06, top), pt(c1 - 0.02, top - 0.22), pt(c1, top - 0.22), pt(c1 + 0.01, top)], fill=glass
+        )
     else:  # the cabin, then its windows: the cabin shrunk inwards, cut by pillars into n_windows panes
         draw.polygon([pt(c0, top + 0.01), pt(c0 + rear, roof), pt(c1 - front, roof), pt(c1, top + 0.01)], fill=body)
         g_top, g_bottom = roof + 0.06 * (top - roof) + 0.03, top - 0.02
@@ -110,11 +153,16 @@ def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right:
         for i, (u0, u1) in enumerate(zip(edges[:-1] + 0.008, edges[1:] - 0.008)):
             pane_rear = rear * slant if i == 0 else 0.0
             pane_front = front * slant if i == look.n_windows - 1 else 0.0
-            draw.polygon([pt(u0, g_bottom), pt(u0 + pane_rear * 0.5, g_top), pt(u1 - pane_front, g_top), pt(u1, g_bottom)], fill=glass)
+            draw.polygon(
+                [pt(u0, g_bottom), pt(u0 + pane_rear * 0.5, g_top), pt(u1 - pane_front, g_top), pt(u1, g_bottom)],
+                fill=glass,
+            )
     if look.family == "pickup":
         quad(0.03, top + 0.02, c0 - 0.02, top + 0.07, (30, 30, 30, 255))  # the bed
     quad(*((0.02, 0.62, 0.99, 0.68) if look.stripe else (0.02, bottom - 0.08, 0.98, bottom - 0.04)), accent)
-    draw.polygon([pt(0.95, top + 0.1), pt(1.0, top + 0.12), pt(1.0, top + 0.2), pt(0.95, top + 0.2)], fill=(250, 245, 200, 255))
+    draw.polygon(
+        [pt(0.95, top + 0.1), pt(1.0, top + 0.12), pt(1.0, top + 0.2), pt(0.95, top + 0.2)], fill=(250, 245, 200, 255)
+    )
     quad(0.0, top + 0.08, 0.03, top + 0.18, (200, 20, 20, 255))  # tail light
     radius = min(look.wheel_radius * h * 1.15, 0.16 * w)
     for u in (0.2, 0.8):
@@ -126,13 +174,21 @@ def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right:
 
 def draw_background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     """A cluttered RGB scene that carries no information about any class, in muted colours as streets mostly are."""
+
     def muted() -> np.ndarray:
         return np.clip(rng.uniform(40, 215) + rng.uniform(-25, 25, 3), 0, 255)
+
     sky_top, sky_bottom, ground_top, ground_bottom = (muted() for _ in range(4))
     horizon = int(rng.uniform(0.3, 0.7) * height)
-    column = np.concatenate([top * (1 - t) + bottom * t for top, bottom, t in (  # (H, 3): sky, then ground
-        (sky_top, sky_bottom, np.linspace(0.0, 1.0, max(horizon, 1))[:, None]),
-        (ground_top, ground_bottom, np.linspace(0.0, 1.0, max(height - horizon, 1))[:, None]))])[:height]
+    column = np.concatenate(
+        [
+            top * (1 - t) + bottom * t
+            for top, bottom, t in (  # (H, 3): sky, then ground
+                (sky_top, sky_bottom, np.linspace(0.0, 1.0, max(horizon, 1))[:, None]),
+                (ground_top, ground_bottom, np.linspace(0.0, 1.0, max(height - horizon, 1))[:, None]),
+            )
+        ]
+    )[:height]
     image = Image.fromarray(np.broadcast_to(column[:, None, :], (height, width, 3)).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(8, 20))):
@@ -145,12 +201,16 @@ def draw_background(rng: np.random.Generator, width: int, height: int) -> Image.
         elif kind == 2:
             draw.line([x0, y0, x1, y1], fill=color, width=int(rng.integers(1, 8)))
         else:
-            draw.polygon([(float(x), float(y)) for x, y in zip(rng.uniform(x0, x1, 3), rng.uniform(y0, y1, 3))], fill=color)
+            draw.polygon(
+                [(float(x), float(y)) for x, y in zip(rng.uniform(x0, x1, 3), rng.uniform(y0, y1, 3))], fill=color
+            )
     noisy = np.asarray(image, dtype=np.int16) + rng.integers(-12, 13, (height, width, 1), dtype=np.int16)
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
 
 
-def render_image(class_name: str, size: tuple[int, int], rng: np.random.Generator) -> tuple[Image.Image, tuple[int, int, int, int]]:
+def render_image(
+    class_name: str, size: tuple[int, int], rng: np.random.Generator
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """One synthetic RGB photo of size ``(width, height)`` of a car of ``class_name``, drawn from ``rng``, and the
     car's tight box ``(left, top, right, bottom)``, 0-based half-open."""
     width, height = size
@@ -167,9 +227,12 @@ def render_image(class_name: str, size: tuple[int, int], rng: np.random.Generato
 def _savemat(path: Path, records: Sequence[dict[str, Any]] = (), fields: Sequence[str] = (), **extra: Any) -> None:
     """Write ``extra``, after ``records`` as a 1xN struct array ``annotations`` (numbers 1x1, strings char arrays)."""
     import scipy.io as sio  # here, not at the top: it takes longer to import than the CLI needs to start
+
     if fields:
-        rows = [tuple(np.array([record[name]], ndmin=1 if isinstance(record[name], str) else 2) for name in fields)
-                for record in records]
+        rows = [
+            tuple(np.array([record[name]], ndmin=1 if isinstance(record[name], str) else 2) for name in fields)
+            for record in records
+        ]
         extra = {"annotations": np.array([rows], dtype=[(name, object) for name in fields]), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)  # in the staging folder: no temporary file needed
     with open(path, "wb") as handle:
@@ -179,9 +242,17 @@ def _savemat(path: Path, records: Sequence[dict[str, Any]] = (), fields: Sequenc
 
 
 def write_synthetic_stanford_cars(
-    root: PathLike, class_names: Sequence[str] | None = None, n_train_per_class: int = 8, n_test_per_class: int = 4,
-    image_size: tuple[int, int] = (700, 450), seed: int = 0, layout: str = "torchvision", size_jitter: float = 0.15,
-    n_grayscale: int = 0, n_cmyk: int = 0, quality: int = 90,
+    root: PathLike,
+    class_names: Sequence[str] | None = None,
+    n_train_per_class: int = 8,
+    n_test_per_class: int = 4,
+    image_size: tuple[int, int] = (700, 450),
+    seed: int = 0,
+    layout: str = "torchvision",
+    size_jitter: float = 0.15,
+    n_grayscale: int = 0,
+    n_cmyk: int = 0,
+    quality: int = 90,
 ) -> Path:
     """Write a small Stanford Cars under ``root/stanford_cars`` in a real layout; the same seed gives the same bytes.
 
@@ -206,16 +277,24 @@ def write_synthetic_stanford_cars(
     for name in chosen:
         if name not in STANFORD_CARS_CLASS_NAMES:
             close = difflib.get_close_matches(name, STANFORD_CARS_CLASS_NAMES, n=3)
-            raise ValueError(f"{name!r} is not a Stanford Cars class name" + (f"; did you mean {close}?" if close else ""))
+            raise ValueError(
+                f"{name!r} is not a Stanford Cars class name" + (f"; did you mean {close}?" if close else "")
+            )
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"class_names repeats a name: {chosen}")
-    counts = {"n_train_per_class": n_train_per_class, "n_test_per_class": n_test_per_class,
-              "n_grayscale": n_grayscale, "n_cmyk": n_cmyk}
+    counts = {
+        "n_train_per_class": n_train_per_class,
+        "n_test_per_class": n_test_per_class,
+        "n_grayscale": n_grayscale,
+        "n_cmyk": n_cmyk,
+    }
     for name, value in counts.items():
         if int(value) < 0:
             raise ValueError(f"{name}={value!r}: expected a count >= 0")
     if n_grayscale + n_cmyk > n_train_per_class * len(chosen):
-        raise ValueError(f"n_grayscale + n_cmyk = {n_grayscale + n_cmyk} exceeds the {n_train_per_class * len(chosen)} train images")
+        raise ValueError(
+            f"n_grayscale + n_cmyk = {n_grayscale + n_cmyk} exceeds the {n_train_per_class * len(chosen)} train images"
+        )
     if not 0.0 <= size_jitter < 1.0:
         raise ValueError(f"size_jitter={size_jitter!r}: expected a fraction in [0, 1)")
     root = root_path(root)
@@ -225,10 +304,14 @@ def write_synthetic_stanford_cars(
     staging = root / f".stanford_cars.{uuid.uuid4().hex[:8]}.tmp"
     staging.mkdir(parents=True)
     try:
-        records = _draw_records(chosen, image_size, seed, size_jitter, **{name: int(value) for name, value in counts.items()})
+        records = _draw_records(
+            chosen, image_size, seed, size_jitter, **{name: int(value) for name, value in counts.items()}
+        )
         _write_layout(staging, records, layout, seed, quality)
-        (staging / MARKER_FILE).write_text(f"Synthetic Stanford Cars written by CAM_Stanford_Cars.synthetic ({layout} layout, "
-                                           f"seed {seed}); classes with images: {', '.join(chosen)}.\n")
+        (staging / MARKER_FILE).write_text(
+            f"Synthetic Stanford Cars written by CAM_Stanford_Cars.synthetic ({layout} layout, "
+            f"seed {seed}); classes with images: {', '.join(chosen)}.\n"
+        )
         if target.exists() or target.is_symlink():
             (target.unlink if target.is_symlink() else shutil.rmtree)(target)
         os.replace(staging, target)
@@ -238,8 +321,16 @@ def write_synthetic_stanford_cars(
     return root
 
 
-def _draw_records(chosen: list[str], image_size: tuple[int, int], seed: int, size_jitter: float, n_train_per_class: int,
-                  n_test_per_class: int, n_grayscale: int, n_cmyk: int) -> dict[str, list[dict[str, Any]]]:
+def _draw_records(
+    chosen: list[str],
+    image_size: tuple[int, int],
+    seed: int,
+    size_jitter: float,
+    n_train_per_class: int,
+    n_test_per_class: int,
+    n_grayscale: int,
+    n_cmyk: int,
+) -> dict[str, list[dict[str, Any]]]:
     """Per split, shuffled: each image with its file name, class and box as the devkit stores them (1-based, inclusive)."""
     order_rng = np.random.default_rng([seed, 0])
     records: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
@@ -254,8 +345,14 @@ def _draw_records(chosen: list[str], image_size: tuple[int, int], seed: int, siz
             if split == "train" and index < n_grayscale + n_cmyk:
                 image = image.convert("L" if index < n_grayscale else "CMYK")
             box = np.array([left + 1, top + 1, right, bottom], dtype=np.uint16)
-            records[split].append({"image": image, "fname": f"{index + 1:05d}.jpg", **dict(zip(BOX_FIELDS, box)),
-                                   "class": np.uint8(STANFORD_CARS_CLASS_NAMES.index(name) + 1)})
+            records[split].append(
+                {
+                    "image": image,
+                    "fname": f"{index + 1:05d}.jpg",
+                    **dict(zip(BOX_FIELDS, box)),
+                    "class": np.uint8(STANFORD_CARS_CLASS_NAMES.index(name) + 1),
+                }
+            )
     return records
 
 
@@ -285,5 +382,14 @@ def _write_layout(folder: Path, records: dict[str, list[dict[str, Any]]], layout
 def write_tiny_stanford_cars(root: PathLike, layout: str = "torchvision", seed: int = 0) -> Path:
     """A deterministic tiny Stanford Cars for tests: 3 classes, 3 train and 2 test images each, about
     160x104, one grayscale and one CMYK train image among them, as in the real set."""
-    return write_synthetic_stanford_cars(root, class_names=TINY_CLASS_NAMES, n_train_per_class=3, n_test_per_class=2,
-                                         image_size=(160, 104), seed=seed, layout=layout, n_grayscale=1, n_cmyk=1)
+    return write_synthetic_stanford_cars(
+        root,
+        class_names=TINY_CLASS_NAMES,
+        n_train_per_class=3,
+        n_test_per_class=2,
+        image_size=(160, 104),
+        seed=seed,
+        layout=layout,
+        n_grayscale=1,
+        n_cmyk=1,
+    )

@@ -9,8 +9,10 @@ import sys
 if __name__ == "__main__" and not __package__:
     # Run as ``python visualize.py``: hand over to the package's copy of this module.
     import _bootstrap
+
     _bootstrap.ensure_package()
     from CAM_Stanford_Cars.visualize import main
+
     sys.exit(main())
 
 import argparse
@@ -44,8 +46,15 @@ from .runtime import select_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["apply_cam", "colormap_lut", "get_args_parser", "main", "plot_training_curves", "render_cam_grid",
-           "visualize_cam"]
+__all__ = [
+    "apply_cam",
+    "colormap_lut",
+    "get_args_parser",
+    "main",
+    "plot_training_curves",
+    "render_cam_grid",
+    "visualize_cam",
+]
 
 # File-only backends: figures made there stay off pyplot, so scripts drawing many grids keep none open.
 _NON_INTERACTIVE_BACKENDS = frozenset({"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"})
@@ -60,8 +69,11 @@ RIGHT_MARK, WRONG_MARK = "\u2713", "\u2717"  # ✓ ✗
 _PANEL_INCHES = 2.3  # a panel's longer side
 
 # Training curves: (panel title, metric keys without their split prefix, y label)
-_CURVE_PANELS = (("loss", ("loss",), "cross-entropy"), ("classification", ("top1", "top5"), "accuracy"),
-                 ("localisation", ("gt_known_loc", "top1_loc", "maxboxacc", "maxboxacc_v2"), "accuracy"))
+_CURVE_PANELS = (
+    ("loss", ("loss",), "cross-entropy"),
+    ("classification", ("top1", "top5"), "accuracy"),
+    ("localisation", ("gt_known_loc", "top1_loc", "maxboxacc", "maxboxacc_v2"), "accuracy"),
+)
 _CURVE_COLORS = {metric: f"C{i}" for i, metric in enumerate(m for _, metrics, _ in _CURVE_PANELS for m in metrics)}
 _SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
 
@@ -78,7 +90,9 @@ def _as_image_batch(name: str, images: Any) -> np.ndarray:
     return (images.detach().cpu().float() / scale).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
 
 
-def _class_labels(name: str, classes: Any, batch: int, class_names: Sequence[str] | Mapping[int, str] | None) -> list[str]:
+def _class_labels(
+    name: str, classes: Any, batch: int, class_names: Sequence[str] | Mapping[int, str] | None
+) -> list[str]:
     """Display names for ``classes`` (names, ints, or an int tensor), one per image."""
     classes = classes.reshape(-1).tolist() if isinstance(classes, (Tensor, np.ndarray)) else classes
     classes = [classes] if isinstance(classes, (str, int, np.integer)) else list(classes)
@@ -107,12 +121,18 @@ def _box_sets(boxes: BoxesArg, batch: int) -> list[BoxSet]:
             raise ValueError(f"boxes keys must be 'predicted' and/or 'true', got unexpected {sorted(unknown)!r}")
         boxes = (boxes.get("predicted"), boxes.get("true"))
     elif boxes is not None and not (isinstance(boxes, Sequence) and not isinstance(boxes, str) and len(boxes) == 2):
-        raise ValueError('boxes must be {"predicted": (B, 4), "true": (B, 4)} or a pair (predicted, true), '
-                         f"got {type(boxes).__name__}")
+        raise ValueError(
+            'boxes must be {"predicted": (B, 4), "true": (B, 4)} or a pair (predicted, true), '
+            f"got {type(boxes).__name__}"
+        )
     sets = []
     for name, value, style in zip(("predicted", "true"), boxes or (None, None), (PREDICTED_BOX_STYLE, TRUE_BOX_STYLE)):
         if value is not None:
-            array = value.detach().to("cpu", torch.float64).numpy() if isinstance(value, Tensor) else np.asarray(value, float)
+            array = (
+                value.detach().to("cpu", torch.float64).numpy()
+                if isinstance(value, Tensor)
+                else np.asarray(value, float)
+            )
             array = array[None] if array.ndim == 1 and batch == 1 else array
             if array.shape != (batch, 4):
                 raise ValueError(f"{name} boxes must be ({batch}, 4) [x1, y1, x2, y2], got shape {array.shape}")
@@ -142,6 +162,7 @@ def _new_figure(figsize: tuple[float, float], dpi: float, show: bool, display: b
     """A pyplot figure where something may display it (a notebook shows those a cell made), else a plain one."""
     if show or (display and str(matplotlib.get_backend()).lower() not in _NON_INTERACTIVE_BACKENDS):
         import matplotlib.pyplot as plt  # only here: importing pyplot hooks into IPython's display
+
         return plt.figure(figsize=figsize, dpi=dpi, layout="constrained")
     return Figure(figsize=figsize, dpi=dpi, layout="constrained")  # freed with its last reference
 
@@ -151,12 +172,21 @@ def _finish(fig: Figure, save_path: str | os.PathLike[str] | None, dpi: float, s
         _save_figure_atomically(fig, save_path, dpi)
     if show:
         import matplotlib.pyplot as plt
+
         plt.show()
     return fig
 
 
-def _draw_grid(images: np.ndarray, blended: np.ndarray, titles: list[tuple[str, str, str]], boxes: list[BoxSet],
-               per_row: int, colormap: str | Colormap | None, dpi: float, show: bool) -> Figure:
+def _draw_grid(
+    images: np.ndarray,
+    blended: np.ndarray,
+    titles: list[tuple[str, str, str]],
+    boxes: list[BoxSet],
+    per_row: int,
+    colormap: str | Colormap | None,
+    dpi: float,
+    show: bool,
+) -> Figure:
     """The CAM grid, rows tall enough for the longest title, with a colour bar unless ``colormap`` is None."""
     batch, height, width, _ = images.shape
     rows = math.ceil(batch / per_row)
@@ -165,7 +195,9 @@ def _draw_grid(images: np.ndarray, blended: np.ndarray, titles: list[tuple[str, 
     row_height = _PANEL_INCHES * height / width + 0.25 + 0.17 * title_lines
     fig = _new_figure((grid_width + bar_width, rows * row_height + (0.35 if boxes else 0.0)), dpi, show)
     fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04)
-    grid_fig, bar_fig = fig.subfigures(1, 2, width_ratios=[grid_width, bar_width], wspace=0.0) if bar_width else (fig, None)
+    grid_fig, bar_fig = (
+        fig.subfigures(1, 2, width_ratios=[grid_width, bar_width], wspace=0.0) if bar_width else (fig, None)
+    )
     for i, cell in enumerate(grid_fig.subfigures(rows, per_row, squeeze=False, wspace=0.02, hspace=0.02).flat[:batch]):
         cell.set_facecolor("0.95")  # a faint background pairs each image with its overlay
         axes = cell.subplots(1, 2)
@@ -174,8 +206,12 @@ def _draw_grid(images: np.ndarray, blended: np.ndarray, titles: list[tuple[str, 
             ax.set_title(title, fontsize=9)
             for array, style, label in boxes:
                 if np.isfinite(array[i]).all():
-                    x1, y1, x2, y2 = (float(v) for v in array[i])  # imshow centres pixel c on c: edge x1 = c is at c - 0.5
-                    ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, facecolor="none", label=label, **style))
+                    x1, y1, x2, y2 = (
+                        float(v) for v in array[i]
+                    )  # imshow centres pixel c on c: edge x1 = c is at c - 0.5
+                    ax.add_patch(
+                        Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, facecolor="none", label=label, **style)
+                    )
             # Pin the view to the image: a box reaching past the border must not rescale the panel.
             ax.set(xlim=(-0.5, width - 0.5), ylim=(height - 0.5, -0.5))
             ax.set_axis_off()
@@ -184,20 +220,33 @@ def _draw_grid(images: np.ndarray, blended: np.ndarray, titles: list[tuple[str, 
         handles = [Patch(facecolor="none", label=label, **style) for _, style, label in boxes]
         grid_fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
     if bar_fig is not None:
-        bar_height = min(0.8, 2.0 / (rows + 1))  # about a row, centred: a full-height bar would dwarf a tall grid's rows
-        bar = bar_fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=_get_colormap(colormap)),
-                               cax=bar_fig.add_axes((0.15, 0.5 - bar_height / 2, 0.2, bar_height)))
+        bar_height = min(
+            0.8, 2.0 / (rows + 1)
+        )  # about a row, centred: a full-height bar would dwarf a tall grid's rows
+        bar = bar_fig.colorbar(
+            ScalarMappable(norm=Normalize(0.0, 1.0), cmap=_get_colormap(colormap)),
+            cax=bar_fig.add_axes((0.15, 0.5 - bar_height / 2, 0.2, bar_height)),
+        )
         bar.set_label("normalised CAM", fontsize=8)
         bar.ax.tick_params(labelsize=7)
     return fig
 
 
 def visualize_cam(
-    images: Tensor, blended_images: Tensor, predicted_classes: Sequence[str | int] | Tensor | str | int,
-    true_classes: Sequence[str | int] | Tensor | str | int | None = None, boxes: BoxesArg = None,
-    save_path: str | os.PathLike[str] | None = None, *, class_names: Sequence[str] | Mapping[int, str] | None = None,
-    scores: Sequence[float] | Tensor | None = None, samples_per_row: int | None = None,
-    colormap: str | Colormap = "jet", colorbar: bool = True, dpi: float = 100.0, show: bool = False,
+    images: Tensor,
+    blended_images: Tensor,
+    predicted_classes: Sequence[str | int] | Tensor | str | int,
+    true_classes: Sequence[str | int] | Tensor | str | int | None = None,
+    boxes: BoxesArg = None,
+    save_path: str | os.PathLike[str] | None = None,
+    *,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    scores: Sequence[float] | Tensor | None = None,
+    samples_per_row: int | None = None,
+    colormap: str | Colormap = "jet",
+    colorbar: bool = True,
+    dpi: float = 100.0,
+    show: bool = False,
 ) -> Figure:
     """Draw each image beside its CAM overlay, titled with the predicted (and true) class.
 
@@ -221,8 +270,10 @@ def visualize_cam(
     """
     image_array, blended_array = _as_image_batch("images", images), _as_image_batch("blended_images", blended_images)
     if image_array.shape != blended_array.shape:
-        raise ValueError(f"images and blended_images must have the same shape, got {tuple(images.shape)} and "
-                         f"{tuple(blended_images.shape)}; pass the overlays apply_cam made from these images")
+        raise ValueError(
+            f"images and blended_images must have the same shape, got {tuple(images.shape)} and "
+            f"{tuple(blended_images.shape)}; pass the overlays apply_cam made from these images"
+        )
     if (batch := len(image_array)) == 0:
         raise ValueError("images is an empty batch (0, 3, H, W); there is nothing to draw")
     dpi = _check_dpi(dpi)
@@ -238,8 +289,13 @@ def visualize_cam(
     return _finish(fig, save_path, dpi, show)
 
 
-def plot_training_curves(history: Sequence[Mapping[str, Any]], save_path: str | os.PathLike[str] | None = None, *,
-                         dpi: float = 100.0, show: bool = False) -> Figure:
+def plot_training_curves(
+    history: Sequence[Mapping[str, Any]],
+    save_path: str | os.PathLike[str] | None = None,
+    *,
+    dpi: float = 100.0,
+    show: bool = False,
+) -> Figure:
     """Loss, classification and localisation metrics per epoch, one panel each.
 
     Never registered with pyplot unless ``show``: a training loop may call it every epoch, in a notebook too.
@@ -265,18 +321,34 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], save_path: str | 
     keys = set().union(*records)
     panels = []  # (title, y label, [(label, values, line style, metric)])
     for title, metrics, ylabel in _CURVE_PANELS:
-        if series := [(f"{split} {METRIC_LABELS[metric]}", [float(r.get(f"{split}_{metric}", math.nan)) for r in records],
-                       linestyle, metric)
-                      for split, linestyle in _SPLIT_STYLES.items() for metric in metrics if f"{split}_{metric}" in keys]:
+        if series := [
+            (
+                f"{split} {METRIC_LABELS[metric]}",
+                [float(r.get(f"{split}_{metric}", math.nan)) for r in records],
+                linestyle,
+                metric,
+            )
+            for split, linestyle in _SPLIT_STYLES.items()
+            for metric in metrics
+            if f"{split}_{metric}" in keys
+        ]:
             panels.append((title, ylabel, series))
     if not panels:
-        raise ValueError("history has no '<split>_<metric>' keys to plot (e.g. 'train_loss', 'val_top1'); "
-                         f"the first record's keys are {sorted(records[0])}")
+        raise ValueError(
+            "history has no '<split>_<metric>' keys to plot (e.g. 'train_loss', 'val_top1'); "
+            f"the first record's keys are {sorted(records[0])}"
+        )
     fig = _new_figure((4.2 * len(panels), 3.4), dpi, show, display=False)
     for ax, (title, ylabel, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         for label, values, linestyle, metric in series:
-            ax.plot(epochs, values, linestyle=linestyle, color=_CURVE_COLORS[metric],
-                    marker="." if len(epochs) < 30 else None, label=label)
+            ax.plot(
+                epochs,
+                values,
+                linestyle=linestyle,
+                color=_CURVE_COLORS[metric],
+                marker="." if len(epochs) < 30 else None,
+                label=label,
+            )
         if best:
             ax.axvline(best[-1], color="0.5", linestyle=":", linewidth=1.0, label=f"best (epoch {best[-1]})")
         ax.set_title(title, fontsize=10)
@@ -288,9 +360,19 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], save_path: str | 
     return _finish(fig, save_path, dpi, show)
 
 
-def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, split: str = "test",
-                    n: int = 16, out: str | os.PathLike[str] = "cams.png", seed: int = 0, threshold: float | None = None,
-                    device: str | torch.device = "cpu", alpha: float = 0.5, colormap: str = "jet", method: str = "cam") -> Path:
+def render_cam_grid(
+    checkpoint: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    n: int = 16,
+    out: str | os.PathLike[str] = "cams.png",
+    seed: int = 0,
+    threshold: float | None = None,
+    device: str | torch.device = "cpu",
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    method: str = "cam",
+) -> Path:
     """Draw the CAM overlays of ``n`` images of a split of the checkpoint's data, with predicted and true boxes.
 
     Each overlay shows the predicted class's CAM; the predicted box bounds its largest region above ``threshold``
@@ -324,8 +406,9 @@ def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[
     require_entries(ckpt, ("image_size", "class_names"), checkpoint)
     threshold, source = (threshold, "given") if threshold is not None else cam_threshold_of(ckpt)
     logger.info("Boxes at CAM threshold %.2f (%s)", threshold, THRESHOLD_SOURCES.get(source, source))
-    dataset = StanfordCarsCAM.from_checkpoint(ckpt, root, split, source=checkpoint, flag="root=... (visualize.py: --root DIR)",
-                                              return_box=True)
+    dataset = StanfordCarsCAM.from_checkpoint(
+        ckpt, root, split, source=checkpoint, flag="root=... (visualize.py: --root DIR)", return_box=True
+    )
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     images, labels, true_boxes = default_collate([dataset[i] for i in chosen])  # (N, 3, S, S), (N,), (N, 4)
     with torch.no_grad():
@@ -333,10 +416,19 @@ def render_cam_grid(checkpoint: str | os.PathLike[str], root: str | os.PathLike[
     cams = compute_cams(model, images.to(device), method).cpu()  # (N, h, w), of the predicted class
     scores, predicted = logits.softmax(dim=1).max(dim=1)
     predicted_boxes = boxes_from_cams(cams, tuple(images.shape[-2:]), threshold=threshold)
-    fig = visualize_cam(images, apply_cam(images, cams, alpha=alpha, colormap=colormap), predicted.cpu(), labels,
-                        boxes={"predicted": predicted_boxes, "true": true_boxes}, save_path=out,
-                        class_names=list(dataset.classes), scores=scores.cpu(), colormap=colormap)
+    fig = visualize_cam(
+        images,
+        apply_cam(images, cams, alpha=alpha, colormap=colormap),
+        predicted.cpu(),
+        labels,
+        boxes={"predicted": predicted_boxes, "true": true_boxes},
+        save_path=out,
+        class_names=list(dataset.classes),
+        scores=scores.cpu(),
+        colormap=colormap,
+    )
     import matplotlib.pyplot as plt
+
     plt.close(fig)  # an interactive backend registered it with pyplot
     return Path(out)
 
@@ -353,18 +445,32 @@ def _threshold(value: str) -> float:
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Parser of ``python visualize.py CHECKPOINT ...``."""
-    parser = OneLineParser(prog="visualize.py", formatter_class=HelpFormatter,
-                           description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data.")
+    parser = OneLineParser(
+        prog="visualize.py",
+        formatter_class=HelpFormatter,
+        description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data.",
+    )
     parser.add_argument("checkpoint", help="checkpoint written by main.py (best.pt or last.pt)")
-    parser.add_argument("--root_datasets_dir", "--root", dest="root", default=None,
-                        help="Stanford Cars folder (default: the one the checkpoint was trained on, relative to where training ran)")
+    parser.add_argument(
+        "--root_datasets_dir",
+        "--root",
+        dest="root",
+        default=None,
+        help="Stanford Cars folder (default: the one the checkpoint was trained on, relative to where training ran)",
+    )
     parser.add_argument("--split", choices=("train", "test"), default="test", help="split to draw images from")
     parser.add_argument("--n", type=positive_int, default=16, help="number of images")
     parser.add_argument("--out", default="cams.png", help="figure file (.png, .pdf, .svg, ...)")
     parser.add_argument("--seed", type=int, default=0, help="chooses the images")
-    parser.add_argument("--threshold", type=_threshold, default=None,
-                        help="CAM threshold of the predicted box, in [0, 1) (default: the checkpoint's, chosen on validation; 0.2 is the CAM paper's)")
-    parser.add_argument("--method", choices=METHODS, default="cam", help="the map to draw: the model's CAM or another method's")
+    parser.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        help="CAM threshold of the predicted box, in [0, 1) (default: the checkpoint's, chosen on validation; 0.2 is the CAM paper's)",
+    )
+    parser.add_argument(
+        "--method", choices=METHODS, default="cam", help="the map to draw: the model's CAM or another method's"
+    )
     parser.add_argument("--device", default="cpu", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     return parser
 

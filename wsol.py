@@ -18,11 +18,13 @@ from torch import Tensor
 
 from .localization import LOC_THRESHOLD, _check_batch, _HitCounts
 
-__all__ = ["WsolevaluationMeter", "V2_IOU_THRESHOLDS"]
+__all__ = ["V2_IOU_THRESHOLDS", "WsolevaluationMeter"]
 
 V2_IOU_THRESHOLDS: np.ndarray = np.array([30, 50, 70]) / 100  # their iou_threshold_list, compared as `iou >= t / 100`
-_NO_CV2 = ("--protocol wsolevaluation needs OpenCV: pip install 'CAM_Stanford_Cars[opencv]' "
-           "(or: pip install opencv-python-headless)")
+_NO_CV2 = (
+    "--protocol wsolevaluation needs OpenCV: pip install 'CAM_Stanford_Cars[opencv]' "
+    "(or: pip install opencv-python-headless)"
+)
 
 
 def _cv2() -> ModuleType:
@@ -36,8 +38,9 @@ def _cv2() -> ModuleType:
 
 def _iou(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """wsolevaluation's ``calculate_multiple_iou`` of int boxes (K, 4) against one int box (4,): (K,) float64."""
-    inter = (np.maximum(0, np.minimum(boxes[:, 2], gt[2]) - np.maximum(boxes[:, 0], gt[0]) + 1)
-             * np.maximum(0, np.minimum(boxes[:, 3], gt[3]) - np.maximum(boxes[:, 1], gt[1]) + 1))
+    inter = np.maximum(0, np.minimum(boxes[:, 2], gt[2]) - np.maximum(boxes[:, 0], gt[0]) + 1) * np.maximum(
+        0, np.minimum(boxes[:, 3], gt[3]) - np.maximum(boxes[:, 1], gt[1]) + 1
+    )
     area_a = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
     denominator = area_a + (gt[2] - gt[0] + 1) * (gt[3] - gt[1] + 1) - inter
     return np.where(denominator > 0, inter / np.where(denominator > 0, denominator, 1), 0.0)
@@ -71,7 +74,9 @@ class WsolevaluationMeter(_HitCounts):
         super().__init__(thresholds, loc_threshold, f"np.arange(0, 1, {cam_curve_interval})")
 
     @torch.no_grad()
-    def update(self, logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor | None, image_size: tuple[int, int]) -> None:
+    def update(
+        self, logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor | None, image_size: tuple[int, int]
+    ) -> None:
         """Add a batch; arguments and checks as :meth:`.LocalizationMeter.update`.
 
         Ground truth: each float half-open box ``[x1, y1, x2, y2]`` (image pixels, as the dataset gives it) becomes
@@ -98,7 +103,9 @@ class WsolevaluationMeter(_HitCounts):
         top1_right, has_box = self._count_classes(logits, labels, boxes)
         maps = cams.detach().cpu().double().reshape(cams.shape[0], *cams.shape[-2:]).numpy()  # as their t2n: float64
         for i in np.flatnonzero(has_box):
-            largest, best = self._image_ious(self._scoremap(maps[i], (width, height)), np.trunc(boxes[i]).astype(np.int64))
+            largest, best = self._image_ious(
+                self._scoremap(maps[i], (width, height)), np.trunc(boxes[i]).astype(np.int64)
+            )
             self._hits += largest >= 0.5
             self._hits_top1 += (largest >= 0.5) & bool(top1_right[i])
             self._hits_v2 += best[None, :] >= V2_IOU_THRESHOLDS[:, None]
@@ -126,18 +133,30 @@ class WsolevaluationMeter(_HitCounts):
         above = image.size - np.cumsum(np.bincount(image.ravel(), minlength=256))  # above[k]: pixels > k
         # Masks are nested, so thresholds whose masks hold as many pixels share one mask: find its contours once.
         _, first, inverse = np.unique(above[levels], return_index=True, return_inverse=True)
-        rects, owner, tops = [], [], []  # boundingRects (x, y, w, h) of every contour, the mask of each, the largest's row
+        rects, owner, tops = (
+            [],
+            [],
+            [],
+        )  # boundingRects (x, y, w, h) of every contour, the mask of each, the largest's row
         for u, level in enumerate(levels[first]):
-            contours = cv2.findContours(cv2.threshold(image, int(level), 255, cv2.THRESH_BINARY)[1], cv2.RETR_TREE,
-                                        cv2.CHAIN_APPROX_SIMPLE)[-2]  # [-2]: OpenCV 3 returns (image, contours, hierarchy)
+            contours = cv2.findContours(
+                cv2.threshold(image, int(level), 255, cv2.THRESH_BINARY)[1], cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE
+            )[-2]  # [-2]: OpenCV 3 returns (image, contours, hierarchy)
             # No contour: their box [0, 0, 0, 0], which still counts as one pixel in the IoU.
-            tops.append(len(rects) + (int(np.argmax([cv2.contourArea(c) for c in contours])) if contours else 0))  # first of ties
+            tops.append(
+                len(rects) + (int(np.argmax([cv2.contourArea(c) for c in contours])) if contours else 0)
+            )  # first of ties
             rects += [cv2.boundingRect(c) for c in contours] if contours else [(0, 0, 0, 0)]
             owner += [u] * max(len(contours), 1)
         r = np.array(rects, dtype=np.int64).reshape(-1, 4)
         height, width = image.shape
-        ious = _iou(np.stack([r[:, 0], r[:, 1], np.minimum(r[:, 0] + r[:, 2], width - 1),
-                              np.minimum(r[:, 1] + r[:, 3], height - 1)], axis=1), gt)  # (K,) inclusive x0, y0, x1, y1
+        ious = _iou(
+            np.stack(
+                [r[:, 0], r[:, 1], np.minimum(r[:, 0] + r[:, 2], width - 1), np.minimum(r[:, 1] + r[:, 3], height - 1)],
+                axis=1,
+            ),
+            gt,
+        )  # (K,) inclusive x0, y0, x1, y1
         best = np.zeros(first.shape[0])
         np.maximum.at(best, np.array(owner), ious)  # IoUs are >= 0: the zeros start is harmless
         return ious[tops][inverse], best[inverse]

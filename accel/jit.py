@@ -11,6 +11,7 @@ logger = logging.getLogger(__name__)
 
 try:
     import numba
+
     HAVE_NUMBA = True
 except ImportError:
     HAVE_NUMBA = False
@@ -34,6 +35,7 @@ def njit(*args: Any, **options: Any) -> Any:
                 raise
             logger.warning("%s; compiling %s without numba's on-disk cache", err, func.__qualname__)
             return numba.njit(**{**options, "cache": False})(func)
+
     return decorate
 
 

@@ -40,13 +40,16 @@ def bilinear_taps(in_size: int, out_size: int) -> Taps:
 
 
 if HAVE_NUMBA:
+
     @intrinsic
     def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
         """``a * b + c`` rounded once (LLVM's ``fma``), as torch's vectorised kernels compute it."""
         if not (isinstance(a, types.Float) and a == b == c):
             return None
+
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             return builder.fma(*args)
+
         return a(a, b, c), codegen
 
     @njit(cache=True, nogil=True)
@@ -119,8 +122,9 @@ def matches_torch(map_size: tuple[int, int], image_size: tuple[int, int]) -> boo
     return bool(np.array_equal(upsample(probe.numpy(), image_size), expected.numpy()))
 
 
-def blend_overlays(images: np.ndarray, cams: np.ndarray, table: np.ndarray, alpha: float, out: np.ndarray,
-                   threads: int) -> None:
+def blend_overlays(
+    images: np.ndarray, cams: np.ndarray, table: np.ndarray, alpha: float, out: np.ndarray, threads: int
+) -> None:
     """Write ``clamp((1 - alpha) * images + table[:, floor(256 * normalise(upsample(cams)))], 0, 1)`` into ``out``.
 
     Args:
@@ -134,11 +138,23 @@ def blend_overlays(images: np.ndarray, cams: np.ndarray, table: np.ndarray, alph
     """
     for name, array in {"images": images, "cams": cams, "table": table, "out": out}.items():
         if not isinstance(array, np.ndarray) or array.dtype != np.float32 or not array.flags.c_contiguous:
-            raise ValueError(f"{name} must be a C-contiguous float32 numpy array, got {getattr(array, 'dtype', type(array).__name__)}")
-    if (images.ndim != 4 or images.shape[1] != 3 or out.shape != images.shape or cams.ndim != 3 or len(cams) != len(images)
-            or min(cams.shape[1:], default=0) < 1 or table.shape != (3, 257) or not out.flags.writeable):
-        raise ValueError("expected images and out (B, 3, H, W), non-empty cams (B, h, w), a (3, 257) table and a writable "
-                         f"out, got images {images.shape}, out {out.shape}, cams {cams.shape}, table {table.shape}")
+            raise ValueError(
+                f"{name} must be a C-contiguous float32 numpy array, got {getattr(array, 'dtype', type(array).__name__)}"
+            )
+    if (
+        images.ndim != 4
+        or images.shape[1] != 3
+        or out.shape != images.shape
+        or cams.ndim != 3
+        or len(cams) != len(images)
+        or min(cams.shape[1:], default=0) < 1
+        or table.shape != (3, 257)
+        or not out.flags.writeable
+    ):
+        raise ValueError(
+            "expected images and out (B, 3, H, W), non-empty cams (B, h, w), a (3, 257) table and a writable "
+            f"out, got images {images.shape}, out {out.shape}, cams {cams.shape}, table {table.shape}"
+        )
     batch, _, height, width = images.shape
     ty, tx = bilinear_taps(cams.shape[1], height), bilinear_taps(cams.shape[2], width)
     beta = np.float32(1.0 - alpha)

@@ -10,6 +10,7 @@ set is merged away or has another IoU, and stale tops are dropped lazily. Compil
 share a batch); without numba this is plain Python and ``localization`` labels with scipy instead. Inputs are
 trusted: ``localization`` validates them.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -110,8 +111,15 @@ def _union(parent: np.ndarray, stats: np.ndarray, root: int, other: int) -> tupl
 
 
 @njit(cache=True)
-def _sweep_map(cam: np.ndarray, thresholds: np.ndarray, gt: np.ndarray, with_iou: bool, groups: np.ndarray,
-               out_boxes: np.ndarray, out_iou: np.ndarray) -> None:
+def _sweep_map(
+    cam: np.ndarray,
+    thresholds: np.ndarray,
+    gt: np.ndarray,
+    with_iou: bool,
+    groups: np.ndarray,
+    out_boxes: np.ndarray,
+    out_iou: np.ndarray,
+) -> None:
     """Add one (H, W) map's pixels level by level, filling its (T, 4) boxes and (T,) best IoUs. The image is padded
     by a never-added border, so neighbours need no bounds checks."""
     height, width = cam.shape
@@ -131,8 +139,14 @@ def _sweep_map(cam: np.ndarray, thresholds: np.ndarray, gt: np.ndarray, with_iou
             c = order[k] - r * width
             p = (r + 1) * pw + c + 1
             mask = (
-                added[p - pw - 1] | (added[p - pw] << 1) | (added[p - pw + 1] << 2) | (added[p - 1] << 3)
-                | (added[p + 1] << 4) | (added[p + pw - 1] << 5) | (added[p + pw] << 6) | (added[p + pw + 1] << 7)
+                added[p - pw - 1]
+                | (added[p - pw] << 1)
+                | (added[p - pw + 1] << 2)
+                | (added[p - 1] << 3)
+                | (added[p + 1] << 4)
+                | (added[p + pw - 1] << 5)
+                | (added[p + pw] << 6)
+                | (added[p + pw + 1] << 7)
             )
             added[p] = 1
             if groups[mask, 0] == 0:
@@ -160,21 +174,31 @@ def _sweep_map(cam: np.ndarray, thresholds: np.ndarray, gt: np.ndarray, with_iou
             out_boxes[t, 0], out_boxes[t, 1] = stats[best, _X0], stats[best, _Y0]
             out_boxes[t, 2], out_boxes[t, 3] = stats[best, _X1] + 1, stats[best, _Y1] + 1
         if with_iou:
-            while len(heap) > 0 and (parent[heap[0][1]] != heap[0][1] or _set_iou(stats, heap[0][1], gt) != -heap[0][0]):  # stale
+            while len(heap) > 0 and (
+                parent[heap[0][1]] != heap[0][1] or _set_iou(stats, heap[0][1], gt) != -heap[0][0]
+            ):  # stale
                 heapq.heappop(heap)
             out_iou[t] = -heap[0][0] if len(heap) > 0 else 0.0
 
 
 @njit(cache=True, nogil=True)
-def sweep_kernel(maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray, with_iou: bool, groups: np.ndarray,
-                 out_boxes: np.ndarray, out_iou: np.ndarray) -> None:
+def sweep_kernel(
+    maps: np.ndarray,
+    thresholds: np.ndarray,
+    gt_boxes: np.ndarray,
+    with_iou: bool,
+    groups: np.ndarray,
+    out_boxes: np.ndarray,
+    out_iou: np.ndarray,
+) -> None:
     """Fill ``out_boxes`` (B, T, 4) and, when ``with_iou``, ``out_iou`` (B, T) for maps (B, H, W) (module docstring)."""
     for b in range(maps.shape[0]):
         _sweep_map(maps[b], thresholds, gt_boxes[b], with_iou, groups, out_boxes[b], out_iou[b])
 
 
-def run_sweep(maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None,
-              num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def run_sweep(
+    maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | None, num_threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The largest component's boxes (B, T, 4) and, given ``gt_boxes`` (B, 4), every component's best IoU (B, T)
     (else ``None``), per threshold, all float64, for finite C-contiguous (B, H, W) float32 or float64 maps and (T,)
     strictly increasing thresholds; ``num_threads=None`` uses every CPU this process may run on."""
@@ -183,6 +207,7 @@ def run_sweep(maps: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray | N
     out_iou = np.zeros((n_images, n_levels if with_iou else 0), dtype=np.float64)
     gt = np.ascontiguousarray(gt_boxes, dtype=np.float64) if with_iou else np.zeros((n_images, 4))
     if n_images and maps.shape[1] * maps.shape[2]:
+
         def run(lo: int, hi: int) -> None:
             sweep_kernel(maps[lo:hi], thresholds, gt[lo:hi], with_iou, GROUPS, out_boxes[lo:hi], out_iou[lo:hi])
 

@@ -56,20 +56,20 @@ from typing import Any
 # It must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-from CAM_Stanford_Cars.cams import METHODS, compute_cams  # noqa: E402
-from CAM_Stanford_Cars.checkpoint import save_checkpoint  # noqa: E402
-from CAM_Stanford_Cars.data.class_names import STANFORD_CARS_CLASS_NAMES  # noqa: E402
-from CAM_Stanford_Cars.dataset import StanfordCarsCAM, select_classes  # noqa: E402
-from CAM_Stanford_Cars.demo import DEMO_FILTERS  # noqa: E402
-from CAM_Stanford_Cars.localization import THRESHOLDS, normalize_cams, reference_boxes, sweep_boxes  # noqa: E402
-from CAM_Stanford_Cars.model import ARCHS, GAPNet, create_model  # noqa: E402
-from CAM_Stanford_Cars.report import write_report  # noqa: E402
-from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars  # noqa: E402
-from CAM_Stanford_Cars.train import (  # noqa: E402
+from CAM_Stanford_Cars.cams import METHODS, compute_cams
+from CAM_Stanford_Cars.checkpoint import save_checkpoint
+from CAM_Stanford_Cars.data.class_names import STANFORD_CARS_CLASS_NAMES
+from CAM_Stanford_Cars.dataset import StanfordCarsCAM, select_classes
+from CAM_Stanford_Cars.demo import DEMO_FILTERS
+from CAM_Stanford_Cars.localization import THRESHOLDS, normalize_cams, reference_boxes, sweep_boxes
+from CAM_Stanford_Cars.model import ARCHS, GAPNet, create_model
+from CAM_Stanford_Cars.report import write_report
+from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars
+from CAM_Stanford_Cars.train import (
     DistInfo,
     EpochProgress,
     StepSettings,
@@ -81,7 +81,7 @@ from CAM_Stanford_Cars.train import (  # noqa: E402
     make_loader,
     train_one_epoch,
 )
-from CAM_Stanford_Cars.visualize import apply_cam  # noqa: E402
+from CAM_Stanford_Cars.visualize import apply_cam
 
 logger = logging.getLogger("benchmarks")
 
@@ -138,10 +138,31 @@ class Sizes:
 
 
 QUICK = Sizes(
-    image_wh=(160, 104), image_size=64, n_train_per_class=2, n_test_per_class=1, batch=4, train_batches=2, repeats=2, pipeline_repeats=2, overlay_repeats=2,
-    decode_images=8, cam_batch=4, overlay_batch=4, sweep_images=2, eval_batches=2, memory_epochs=2, memory_batches=2,
-    split_batches=1, backbone_batch=2, backbone_steps=1, report_image_size=64, report_batch=4, report_demo_classes=2,
-    report_demo_test_per_class=3, report_large_classes=2, report_large_test_per_class=3,
+    image_wh=(160, 104),
+    image_size=64,
+    n_train_per_class=2,
+    n_test_per_class=1,
+    batch=4,
+    train_batches=2,
+    repeats=2,
+    pipeline_repeats=2,
+    overlay_repeats=2,
+    decode_images=8,
+    cam_batch=4,
+    overlay_batch=4,
+    sweep_images=2,
+    eval_batches=2,
+    memory_epochs=2,
+    memory_batches=2,
+    split_batches=1,
+    backbone_batch=2,
+    backbone_steps=1,
+    report_image_size=64,
+    report_batch=4,
+    report_demo_classes=2,
+    report_demo_test_per_class=3,
+    report_large_classes=2,
+    report_large_test_per_class=3,
 )
 
 
@@ -169,7 +190,9 @@ def rotated(names: Sequence[str], round_: int) -> list[str]:
     return list(names[k:]) + list(names[:k])
 
 
-def side_by_side(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
+def side_by_side(
+    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+) -> dict[str, list[float]]:
     """Seconds per call of each function, alternating between them run by run (after ``warmup`` rounds)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(warmup + repeats):
@@ -261,8 +284,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 def build_data(folder: Path, sizes: Sizes) -> Path:
     """A synthetic Stanford Cars at realistic JPEG sizes (quality 90), in ``folder``."""
     return write_synthetic_stanford_cars(
-        folder, n_train_per_class=sizes.n_train_per_class, n_test_per_class=sizes.n_test_per_class,
-        image_size=sizes.image_wh, seed=0, quality=90,
+        folder,
+        n_train_per_class=sizes.n_train_per_class,
+        n_test_per_class=sizes.n_test_per_class,
+        image_size=sizes.image_wh,
+        seed=0,
+        quality=90,
     )
 
 
@@ -289,7 +316,9 @@ class TrainStep:
         self.model = new_model(num_classes, device, arch)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4
+        )
         self.scheduler = build_scheduler(self.optimizer, 10**6, 0)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
 
@@ -304,7 +333,12 @@ class TrainStep:
         timed_loader = _ClockedLoader(loader, self.device)
         state = EpochProgress()
         settings = StepSettings(
-            self.criterion, self.scheduler, self.device, amp=True, channels_last=self.channels_last, progress=False,
+            self.criterion,
+            self.scheduler,
+            self.device,
+            amp=True,
+            channels_last=self.channels_last,
+            progress=False,
             log_every=10**9,
         )
         train_one_epoch(self.model, timed_loader, self.optimizer, settings, 0, state)
@@ -349,8 +383,10 @@ def pipeline_efficiency(root: Path, cache_dir: Path, sizes: Sizes, device: torch
     indices = take(n, len(plain))
     generator = torch.Generator().manual_seed(0)
     memory = [
-        (torch.rand(sizes.batch, 3, sizes.image_size, sizes.image_size, generator=generator),
-         torch.randint(0, len(plain.classes), (sizes.batch,), generator=generator))
+        (
+            torch.rand(sizes.batch, 3, sizes.image_size, sizes.image_size, generator=generator),
+            torch.randint(0, len(plain.classes), (sizes.batch,), generator=generator),
+        )
         for _ in range(sizes.train_batches)
     ]
     if device.type == "cuda":
@@ -375,7 +411,10 @@ def pipeline_efficiency(root: Path, cache_dir: Path, sizes: Sizes, device: torch
         "images_per_s_jpeg": statistics.median(rates["jpeg"]),
         "images_per_s_cached": statistics.median(rates["cached"]),
         "images_per_s_by_round": {name: [round(r, 2) for r in values] for name, values in rates.items()},
-        "batch": sizes.batch, "images_per_run": n, "loader_workers": workers, "torch_threads": torch.get_num_threads(),
+        "batch": sizes.batch,
+        "images_per_run": n,
+        "loader_workers": workers,
+        "torch_threads": torch.get_num_threads(),
         "device": str(device),
     }
     return result
@@ -445,14 +484,19 @@ def cam_overhead(sizes: Sizes, device: torch.device, arch: str = "alexnet", batc
     model = new_model(196, device, arch).eval()
     x = torch.rand(batch, 3, sizes.image_size, sizes.image_size, device=device)
     with torch.inference_mode():
-        times = side_by_side({"plain": lambda: model(x), "cam": lambda: model(x, return_cam=True)}, sizes.repeats + 2, device)
+        times = side_by_side(
+            {"plain": lambda: model(x), "cam": lambda: model(x, return_cam=True)}, sizes.repeats + 2, device
+        )
         cam = model(x[:1], return_cam=True)[1]
     return {
         "value": median_ratio(times["cam"], times["plain"]),
         "images_per_s": {name: batch / statistics.median(t) for name, t in times.items()},
-        "batch": batch, "arch": arch, "title": model.title,
+        "batch": batch,
+        "arch": arch,
+        "title": model.title,
         "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-        "cam_size": list(cam.shape[-2:]), "image_size": sizes.image_size,
+        "cam_size": list(cam.shape[-2:]),
+        "image_size": sizes.image_size,
     }
 
 
@@ -468,7 +512,9 @@ def backbones(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         memory = [(x.to(device), y.to(device)) for x, y in memory]
     steps = {arch: TrainStep(classes, device, arch) for arch in ARCHS}
-    times = side_by_side({arch: (lambda step=step: step.epoch(memory)) for arch, step in steps.items()}, sizes.repeats, device)
+    times = side_by_side(
+        {arch: (lambda step=step: step.epoch(memory)) for arch, step in steps.items()}, sizes.repeats, device
+    )
     del steps
     n = b * sizes.backbone_steps
     archs: dict[str, Any] = {}
@@ -484,7 +530,11 @@ def backbones(sizes: Sizes, device: torch.device) -> dict[str, Any]:
             "cam_size": cam["cam_size"],
         }
     return {
-        "archs": archs, "batch": b, "image_size": s, "steps_per_run": sizes.backbone_steps, "repeats": sizes.repeats,
+        "archs": archs,
+        "batch": b,
+        "image_size": s,
+        "steps_per_run": sizes.backbone_steps,
+        "repeats": sizes.repeats,
         "device": str(device),
     }
 
@@ -497,8 +547,14 @@ def cam_methods(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     fns = {method: (lambda method=method: compute_cams(model, x, method)) for method in METHODS}
     times = side_by_side(fns, 1, device)
     per_image = {method: 1000 * statistics.median(t) / x.shape[0] for method, t in times.items()}
-    return {"value": per_image["scorecam"] / per_image["cam"], "ms_per_image": per_image, "batch": x.shape[0],
-            "image_size": sizes.image_size, "arch": "alexnet", "device": str(device)}
+    return {
+        "value": per_image["scorecam"] / per_image["cam"],
+        "ms_per_image": per_image,
+        "batch": x.shape[0],
+        "image_size": sizes.image_size,
+        "arch": "alexnet",
+        "device": str(device),
+    }
 
 
 def overlay_speed(sizes: Sizes, device: torch.device) -> dict[str, Any]:
@@ -568,11 +624,16 @@ def box_sweep(sizes: Sizes) -> dict[str, Any]:
         "scipy_label": lambda: [reference_boxes(m, THRESHOLDS) for m in maps],
     }
     times = side_by_side(fns, sizes.repeats, torch.device("cpu"))
-    same = bool(np.array_equal(sweep_boxes(maps, THRESHOLDS, num_threads=1), np.stack([reference_boxes(m, THRESHOLDS) for m in maps])))
+    same = bool(
+        np.array_equal(
+            sweep_boxes(maps, THRESHOLDS, num_threads=1), np.stack([reference_boxes(m, THRESHOLDS) for m in maps])
+        )
+    )
     return {
         "value": median_ratio(times["scipy_label"], times["sweep"]),
         "images_per_s": {name: sizes.sweep_images / statistics.median(t) for name, t in times.items()},
-        "thresholds": len(THRESHOLDS), "equal_to_reference": same,
+        "thresholds": len(THRESHOLDS),
+        "equal_to_reference": same,
     }
 
 
@@ -595,8 +656,12 @@ def evaluation_speed(sizes: Sizes, device: torch.device) -> dict[str, Any]:
                 model(images.contiguous(memory_format=torch.channels_last) if channels_last else images).float().cpu()
 
     times = side_by_side(
-        {"plain": plain, "evaluate": lambda: evaluate(model, batches, device, s, amp=True, channels_last=channels_last)},
-        sizes.repeats, device,
+        {
+            "plain": plain,
+            "evaluate": lambda: evaluate(model, batches, device, s, amp=True, channels_last=channels_last),
+        },
+        sizes.repeats,
+        device,
     )
     n = sizes.batch * sizes.eval_batches
     return {
@@ -641,7 +706,7 @@ class RssSampler:
             self.peak_tree = max(self.peak_tree, total)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         try:  # resets VmHWM, so the kernel's own peak covers this block alone
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
@@ -691,7 +756,9 @@ def memory(root: Path, sizes: Sizes) -> dict[str, Any]:
         "peak_rss_with_workers_mib_per_epoch": [round(p / 2**20, 1) for p in peaks_tree],
         "growth_mib_after_first_epoch": round(growth, 1),
         "flat": bool(growth <= max(16.0, 0.02 * mib[0])),
-        "batch": sizes.batch, "loader_workers": workers, "images_per_epoch": len(indices),
+        "batch": sizes.batch,
+        "loader_workers": workers,
+        "images_per_epoch": len(indices),
     }
 
 
@@ -700,40 +767,73 @@ def spread(names: Sequence[str], n: int) -> list[str]:
     return [names[i * len(names) // n] for i in range(n)]
 
 
-def report_case(folder: Path, class_names: list[str], filters: dict[str, Any], n_test_per_class: int, sizes: Sizes,
-                device: torch.device, repeats: int) -> dict[str, Any]:
+def report_case(
+    folder: Path,
+    class_names: list[str],
+    filters: dict[str, Any],
+    n_test_per_class: int,
+    sizes: Sizes,
+    device: torch.device,
+    repeats: int,
+) -> dict[str, Any]:
     """Write the test images of ``class_names`` and an untrained checkpoint on ``filters``; time ``write_report``.
 
     The median of ``repeats`` runs after one warm-up run (none when ``repeats`` is 0: one run, timed).
     """
     start = time.perf_counter()
-    root = write_synthetic_stanford_cars(folder / "data", class_names=class_names, n_train_per_class=0,
-                                         n_test_per_class=n_test_per_class, image_size=sizes.report_image_wh, seed=0, quality=90)
+    root = write_synthetic_stanford_cars(
+        folder / "data",
+        class_names=class_names,
+        n_train_per_class=0,
+        n_test_per_class=n_test_per_class,
+        image_size=sizes.report_image_wh,
+        seed=0,
+        quality=90,
+    )
     data_seconds = time.perf_counter() - start
     full_filters = {"car_type": None, "car_brand": None, "car_production_year": None, **filters}
     classes = StanfordCarsCAM(root, split="test", image_size=sizes.report_image_size, **full_filters).classes
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(folder / "checkpoint.pt", create_model("alexnet", len(classes)), class_names=list(classes),
-                                 image_size=sizes.report_image_size, epoch=0, args={"root": str(root)}, **full_filters)
+    checkpoint = save_checkpoint(
+        folder / "checkpoint.pt",
+        create_model("alexnet", len(classes)),
+        class_names=list(classes),
+        image_size=sizes.report_image_size,
+        epoch=0,
+        args={"root": str(root)},
+        **full_filters,
+    )
     page = folder / "report.html"
 
     def write() -> dict[str, Any]:
-        return write_report(checkpoint, page, split="test", batch_size=sizes.report_batch, device=device.type, progress=False,
-                            thumb_size=sizes.report_thumb_size)
+        return write_report(
+            checkpoint,
+            page,
+            split="test",
+            batch_size=sizes.report_batch,
+            device=device.type,
+            progress=False,
+            thumb_size=sizes.report_thumb_size,
+        )
 
     runs = [time.perf_counter()]
     for _ in range(1 + repeats if repeats else 1):
         result = write()
         runs.append(time.perf_counter())
-    seconds = [b - a for a, b in zip(runs, runs[1:])][1 if repeats else 0:]
+    seconds = [b - a for a, b in zip(runs, runs[1:])][1 if repeats else 0 :]
     n = len(class_names) * n_test_per_class
     if result["n_cards"] != n:
         raise RuntimeError(f"the report has {result['n_cards']} cards for {n} test images")
     writing = statistics.median(seconds)
     return {
-        "images": n, "classes_with_images": len(class_names), "classes_in_checkpoint": len(classes),
-        "filters": {k: v for k, v in filters.items() if v is not None}, "mb": page.stat().st_size / 1e6,
-        "seconds": writing, "seconds_per_image": writing / n, "seconds_by_run": [round(t, 3) for t in seconds],
+        "images": n,
+        "classes_with_images": len(class_names),
+        "classes_in_checkpoint": len(classes),
+        "filters": {k: v for k, v in filters.items() if v is not None},
+        "mb": page.stat().st_size / 1e6,
+        "seconds": writing,
+        "seconds_per_image": writing / n,
+        "seconds_by_run": [round(t, 3) for t in seconds],
         "data_writing_seconds": round(data_seconds, 2),
     }
 
@@ -741,17 +841,29 @@ def report_case(folder: Path, class_names: list[str], filters: dict[str, Any], n
 def report(base: Path, sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """The HTML report of an untrained AlexNet-GAP checkpoint: page size and writing time, demo set and 8,041 images."""
     demo_names = [STANFORD_CARS_CLASS_NAMES[i] for i in select_classes(STANFORD_CARS_CLASS_NAMES, **DEMO_FILTERS)]
-    demo_names = demo_names[:sizes.report_demo_classes]
-    demo = report_case(base / "report_demo", demo_names, dict(DEMO_FILTERS), sizes.report_demo_test_per_class, sizes,
-                       device, sizes.repeats)
+    demo_names = demo_names[: sizes.report_demo_classes]
+    demo = report_case(
+        base / "report_demo",
+        demo_names,
+        dict(DEMO_FILTERS),
+        sizes.report_demo_test_per_class,
+        sizes,
+        device,
+        sizes.repeats,
+    )
     large_names = spread(STANFORD_CARS_CLASS_NAMES, sizes.report_large_classes)
     large = report_case(base / "report_large", large_names, {}, sizes.report_large_test_per_class, sizes, device, 0)
     return {
         "value": large["seconds_per_image"],
-        "demo": demo, "large": large,
-        "arch": "alexnet (untrained, epoch 0)", "device": str(device), "batch": sizes.report_batch,
-        "loader_workers": default_num_workers(DistInfo(), device), "source_image_wh": list(sizes.report_image_wh),
-        "image_size": sizes.report_image_size, "thumb_size": sizes.report_thumb_size,
+        "demo": demo,
+        "large": large,
+        "arch": "alexnet (untrained, epoch 0)",
+        "device": str(device),
+        "batch": sizes.report_batch,
+        "loader_workers": default_num_workers(DistInfo(), device),
+        "source_image_wh": list(sizes.report_image_wh),
+        "image_size": sizes.report_image_size,
+        "thumb_size": sizes.report_thumb_size,
         "timing": f"demo: median of {sizes.repeats} run(s) after a warm-up run; large: one run (after the demo's)",
         "mb_unit": "10^6 bytes",
     }
@@ -818,19 +930,36 @@ def summarize(figures: dict[str, Any], device: torch.device) -> list[dict[str, A
     rows = []
     for key, label, value, note in entries:
         target = target_for(key, devices.get(key, device))
-        rows.append({"figure": key, "label": label, "measured": value, "target": f"{target[0]} {target[1]:g}" if target else "",
-                     "met": verdict(value, target), "note": note})
+        rows.append(
+            {
+                "figure": key,
+                "label": label,
+                "measured": value,
+                "target": f"{target[0]} {target[1]:g}" if target else "",
+                "met": verdict(value, target),
+                "note": note,
+            }
+        )
     mem = figures.get("memory", {})
-    rows.append({"figure": "memory", "label": f"memory: peak RSS per training epoch, batch {mem.get('batch', '?')}",
-                 "measured": mem.get("value"), "target": "flat", "met": mem.get("flat"),
-                 "note": mem.get("error") or mem.get("skipped") or f"per epoch {mem.get('peak_rss_mib_per_epoch')}"})
+    rows.append(
+        {
+            "figure": "memory",
+            "label": f"memory: peak RSS per training epoch, batch {mem.get('batch', '?')}",
+            "measured": mem.get("value"),
+            "target": "flat",
+            "met": mem.get("flat"),
+            "note": mem.get("error") or mem.get("skipped") or f"per epoch {mem.get('peak_rss_mib_per_epoch')}",
+        }
+    )
     return rows
 
 
 def machine_text(m: dict[str, Any]) -> str:
-    return (f"{m.get('device_name')} ({m.get('cores')} cores usable, torch {m.get('torch')}, {m.get('torch_threads')} torch "
-            f"threads, {m.get('loader_workers')} loader workers, device `{m.get('device')}`, OMP_WAIT_POLICY "
-            f"{m.get('omp_wait_policy')})")
+    return (
+        f"{m.get('device_name')} ({m.get('cores')} cores usable, torch {m.get('torch')}, {m.get('torch_threads')} torch "
+        f"threads, {m.get('loader_workers')} loader workers, device `{m.get('device')}`, OMP_WAIT_POLICY "
+        f"{m.get('omp_wait_policy')})"
+    )
 
 
 def kept_figures(figures: dict[str, Any]) -> dict[str, list[str]]:
@@ -858,16 +987,25 @@ def markdown(results: dict[str, Any]) -> str:
         old = results["figures"][names[0]]["machine"]
         share = old.get("other_processes_cpu_share")
         busy = f"; other processes used {share:.0%} of its CPU time" if share is not None and share > 0.05 else ""
-        lines += [f"Kept from the run of {date} (not re-measured here) on {machine_text(old)}{busy}: "
-                  + ", ".join(f"`{name}`" for name in names) + ".", ""]
+        lines += [
+            f"Kept from the run of {date} (not re-measured here) on {machine_text(old)}{busy}: "
+            + ", ".join(f"`{name}`" for name in names)
+            + ".",
+            "",
+        ]
     lines += [
         "| figure | measured | target | met? |",
         "|---|---|---|---|",
     ]
     for row in results["summary"]:
         value = row["measured"]
-        shown = "n/a" if value is None else (f"{value:.3g}x" if row["figure"] not in ("memory",) else f"{value:.0f} MiB")
-        if row["figure"] in ("evaluation_speed", "pipeline_efficiency", "pipeline_efficiency_cached") and value is not None:
+        shown = (
+            "n/a" if value is None else (f"{value:.3g}x" if row["figure"] not in ("memory",) else f"{value:.0f} MiB")
+        )
+        if (
+            row["figure"] in ("evaluation_speed", "pipeline_efficiency", "pipeline_efficiency_cached")
+            and value is not None
+        ):
             shown = f"{value:.3f}"
         met = {True: "yes", False: "**no**", None: "n/a"}[row["met"]]
         note = row["note"]
@@ -876,34 +1014,55 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {row['label']} | {shown}{' (' + str(note) + ')' if note else ''} | {row['target']} | {met} |")
     pipe = results["figures"].get("pipeline_efficiency", {})
     if "images_per_s_memory" in pipe:
-        lines += ["", f"Absolute training images/s ({pipe['device']}, batch {pipe['batch']}): in memory "
-                  f"{pipe['images_per_s_memory']:.1f}, from JPEG {pipe['images_per_s_jpeg']:.1f}, "
-                  f"from the cache {pipe['images_per_s_cached']:.1f}."]
+        lines += [
+            "",
+            f"Absolute training images/s ({pipe['device']}, batch {pipe['batch']}): in memory "
+            f"{pipe['images_per_s_memory']:.1f}, from JPEG {pipe['images_per_s_jpeg']:.1f}, "
+            f"from the cache {pipe['images_per_s_cached']:.1f}.",
+        ]
     methods = results["figures"].get("cam_methods", {})
     if "ms_per_image" in methods:
-        lines += ["", f"CAM methods, ms per image ({methods['device']}, AlexNet-GAP, batch {methods['batch']}, "
-                  f"{methods['image_size']}x{methods['image_size']}): " + ", ".join(
-                      f"{name} {ms:.1f}" for name, ms in methods["ms_per_image"].items()) + "."]
+        lines += [
+            "",
+            f"CAM methods, ms per image ({methods['device']}, AlexNet-GAP, batch {methods['batch']}, "
+            f"{methods['image_size']}x{methods['image_size']}): "
+            + ", ".join(f"{name} {ms:.1f}" for name, ms in methods["ms_per_image"].items())
+            + ".",
+        ]
     table = results["figures"].get("backbones", {})
     if table.get("archs"):
-        lines += ["", f"Training images/s per backbone ({table['device']}, batch {table['batch']}, {table['image_size']}x"
-                  f"{table['image_size']}, in memory): " + ", ".join(
-                      f"{a['title']} {a['train_images_per_s']:.1f} ({a['parameters_millions']:.1f} M parameters, CAM "
-                      f"{'x'.join(map(str, a['cam_size']))})" for a in table["archs"].values()) + "."]
+        lines += [
+            "",
+            f"Training images/s per backbone ({table['device']}, batch {table['batch']}, {table['image_size']}x"
+            f"{table['image_size']}, in memory): "
+            + ", ".join(
+                f"{a['title']} {a['train_images_per_s']:.1f} ({a['parameters_millions']:.1f} M parameters, CAM "
+                f"{'x'.join(map(str, a['cam_size']))})"
+                for a in table["archs"].values()
+            )
+            + ".",
+        ]
     split = results["figures"].get("thread_split", {})
     if "images_per_s" in split:
-        lines += ["", "Training images/s from JPEG by split of the cores: " + ", ".join(
-            f"{name} {rate:.1f}" for name, rate in split["images_per_s"].items()) + f" (best: {split['best']})."]
+        lines += [
+            "",
+            "Training images/s from JPEG by split of the cores: "
+            + ", ".join(f"{name} {rate:.1f}" for name, rate in split["images_per_s"].items())
+            + f" (best: {split['best']}).",
+        ]
     page = results["figures"].get("report", {})
     if "demo" in page and "large" in page:
         demo, large = page["demo"], page["large"]
-        lines += ["", f"Report: demo set {demo['images']:,} images {demo['mb']:.2f} MB in {demo['seconds']:.2f} s; "
-                  f"{large['images']:,} images {large['mb']:.{1 if large['mb'] >= 10 else 2}f} MB in {large['seconds']:.1f} s "
-                  f"({1000 * large['seconds_per_image']:.1f} ms per image). `write_report` of an untrained AlexNet-GAP "
-                  f"({page['device']}, batch {page['batch']}, {page['loader_workers']} loader workers), "
-                  f"{'x'.join(map(str, page['source_image_wh']))} JPEGs read at {page['image_size']}x{page['image_size']}, "
-                  f"{page['thumb_size']}-pixel thumbnails; {large['classes_with_images']} classes x "
-                  f"{large['images'] // large['classes_with_images']} test images for the large set."]
+        lines += [
+            "",
+            f"Report: demo set {demo['images']:,} images {demo['mb']:.2f} MB in {demo['seconds']:.2f} s; "
+            f"{large['images']:,} images {large['mb']:.{1 if large['mb'] >= 10 else 2}f} MB in {large['seconds']:.1f} s "
+            f"({1000 * large['seconds_per_image']:.1f} ms per image). `write_report` of an untrained AlexNet-GAP "
+            f"({page['device']}, batch {page['batch']}, {page['loader_workers']} loader workers), "
+            f"{'x'.join(map(str, page['source_image_wh']))} JPEGs read at {page['image_size']}x{page['image_size']}, "
+            f"{page['thumb_size']}-pixel thumbnails; {large['classes_with_images']} classes x "
+            f"{large['images'] // large['classes_with_images']} test images for the large set.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -921,15 +1080,22 @@ def keep_previous(path: Path, results: dict[str, Any]) -> list[str]:
         return []
     was_quick = bool((previous.get("sizes") or {}).get("quick"))
     if was_quick != bool(results["sizes"]["quick"]):
-        logger.warning("%s holds a %s run's figures and this is a %s run: they are not kept", path,
-                       "quick" if was_quick else "full", "quick" if results["sizes"]["quick"] else "full")
+        logger.warning(
+            "%s holds a %s run's figures and this is a %s run: they are not kept",
+            path,
+            "quick" if was_quick else "full",
+            "quick" if results["sizes"]["quick"] else "full",
+        )
         return []
     kept = []
     for name, data in figures.items():
         if name in results["figures"] or not isinstance(data, dict):
             continue
-        results["figures"][name] = {**data, "machine": data.get("machine") or previous.get("machine"),
-                                    "sizes": data.get("sizes") or previous.get("sizes")}
+        results["figures"][name] = {
+            **data,
+            "machine": data.get("machine") or previous.get("machine"),
+            "sizes": data.get("sizes") or previous.get("sizes"),
+        }
         kept.append(name)
     return kept
 
@@ -943,16 +1109,35 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds: a smoke test of every figure")
     parser.add_argument("--out", default=str(HERE), help="folder for results.json and results.md")
-    parser.add_argument("--data", default=None, help="folder for the synthetic data and cache (default: a temporary one)")
+    parser.add_argument(
+        "--data", default=None, help="folder for the synthetic data and cache (default: a temporary one)"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
     parser.add_argument("--repeats", type=int, default=None, help="measured runs per figure (after a warm-up)")
-    parser.add_argument("--only", nargs="*", default=None,
-                        choices=["pipeline", "split", "decode", "cam", "backbones", "methods", "overlay", "sweep", "evaluate", "memory",
-                                 "report"],
-                        help="measure only these figures; the others are kept from --out's results.json")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        choices=[
+            "pipeline",
+            "split",
+            "decode",
+            "cam",
+            "backbones",
+            "methods",
+            "overlay",
+            "sweep",
+            "evaluate",
+            "memory",
+            "report",
+        ],
+        help="measure only these figures; the others are kept from --out's results.json",
+    )
     return parser
 
 
@@ -967,7 +1152,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     configure_cpu_threads(DistInfo(), device)
     only = set(args.only) if args.only else None
     other_work = OtherWork()
-    results: dict[str, Any] = {"machine": machine_info(device), "sizes": vars(sizes) | {"quick": args.quick}, "figures": {}}
+    results: dict[str, Any] = {
+        "machine": machine_info(device),
+        "sizes": vars(sizes) | {"quick": args.quick},
+        "figures": {},
+    }
     with tempfile.TemporaryDirectory(prefix="cam_bench_") as scratch:
         base = Path(args.data) if args.data else Path(scratch)
         needs_data = only is None or bool(only & {"pipeline", "decode", "memory", "split"})
@@ -1010,7 +1199,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if kept:
             logger.info("kept from the previous %s: %s", out / "results.json", ", ".join(kept))
         order = [name for _, name, _ in jobs]
-        results["figures"] = dict(sorted(results["figures"].items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+        results["figures"] = dict(
+            sorted(
+                results["figures"].items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)
+            )
+        )
     results["summary"] = summarize(results["figures"], device)
     atomic_write(out / "results.json", json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
     # The hand-written notes below the generated table survive a new run.

@@ -24,12 +24,13 @@ class DatasetError(Exception):
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """No readable layout under ``root``; ``problem`` is the message without the advice on getting the data."""
+
     def __init__(self, problem: str, how_to: str = "") -> None:
         super().__init__(f"{problem} {how_to}".strip())
         self.problem = problem
 
     def __reduce__(self) -> tuple[Any, ...]:  # DataLoader workers send errors back pickled
-        return type(self), (self.problem, str(self)[len(self.problem):].strip())
+        return type(self), (self.problem, str(self)[len(self.problem) :].strip())
 
 
 class AnnotationError(DatasetError, ValueError):

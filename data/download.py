@@ -17,13 +17,22 @@ from .layouts import Layout, by_hand, find_layout, root_path, verify_stanford_ca
 logger = logging.getLogger(__name__)
 
 # Exception class names of requests and urllib3 that mean the network failed, not the server.
-_NETWORK_ERRORS = {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "MaxRetryError",
-                   "NewConnectionError", "NameResolutionError", "ProtocolError"}
+_NETWORK_ERRORS = {
+    "ConnectionError",
+    "Timeout",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "MaxRetryError",
+    "NewConnectionError",
+    "NameResolutionError",
+    "ProtocolError",
+}
 
 
 @dataclass(frozen=True)
 class Mirror:
     """A Kaggle dataset that serves Stanford Cars, and what a complete copy holds."""
+
     handle: str = KAGGLE_HANDLE
     num_classes: int = 196
     num_train: int = 8144
@@ -39,16 +48,19 @@ def _is_network_error(err: BaseException | None) -> bool:
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror)) or any(
-                cls.__name__ in _NETWORK_ERRORS for cls in type(err).__mro__):
+            cls.__name__ in _NETWORK_ERRORS for cls in type(err).__mro__
+        ):
             return True
         err = err.__cause__ or err.__context__
     return False
 
 
 def _place_by_hand(root: Path, mirror: Mirror) -> str:
-    return (f"To place the files by hand: on a machine with network, {by_hand(root, mirror.handle)} (the page's Download "
-            f"button or `kaggle datasets download {mirror.handle}` fetch it; Kaggle's cars_train/cars_train layout and "
-            f"the original car_ims/ + cars_annos.mat are read too).")
+    return (
+        f"To place the files by hand: on a machine with network, {by_hand(root, mirror.handle)} (the page's Download "
+        f"button or `kaggle datasets download {mirror.handle}` fetch it; Kaggle's cars_train/cars_train layout and "
+        f"the original car_ims/ + cars_annos.mat are read too)."
+    )
 
 
 def _fetch(mirror: Mirror, root: Path, staging: Path) -> Path:
@@ -56,8 +68,10 @@ def _fetch(mirror: Mirror, root: Path, staging: Path) -> Path:
     try:
         import kagglehub  # the optional ``download`` extra
     except ImportError as err:
-        raise DownloadError(f"download_datasets=True fetches Stanford Cars from Kaggle ({mirror.handle}) through the kagglehub "
-                            f"package, which is not installed: {DOWNLOAD_EXTRA_HINT}. {_place_by_hand(root, mirror)}") from err
+        raise DownloadError(
+            f"download_datasets=True fetches Stanford Cars from Kaggle ({mirror.handle}) through the kagglehub "
+            f"package, which is not installed: {DOWNLOAD_EXTRA_HINT}. {_place_by_hand(root, mirror)}"
+        ) from err
     try:
         parameters = inspect.signature(kagglehub.dataset_download).parameters
     except (TypeError, ValueError):
@@ -66,14 +80,20 @@ def _fetch(mirror: Mirror, root: Path, staging: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     logger.info("Downloading Stanford Cars (about 1.9 GB) from Kaggle: %s", mirror.handle)
     try:
-        return Path(kagglehub.dataset_download(mirror.handle, **({"output_dir": str(staging)} if takes_output_dir else {})))
+        return Path(
+            kagglehub.dataset_download(mirror.handle, **({"output_dir": str(staging)} if takes_output_dir else {}))
+        )
     except Exception as err:  # the client raises requests/urllib3/kagglehub errors alike
         if _is_network_error(err):
             cause = f"Kaggle could not be reached; this machine seems to have no network access ({type(err).__name__}: {err})."
         else:
-            cause = (f"kagglehub failed ({type(err).__name__}: {err}); if Kaggle asks for credentials, run "
-                     f"kagglehub.login() or set KAGGLE_USERNAME and KAGGLE_KEY.")
-        raise DownloadError(f"Could not download Stanford Cars from {mirror.handle}: {cause} {_place_by_hand(root, mirror)}") from err
+            cause = (
+                f"kagglehub failed ({type(err).__name__}: {err}); if Kaggle asks for credentials, run "
+                f"kagglehub.login() or set KAGGLE_USERNAME and KAGGLE_KEY."
+            )
+        raise DownloadError(
+            f"Could not download Stanford Cars from {mirror.handle}: {cause} {_place_by_hand(root, mirror)}"
+        ) from err
 
 
 def _find_fetched_layout(fetched: Path) -> Layout:
@@ -104,15 +124,19 @@ def download_stanford_cars(root: PathLike, mirror: Mirror | None = None) -> Path
         return layout.base
     except DatasetNotFoundError as err:
         if target.exists() or target.is_symlink():
-            raise DownloadError(f"{target} exists but is not a readable Stanford Cars ({err}). Complete it, or move it aside "
-                                f"so download_datasets=True can put a fresh copy there.") from None
+            raise DownloadError(
+                f"{target} exists but is not a readable Stanford Cars ({err}). Complete it, or move it aside "
+                f"so download_datasets=True can put a fresh copy there."
+            ) from None
     staging = root / ".stanford_cars_download"
     layout = _find_fetched_layout(fetched := _fetch(mirror, root, staging))
     try:
         verify_stanford_cars(layout.base, mirror.num_classes, mirror.num_train, mirror.num_test)
     except DatasetError as err:
-        raise DownloadError(f"the download from {mirror.handle} at {fetched} is not complete ({err}); retry, or place the "
-                            f"files by hand. {_place_by_hand(root, mirror)}") from err
+        raise DownloadError(
+            f"the download from {mirror.handle} at {fetched} is not complete ({err}); retry, or place the "
+            f"files by hand. {_place_by_hand(root, mirror)}"
+        ) from err
     if layout.base.resolve().is_relative_to(staging.resolve()):
         os.replace(layout.base, target)
         shutil.rmtree(staging, ignore_errors=True)

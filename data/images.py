@@ -36,9 +36,13 @@ def open_image(path: str) -> Image.Image:
     try:
         return Image.open(path)
     except FileNotFoundError as err:
-        raise MissingImageError(f"image file {path} does not exist (it is named in the annotations); re-download the data") from err
+        raise MissingImageError(
+            f"image file {path} does not exist (it is named in the annotations); re-download the data"
+        ) from err
     except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... for a bad file
-        raise ImageLoadError(f"cannot read image file {path} ({type(err).__name__}: {err}); it may be truncated or not an image") from err
+        raise ImageLoadError(
+            f"cannot read image file {path} ({type(err).__name__}: {err}); it may be truncated or not an image"
+        ) from err
 
 
 def checked_boxes(annotation_file: PathLike, paths: Sequence[str], boxes: np.ndarray) -> np.ndarray:
@@ -54,8 +58,10 @@ def checked_boxes(annotation_file: PathLike, paths: Sequence[str], boxes: np.nda
         if mask.any():
             i = int(np.flatnonzero(mask)[0])
             x1, y1, x2, y2 = boxes[i]
-            raise AnnotationError(f"{annotation_file}: the box of {paths[i]} (bbox_x1..y2 = {x1 + 1:.0f}, {y1 + 1:.0f}, {x2:.0f}, "
-                                  f"{y2:.0f}) {problem}; correct or remove that annotation")
+            raise AnnotationError(
+                f"{annotation_file}: the box of {paths[i]} (bbox_x1..y2 = {x1 + 1:.0f}, {y1 + 1:.0f}, {x2:.0f}, "
+                f"{y2:.0f}) {problem}; correct or remove that annotation"
+            )
 
     refuse(has_box & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])), "is inverted (x2 < x1 or y2 < y1)")
     sizes = np.zeros((len(paths), 2))
@@ -106,14 +112,18 @@ def decode_image(path: str, min_size: tuple[int, int]) -> tuple[np.ndarray, int,
             image.load()
             pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         except Exception as err:  # truncated data, bad markers, decompression bombs...
-            raise ImageLoadError(f"cannot decode image file {path} ({type(err).__name__}: {err}); it may be truncated or corrupt") from err
+            raise ImageLoadError(
+                f"cannot decode image file {path} ({type(err).__name__}: {err}); it may be truncated or corrupt"
+            ) from err
     return pixels, scale, (width, height)
 
 
 def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
     """Antialiased bilinear resize of (h, w, 3) uint8 pixels to (size, size, 3) uint8, within one grey level of PIL's."""
     # A private contiguous copy: torch cannot wrap a read-only memory map, and a strided view takes a slow path.
-    chw = torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C", copy=True)).permute(2, 0, 1)[None]  # (1, 3, h, w)
+    chw = torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C", copy=True)).permute(2, 0, 1)[
+        None
+    ]  # (1, 3, h, w)
     out = torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return out[0].permute(1, 2, 0).numpy()  # (S, S, 3), contiguous: the output keeps the input's channels-last layout
 
@@ -134,10 +144,14 @@ class ImageCache:
             raise TypeError(f"cache_dir must be a folder (a str or path) or None, got {folder!r}"[:300])
         self.folder = Path(os.path.expanduser(os.fspath(folder)))
         if self.folder.exists() and not self.folder.is_dir():
-            raise ValueError(f"cache_dir {os.fspath(folder)!r} is a file, not a folder; choose another folder or leave it out")
+            raise ValueError(
+                f"cache_dir {os.fspath(folder)!r} is a file, not a folder; choose another folder or leave it out"
+            )
         # Checked once, here: otherwise an unwritable cache only shows as a warning per image.
         if (reason := unwritable_reason(self.folder)) is not None:
-            raise ValueError(f"cache_dir {os.fspath(folder)!r} is not writable ({reason}); choose another folder or leave it out")
+            raise ValueError(
+                f"cache_dir {os.fspath(folder)!r} is not writable ({reason}); choose another folder or leave it out"
+            )
         self.min_free_bytes = int(min_free_bytes)
         self._warned: set[str] = set()
 
@@ -159,10 +173,12 @@ class ImageCache:
             return None
         if flat.ndim != 1 or flat.shape[0] < self.HEADER_BYTES:
             return None  # not one of ours: decode afresh, and the next put replaces it
-        width, height, rows, cols, scale = (int(v) for v in np.frombuffer(flat[: self.HEADER_BYTES].tobytes(), dtype="<u4"))
+        width, height, rows, cols, scale = (
+            int(v) for v in np.frombuffer(flat[: self.HEADER_BYTES].tobytes(), dtype="<u4")
+        )
         if flat.shape[0] != self.HEADER_BYTES + rows * cols * 3:
             return None
-        return flat[self.HEADER_BYTES:].reshape(rows, cols, 3), scale, (width, height)
+        return flat[self.HEADER_BYTES :].reshape(rows, cols, 3), scale, (width, height)
 
     def put(self, path: str, view: str, pixels: np.ndarray, scale: int, size: tuple[int, int]) -> None:
         """Store ``pixels`` (rows, cols, 3) uint8 decoded at 1/``scale`` (0: resized) of image ``path`` of ``size`` (w, h)."""
@@ -170,7 +186,9 @@ class ImageCache:
         header = np.array([size[0], size[1], pixels.shape[0], pixels.shape[1], scale], dtype="<u4").view(np.uint8)
         flat = np.concatenate([header, np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1)])
         if shutil.disk_usage(self.folder).free < flat.nbytes + self.min_free_bytes:
-            self._warn_once("full", "Image cache %s: the disk is nearly full, so new images are not cached", self.folder)
+            self._warn_once(
+                "full", "Image cache %s: the disk is nearly full, so new images are not cached", self.folder
+            )
             return
         tmp = target.with_name(f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
@@ -179,12 +197,18 @@ class ImageCache:
             os.replace(tmp, target)
         except OSError as err:
             tmp.unlink(missing_ok=True)
-            self._warn_once("write", "Image cache %s: could not write %s (%s); images that fail to cache are decoded "
-                            "every time", self.folder, target.name, err)
+            self._warn_once(
+                "write",
+                "Image cache %s: could not write %s (%s); images that fail to cache are decoded every time",
+                self.folder,
+                target.name,
+                err,
+            )
 
 
-def _cached_pixels(path: str, min_side: int, view: str, cache: ImageCache | None,
-                   resize_to: int | None = None) -> tuple[np.ndarray, int, tuple[int, int]]:
+def _cached_pixels(
+    path: str, min_side: int, view: str, cache: ImageCache | None, resize_to: int | None = None
+) -> tuple[np.ndarray, int, tuple[int, int]]:
     """:func:`decode_image` (then resized to ``resize_to`` squared, scale 0) through ``cache``."""
     hit = cache.get(path, view) if cache is not None else None
     if hit is not None:
@@ -197,8 +221,9 @@ def _cached_pixels(path: str, min_side: int, view: str, cache: ImageCache | None
     return pixels, scale, size
 
 
-def load_view(path: str, box: np.ndarray, image_size: int, augment: bool,
-              cache: ImageCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_view(
+    path: str, box: np.ndarray, image_size: int, augment: bool, cache: ImageCache | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The view the network sees of image ``path``, whose ``box`` (4,) ``[x1, y1, x2, y2]`` is in its pixels (0-based,
     half-open): the whole image resized to S x S (``image_size``), or with ``augment`` a random crop and flip (torch's
     global RNG; see ``docs/data.md``), cut from pixels decoded at the scale that leaves the smallest crop S across,

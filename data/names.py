@@ -20,8 +20,23 @@ TWO_WORD_MAKES: tuple[str, ...] = ("AM General", "Aston Martin", "Land Rover")
 # Matched as a suffix of what follows the make; two-word types come first so that "Crew Cab"
 # wins over a bare "Cab" and "Wagon Van" over "Van".
 BODY_TYPES: tuple[str, ...] = (
-    "Crew Cab", "Extended Cab", "Regular Cab", "Club Cab", "Quad Cab", "Cargo Van", "Passenger Van", "Wagon Van",
-    "SuperCab", "Minivan", "Van", "Convertible", "Coupe", "Sedan", "Hatchback", "Wagon", "SUV",
+    "Crew Cab",
+    "Extended Cab",
+    "Regular Cab",
+    "Club Cab",
+    "Quad Cab",
+    "Cargo Van",
+    "Passenger Van",
+    "Wagon Van",
+    "SuperCab",
+    "Minivan",
+    "Van",
+    "Convertible",
+    "Coupe",
+    "Sedan",
+    "Hatchback",
+    "Wagon",
+    "SUV",
 )
 
 FILTER_NAMES = ("car_brand", "car_type", "car_production_year")
@@ -30,6 +45,7 @@ _FIELD_OF_FILTER = {"car_brand": "make", "car_type": "body_type", "car_productio
 
 class CarClass(NamedTuple):
     """A class name split into its parts; ``body_type`` is None for the 15 names without one (``Acura TL Type-S 2008``)."""
+
     make: str
     model: str
     body_type: str | None
@@ -48,7 +64,9 @@ def parse_class_name(name: str) -> CarClass:
     """
     words = str(name).split()
     if len(words) < 3 or not re.fullmatch(r"\d{4}", words[-1]):
-        raise ValueError(f"class name {name!r} does not read 'Make Model [Type] Year' (expected a four-digit year last)")
+        raise ValueError(
+            f"class name {name!r} does not read 'Make Model [Type] Year' (expected a four-digit year last)"
+        )
     *words, year = words
     two_word_make = " ".join(words[:2]).lower() in {make.lower() for make in TWO_WORD_MAKES}
     n_make = 2 if two_word_make and len(words) > 2 else 1
@@ -62,6 +80,7 @@ def parse_class_name(name: str) -> CarClass:
 
 class ClassToIdx(dict):
     """torchvision's ``class_to_idx`` (name -> index), a plain dict, that also maps an int-like index to its name."""
+
     def __init__(self, classes: Sequence[str]) -> None:
         super().__init__((name, index) for index, name in enumerate(classes))
         self._names = tuple(classes)
@@ -113,13 +132,16 @@ def _matches(car: CarClass, filter_name: str, values: Sequence[str] | Sequence[i
     field_value = getattr(car, _FIELD_OF_FILTER[filter_name])
     if field_value is None or filter_name == "car_production_year":
         return field_value in values
-    patterns = (r"(?<![0-9A-Za-z])" + r"\s+".join(map(re.escape, str(value).split())) + r"(?![0-9A-Za-z])" for value in values)
+    patterns = (
+        r"(?<![0-9A-Za-z])" + r"\s+".join(map(re.escape, str(value).split())) + r"(?![0-9A-Za-z])" for value in values
+    )
     return any(re.search(pattern, field_value, re.IGNORECASE) for pattern in patterns)
 
 
 @dataclass(frozen=True)
 class FilterValueCount:
     """One brand, body type or year: how many classes carry it and how many images they have."""
+
     value: str | int | None
     n_classes: int
     n_train: int
@@ -130,20 +152,33 @@ def _label(value: str | int | None) -> str:
     return "(no type)" if value is None else str(value)
 
 
-def _value_counts(cars: Sequence[CarClass], indices: Iterable[int], filter_name: str, train_counts: Sequence[int],
-                  test_counts: Sequence[int]) -> list[FilterValueCount]:
+def _value_counts(
+    cars: Sequence[CarClass],
+    indices: Iterable[int],
+    filter_name: str,
+    train_counts: Sequence[int],
+    test_counts: Sequence[int],
+) -> list[FilterValueCount]:
     """Per value of ``filter_name`` among ``indices``: classes and images, sorted, None last."""
     totals: dict[str | int | None, list[int]] = {}
     for index in indices:
         key = getattr(cars[index], _FIELD_OF_FILTER[filter_name])
-        totals[key] = [a + b for a, b in zip(totals.get(key, (0, 0, 0)), (1, int(train_counts[index]), int(test_counts[index])))]
-    order = sorted(totals, key=lambda key: (1, "") if key is None else (0, key if isinstance(key, int) else key.lower()))
+        totals[key] = [
+            a + b for a, b in zip(totals.get(key, (0, 0, 0)), (1, int(train_counts[index]), int(test_counts[index])))
+        ]
+    order = sorted(
+        totals, key=lambda key: (1, "") if key is None else (0, key if isinstance(key, int) else key.lower())
+    )
     return [FilterValueCount(key, *totals[key]) for key in order]
 
 
 def select_classes(
-    class_names: Sequence[str], car_type: FilterValue = None, car_brand: FilterValue = None,
-    car_production_year: FilterValue = None, image_counts: Sequence[int] | None = None, split: str | None = None,
+    class_names: Sequence[str],
+    car_type: FilterValue = None,
+    car_brand: FilterValue = None,
+    car_production_year: FilterValue = None,
+    image_counts: Sequence[int] | None = None,
+    split: str | None = None,
 ) -> list[int]:
     """The ascending indices of the ``class_names`` that pass every filter: each None (keep all), one value or a
     list (any may match); brands and types case-insensitively as whole words, years exactly. ``image_counts``
@@ -165,9 +200,13 @@ def select_classes(
             among = f" among the classes kept by {', '.join(applied)}" if applied else ""
             counts = list(image_counts) if image_counts is not None else [0] * len(class_names)
             images = f" {split or 'train'} images" if image_counts is not None else None
-            available = ", ".join(f"{_label(e.value)} ({e.n_classes} classes" + (f", {e.n_train}{images})" if images else ")")
-                                  for e in _value_counts(cars, kept, filter_name, counts, counts))
-            raise ValueError(f"{filter_name}={shown!r} matches no class{among}. Values of {filter_name} there: {available}")
+            available = ", ".join(
+                f"{_label(e.value)} ({e.n_classes} classes" + (f", {e.n_train}{images})" if images else ")")
+                for e in _value_counts(cars, kept, filter_name, counts, counts)
+            )
+            raise ValueError(
+                f"{filter_name}={shown!r} matches no class{among}. Values of {filter_name} there: {available}"
+            )
         kept = survivors
         applied.append(f"{filter_name}={shown!r}")
     return kept
@@ -176,6 +215,7 @@ def select_classes(
 @dataclass(frozen=True)
 class FilterSummary:
     """The brands, body types and years of a Stanford Cars copy, with class and image counts."""
+
     root: str
     layout: str
     n_classes: int
@@ -200,8 +240,12 @@ def format_filter_summary(summary: FilterSummary | PathLike) -> str:
     """The plain-text table ``--list_filters`` prints, of a :class:`FilterSummary` or a dataset root."""
     if not isinstance(summary, FilterSummary):
         summary = summarize(summary)
-    lines = [(f"Stanford Cars at {summary.root} ({summary.layout} layout): {summary.n_classes} classes, "
-              f"{summary.n_train} train and {summary.n_test} test images")]
+    lines = [
+        (
+            f"Stanford Cars at {summary.root} ({summary.layout} layout): {summary.n_classes} classes, "
+            f"{summary.n_train} train and {summary.n_test} test images"
+        )
+    ]
     for title in FILTER_NAMES:
         entries = getattr(summary, title)
         width = max([len(title)] + [len(_label(entry.value)) for entry in entries])

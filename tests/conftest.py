@@ -23,7 +23,11 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def guarded_connect(self: socket.socket, address: object) -> object:
         host = address[0] if isinstance(address, tuple) else str(address)
-        if self.family == socket.AF_UNIX or str(host) in {"127.0.0.1", "localhost", "::1"} or str(host).startswith("127."):
+        if (
+            self.family == socket.AF_UNIX
+            or str(host) in {"127.0.0.1", "localhost", "::1"}
+            or str(host).startswith("127.")
+        ):
             return real_connect(self, address)
         raise RuntimeError(f"test tried to reach the network ({address!r})")
 
@@ -46,7 +50,11 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars
 
     return write_synthetic_stanford_cars(
-        tmp_path_factory.mktemp("synthetic_cars"), n_train_per_class=6, n_test_per_class=3, image_size=(320, 208), seed=0
+        tmp_path_factory.mktemp("synthetic_cars"),
+        n_train_per_class=6,
+        n_test_per_class=3,
+        image_size=(320, 208),
+        seed=0,
     )
 
 
@@ -71,11 +79,23 @@ def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     from CAM_Stanford_Cars.train import TrainConfig, fit
 
     run_dir = tmp_path_factory.mktemp("trained_run")
-    fit(TrainConfig(
-        root=str(synthetic_root), checkpoints_dir=str(run_dir), car_type="Sedan", car_brand="BMW",
-        car_production_year=2012, n_epochs=1, batch_size=4, image_size=96, pretrained=False,
-        device="cpu", num_workers=0, progress=False, seed=0,
-    ))
+    fit(
+        TrainConfig(
+            root=str(synthetic_root),
+            checkpoints_dir=str(run_dir),
+            car_type="Sedan",
+            car_brand="BMW",
+            car_production_year=2012,
+            n_epochs=1,
+            batch_size=4,
+            image_size=96,
+            pretrained=False,
+            device="cpu",
+            num_workers=0,
+            progress=False,
+            seed=0,
+        )
+    )
     return run_dir
 
 
@@ -90,5 +110,11 @@ def cam_checkpoint(synthetic_root: Path, tmp_path: Path) -> Path:
     classes = StanfordCarsCAM(synthetic_root, split="test", **filters).classes
     torch.manual_seed(0)
     model = AlexNetGAP(num_classes=len(classes), cam_channels=8)
-    return save_checkpoint(tmp_path / "run" / "best.pt", model, class_names=classes, image_size=64,
-                           args={"root": str(synthetic_root)}, **filters)
+    return save_checkpoint(
+        tmp_path / "run" / "best.pt",
+        model,
+        class_names=classes,
+        image_size=64,
+        args={"root": str(synthetic_root)},
+        **filters,
+    )

@@ -10,7 +10,14 @@ from torchvision import models
 
 from CAM_Stanford_Cars import visualize
 from CAM_Stanford_Cars.main import main
-from CAM_Stanford_Cars.model import ARCHS, BACKBONES, CheckpointError, PretrainedWeightsError, create_model, load_checkpoint
+from CAM_Stanford_Cars.model import (
+    ARCHS,
+    BACKBONES,
+    CheckpointError,
+    PretrainedWeightsError,
+    create_model,
+    load_checkpoint,
+)
 
 # torchvision's builder of each backbone's ImageNet network, the file name its weights have, and a tensor the file
 # must land in (a backbone-side key, and where create_model keeps it).
@@ -65,7 +72,10 @@ def test_a_planted_imagenet_file_loads_into_the_backbone_and_a_wrong_one_is_name
 def test_resnet50_takes_either_of_torchvisions_imagenet_files() -> None:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     hub.mkdir(parents=True)
-    assert [w.url.rsplit("/", 1)[1] for w in create_model("resnet50", 2).weights] == ["resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth"]
+    assert [w.url.rsplit("/", 1)[1] for w in create_model("resnet50", 2).weights] == [
+        "resnet50-11ad3fa6.pth",
+        "resnet50-0676ba61.pth",
+    ]
     state = imagenet_state("resnet50")
     torch.save(state, hub / "resnet50-0676ba61.pth")  # V1 only: no download is tried
     assert torch.equal(create_model("resnet50", 2, pretrained=True).features[0].weight, state["conv1.weight"])
@@ -92,14 +102,48 @@ def test_one_epoch_from_the_command_line_gives_a_checkpoint_that_loads_and_draws
     arch: str, synthetic_root: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    code = main(["--arch", arch, "--root_datasets_dir", str(synthetic_root), "--checkpoints_dir", str(run_dir), "--n_epochs", "1",
-                 "--batch_size", "4", "--image_size", "64", "--pretrained", "false", "--device", "cpu", "--num_workers", "0",
-                 "--progress", "false", "--car_type", "Sedan", "--car_brand", "BMW", "--car_production_year", "2012"])
+    code = main(
+        [
+            "--arch",
+            arch,
+            "--root_datasets_dir",
+            str(synthetic_root),
+            "--checkpoints_dir",
+            str(run_dir),
+            "--n_epochs",
+            "1",
+            "--batch_size",
+            "4",
+            "--image_size",
+            "64",
+            "--pretrained",
+            "false",
+            "--device",
+            "cpu",
+            "--num_workers",
+            "0",
+            "--progress",
+            "false",
+            "--car_type",
+            "Sedan",
+            "--car_brand",
+            "BMW",
+            "--car_production_year",
+            "2012",
+        ]
+    )
     assert code == 0
     model, checkpoint = load_checkpoint(run_dir / "best.pt")
-    assert checkpoint["arch"] == f"{arch}_gap" and checkpoint["args"]["arch"] == arch and model.title.lower().startswith(arch[:3])
+    assert (
+        checkpoint["arch"] == f"{arch}_gap"
+        and checkpoint["args"]["arch"] == arch
+        and model.title.lower().startswith(arch[:3])
+    )
     assert visualize.main([str(run_dir / "best.pt"), "--n", "2", "--out", str(tmp_path / "cams.png")]) == 0
-    assert main(["--evaluate", str(run_dir / "best.pt"), "--device", "cpu", "--num_workers", "0", "--progress", "false"]) == 0
+    assert (
+        main(["--evaluate", str(run_dir / "best.pt"), "--device", "cpu", "--num_workers", "0", "--progress", "false"])
+        == 0
+    )
     assert (tmp_path / "cams.png").stat().st_size > 0
 
 

@@ -14,15 +14,40 @@ import pytest
 from CAM_Stanford_Cars.model import ARCHS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ["pipeline_efficiency", "decode_speedup", "cam_overhead", "cam_methods", "backbones", "overlay_speed", "box_sweep", "evaluation_speed", "memory", "thread_split",
-           "report"]
+FIGURES = [
+    "pipeline_efficiency",
+    "decode_speedup",
+    "cam_overhead",
+    "cam_methods",
+    "backbones",
+    "overlay_speed",
+    "box_sweep",
+    "evaluation_speed",
+    "memory",
+    "thread_split",
+    "report",
+]
 
 
 def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks/run.py"), "--quick", "--repeats", "1", "--device", "cpu",
-         "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks/run.py"),
+            "--quick",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -73,11 +98,21 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
 
 def test_only_keeps_the_other_figures_of_the_previous_run(tmp_path: Path) -> None:
     out, full = tmp_path / "out", tmp_path / "full"
-    old_machine = {"date": "2020-01-02T03:04:05+00:00", "cpu": "Old CPU", "cores": 4, "torch": "1.0", "torch_threads": 4,
-                   "loader_workers": 3, "device": "cpu", "device_name": "Old CPU", "other_processes_cpu_share": 0.0}
+    old_machine = {
+        "date": "2020-01-02T03:04:05+00:00",
+        "cpu": "Old CPU",
+        "cores": 4,
+        "torch": "1.0",
+        "torch_threads": 4,
+        "loader_workers": 3,
+        "device": "cpu",
+        "device_name": "Old CPU",
+        "other_processes_cpu_share": 0.0,
+    }
     older = {**old_machine, "date": "2019-05-06T07:08:09+00:00"}
     previous = {
-        "machine": old_machine, "sizes": {"quick": True},
+        "machine": old_machine,
+        "sizes": {"quick": True},
         "figures": {
             "pipeline_efficiency": {"value": 0.97, "cached": 0.99, "seconds": 1.0},
             "decode_speedup": {"value": 2.5, "seconds": 1.0},
@@ -91,9 +126,25 @@ def test_only_keeps_the_other_figures_of_the_previous_run(tmp_path: Path) -> Non
         (folder / "results.json").write_text(json.dumps({**previous, "sizes": {"quick": quick}}))
         (folder / "results.md").write_text("old table\n\n## Notes on these figures\n\nHand-written notes.\n")
         done = subprocess.run(
-            [sys.executable, str(REPO_ROOT / "benchmarks/run.py"), "--quick", "--repeats", "1", "--device", "cpu",
-             "--only", "sweep", "--out", str(folder), "--data", str(tmp_path / "data")],
-            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+            [
+                sys.executable,
+                str(REPO_ROOT / "benchmarks/run.py"),
+                "--quick",
+                "--repeats",
+                "1",
+                "--device",
+                "cpu",
+                "--only",
+                "sweep",
+                "--out",
+                str(folder),
+                "--data",
+                str(tmp_path / "data"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
         )
         assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())

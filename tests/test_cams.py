@@ -55,7 +55,9 @@ def case(request: pytest.FixtureRequest) -> tuple[GAPNet, Tensor, nn.Module]:
     return model, torch.rand(2, 3, size, size), layer(model)
 
 
-def _torchcam(extractor_cls: type, model: GAPNet, layer: nn.Module, images: Tensor, **kwargs: object) -> tuple[Tensor, list[int]]:
+def _torchcam(
+    extractor_cls: type, model: GAPNet, layer: nn.Module, images: Tensor, **kwargs: object
+) -> tuple[Tensor, list[int]]:
     """torchcam's normalised maps for the predicted classes; its hooks removed, also on failure."""
     extractor = extractor_cls(model, layer, input_shape=tuple(images.shape[1:]), **kwargs)
     try:
@@ -67,22 +69,30 @@ def _torchcam(extractor_cls: type, model: GAPNet, layer: nn.Module, images: Tens
 
 
 def _no_hooks(model: nn.Module) -> bool:
-    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                   for m in model.modules())
+    return not any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in model.modules()
+    )
 
 
 @needs_torchcam
-@pytest.mark.parametrize("method, extractor_cls, kwargs", [
-    ("gradcam", "GradCAM", {}), ("xgradcam", "XGradCAM", {}), ("layercam", "LayerCAM", {}),
-    # torchcam's SmoothGrad-CAM++ explains its last noisy copy; with noise of std 1e-6 that is the clean image.
-    ("smoothgradcampp", "SmoothGradCAMpp", {"std": 1e-6, "num_samples": 1}),
-])
+@pytest.mark.parametrize(
+    "method, extractor_cls, kwargs",
+    [
+        ("gradcam", "GradCAM", {}),
+        ("xgradcam", "XGradCAM", {}),
+        ("layercam", "LayerCAM", {}),
+        # torchcam's SmoothGrad-CAM++ explains its last noisy copy; with noise of std 1e-6 that is the clean image.
+        ("smoothgradcampp", "SmoothGradCAMpp", {"std": 1e-6, "num_samples": 1}),
+    ],
+)
 def test_matches_torchcam(case: tuple, method: str, extractor_cls: str, kwargs: dict) -> None:
     model, images, layer = case
     expected, classes = _torchcam(getattr(tm, extractor_cls), model, layer, images, **kwargs)
     ours = compute_cams(model, images, method, n_samples=1)
     torch.testing.assert_close(_normalise(ours), expected, atol=1e-4, rtol=0)
-    torch.testing.assert_close(compute_cams(model, images, method, classes, n_samples=1), ours)  # explicit classes: same maps
+    torch.testing.assert_close(
+        compute_cams(model, images, method, classes, n_samples=1), ours
+    )  # explicit classes: same maps
     assert _no_hooks(model)
 
 
@@ -151,8 +161,12 @@ def test_gap_head_identities(case: tuple) -> None:
     gradcam = compute_cams(model, images, "gradcam", 1)
     torch.testing.assert_close(gradcam, cam.relu() / (h * w), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(compute_cams(model, images, "xgradcam", 1), gradcam, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(compute_cams(model, images, "smoothgradcampp", 1, std=0.3, n_samples=2),
-                               compute_cams(model, images, "gradcampp", 1), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        compute_cams(model, images, "smoothgradcampp", 1, std=0.3, n_samples=2),
+        compute_cams(model, images, "gradcampp", 1),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 class KeptMass(nn.Module):
@@ -193,7 +207,9 @@ def test_deletion_insertion_known_curves(baseline: str, steps: int) -> None:
 @pytest.mark.parametrize("baseline", ["zeros", "blur"])
 def test_deletion_insertion_matches_torchcam(baseline: str) -> None:
     model = _alexnet()
-    images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(2))  # 5120 pixels: 20 does not divide evenly
+    images = torch.rand(
+        2, 3, 64, 80, generator=torch.Generator().manual_seed(2)
+    )  # 5120 pixels: 20 does not divide evenly
     extractor = tm.CAM(model, model.cam_conv, fc_layer=model.fc, input_shape=(3, 64, 80))
     try:
         scores = model(images)

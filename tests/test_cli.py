@@ -19,11 +19,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def test_the_seeds_visualisation_snippet_runs_as_written(
-    trained_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    trained_run: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     # The snippet's relative data folder, next to where it runs.
     (tmp_path / "stanford_cars_dataset").symlink_to(synthetic_root, target_is_directory=True)
@@ -44,6 +55,7 @@ def test_the_seeds_visualisation_snippet_runs_as_written(
         warnings.simplefilter("always")
         # ---- the README's snippet, verbatim but for the checkpoint's path ----
         from torch.utils.data import DataLoader
+
         from CAM_Stanford_Cars.dataset import StanfordCarsCAM
         from CAM_Stanford_Cars.model import load_checkpoint
         from CAM_Stanford_Cars.visualize import apply_cam, visualize_cam
@@ -51,18 +63,19 @@ def test_the_seeds_visualisation_snippet_runs_as_written(
         checkpoint_path = checkpoint_path_value
         model, checkpoint = load_checkpoint(checkpoint_path)
 
-        cars_dataset = StanfordCarsCAM("stanford_cars_dataset",
-                                       car_type = checkpoint["car_type"],
-                                       car_production_year = checkpoint["car_production_year"],
-                                       car_brand = checkpoint["car_brand"],
-                                       download_datasets=True,
-                                       generate_img_for_cam=True,
-                                       split="test")
+        cars_dataset = StanfordCarsCAM(
+            "stanford_cars_dataset",
+            car_type=checkpoint["car_type"],
+            car_production_year=checkpoint["car_production_year"],
+            car_brand=checkpoint["car_brand"],
+            download_datasets=True,
+            generate_img_for_cam=True,
+            split="test",
+        )
 
         cars_dataloader = DataLoader(cars_dataset, batch_size=1, shuffle=True)
 
         for id, batch in enumerate(cars_dataloader):
-
             # extract original image, transformed image and labels
             image_predict, image_visualize, labels = batch
 
@@ -93,7 +106,11 @@ def test_the_seeds_visualisation_snippet_runs_as_written(
 
 def test_visualize_command_draws_a_grid_with_boxes(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "figs" / "cams.png"
-    result = run_script("visualize.py", [str(trained_run / "best.pt"), "--split", "test", "--n", "4", "--out", str(out), "--seed", "1"], cwd=tmp_path)
+    result = run_script(
+        "visualize.py",
+        [str(trained_run / "best.pt"), "--split", "test", "--n", "4", "--out", str(out), "--seed", "1"],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout
     with Image.open(out) as image:
@@ -106,9 +123,24 @@ def test_visualize_command_bad_checkpoint(tmp_path: Path) -> None:
     assert "nope.pt" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_evaluate_command_prints_a_table_and_writes_json(trained_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+def test_evaluate_command_prints_a_table_and_writes_json(
+    trained_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
     checkpoint = trained_run / "best.pt"
-    result = run_script("main.py", ["--evaluate", str(checkpoint), "--root_datasets_dir", str(synthetic_root), "--split", "test", "--progress", "false"], cwd=tmp_path)
+    result = run_script(
+        "main.py",
+        [
+            "--evaluate",
+            str(checkpoint),
+            "--root_datasets_dir",
+            str(synthetic_root),
+            "--split",
+            "test",
+            "--progress",
+            "false",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "MaxBoxAcc" in result.stdout and "GT-known" in result.stdout
     metrics = json.loads((trained_run / "best_test_metrics.json").read_text())
@@ -125,7 +157,9 @@ def test_list_filters_command(synthetic_root: Path, tmp_path: Path) -> None:
 
 def test_demo_command_leaves_a_checkpoint_and_a_figure(tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo"
-    result = run_script("main.py", ["--demo", "--n_epochs", "1", "--demo_dir", str(demo_dir), "--progress", "false"], cwd=tmp_path)
+    result = run_script(
+        "main.py", ["--demo", "--n_epochs", "1", "--demo_dir", str(demo_dir), "--progress", "false"], cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     checkpoint = demo_dir / "run" / "best.pt"
     figure = demo_dir / "cam_demo.png"
@@ -137,13 +171,16 @@ def test_demo_command_leaves_a_checkpoint_and_a_figure(tmp_path: Path) -> None:
     assert saved["car_brand"] == "BMW" and len(saved["class_names"]) == 9
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["--evaluate", ""], "--evaluate is empty"),
-    (["--demo", "--evaluate", "best.pt"], "--demo and --evaluate are separate commands"),
-    (["--list_filters", "--demo"], "--demo and --list_filters are separate commands"),
-    (["--split", "train"], "--split is an option of --evaluate"),
-    (["--demo", "--demo_dir", " "], "--demo_dir is empty"),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--evaluate", ""], "--evaluate is empty"),
+        (["--demo", "--evaluate", "best.pt"], "--demo and --evaluate are separate commands"),
+        (["--list_filters", "--demo"], "--demo and --list_filters are separate commands"),
+        (["--split", "train"], "--split is an option of --evaluate"),
+        (["--demo", "--demo_dir", " "], "--demo_dir is empty"),
+    ],
+)
 def test_commands_that_contradict_or_name_nothing_are_refused(
     argv: list[str], named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -26,8 +26,15 @@ def checkpoint(trained_run: Path, tmp_path: Path) -> Path:
 
 
 def test_every_method_is_scored_on_the_same_images_into_one_json(checkpoint: Path, synthetic_root: Path) -> None:
-    result = compare_methods(checkpoint, synthetic_root, methods=["cam", "gradcam", "layercam"], device="cpu", num_workers=0,
-                             progress=False, figure_images=2)
+    result = compare_methods(
+        checkpoint,
+        synthetic_root,
+        methods=["cam", "gradcam", "layercam"],
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        figure_images=2,
+    )
     saved = json.loads(Path(result["files"]["json"]).read_text())
     assert list(saved["methods"]) == ["cam", "gradcam", "layercam"] and saved["n_images"] == result["n_images"] > 0
     for row in saved["methods"].values():
@@ -39,17 +46,33 @@ def test_every_method_is_scored_on_the_same_images_into_one_json(checkpoint: Pat
         assert saved["methods"]["cam"][key] == plain[key], key
     with open(result["files"]["csv"], newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["method"] for r in rows] == ["cam", "gradcam", "layercam"] and float(rows[0]["maxboxacc"]) == plain["maxboxacc"]
+    assert [r["method"] for r in rows] == ["cam", "gradcam", "layercam"] and float(rows[0]["maxboxacc"]) == plain[
+        "maxboxacc"
+    ]
     assert Path(result["files"]["png"]).stat().st_size > 0
 
 
 def test_the_methods_flag_prints_a_table_and_names_bad_input(
     cam_checkpoint: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    common = ["--evaluate", str(cam_checkpoint), "--root_datasets_dir", str(synthetic_root), "--device", "cpu", "--num_workers", "0",
-              "--progress", "false"]
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), *common, "--methods", "all"], capture_output=True, text=True,
-                          timeout=600)
+    common = [
+        "--evaluate",
+        str(cam_checkpoint),
+        "--root_datasets_dir",
+        str(synthetic_root),
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--progress",
+        "false",
+    ]
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "main.py"), *common, "--methods", "all"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert all(method in out for method in METHODS) and "deletion AUC" in out and "best_test_methods.json" in out
@@ -61,8 +84,24 @@ def test_the_methods_flag_prints_a_table_and_names_bad_input(
 
 def test_visualize_draws_another_methods_map(checkpoint: Path, synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "gradcam.png"
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "visualize.py"), str(checkpoint), "--root", str(synthetic_root), "--n", "2",
-                           "--method", "gradcam", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "visualize.py"),
+            str(checkpoint),
+            "--root",
+            str(synthetic_root),
+            "--n",
+            "2",
+            "--method",
+            "gradcam",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "Boxes at CAM threshold" in done.stdout
     assert out.stat().st_size > 0

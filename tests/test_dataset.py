@@ -32,8 +32,8 @@ from CAM_Stanford_Cars.dataset import (
     DatasetNotFoundError,
     DownloadError,
     ImageLoadError,
-    MissingImageError,
     Mirror,
+    MissingImageError,
     StanfordCarsCAM,
     download_stanford_cars,
     find_layout,
@@ -71,13 +71,16 @@ def rectangle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     root = write_tiny_stanford_cars(tmp_path_factory.mktemp("rectangles"))
     base = root / "stanford_cars"
-    for split, mat in (("train", base / "devkit" / "cars_train_annos.mat"), ("test", base / "cars_test_annos_withlabels.mat")):
+    for split, mat in (
+        ("train", base / "devkit" / "cars_train_annos.mat"),
+        ("test", base / "cars_test_annos_withlabels.mat"),
+    ):
         for a in sio.loadmat(mat, squeeze_me=True)["annotations"]:
             path = base / f"cars_{split}" / a["fname"]
             width, height = Image.open(path).size
             pixels = np.zeros((height, width, 3), dtype=np.uint8)
             pixels[:, : int(a["bbox_x1"]) - 1] = 100
-            pixels[int(a["bbox_y1"]) - 1: int(a["bbox_y2"]), int(a["bbox_x1"]) - 1: int(a["bbox_x2"])] = 255
+            pixels[int(a["bbox_y1"]) - 1 : int(a["bbox_y2"]), int(a["bbox_x1"]) - 1 : int(a["bbox_x2"])] = 255
             Image.fromarray(pixels).save(path, "JPEG", quality=100)
     return root
 
@@ -97,9 +100,24 @@ def test_all_196_real_names_parse() -> None:
     assert all(isinstance(car, CarClass) and car.model for car in cars)
     assert sum(car.body_type is None for car in cars) == 15
     assert Counter(car.body_type for car in cars) == {
-        "Sedan": 46, "SUV": 34, "Convertible": 26, "Coupe": 25, None: 15, "Hatchback": 13, "Crew Cab": 8,
-        "Wagon": 6, "Minivan": 6, "Regular Cab": 4, "Extended Cab": 3, "Van": 3, "Cargo Van": 2, "Quad Cab": 1,
-        "Club Cab": 1, "SuperCab": 1, "Wagon Van": 1, "Passenger Van": 1,
+        "Sedan": 46,
+        "SUV": 34,
+        "Convertible": 26,
+        "Coupe": 25,
+        None: 15,
+        "Hatchback": 13,
+        "Crew Cab": 8,
+        "Wagon": 6,
+        "Minivan": 6,
+        "Regular Cab": 4,
+        "Extended Cab": 3,
+        "Van": 3,
+        "Cargo Van": 2,
+        "Quad Cab": 1,
+        "Club Cab": 1,
+        "SuperCab": 1,
+        "Wagon Van": 1,
+        "Passenger Van": 1,
     }
     assert len({car.make for car in cars}) == 49
     assert Counter(car.year for car in cars)[2012] == 117
@@ -113,16 +131,28 @@ def test_all_196_real_names_parse() -> None:
         ("AM General Hummer SUV 2000", ("AM General", "Hummer", "SUV", 2000)),
         ("Aston Martin V8 Vantage Coupe 2012", ("Aston Martin", "V8 Vantage", "Coupe", 2012)),
         ("Land Rover Range Rover SUV 2012", ("Land Rover", "Range Rover", "SUV", 2012)),
-        ("Chevrolet Silverado 1500 Classic Extended Cab 2007", ("Chevrolet", "Silverado 1500 Classic", "Extended Cab", 2007)),
+        (
+            "Chevrolet Silverado 1500 Classic Extended Cab 2007",
+            ("Chevrolet", "Silverado 1500 Classic", "Extended Cab", 2007),
+        ),
         ("Ford E-Series Wagon Van 2012", ("Ford", "E-Series", "Wagon Van", 2012)),
         ("Ram C/V Cargo Van Minivan 2012", ("Ram", "C/V Cargo Van", "Minivan", 2012)),
-        ("Rolls-Royce Phantom Drophead Coupe Convertible 2012", ("Rolls-Royce", "Phantom Drophead Coupe", "Convertible", 2012)),
+        (
+            "Rolls-Royce Phantom Drophead Coupe Convertible 2012",
+            ("Rolls-Royce", "Phantom Drophead Coupe", "Convertible", 2012),
+        ),
         ("Infiniti G Coupe IPL 2012", ("Infiniti", "G Coupe IPL", None, 2012)),
-        ("Bentley Continental Supersports Conv. Convertible 2012", ("Bentley", "Continental Supersports Conv.", "Convertible", 2012)),
+        (
+            "Bentley Continental Supersports Conv. Convertible 2012",
+            ("Bentley", "Continental Supersports Conv.", "Convertible", 2012),
+        ),
         ("Ford Ranger SuperCab 2011", ("Ford", "Ranger", "SuperCab", 2011)),
         ("Nissan NV Passenger Van 2012", ("Nissan", "NV", "Passenger Van", 2012)),
         ("Acura TL Type-S 2008", ("Acura", "TL Type-S", None, 2008)),
-        ("Lamborghini Gallardo LP 570-4 Superleggera 2012", ("Lamborghini", "Gallardo LP 570-4 Superleggera", None, 2012)),
+        (
+            "Lamborghini Gallardo LP 570-4 Superleggera 2012",
+            ("Lamborghini", "Gallardo LP 570-4 Superleggera", None, 2012),
+        ),
         ("smart fortwo Convertible 2012", ("smart", "fortwo", "Convertible", 2012)),
     ],
 )
@@ -146,7 +176,10 @@ def names_of(indices: list[int]) -> list[str]:
 
 def test_seed_filter_keeps_the_two_bmw_2012_sedans_in_meta_order() -> None:
     assert names_of(select_classes(REAL_NAMES, **SEED_FILTERS)) == SEED_CLASSES
-    assert names_of(select_classes(REAL_NAMES, car_brand="bmw", car_type="SEDAN", car_production_year="2012")) == SEED_CLASSES
+    assert (
+        names_of(select_classes(REAL_NAMES, car_brand="bmw", car_type="SEDAN", car_production_year="2012"))
+        == SEED_CLASSES
+    )
 
 
 def test_no_filter_keeps_everything() -> None:
@@ -162,12 +195,24 @@ def test_no_filter_keeps_everything() -> None:
         (dict(car_type="Cab"), 17, "Dodge Dakota Club Cab 2007", "Ford Ranger SuperCab 2011"),
         (dict(car_type="Van"), 7, "Ford E-Series Wagon Van 2012", "Honda Odyssey Minivan 2012"),
         (dict(car_type="Coupe"), 25, "Audi A5 Coupe 2012", "Infiniti G Coupe IPL 2012"),
-        (dict(car_type="Convertible", car_brand="Rolls-Royce"), 1, "Rolls-Royce Phantom Drophead Coupe Convertible 2012", None),
+        (
+            dict(car_type="Convertible", car_brand="Rolls-Royce"),
+            1,
+            "Rolls-Royce Phantom Drophead Coupe Convertible 2012",
+            None,
+        ),
         (dict(car_production_year=[1991, 1993]), 4, "Volvo 240 Sedan 1993", "Volkswagen Golf Hatchback 2012"),
-        (dict(car_brand="Mercedes-Benz", car_production_year=2012), 4, "Mercedes-Benz Sprinter Van 2012", "Mercedes-Benz SL-Class Coupe 2009"),
+        (
+            dict(car_brand="Mercedes-Benz", car_production_year=2012),
+            4,
+            "Mercedes-Benz Sprinter Van 2012",
+            "Mercedes-Benz SL-Class Coupe 2009",
+        ),
     ],
 )
-def test_filters_are_case_insensitive_whole_words(filters: dict, expected_count: int, must_have: str, must_not_have: str | None) -> None:
+def test_filters_are_case_insensitive_whole_words(
+    filters: dict, expected_count: int, must_have: str, must_not_have: str | None
+) -> None:
     kept = names_of(select_classes(REAL_NAMES, **filters))
     assert len(kept) == expected_count and must_have in kept
     assert must_not_have is None or must_not_have not in kept
@@ -191,7 +236,8 @@ def test_no_match_names_the_filter_and_lists_what_exists_with_counts() -> None:
 
 
 @pytest.mark.parametrize(
-    "filters", [dict(car_production_year="twenty"), dict(car_production_year=True), dict(car_brand=[]), dict(car_type=" ")]
+    "filters",
+    [dict(car_production_year="twenty"), dict(car_production_year=True), dict(car_brand=[]), dict(car_type=" ")],
 )
 def test_malformed_filter_values(filters: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(filters))):
@@ -299,8 +345,16 @@ def test_nothing_there_says_what_was_looked_for_and_how_to_get_it(tmp_path: Path
     with pytest.raises(DatasetNotFoundError) as info:
         StanfordCarsCAM(missing)
     message = str(info.value)
-    for needle in (str(missing), "devkit/cars_meta.mat", "cars_test_annos_withlabels.mat", "cars_train/cars_train",
-                   "car_ims", "cars_annos.mat", "--download_datasets", KAGGLE_HANDLE):
+    for needle in (
+        str(missing),
+        "devkit/cars_meta.mat",
+        "cars_test_annos_withlabels.mat",
+        "cars_train/cars_train",
+        "car_ims",
+        "cars_annos.mat",
+        "--download_datasets",
+        KAGGLE_HANDLE,
+    ):
         assert needle in message, needle
     assert isinstance(info.value, FileNotFoundError)
 
@@ -320,7 +374,7 @@ def test_item_is_a_float_rgb_square_in_unit_range(tiny_root: Path) -> None:
     cars = StanfordCarsCAM(tiny_root, split="test", image_size=96)
     image, label = cars[0]
     assert image.shape == (3, 96, 96) and image.dtype == torch.float32
-    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0 and float(image.std()) > 0.05
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0 and float(image.std()) > 0.05
     assert isinstance(label, int) and label == cars.targets[0]
 
 
@@ -332,7 +386,9 @@ def test_grayscale_and_cmyk_files_come_back_as_rgb(tiny_root: Path) -> None:
     cmyk, _ = cars[1]
     assert gray.shape == cmyk.shape == (3, 48, 48)
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
-    reference = torch.from_numpy(np.asarray(Image.open(cars.samples[1][0]).convert("RGB").resize((48, 48), Image.BILINEAR)) / 255.0)
+    reference = torch.from_numpy(
+        np.asarray(Image.open(cars.samples[1][0]).convert("RGB").resize((48, 48), Image.BILINEAR)) / 255.0
+    )
     assert torch.allclose(cmyk.permute(1, 2, 0).double(), reference, atol=0.12)  # colours survive the CMYK conversion
 
 
@@ -358,16 +414,28 @@ def test_test_split_is_deterministic_and_train_split_is_augmented(tiny_root: Pat
 
 def test_test_box_is_the_annotation_scaled_to_the_image(tiny_root: Path) -> None:
     cars = StanfordCarsCAM(tiny_root, split="test", image_size=100, return_box=True)
-    annotation = sio.loadmat(tiny_root / "stanford_cars" / "cars_test_annos_withlabels.mat", squeeze_me=True)["annotations"][0]
+    annotation = sio.loadmat(tiny_root / "stanford_cars" / "cars_test_annos_withlabels.mat", squeeze_me=True)[
+        "annotations"
+    ][0]
     width, height = Image.open(cars.samples[0][0]).size
-    expected = torch.tensor([
-        (annotation["bbox_x1"] - 1) * 100 / width, (annotation["bbox_y1"] - 1) * 100 / height,
-        annotation["bbox_x2"] * 100 / width, annotation["bbox_y2"] * 100 / height,
-    ], dtype=torch.float32)
+    expected = torch.tensor(
+        [
+            (annotation["bbox_x1"] - 1) * 100 / width,
+            (annotation["bbox_y1"] - 1) * 100 / height,
+            annotation["bbox_x2"] * 100 / width,
+            annotation["bbox_y2"] * 100 / height,
+        ],
+        dtype=torch.float32,
+    )
     assert torch.allclose(cars[0][2], expected)
     assert torch.allclose(cars.get_box(0), expected)
-    assert torch.equal(cars.original_box(0), torch.tensor([annotation["bbox_x1"] - 1, annotation["bbox_y1"] - 1,
-                                                           annotation["bbox_x2"], annotation["bbox_y2"]], dtype=torch.float32))
+    assert torch.equal(
+        cars.original_box(0),
+        torch.tensor(
+            [annotation["bbox_x1"] - 1, annotation["bbox_y1"] - 1, annotation["bbox_x2"], annotation["bbox_y2"]],
+            dtype=torch.float32,
+        ),
+    )
 
 
 def test_box_lies_on_the_car_in_the_returned_view(rectangle_root: Path) -> None:
@@ -415,7 +483,9 @@ def test_random_crop_is_mild_and_keeps_most_of_the_car() -> None:
 
 
 def test_jpegs_are_decoded_at_reduced_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = write_synthetic_stanford_cars(tmp_path, class_names=TINY_CLASS_NAMES[:1], n_train_per_class=1, n_test_per_class=1)
+    root = write_synthetic_stanford_cars(
+        tmp_path, class_names=TINY_CLASS_NAMES[:1], n_train_per_class=1, n_test_per_class=1
+    )
     calls: list[tuple[tuple[int, int], tuple[int, int]]] = []
     real_jpeg_draft = JpegImagePlugin.JpegImageFile.draft
 
@@ -429,13 +499,16 @@ def test_jpegs_are_decoded_at_reduced_scale(tmp_path: Path, monkeypatch: pytest.
     cars = StanfordCarsCAM(root, split="test", image_size=64)
     fast = cars[0][0]
     assert calls and all(after[0] <= -(-before[0] // 4) for before, after in calls)  # 1/4 scale or less for ~600 -> 64
-    full = torch.from_numpy(np.asarray(Image.open(cars.samples[0][0]).convert("RGB").resize((64, 64), Image.BILINEAR)) / 255.0)
+    full = torch.from_numpy(
+        np.asarray(Image.open(cars.samples[0][0]).convert("RGB").resize((64, 64), Image.BILINEAR)) / 255.0
+    )
     assert float((fast.permute(1, 2, 0).double() - full).abs().mean()) < 0.03  # same picture
 
 
 @pytest.mark.parametrize("split", ["test", "train"])
-def test_cache_returns_the_same_pixels_and_boxes_as_a_fresh_decode(tiny_root: Path, tmp_path: Path, split: str,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_returns_the_same_pixels_and_boxes_as_a_fresh_decode(
+    tiny_root: Path, tmp_path: Path, split: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kwargs = dict(split=split, image_size=48, return_box=True)
     fresh = StanfordCarsCAM(tiny_root, **kwargs)
     cached = StanfordCarsCAM(tiny_root, cache_dir=tmp_path / "cache", **kwargs)
@@ -467,11 +540,15 @@ def test_cache_works_in_dataloader_workers(tiny_root: Path, tmp_path: Path) -> N
     cars = StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=tmp_path / "cache")
     first = torch.cat([b[0] for b in DataLoader(cars, batch_size=4, num_workers=2)])
     second = torch.cat([b[0] for b in DataLoader(cars, batch_size=4, num_workers=2)])
-    assert torch.equal(first, second) and torch.equal(first, torch.stack([StanfordCarsCAM(tiny_root, split="test", image_size=32)[i][0] for i in range(len(cars))]))
+    assert torch.equal(first, second) and torch.equal(
+        first, torch.stack([StanfordCarsCAM(tiny_root, split="test", image_size=32)[i][0] for i in range(len(cars))])
+    )
     assert len(list((tmp_path / "cache").glob("*.npy"))) == len(cars) and not list((tmp_path / "cache").glob(".*.tmp"))
 
 
-def test_unwritable_cache_dir_is_one_clear_error(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_cache_dir_is_one_clear_error(
+    tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "ro"
     cache.mkdir()
 
@@ -483,7 +560,10 @@ def test_unwritable_cache_dir_is_one_clear_error(tiny_root: Path, tmp_path: Path
         monkeypatch.setattr(tempfile, probe, denied)
     with pytest.raises(ValueError) as caught:
         StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=cache)
-    assert str(caught.value) == f"cache_dir {str(cache)!r} is not writable (Permission denied); choose another folder or leave it out"
+    assert (
+        str(caught.value)
+        == f"cache_dir {str(cache)!r} is not writable (Permission denied); choose another folder or leave it out"
+    )
 
 
 def test_cache_dir_probe_leaves_nothing_and_a_file_is_refused(tiny_root: Path, tmp_path: Path) -> None:
@@ -494,8 +574,9 @@ def test_cache_dir_probe_leaves_nothing_and_a_file_is_refused(tiny_root: Path, t
         StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=tmp_path / "file")
 
 
-def test_cache_write_failures_warn_once(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_cache_write_failures_warn_once(
+    tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     cars = StanfordCarsCAM(tiny_root, split="test", image_size=32, cache_dir=tmp_path / "cache")
 
     def full(*args: object, **kwargs: object) -> None:
@@ -518,7 +599,9 @@ def test_root_that_is_not_a_path_names_root(root: object) -> None:
 def test_fast_resize_matches_pil_bilinear() -> None:
     rng = np.random.default_rng(0)
     pixels = (rng.random((181, 263, 3)) * 255).astype(np.uint8)
-    smooth = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.Resampling.BOX).resize((263, 181), Image.Resampling.BICUBIC))
+    smooth = np.asarray(
+        Image.fromarray(pixels).resize((64, 64), Image.Resampling.BOX).resize((263, 181), Image.Resampling.BICUBIC)
+    )
     fast = images_module.resize_pixels(smooth, 100)
     pil = np.asarray(Image.fromarray(smooth).resize((100, 100), Image.Resampling.BILINEAR))
     assert fast.shape == (100, 100, 3) and fast.dtype == np.uint8
@@ -541,7 +624,11 @@ def test_annotations_are_parsed_once(tiny_root: Path, monkeypatch: pytest.Monkey
     StanfordCarsCAM(tiny_root, split="test", image_size=32, **SEED_FILTERS)
     for i in range(len(train)):
         train[i]
-    assert sorted(Path(p).name for p in loads) == ["cars_meta.mat", "cars_test_annos_withlabels.mat", "cars_train_annos.mat"]
+    assert sorted(Path(p).name for p in loads) == [
+        "cars_meta.mat",
+        "cars_test_annos_withlabels.mat",
+        "cars_train_annos.mat",
+    ]
 
 
 def test_one_relative_path_in_two_working_folders_reads_each_folders_annotations(
@@ -569,7 +656,9 @@ def test_dataloader_with_workers_and_boxes(tiny_root: Path) -> None:
     assert images.shape == (3, 3, 32, 32) and boxes.shape == (3, 4) and labels.tolist() == cars.targets[:3]
 
 
-@pytest.mark.parametrize("kwargs", [dict(split="val"), dict(image_size=0), dict(image_size=22.5), dict(image_size=True)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(split="val"), dict(image_size=0), dict(image_size=22.5), dict(image_size=True)]
+)
 def test_bad_arguments(tiny_root: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         StanfordCarsCAM(tiny_root, **kwargs)
@@ -643,7 +732,11 @@ def test_summary_table(tiny_root: Path) -> None:
     table = format_filter_summary(tiny_root)
     assert table.splitlines()[0].startswith(f"Stanford Cars at {tiny_root}")
     rows = {line.split("  ")[0].strip(): line.split()[-3:] for line in table.splitlines() if line.strip()}
-    assert rows["BMW"] == ["13", "6", "4"] and rows["Land Rover"] == ["2", "0", "0"] and rows["(no type)"] == ["15", "0", "0"]
+    assert (
+        rows["BMW"] == ["13", "6", "4"]
+        and rows["Land Rover"] == ["2", "0", "0"]
+        and rows["(no type)"] == ["15", "0", "0"]
+    )
     assert format_filter_summary(summarize(tiny_root)) == table
 
 
@@ -652,7 +745,11 @@ def test_summary_table(tiny_root: Path) -> None:
 
 
 def fake_kagglehub(
-    monkeypatch: pytest.MonkeyPatch, cache: Path, writer: Any = None, with_output_dir: bool = True, error: Exception | None = None,
+    monkeypatch: pytest.MonkeyPatch,
+    cache: Path,
+    writer: Any = None,
+    with_output_dir: bool = True,
+    error: Exception | None = None,
 ) -> list[dict]:
     """Install a stand-in ``kagglehub``: ``dataset_download`` records its calls and runs ``writer(folder)``.
 
@@ -661,7 +758,9 @@ def fake_kagglehub(
     calls: list[dict] = []
     module = types.ModuleType("kagglehub")
 
-    def download_with_output_dir(handle: str, path: str | None = None, *, force_download: bool = False, output_dir: str | None = None) -> str:
+    def download_with_output_dir(
+        handle: str, path: str | None = None, *, force_download: bool = False, output_dir: str | None = None
+    ) -> str:
         calls.append(dict(handle=handle, output_dir=output_dir))
         if error is not None:
             raise error
@@ -685,7 +784,9 @@ def write_mirror(folder: Path) -> None:
 TINY_MIRROR = Mirror(num_classes=196, num_train=9, num_test=6)
 
 
-def test_existing_copy_is_used_and_nothing_is_fetched(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_existing_copy_is_used_and_nothing_is_fetched(
+    tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = fake_kagglehub(monkeypatch, tmp_path / "cache", error=AssertionError("must not be called"))
     cars = StanfordCarsCAM(tiny_root, split="test", download_datasets=True)
     assert len(cars) == 6 and calls == []
@@ -702,7 +803,9 @@ def test_download_moves_the_verified_mirror_under_root(tmp_path: Path, monkeypat
     assert len(StanfordCarsCAM(root, split="train")) == 9
 
 
-def test_download_links_from_the_client_cache_when_it_has_no_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_links_from_the_client_cache_when_it_has_no_output_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def kaggle_style(folder: Path) -> None:  # the Kaggle layout at the top of the download
         write_tiny_stanford_cars(folder.parent / "kaggle_tmp", layout="kaggle")
         shutil.move(str(folder.parent / "kaggle_tmp" / "stanford_cars"), folder)
@@ -767,7 +870,9 @@ def test_other_client_failure_mentions_credentials(tmp_path: Path, monkeypatch: 
         download_stanford_cars(tmp_path / "data")
 
 
-def test_broken_copy_in_the_way_is_not_overwritten(tiny_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broken_copy_in_the_way_is_not_overwritten(
+    tiny_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = fake_kagglehub(monkeypatch, tmp_path / "cache", write_mirror)
     shutil.rmtree(tiny_copy / "stanford_cars" / "cars_train")
     with pytest.raises(DownloadError, match="move it aside"):

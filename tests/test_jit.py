@@ -12,7 +12,9 @@ from CAM_Stanford_Cars.accel import jit
 needs_numba = pytest.mark.skipif(not jit.HAVE_NUMBA, reason="needs numba")
 
 
-@pytest.mark.parametrize("n, workers, tasks", [(10, 1, None), (10, 3, None), (10, 2, 8), (3, 8, 32), (1, 4, None), (0, 2, None)])
+@pytest.mark.parametrize(
+    "n, workers, tasks", [(10, 1, None), (10, 3, None), (10, 2, 8), (3, 8, 32), (1, 4, None), (0, 2, None)]
+)
 def test_run_in_ranges_covers_every_item_once(n: int, workers: int, tasks: int | None) -> None:
     seen: list[int] = []
     threads: set[int] = set()

@@ -234,11 +234,15 @@ def test_sweep_threads_give_the_same_answer() -> None:
     assert np.array_equal(one[0], three[0]) and np.array_equal(one[1], three[1])
 
 
-@pytest.mark.parametrize("make", [
-    lambda m: torch.from_numpy(m).bfloat16(),
-    lambda m: torch.from_numpy(m).half(),
-    lambda m: torch.from_numpy(m).requires_grad_(),
-], ids=["bf16", "fp16", "requires_grad"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: torch.from_numpy(m).bfloat16(),
+        lambda m: torch.from_numpy(m).half(),
+        lambda m: torch.from_numpy(m).requires_grad_(),
+    ],
+    ids=["bf16", "fp16", "requires_grad"],
+)
 def test_sweeps_take_tensors_as_the_float32_numpy_path(make) -> None:
     rng = np.random.default_rng(8)
     maps = smooth_maps(rng, 4, (14, 15)).astype(np.float32)
@@ -249,7 +253,9 @@ def test_sweeps_take_tensors_as_the_float32_numpy_path(make) -> None:
     assert np.array_equal(sweep_boxes(tensor), sweep_boxes(expected_maps))
     assert np.array_equal(sweep_boxes(tensor[0]), sweep_boxes(expected_maps[0]))
     assert np.array_equal(sweep_best_iou(tensor, gt), sweep_best_iou(expected_maps, gt.numpy()))
-    assert np.array_equal(accel_sweep.run_sweep(L._check_maps(L._as_maps(tensor)), THRESHOLDS, None)[0], sweep_boxes(expected_maps))
+    assert np.array_equal(
+        accel_sweep.run_sweep(L._check_maps(L._as_maps(tensor)), THRESHOLDS, None)[0], sweep_boxes(expected_maps)
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -298,7 +304,11 @@ def test_module_without_numba_falls_back_to_python(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` raise ImportError
     # Fresh copies of accel/jit.py, accel/sweep.py and localization.py, the package's own left as they are.
     package = Path(L.__file__).parent
-    for name, path in (("accel.jit", "accel/jit.py"), ("accel.sweep", "accel/sweep.py"), ("localization", "localization.py")):
+    for name, path in (
+        ("accel.jit", "accel/jit.py"),
+        ("accel.sweep", "accel/sweep.py"),
+        ("localization", "localization.py"),
+    ):
         spec = importlib.util.spec_from_file_location(f"CAM_Stanford_Cars.{name}", package / path)
         module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, spec.name, module)

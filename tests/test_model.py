@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import errno
+import os
 import pickle
 import subprocess
 import sys
@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
 from torchvision.models import alexnet
@@ -119,7 +118,9 @@ def test_train_and_eval_mode_give_the_same_cam(model: AlexNetGAP) -> None:
 
 def test_the_model_normalises_its_input(model: AlexNetGAP) -> None:
     x = torch.rand(1, 3, 64, 64)
-    manual = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    manual = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         expected = model.cam_conv(model.features(manual))
         torch.testing.assert_close(model.forward_features(x), expected)
@@ -147,11 +148,19 @@ def test_bad_inputs_are_refused(model: AlexNetGAP) -> None:
 @pytest.mark.parametrize(
     "images, error, message",
     [
-        (np.zeros((1, 3, 64, 64), np.float32), TypeError, r"torch\.Tensor of shape \(B, 3, H, W\), got ndarray; use torch\.from_numpy"),
+        (
+            np.zeros((1, 3, 64, 64), np.float32),
+            TypeError,
+            r"torch\.Tensor of shape \(B, 3, H, W\), got ndarray; use torch\.from_numpy",
+        ),
         ([[[[0.0] * 64] * 64] * 3], TypeError, r"got list; use torch\.as_tensor"),
         (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), ValueError, r"torch\.uint8.*images\.float\(\) / 255"),
         (torch.zeros(1, 3, 64, 64, dtype=torch.int64), ValueError, r"torch\.int64.*images\.float\(\) / 255"),
-        (torch.zeros(1, 3, 64, 64, dtype=torch.float64), ValueError, r"float64.*weights are torch\.float32.*images\.float\(\)"),
+        (
+            torch.zeros(1, 3, 64, 64, dtype=torch.float64),
+            ValueError,
+            r"float64.*weights are torch\.float32.*images\.float\(\)",
+        ),
     ],
 )
 def test_images_of_the_wrong_type_get_a_hint(model: AlexNetGAP, images: object, error: type, message: str) -> None:
@@ -168,7 +177,11 @@ def test_half_precision_images_run_on_a_float32_model(model: AlexNetGAP) -> None
 
 @pytest.mark.parametrize(
     "class_idx, message",
-    [("2", "string '2'.*class_to_idx"), (2**70, r"\[0, 4\], got 1180591620717411303424"), ([0, 2**70], r"\[0, 4\] per sample")],
+    [
+        ("2", "string '2'.*class_to_idx"),
+        (2**70, r"\[0, 4\], got 1180591620717411303424"),
+        ([0, 2**70], r"\[0, 4\] per sample"),
+    ],
 )
 def test_class_idx_of_the_wrong_kind_is_refused(model: AlexNetGAP, class_idx: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -192,7 +205,9 @@ def test_cam_under_bf16_autocast_is_float32(model: AlexNetGAP) -> None:
 def test_class_activation_maps_checks_its_arguments(model: AlexNetGAP) -> None:
     with torch.no_grad():
         features = model.forward_features(torch.rand(2, 3, 64, 64))  # (2, 32, 3, 3)
-        torch.testing.assert_close(model.class_activation_maps(features, 3), model.class_activation_maps(features)[:, 3])
+        torch.testing.assert_close(
+            model.class_activation_maps(features, 3), model.class_activation_maps(features)[:, 3]
+        )
     with pytest.raises(ValueError, match=r"\[0, 4\], got 5"):
         model.class_activation_maps(features, 5)
     with pytest.raises(ValueError, match=r"\[0, 4\], got \[0, -1\]"):
@@ -255,8 +270,14 @@ FILTERS = {"car_type": "Sedan", "car_brand": ["BMW", "Audi"], "car_production_ye
 
 def test_checkpoint_round_trip(model: AlexNetGAP, tmp_path: Path) -> None:
     path = save_checkpoint(
-        tmp_path / "run" / "last.pt", model, class_names=list("abcde"), image_size=224, epoch=3,
-        metrics={"val_top1": 0.5}, args={"root": tmp_path}, **FILTERS,
+        tmp_path / "run" / "last.pt",
+        model,
+        class_names=list("abcde"),
+        image_size=224,
+        epoch=3,
+        metrics={"val_top1": 0.5},
+        args={"root": tmp_path},
+        **FILTERS,
     )
     x = torch.rand(2, 3, 96, 96)
     restored, checkpoint = load_checkpoint(path)
@@ -288,7 +309,9 @@ def test_checkpoint_refuses_non_plain_state(model: AlexNetGAP, tmp_path: Path) -
     assert not any(tmp_path.iterdir())
 
 
-def test_failed_save_keeps_the_previous_checkpoint(model: AlexNetGAP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_save_keeps_the_previous_checkpoint(
+    model: AlexNetGAP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = save_checkpoint(tmp_path / "c.pt", model, epoch=1)
     good = path.read_bytes()
 
@@ -307,7 +330,9 @@ class Exploit:
         return (os.system, ("touch " + os.environ.get("EXPLOIT_MARK", "/tmp/never"),))
 
 
-def test_bad_checkpoint_files_get_clear_errors(model: AlexNetGAP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_checkpoint_files_get_clear_errors(
+    model: AlexNetGAP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
 
@@ -348,7 +373,9 @@ def test_unknown_architecture_gets_one_clear_line(model: AlexNetGAP, tmp_path: P
     payload = torch.load(path, weights_only=True)
     payload["arch"] = "resnet_gap"
     torch.save(payload, path)
-    with pytest.raises(CheckpointError, match="unknown architecture 'resnet_gap'; this version knows 'alexnet_gap'") as caught:
+    with pytest.raises(
+        CheckpointError, match="unknown architecture 'resnet_gap'; this version knows 'alexnet_gap'"
+    ) as caught:
         load_checkpoint(path)
     assert "\n" not in str(caught.value)
 
@@ -356,8 +383,18 @@ def test_unknown_architecture_gets_one_clear_line(model: AlexNetGAP, tmp_path: P
 def test_names_that_moved_out_of_the_model_still_import_from_it() -> None:
     import CAM_Stanford_Cars.model as model_module
 
-    moved = {"CHECKPOINT_FORMAT_VERSION", "CheckpointError", "atomic_file", "build_model", "default_file_mode",
-             "file_in_the_way", "load_checkpoint", "require_entries", "save_checkpoint", "unwrap_model"}
+    moved = {
+        "CHECKPOINT_FORMAT_VERSION",
+        "CheckpointError",
+        "atomic_file",
+        "build_model",
+        "default_file_mode",
+        "file_in_the_way",
+        "load_checkpoint",
+        "require_entries",
+        "save_checkpoint",
+        "unwrap_model",
+    }
     assert moved <= set(model_module.__all__)
     assert all(hasattr(model_module, name) for name in model_module.__all__)
 
@@ -416,8 +453,11 @@ def test_checkpoint_path_that_is_a_folder_or_none(tmp_path: Path) -> None:
         ("bogus", r"map_location 'bogus' is not a device; use 'cpu'"),
         ("auto", r"map_location 'auto' is not a device"),
         (3, r"map_location must be a device name"),
-        pytest.param("cuda", r"asks for CUDA, which is not available here; use 'cpu'",
-                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
+        pytest.param(
+            "cuda",
+            r"asks for CUDA, which is not available here; use 'cpu'",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
+        ),
     ],
 )
 def test_device_problems_are_not_reported_as_a_bad_file(
@@ -435,10 +475,12 @@ def test_atomic_file_under_a_regular_file_names_the_target(tmp_path: Path) -> No
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
     target = blocker / "x.png"
-    with pytest.raises(NotADirectoryError) as caught:
-        with atomic_file(target) as handle:
-            handle.write(b"never")
-    assert str(caught.value) == f"could not write {str(target)!r}: {str(blocker)!r} is a file, not a folder; choose another path"
+    with pytest.raises(NotADirectoryError) as caught, atomic_file(target) as handle:
+        handle.write(b"never")
+    assert (
+        str(caught.value)
+        == f"could not write {str(target)!r}: {str(blocker)!r} is a file, not a folder; choose another path"
+    )
     assert caught.value.errno == errno.ENOTDIR
     assert blocker.read_text() == "not a folder"
 
@@ -464,9 +506,8 @@ def test_atomic_file_errors_name_the_target_not_the_temp_file(
         raise PermissionError(errno.EPERM, "Operation not permitted", str(tmp_path / "ro" / ".x.png.4136.tmp"))
 
     monkeypatch.setattr(tempfile if step == "mkstemp" else os, step, denied)
-    with pytest.raises(PermissionError) as caught:
-        with atomic_file(target) as handle:
-            handle.write(b"data")
+    with pytest.raises(PermissionError) as caught, atomic_file(target) as handle:
+        handle.write(b"data")
     assert str(caught.value) == f"could not write {str(target)!r}: Operation not permitted; choose another path"
     assert caught.value.errno == errno.EPERM
     assert list((tmp_path / "ro").iterdir()) == []  # no temp file left behind
@@ -486,7 +527,9 @@ IMPORT_CHECK = (
 
 
 def test_package_imports_from_another_directory(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-c", IMPORT_CHECK], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHECK], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == REPO_ROOT
 
@@ -503,7 +546,9 @@ def test_package_imports_from_a_clone_beside_a_notebook(tmp_path: Path) -> None:
     clone = tmp_path / "CAM_Stanford_Cars"
     clone.symlink_to(REPO_ROOT, target_is_directory=True)
     # The path entry comes before the editable install's finder, so the clone is what imports.
-    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); " + IMPORT_CHECK.replace(".parent)", ".parent.absolute())")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); " + IMPORT_CHECK.replace(
+        ".parent)", ".parent.absolute())"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == clone

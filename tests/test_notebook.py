@@ -103,7 +103,10 @@ def run_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str,
     assert kernel_manager.kernel_spec.argv[0] == sys.executable
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(
-        notebook, km=kernel_manager, timeout=CELL_TIMEOUT, kernel_name="python3",
+        notebook,
+        km=kernel_manager,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
         resources={"metadata": {"path": str(workdir)}},
     )
     client.execute()  # raises CellExecutionError, naming the cell, if any cell raises
@@ -139,15 +142,19 @@ def check_figures_and_metrics(notebook: Any, out_dir: Path, n_test_images: int) 
 
 def test_quickstart_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out_dir = tmp_path / "out"
-    notebook = run_notebook(tmp_path, monkeypatch, {
-        # A small, one-epoch synthetic run, written under tmp_path only: one validation and one train image per
-        # class, and one test image (the CAM grid still shows eight; the methods compare nine, not sixteen).
-        "CAM_QUICKSTART_DIR": str(out_dir),
-        "CAM_QUICKSTART_DATA": str(tmp_path / "no_real_data"),
-        "CAM_QUICKSTART_EPOCHS": "1",
-        "CAM_QUICKSTART_TRAIN_PER_CLASS": "2",
-        "CAM_QUICKSTART_TEST_PER_CLASS": "1",
-    })
+    notebook = run_notebook(
+        tmp_path,
+        monkeypatch,
+        {
+            # A small, one-epoch synthetic run, written under tmp_path only: one validation and one train image per
+            # class, and one test image (the CAM grid still shows eight; the methods compare nine, not sixteen).
+            "CAM_QUICKSTART_DIR": str(out_dir),
+            "CAM_QUICKSTART_DATA": str(tmp_path / "no_real_data"),
+            "CAM_QUICKSTART_EPOCHS": "1",
+            "CAM_QUICKSTART_TRAIN_PER_CLASS": "2",
+            "CAM_QUICKSTART_TEST_PER_CLASS": "1",
+        },
+    )
     assert "data: synthetic" in _text(_cell_with(notebook.cells, "DOWNLOAD = "))
     check_figures_and_metrics(notebook, out_dir, n_test_images=9)  # 9 BMW 2012 classes x 1 test image
     assert (out_dir / "demo" / "run" / "best.pt").is_file()
@@ -162,22 +169,36 @@ def test_quickstart_notebook_trains_on_the_real_data_where_present(
 
     # A Stanford Cars in the real format: the two BMW 2012 sedans and a Jeep the filters leave out. Few images, as
     # the seed's settings train and score at 224 px: one train, one validation and one test image per class.
-    real_root = write_synthetic_stanford_cars(tmp_path / "real_cars", class_names=TINY_CLASS_NAMES, n_train_per_class=2,
-                                              n_test_per_class=1, image_size=(320, 208), seed=0)
+    real_root = write_synthetic_stanford_cars(
+        tmp_path / "real_cars",
+        class_names=TINY_CLASS_NAMES,
+        n_train_per_class=2,
+        n_test_per_class=1,
+        image_size=(320, 208),
+        seed=0,
+    )
     checkpoints = tmp_path / "torch_home" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     shutil.copy(fake_alexnet_weights, checkpoints / fake_alexnet_weights.name)
     out_dir = tmp_path / "out"
-    notebook = run_notebook(tmp_path, monkeypatch, {
-        "CAM_QUICKSTART_DIR": str(out_dir),
-        "CAM_QUICKSTART_DATA": str(real_root),
-        "CAM_QUICKSTART_EPOCHS": "1",
-        "TORCH_HOME": str(tmp_path / "torch_home"),
-    })
+    notebook = run_notebook(
+        tmp_path,
+        monkeypatch,
+        {
+            "CAM_QUICKSTART_DIR": str(out_dir),
+            "CAM_QUICKSTART_DATA": str(real_root),
+            "CAM_QUICKSTART_EPOCHS": "1",
+            "TORCH_HOME": str(tmp_path / "torch_home"),
+        },
+    )
     assert f"data: {real_root}" in _text(_cell_with(notebook.cells, "DOWNLOAD = "))
     check_figures_and_metrics(notebook, out_dir, n_test_images=2)  # the two BMW 2012 sedans x 1 test image
     from CAM_Stanford_Cars.model import load_checkpoint
 
     _, checkpoint = load_checkpoint(out_dir / "run" / "best.pt")
-    assert (checkpoint["car_type"], checkpoint["car_brand"], checkpoint["car_production_year"]) == ("Sedan", "BMW", 2012)
+    assert (checkpoint["car_type"], checkpoint["car_brand"], checkpoint["car_production_year"]) == (
+        "Sedan",
+        "BMW",
+        2012,
+    )
     assert checkpoint["args"]["batch_size"] == 4 and checkpoint["args"]["pretrained"] is True

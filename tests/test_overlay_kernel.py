@@ -14,7 +14,13 @@ from CAM_Stanford_Cars.visualize import apply_cam
 pytestmark = pytest.mark.skipif(not overlay_kernel.HAVE_NUMBA, reason="the overlay kernel needs numba")
 
 # (map size, image size) pairs whose outputs are large enough for torch's generic bilinear kernel.
-UPSAMPLES = [((13, 13), (224, 224)), ((7, 9), (100, 333)), ((14, 14), (227, 227)), ((3, 2), (1000, 50)), ((1, 1), (96, 96))]
+UPSAMPLES = [
+    ((13, 13), (224, 224)),
+    ((7, 9), (100, 333)),
+    ((14, 14), (227, 227)),
+    ((3, 2), (1000, 50)),
+    ((1, 1), (96, 96)),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +78,9 @@ def test_probe_refuses_other_rounding(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not overlay_kernel.matches_torch((13, 13), (224, 224))
 
 
-def overlay_inputs(batch: int, image_size: tuple[int, int], map_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def overlay_inputs(
+    batch: int, image_size: tuple[int, int], map_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(batch)
     images = torch.rand(batch, 3, *image_size, generator=generator) * 1.2 - 0.1  # a little outside [0, 1]
     cams = torch.randn(batch, *map_size, generator=generator) * torch.logspace(-2, 3, batch).view(-1, 1, 1)
@@ -127,9 +135,12 @@ def test_single_image_strided_input_and_half_precision_maps_take_the_kernel(monk
 
 
 @pytest.mark.parametrize(
-    "images_dtype, cams_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64), (torch.float16, torch.float32)]
+    "images_dtype, cams_dtype",
+    [(torch.float64, torch.float32), (torch.float32, torch.float64), (torch.float16, torch.float32)],
 )
-def test_other_dtypes_keep_the_torch_path(monkeypatch: pytest.MonkeyPatch, images_dtype: torch.dtype, cams_dtype: torch.dtype) -> None:
+def test_other_dtypes_keep_the_torch_path(
+    monkeypatch: pytest.MonkeyPatch, images_dtype: torch.dtype, cams_dtype: torch.dtype
+) -> None:
     images, cams = overlay_inputs(2, (224, 224), (13, 13))
     calls = count_kernel_calls(monkeypatch)
     out = apply_cam(images.to(images_dtype), cams.to(cams_dtype))
@@ -171,8 +182,12 @@ def test_a_map_whose_span_overflows_is_refused_not_read_out_of_bounds() -> None:
 )
 def test_blend_overlays_refuses_arrays_it_would_misread(change: object, match: str) -> None:
     images, cams = overlay_inputs(2, (150, 150), (13, 13))
-    arrays = {"images": images.numpy(), "cams": cams.numpy(), "table": np.zeros((3, 257), np.float32),
-              "out": np.zeros(images.shape, np.float32)}
+    arrays = {
+        "images": images.numpy(),
+        "cams": cams.numpy(),
+        "table": np.zeros((3, 257), np.float32),
+        "out": np.zeros(images.shape, np.float32),
+    }
     change(arrays)  # type: ignore[operator]
     with pytest.raises(ValueError, match=match):
         overlay_kernel.blend_overlays(arrays["images"], arrays["cams"], arrays["table"], 0.5, arrays["out"], threads=1)

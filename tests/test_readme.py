@@ -57,10 +57,8 @@ COMMAND_TESTS: dict[str, str] = {
         "torchrun --nproc_per_node 2 main.py --n_epochs 30 --batch_size 4 --checkpoints_dir path/to/dir/for/checkpoints "
         "--root_datasets_dir stanford_cars_dataset --car_type Sedan --car_brand BMW --car_production_year 2012"
     ): "tests/test_train.py::test_two_processes_with_gloo",  # as python -m torch.distributed.run
-    "python visualize.py path/to/dir/for/checkpoints/best.pt --split test --n 16 --out cams.png":
-        "tests/test_cli.py::test_visualize_command_draws_a_grid_with_boxes",
-    "python main.py --evaluate path/to/dir/for/checkpoints/best.pt --root_datasets_dir stanford_cars_dataset --split test":
-        "tests/test_cli.py::test_evaluate_command_prints_a_table_and_writes_json",
+    "python visualize.py path/to/dir/for/checkpoints/best.pt --split test --n 16 --out cams.png": "tests/test_cli.py::test_visualize_command_draws_a_grid_with_boxes",
+    "python main.py --evaluate path/to/dir/for/checkpoints/best.pt --root_datasets_dir stanford_cars_dataset --split test": "tests/test_cli.py::test_evaluate_command_prints_a_table_and_writes_json",
     "python benchmarks/run.py": "tests/test_benchmarks.py::test_quick_benchmark_writes_every_figure",  # in --quick mode
     "python main.py --evaluate best.pt --methods all": "tests/test_compare.py::test_the_methods_flag_prints_a_table_and_names_bad_input",
     "python visualize.py best.pt --method gradcam --out cams.png": "tests/test_compare.py::test_visualize_draws_another_methods_map",
@@ -78,7 +76,9 @@ PYTHON_PLACEHOLDERS = {
 }
 
 # Options of programs that are not this repository's scripts.
-EXTERNAL_OPTIONS = {"torchrun": {"--nproc_per_node", "--nnodes", "--standalone", "--node_rank", "--master_addr", "--master_port"}}
+EXTERNAL_OPTIONS = {
+    "torchrun": {"--nproc_per_node", "--nnodes", "--standalone", "--node_rank", "--master_addr", "--master_port"}
+}
 
 
 @dataclass
@@ -160,7 +160,7 @@ def ci_commands() -> list[str]:
     """The commands of the line after the CI marker, read as ``.ci/run`` reads it."""
     lines = readme_text().splitlines()
     assert CI_MARKER in lines, f"README.md has no {CI_MARKER} line; .ci/run needs it"
-    rest = lines[lines.index(CI_MARKER) + 1:]
+    rest = lines[lines.index(CI_MARKER) + 1 :]
     line = next(line for line in rest if not line.startswith("```"))
     return [command.text for command in split_commands(line, 0)]
 
@@ -197,7 +197,9 @@ def test_every_documented_command_is_run_by_a_test_or_by_ci() -> None:
         target = COMMAND_TESTS.get(command.text)
         where = f"{command.where}:{command.line}: {command.text!r}"
         if target is None:
-            problems.append(f"{where} is run by no test: add a test, and an entry to COMMAND_TESTS in tests/test_readme.py")
+            problems.append(
+                f"{where} is run by no test: add a test, and an entry to COMMAND_TESTS in tests/test_readme.py"
+            )
         elif target == CI:
             if command.text not in ci and CI_COVERS.get(command.text) not in ci:
                 problems.append(f"{where} is marked as CI's, but CI's command is {' && '.join(ci)!r}")
@@ -255,7 +257,9 @@ def test_every_documented_flag_exists() -> None:
     known = set().union(*(_script_options(p) or set() for p in ("main.py", "visualize.py")))
     for path in REPO_ROOT.rglob("*.py"):
         if "tests" not in path.relative_to(REPO_ROOT).parts and not any(part.startswith(".") for part in path.parts):
-            known |= set(re.findall(r"""add_argument\(\s*['"](--[\w-]+)""", path.read_text(encoding="utf-8", errors="replace")))
+            known |= set(
+                re.findall(r"""add_argument\(\s*['"](--[\w-]+)""", path.read_text(encoding="utf-8", errors="replace"))
+            )
     known |= set().union(*EXTERNAL_OPTIONS.values())
     for path in DOCUMENTS:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -271,7 +275,9 @@ def test_documented_python_blocks_run(
 ) -> None:
     import matplotlib.pyplot as plt
 
-    blocks = [block for block in fenced_blocks(document.read_text(encoding="utf-8")) if block.language in {"python", "py"}]
+    blocks = [
+        block for block in fenced_blocks(document.read_text(encoding="utf-8")) if block.language in {"python", "py"}
+    ]
     if document == README:
         assert blocks, "README.md has no ```python blocks"
     (tmp_path / "stanford_cars_dataset").symlink_to(synthetic_root, target_is_directory=True)
@@ -294,7 +300,7 @@ def _substitute(tokens: list[str], replacements: dict[str, str]) -> list[str]:
     for token in tokens:
         for placeholder, value in replacements.items():
             if token == placeholder or token.startswith(placeholder + "/"):
-                token = value + token[len(placeholder):]
+                token = value + token[len(placeholder) :]
         out.append(token)
     return out
 
@@ -309,17 +315,48 @@ def test_readme_resume_command_continues_an_interrupted_run(synthetic_root: Path
     assert tokens[:2] == ["python", "main.py"], tokens
     run_dir = tmp_path / "run"
     # Fewer epochs, smaller images, from scratch, quietly: the values the first run starts with too.
-    speed = ["--n_epochs", "2", "--image_size", "64", "--pretrained", "false", "--device", "cpu", "--num_workers", "0",
-             "--progress", "false"]
-    first = fit(TrainConfig(
-        root=str(synthetic_root), checkpoints_dir=str(run_dir), car_type="Sedan", car_brand="BMW", car_production_year=2012,
-        n_epochs=2, batch_size=4, image_size=64, pretrained=False, device="cpu", num_workers=0, progress=False,
-    ), stop_after_steps=1)
+    speed = [
+        "--n_epochs",
+        "2",
+        "--image_size",
+        "64",
+        "--pretrained",
+        "false",
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--progress",
+        "false",
+    ]
+    first = fit(
+        TrainConfig(
+            root=str(synthetic_root),
+            checkpoints_dir=str(run_dir),
+            car_type="Sedan",
+            car_brand="BMW",
+            car_production_year=2012,
+            n_epochs=2,
+            batch_size=4,
+            image_size=64,
+            pretrained=False,
+            device="cpu",
+            num_workers=0,
+            progress=False,
+        ),
+        stop_after_steps=1,
+    )
     assert first.interrupted and read_metrics_log(run_dir / "metrics.jsonl") == []  # stopped inside epoch 1
-    args = _substitute(tokens[2:], {"path/to/dir/for/checkpoints": str(run_dir), "stanford_cars_dataset": str(synthetic_root)})
+    args = _substitute(
+        tokens[2:], {"path/to/dir/for/checkpoints": str(run_dir), "stanford_cars_dataset": str(synthetic_root)}
+    )
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "main.py"), *args, *speed], cwd=tmp_path, capture_output=True, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=300,
+        [sys.executable, str(REPO_ROOT / "main.py"), *args, *speed],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [record["epoch"] for record in read_metrics_log(run_dir / "metrics.jsonl")] == [1, 2]
@@ -430,6 +467,7 @@ def test_code_map_names_every_module_and_what_it_imports() -> None:
     )
     problems = [
         f"{row.module} imports {sorted(_imports_of(row.module) - row.allowed)}, which its code map row does not allow"
-        for row in rows if _imports_of(row.module) - row.allowed
+        for row in rows
+        if _imports_of(row.module) - row.allowed
     ]
     assert not problems, "\n".join(problems)

@@ -52,7 +52,9 @@ def checkpoint(trained_run: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def written(checkpoint: Path, synthetic_root: Path, tmp_path: Path) -> dict[str, Any]:
-    return write_report(checkpoint, tmp_path / "out" / "report.html", synthetic_root, device="cpu", num_workers=0, progress=False)
+    return write_report(
+        checkpoint, tmp_path / "out" / "report.html", synthetic_root, device="cpu", num_workers=0, progress=False
+    )
 
 
 def test_the_report_is_one_self_contained_page_with_the_metrics_of_evaluate(
@@ -79,10 +81,20 @@ def test_the_report_is_one_self_contained_page_with_the_metrics_of_evaluate(
     top1_hits = sum(r and card["data-hit"] == "1" for r, card in zip(right, cards))
     assert top1_hits / written["n_with_box"] == pytest.approx(written["top1_loc_at_cam_threshold"])
     per_class = re.findall(r"<td class=n>(\d+)</td><td class=n>[^<]*</td><td class=n>([\d.]+)% of (\d+)</td>", text)
-    assert sum(int(n) for n, _, _ in per_class) == len(cards) and sum(int(boxed) for _, _, boxed in per_class) == written["n_with_box"]
+    assert (
+        sum(int(n) for n, _, _ in per_class) == len(cards)
+        and sum(int(boxed) for _, _, boxed in per_class) == written["n_with_box"]
+    )
     known_hits = sum(round(float(rate) * int(boxed) / 100) for _, rate, boxed in per_class)
     assert known_hits == round(written["gt_known_loc_at_cam_threshold"] * written["n_with_box"])
-    for section in ("Run", "Metrics (test)", "Training curves", "Box accuracy against the CAM threshold", "Per class", "Gallery"):
+    for section in (
+        "Run",
+        "Metrics (test)",
+        "Training curves",
+        "Box accuracy against the CAM threshold",
+        "Per class",
+        "Gallery",
+    ):
         assert f"<h2>{section}" in text, section
     assert "GT-known Loc*" in text and "best.pt" in text
 
@@ -95,8 +107,17 @@ def _chromium() -> str:
 
 
 def _browse(browser: str, tmp_path: Path, *args: str) -> str:
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-               f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000", *args]
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -112,7 +133,10 @@ def test_a_headless_browser_sorts_and_filters_the_gallery_from_the_url(written: 
         assert dom.body.get("data-ready") == "1" and dom.body.get("data-sort") == sort, dom.body
         assert not dom.body.get("data-errors"), dom.body.get("data-errors")
         assert len(dom.cards) == written["n_cards"] and not any("hidden" in card for card in dom.cards)
-        boxed = sorted((card for card in original if card["data-iou"]), key=lambda c: (-_iou(c) if descending else _iou(c), order[c["data-i"]]))
+        boxed = sorted(
+            (card for card in original if card["data-iou"]),
+            key=lambda c: (-_iou(c) if descending else _iou(c), order[c["data-i"]]),
+        )
         expected = [card["data-i"] for card in boxed] + [card["data-i"] for card in original if not card["data-iou"]]
         assert [card["data-i"] for card in dom.cards] == expected
         ious = [_iou(card) for card in dom.cards if card["data-iou"]]
@@ -133,7 +157,9 @@ def test_a_headless_browser_sorts_and_filters_the_gallery_from_the_url(written: 
 
 
 @pytest.mark.parametrize("case", ["folder", "suffix", "file in the way", "unwritable"])
-def test_a_path_it_cannot_write_is_refused_before_any_evaluation(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_path_it_cannot_write_is_refused_before_any_evaluation(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_evaluation(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the checkpoint was loaded before the path was checked")
 
@@ -142,8 +168,12 @@ def test_a_path_it_cannot_write_is_refused_before_any_evaluation(case: str, tmp_
     (tmp_path / "a_file").write_text("not a folder")
     if case == "unwritable":
         monkeypatch.setattr(report, "unwritable_reason", lambda folder: "Read-only file system")
-    path = {"folder": tmp_path / "folder.html", "suffix": tmp_path / "report.txt", "file in the way": tmp_path / "a_file" / "report.html",
-            "unwritable": tmp_path / "report.html"}[case]
+    path = {
+        "folder": tmp_path / "folder.html",
+        "suffix": tmp_path / "report.txt",
+        "file in the way": tmp_path / "a_file" / "report.html",
+        "unwritable": tmp_path / "report.html",
+    }[case]
     before = sorted(p.name for p in tmp_path.rglob("*"))
     with pytest.raises(ValueError) as info:
         write_report(tmp_path / "missing.pt", path, device="cpu", progress=False)
@@ -168,15 +198,36 @@ def test_a_failure_mid_evaluation_leaves_the_old_page_whole(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "report.html"]
 
 
-def test_the_report_flag_of_evaluate(trained_run: Path, synthetic_root: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_report_flag_of_evaluate(
+    trained_run: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from CAM_Stanford_Cars.main import main
 
     checkpoint = Path(shutil.copy(trained_run / "best.pt", tmp_path / "best.pt"))
     out = tmp_path / "pages" / "report.html"
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "main.py"), "--evaluate", str(checkpoint),
-                           "--root_datasets_dir", str(synthetic_root), "--report", str(out), "--device", "cpu", "--num_workers", "0",
-                           "--progress", "false", "--methods", "cam,gradcam"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "main.py"),
+            "--evaluate",
+            str(checkpoint),
+            "--root_datasets_dir",
+            str(synthetic_root),
+            "--report",
+            str(out),
+            "--device",
+            "cpu",
+            "--num_workers",
+            "0",
+            "--progress",
+            "false",
+            "--methods",
+            "cam,gradcam",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "gradcam" in out.read_text(encoding="utf-8") and f"report: {out}" in done.stdout
     assert main(["--report", str(out)]) == 2

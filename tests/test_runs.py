@@ -36,11 +36,23 @@ SEED_FILTERS = ["--car_type", "Sedan", "--car_brand", "BMW", "--car_production_y
 
 def tiny_config(root: Path, run_dir: Path, **overrides: object) -> TrainConfig:
     settings: dict[str, object] = {
-        "root": str(root), "checkpoints_dir": str(run_dir), "n_epochs": 2, "batch_size": 4, "image_size": 64, "pretrained": False,
-        "device": "cpu", "num_workers": 0, "progress": False, "seed": 3, "lr": 0.01, "car_type": "Sedan", "car_brand": "BMW",
+        "root": str(root),
+        "checkpoints_dir": str(run_dir),
+        "n_epochs": 2,
+        "batch_size": 4,
+        "image_size": 64,
+        "pretrained": False,
+        "device": "cpu",
+        "num_workers": 0,
+        "progress": False,
+        "seed": 3,
+        "lr": 0.01,
+        "car_type": "Sedan",
+        "car_brand": "BMW",
         "car_production_year": 2012,
     }
     return TrainConfig(**{**settings, **overrides})
+
 
 HOLDER = """
 import sys, time
@@ -88,9 +100,26 @@ def test_a_second_run_in_a_held_folder_is_refused_naming_the_holder(synthetic_ro
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         result = subprocess.run(
-            [sys.executable, str(MAIN), "--root_datasets_dir", str(synthetic_root), "--checkpoints_dir", str(run_dir), "--n_epochs", "1",
-             "--pretrained", "false", "--image_size", "64", "--progress", "false", *SEED_FILTERS],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                str(MAIN),
+                "--root_datasets_dir",
+                str(synthetic_root),
+                "--checkpoints_dir",
+                str(run_dir),
+                "--n_epochs",
+                "1",
+                "--pretrained",
+                "false",
+                "--image_size",
+                "64",
+                "--progress",
+                "false",
+                *SEED_FILTERS,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines() == [result.stderr.strip()]
@@ -111,7 +140,11 @@ def test_a_failed_start_leaves_no_folder_and_stale_temp_files_are_removed(synthe
     assert not (tmp_path / "new").exists()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    stale = [run_dir / ".last.pt.k3j_x9a1.tmp", run_dir / ".metrics.jsonl.abcdefgh.tmp", run_dir / ".best_test_metrics.json.01234567.tmp"]
+    stale = [
+        run_dir / ".last.pt.k3j_x9a1.tmp",
+        run_dir / ".metrics.jsonl.abcdefgh.tmp",
+        run_dir / ".best_test_metrics.json.01234567.tmp",
+    ]
     kept = [run_dir / ".notes.txt.abcdefgh.tmp", run_dir / "mine.tmp"]
     for path in stale + kept:
         path.write_bytes(b"half")
@@ -121,17 +154,22 @@ def test_a_failed_start_leaves_no_folder_and_stale_temp_files_are_removed(synthe
     assert [p.exists() for p in kept] == [True] * len(kept)
 
 
-@pytest.mark.parametrize("step, call", [
-    ("save_checkpoint", 2),  # the second epoch's checkpoint never written
-    ("keep_as_best", 2),  # killed while copying the best epoch to best.pt
-    ("write_metrics_log", 2),  # last.pt saved, its log line lost
-    ("plot_training_curves", 1),
-])
+@pytest.mark.parametrize(
+    "step, call",
+    [
+        ("save_checkpoint", 2),  # the second epoch's checkpoint never written
+        ("keep_as_best", 2),  # killed while copying the best epoch to best.pt
+        ("write_metrics_log", 2),  # last.pt saved, its log line lost
+        ("plot_training_curves", 1),
+    ],
+)
 def test_a_kill_at_any_write_step_is_repaired_by_resume(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, call: int
 ) -> None:
     run_dir = tmp_path / "run"
-    config = tiny_config(synthetic_root, run_dir, n_epochs=3, val_fraction=0.0)  # no validation: every epoch is the best so far
+    config = tiny_config(
+        synthetic_root, run_dir, n_epochs=3, val_fraction=0.0
+    )  # no validation: every epoch is the best so far
     with monkeypatch.context() as patch:
         kill_at_call(patch, train_module, step, call)
         with pytest.raises(Killed):
@@ -147,7 +185,9 @@ def test_a_kill_at_any_write_step_is_repaired_by_resume(
     assert last["epoch"] in (1, 2)
 
 
-def test_a_kill_before_best_pt_is_copied_is_repaired(synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_kill_before_best_pt_is_copied_is_repaired(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
         kill_at_call(patch, train_module, "keep_as_best", 2)
@@ -165,7 +205,9 @@ def test_a_kill_before_best_pt_is_copied_is_repaired(synthetic_root: Path, tmp_p
     assert [r["epoch"] for r in read_metrics_log(run_dir / "metrics.jsonl")] == [1, 2]
 
 
-def test_resume_finishes_a_run_killed_before_its_test(synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_finishes_a_run_killed_before_its_test(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
         kill_at_call(patch, train_module._Run, "test_best", 1)
@@ -174,9 +216,35 @@ def test_resume_finishes_a_run_killed_before_its_test(synthetic_root: Path, tmp_
     assert not (run_dir / "test_metrics.json").exists()
     (run_dir / "training_curves.png").unlink()
     before = (run_dir / "last.pt").read_bytes()
-    code = main(["--root_datasets_dir", str(synthetic_root), "--checkpoints_dir", str(run_dir), "--n_epochs", "1", "--batch_size", "4",
-                 "--image_size", "64", "--pretrained", "false", "--device", "cpu", "--num_workers", "0", "--progress", "false",
-                 "--seed", "3", "--lr", "0.01", "--resume", str(run_dir / "last.pt"), *SEED_FILTERS])
+    code = main(
+        [
+            "--root_datasets_dir",
+            str(synthetic_root),
+            "--checkpoints_dir",
+            str(run_dir),
+            "--n_epochs",
+            "1",
+            "--batch_size",
+            "4",
+            "--image_size",
+            "64",
+            "--pretrained",
+            "false",
+            "--device",
+            "cpu",
+            "--num_workers",
+            "0",
+            "--progress",
+            "false",
+            "--seed",
+            "3",
+            "--lr",
+            "0.01",
+            "--resume",
+            str(run_dir / "last.pt"),
+            *SEED_FILTERS,
+        ]
+    )
     assert code == 0
     assert json.loads((run_dir / "test_metrics.json").read_text())["epoch"] == 1
     assert (run_dir / "training_curves.png").is_file()
@@ -204,9 +272,28 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_saves(synthetic_root: Pat
 def test_a_corrupt_image_in_a_loader_worker_is_one_line(synthetic_root: Path, tmp_path: Path) -> None:
     bad_root = corrupt_copy(synthetic_root, tmp_path / "bad")
     result = subprocess.run(
-        [sys.executable, str(MAIN), "--root_datasets_dir", str(bad_root), "--checkpoints_dir", str(tmp_path / "run"), "--n_epochs", "1",
-         "--pretrained", "false", "--image_size", "64", "--num_workers", "1", "--progress", "false", *SEED_FILTERS],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(MAIN),
+            "--root_datasets_dir",
+            str(bad_root),
+            "--checkpoints_dir",
+            str(tmp_path / "run"),
+            "--n_epochs",
+            "1",
+            "--pretrained",
+            "false",
+            "--image_size",
+            "64",
+            "--num_workers",
+            "1",
+            "--progress",
+            "false",
+            *SEED_FILTERS,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -229,12 +316,34 @@ def test_a_full_disk_is_one_line_exit_1_and_keeps_the_saved_checkpoints(
         real_save(obj, handle, **kwargs)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", save_on_a_filling_disk)
-    code = main(["--root_datasets_dir", str(synthetic_root), "--checkpoints_dir", str(run_dir), "--n_epochs", "2", "--batch_size", "4",
-                 "--image_size", "64", "--pretrained", "false", "--device", "cpu", "--num_workers", "0", "--progress", "false", *SEED_FILTERS])
+    code = main(
+        [
+            "--root_datasets_dir",
+            str(synthetic_root),
+            "--checkpoints_dir",
+            str(run_dir),
+            "--n_epochs",
+            "2",
+            "--batch_size",
+            "4",
+            "--image_size",
+            "64",
+            "--pretrained",
+            "false",
+            "--device",
+            "cpu",
+            "--num_workers",
+            "0",
+            "--progress",
+            "false",
+            *SEED_FILTERS,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
-    assert err.strip().splitlines() == [f"main.py: error: could not write {str(run_dir / 'last.pt')!r}: No space left on device; "
-                                        "choose another path"]
+    assert err.strip().splitlines() == [
+        f"main.py: error: could not write {str(run_dir / 'last.pt')!r}: No space left on device; choose another path"
+    ]
     _, last = load_checkpoint(run_dir / "last.pt")
     assert last["epoch"] == 1
     assert not list(run_dir.glob(".*.tmp"))
@@ -254,23 +363,25 @@ def test_a_writer_that_hides_the_disk_error_still_gives_it(tmp_path: Path, monke
 
     monkeypatch.setattr(files_module.os, "fdopen", buffered_on_a_full_disk)
     target = tmp_path / "x.pt"
-    with pytest.raises(OSError, match="No space left on device") as caught:
-        with atomic_file(target) as handle:
-            handle.write(b"buffered bytes")
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # as torch.save says it
+    with pytest.raises(OSError, match="No space left on device") as caught, atomic_file(target) as handle:
+        handle.write(b"buffered bytes")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+        )  # as torch.save says it
     assert caught.value.errno == errno.ENOSPC and str(target) in str(caught.value)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_disk_error_behind_another_error_is_found(tmp_path: Path) -> None:
     target = tmp_path / "x.pt"
-    with pytest.raises(OSError, match="No space left on device") as caught:
-        with atomic_file(target) as handle:
-            try:  # as torch.save: write_record fails, then its zip writer's exit raises over it
-                handle.write(b"PK")
-                raise OSError(errno.ENOSPC, "No space left on device")
-            except OSError:
-                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 29216384 vs 29216272") from None
+    with pytest.raises(OSError, match="No space left on device") as caught, atomic_file(target) as handle:
+        try:  # as torch.save: write_record fails, then its zip writer's exit raises over it
+            handle.write(b"PK")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 29216384 vs 29216272"
+            ) from None
     assert caught.value.errno == errno.ENOSPC and str(target) in str(caught.value)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(RuntimeError, match="not about the disk"), atomic_file(target):
@@ -279,8 +390,13 @@ def test_a_disk_error_behind_another_error_is_found(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("delay", [0.3, 1.5])
 def test_an_early_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, delay: float) -> None:
-    process = subprocess.Popen([sys.executable, str(MAIN), "--demo", "--demo_dir", str(tmp_path / "demo"), "--progress", "false"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(MAIN), "--demo", "--demo_dir", str(tmp_path / "demo"), "--progress", "false"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(delay)  # while Python starts and the libraries import
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
@@ -324,30 +440,60 @@ def rewrite_train_boxes(root: Path, dest: Path, edit: dict[int, dict[str, int]])
 def train_image(root: Path, record: int) -> tuple[str, tuple[int, int]]:
     import scipy.io as sio
 
-    name = str(sio.loadmat(root / "stanford_cars" / "devkit" / "cars_train_annos.mat", squeeze_me=True)["annotations"][record]["fname"])
+    name = str(
+        sio.loadmat(root / "stanford_cars" / "devkit" / "cars_train_annos.mat", squeeze_me=True)["annotations"][record][
+            "fname"
+        ]
+    )
     with Image.open(root / "stanford_cars" / "cars_train" / name) as image:
         return name, image.size
 
 
-@pytest.mark.parametrize("fields, problem", [
-    ({"bbox_x1": 50, "bbox_x2": 20}, "is inverted"),
-    ({"bbox_y1": 10_000, "bbox_y2": 10_050}, "lies wholly outside the image"),
-])
-def test_bad_boxes_are_caught_when_the_annotations_are_read(synthetic_root: Path, tmp_path: Path, fields: dict[str, int], problem: str) -> None:
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"bbox_x1": 50, "bbox_x2": 20}, "is inverted"),
+        ({"bbox_y1": 10_000, "bbox_y2": 10_050}, "lies wholly outside the image"),
+    ],
+)
+def test_bad_boxes_are_caught_when_the_annotations_are_read(
+    synthetic_root: Path, tmp_path: Path, fields: dict[str, int], problem: str
+) -> None:
     root = rewrite_train_boxes(synthetic_root, tmp_path / "data", {3: fields})
     name, _ = train_image(root, 3)
-    with pytest.raises(AnnotationError, match=rf"cars_train_annos\.mat: the box of .*{name} \(bbox_x1\.\.y2 = .*\) {problem}"):
+    with pytest.raises(
+        AnnotationError, match=rf"cars_train_annos\.mat: the box of .*{name} \(bbox_x1\.\.y2 = .*\) {problem}"
+    ):
         StanfordCarsCAM(root, split="train")
-    result = subprocess.run([sys.executable, str(MAIN), "--root_datasets_dir", str(root), "--checkpoints_dir", str(tmp_path / "run"),
-                             "--pretrained", "false", "--progress", "false"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and problem in result.stderr, result.stderr
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(MAIN),
+            "--root_datasets_dir",
+            str(root),
+            "--checkpoints_dir",
+            str(tmp_path / "run"),
+            "--pretrained",
+            "false",
+            "--progress",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and problem in result.stderr, (
+        result.stderr
+    )
 
 
 def test_boxes_partly_outside_are_clipped_with_one_warning(
     synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, (width, height) = train_image(synthetic_root, 0)
-    root = rewrite_train_boxes(synthetic_root, tmp_path / "data", {0: {"bbox_x2": width + 30}, 1: {"bbox_y1": 0, "bbox_y2": 10_000}})
+    root = rewrite_train_boxes(
+        synthetic_root, tmp_path / "data", {0: {"bbox_x2": width + 30}, 1: {"bbox_y1": 0, "bbox_y2": 10_000}}
+    )
     with caplog.at_level(logging.WARNING):
         cars = StanfordCarsCAM(root, split="train")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

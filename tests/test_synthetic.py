@@ -42,7 +42,13 @@ def test_shipped_class_names_are_the_real_196_in_meta_order() -> None:
 
 def test_torchvision_layout_files_are_shaped_like_the_devkit(tiny: Path) -> None:
     base = tiny / "stanford_cars"
-    assert {p.name for p in base.iterdir()} == {"devkit", "cars_train", "cars_test", "cars_test_annos_withlabels.mat", MARKER_FILE}
+    assert {p.name for p in base.iterdir()} == {
+        "devkit",
+        "cars_train",
+        "cars_test",
+        "cars_test_annos_withlabels.mat",
+        MARKER_FILE,
+    }
     meta = sio.loadmat(base / "devkit" / "cars_meta.mat")
     assert meta["class_names"].shape == (1, 196)  # a 1x196 cell array, as in the devkit
     assert sio.loadmat(base / "devkit" / "cars_meta.mat", squeeze_me=True)["class_names"].tolist() == REAL_NAMES
@@ -51,7 +57,9 @@ def test_torchvision_layout_files_are_shaped_like_the_devkit(tiny: Path) -> None
     train = sio.loadmat(base / "devkit" / "cars_train_annos.mat", squeeze_me=True)["annotations"]
     assert set(train.dtype.names) == {"fname", "class", *BOX_FIELDS}
     assert [a["fname"] for a in train] == [f"{i:05d}.jpg" for i in range(1, 10)]
-    assert sorted({int(a["class"]) for a in train}) == sorted(STANFORD_CARS_CLASS_NAMES.index(n) + 1 for n in TINY_CLASS_NAMES)
+    assert sorted({int(a["class"]) for a in train}) == sorted(
+        STANFORD_CARS_CLASS_NAMES.index(n) + 1 for n in TINY_CLASS_NAMES
+    )
     unlabeled = sio.loadmat(base / "devkit" / "cars_test_annos.mat", squeeze_me=True)["annotations"]
     assert "class" not in unlabeled.dtype.names  # the devkit's own test file carries no labels
     labeled = sio.loadmat(base / "cars_test_annos_withlabels.mat", squeeze_me=True)["annotations"]
@@ -119,13 +127,15 @@ def test_class_lives_in_the_box_not_in_the_background(tmp_path: Path) -> None:
         for a in sio.loadmat(mat, squeeze_me=True)["annotations"]:
             pixels = np.asarray(Image.open(base / f"cars_{split}" / a["fname"]).convert("RGB"), dtype=np.float64)
             mask = np.zeros(pixels.shape[:2], dtype=bool)
-            mask[int(a["bbox_y1"]) - 1: int(a["bbox_y2"]), int(a["bbox_x1"]) - 1: int(a["bbox_x2"])] = True
+            mask[int(a["bbox_y1"]) - 1 : int(a["bbox_y2"]), int(a["bbox_x1"]) - 1 : int(a["bbox_x2"])] = True
             inside.append(np.concatenate([pixels[mask].mean(0), np.median(pixels[mask], 0)]))
             outside.append(pixels[~mask].mean(0))
             labels.append(int(a["class"]))
         return np.array(inside), np.array(outside), np.array(labels)
 
-    def nearest_centroid_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> float:
+    def nearest_centroid_accuracy(
+        x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+    ) -> float:
         classes = np.unique(y_train)
         centroids = np.stack([x_train[y_train == c].mean(0) for c in classes])
         predicted = classes[np.argmin(((x_test[:, None] - centroids[None]) ** 2).sum(-1), axis=1)]
@@ -150,7 +160,9 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
 
 
 def test_images_have_realistic_varied_sizes(tmp_path: Path) -> None:
-    root = write_synthetic_stanford_cars(tmp_path, class_names=TINY_CLASS_NAMES[:1], n_train_per_class=6, n_test_per_class=1)
+    root = write_synthetic_stanford_cars(
+        tmp_path, class_names=TINY_CLASS_NAMES[:1], n_train_per_class=6, n_test_per_class=1
+    )
     sizes = {Image.open(p).size for p in (root / "stanford_cars" / "cars_train").glob("*.jpg")}
     assert len(sizes) > 3
     assert all(595 <= w <= 805 and 382 <= h <= 518 for w, h in sizes)

@@ -27,8 +27,19 @@ VAL_RUN = {"n_epochs": 2, "image_size": 96}  # long enough for the validation bo
 
 def tiny_config(root: Path, run_dir: Path, **overrides: object) -> TrainConfig:
     settings: dict[str, object] = {
-        "root": str(root), "checkpoints_dir": str(run_dir), "n_epochs": 1, "batch_size": 4, "image_size": 64, "pretrained": False,
-        "device": "cpu", "num_workers": 0, "progress": False, "seed": 3, "lr": 0.01, "val_fraction": 0.3, **SEED_FILTERS,
+        "root": str(root),
+        "checkpoints_dir": str(run_dir),
+        "n_epochs": 1,
+        "batch_size": 4,
+        "image_size": 64,
+        "pretrained": False,
+        "device": "cpu",
+        "num_workers": 0,
+        "progress": False,
+        "seed": 3,
+        "lr": 0.01,
+        "val_fraction": 0.3,
+        **SEED_FILTERS,
     }
     return TrainConfig(**{**settings, **overrides})
 
@@ -58,12 +69,15 @@ def val_run(val_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("curve, expected", [
-    ([0.1, 0.5, 0.5, 0.5, 0.2], 0.02),  # the centre of the plateau, not its loosest end
-    ([0.5, 0.5, 0.1, 0.5, 0.5, 0.5], 0.04),  # the widest of two plateaus
-    ([0.1, 0.5, 0.5, 0.2], 0.01),  # an even plateau: its lower middle
-    ([0.3, 0.2, 0.1], 0.0),
-])
+@pytest.mark.parametrize(
+    "curve, expected",
+    [
+        ([0.1, 0.5, 0.5, 0.5, 0.2], 0.02),  # the centre of the plateau, not its loosest end
+        ([0.5, 0.5, 0.1, 0.5, 0.5, 0.5], 0.04),  # the widest of two plateaus
+        ([0.1, 0.5, 0.5, 0.2], 0.01),  # an even plateau: its lower middle
+        ([0.3, 0.2, 0.1], 0.0),
+    ],
+)
 def test_the_threshold_is_the_centre_of_the_best_plateau(curve: list[float], expected: float) -> None:
     assert choose_cam_threshold(np.array(curve), THRESHOLDS[: len(curve)]) == expected
 
@@ -99,7 +113,9 @@ def test_without_validation_the_threshold_is_the_papers_and_says_so(synthetic_ro
     assert (best["cam_threshold"], best["cam_threshold_source"], best["cam_threshold_curve"]) == (0.2, "paper", None)
     assert result.test_metrics["gt_known_loc_at_cam_threshold"] == result.test_metrics["gt_known_loc"]
     assert result.test_metrics["top1_loc_at_cam_threshold"] == result.test_metrics["top1_loc"]
-    assert "Top-1 Loc*" in format_metrics_table(result.test_metrics) and "paper" in format_metrics_table(result.test_metrics)
+    assert "Top-1 Loc*" in format_metrics_table(result.test_metrics) and "paper" in format_metrics_table(
+        result.test_metrics
+    )
 
 
 def test_the_meter_scores_at_any_threshold_as_at_the_papers() -> None:
@@ -111,27 +127,63 @@ def test_the_meter_scores_at_any_threshold_as_at_the_papers() -> None:
     meter.update(torch.tensor([[2.0, 1.0], [1.0, 2.0], [2.0, 1.0]]), torch.tensor([0, 0, 0]), cams, boxes, (64, 64))
     paper, chosen = meter.compute(cam_threshold=0.2), meter.compute(cam_threshold=0.7)
     assert paper["gt_known_loc_at_cam_threshold"] == paper["gt_known_loc"]
-    assert chosen["gt_known_loc_at_cam_threshold"] == 1.0 and chosen["top1_loc_at_cam_threshold"] == pytest.approx(2 / 3)
+    assert chosen["gt_known_loc_at_cam_threshold"] == 1.0 and chosen["top1_loc_at_cam_threshold"] == pytest.approx(
+        2 / 3
+    )
     assert meter.box_accuracy_curve()[70] == 1.0
 
 
 def test_every_drawn_box_uses_the_checkpoints_threshold(
-    val_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    val_run: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, best = load_checkpoint(val_run / "best.pt")
     used: list[float] = []
     real = visualize.boxes_from_cams
-    monkeypatch.setattr(visualize, "boxes_from_cams", lambda cams, size, threshold: used.append(threshold) or real(cams, size, threshold))
-    assert visualize.main([str(val_run / "best.pt"), "--root", str(synthetic_root), "--n", "2", "--out", str(tmp_path / "a.png")]) == 0
+    monkeypatch.setattr(
+        visualize,
+        "boxes_from_cams",
+        lambda cams, size, threshold: used.append(threshold) or real(cams, size, threshold),
+    )
+    assert (
+        visualize.main(
+            [str(val_run / "best.pt"), "--root", str(synthetic_root), "--n", "2", "--out", str(tmp_path / "a.png")]
+        )
+        == 0
+    )
     assert used == [best["cam_threshold"]]
-    assert f"Boxes at CAM threshold {best['cam_threshold']:.2f} (chosen on the validation split)" in capsys.readouterr().out
-    assert visualize.main([str(val_run / "best.pt"), "--root", str(synthetic_root), "--n", "2", "--out", str(tmp_path / "b.png"),
-                           "--threshold", "0.2"]) == 0
+    assert (
+        f"Boxes at CAM threshold {best['cam_threshold']:.2f} (chosen on the validation split)"
+        in capsys.readouterr().out
+    )
+    assert (
+        visualize.main(
+            [
+                str(val_run / "best.pt"),
+                "--root",
+                str(synthetic_root),
+                "--n",
+                "2",
+                "--out",
+                str(tmp_path / "b.png"),
+                "--threshold",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     assert used[-1] == 0.2 and "(given)" in capsys.readouterr().out
 
 
 def test_evaluate_chooses_a_missing_threshold_on_validation_and_finds_the_recorded_data(
-    val_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    val_run: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     copy = tmp_path / "old.pt"
     checkpoint = torch.load(val_run / "best.pt", weights_only=True)
@@ -151,27 +203,55 @@ def test_evaluate_chooses_a_missing_threshold_on_validation_and_finds_the_record
     torch.save(moved, tmp_path / "moved.pt")
     assert main(["--evaluate", str(tmp_path / "moved.pt"), "--device", "cpu", "--progress", "false"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{str(tmp_path / 'gone')!r} is the data folder recorded in" in err and "--root_datasets_dir" in err
+    assert (
+        err.count("\n") == 1
+        and f"{str(tmp_path / 'gone')!r} is the data folder recorded in" in err
+        and "--root_datasets_dir" in err
+    )
 
 
 def test_the_wsolevaluation_protocol_needs_opencv_only_when_chosen(
-    val_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    val_run: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     shutil.copy(val_run / "best.pt", tmp_path / "best.pt")
     monkeypatch.setitem(sys.modules, "cv2", None)  # as if OpenCV were not installed
     default = evaluate_checkpoint(tmp_path / "best.pt", synthetic_root, device="cpu", num_workers=0, progress=False)
     assert default["protocol"] == "cam"
-    code = main(["--evaluate", str(tmp_path / "best.pt"), "--protocol", "wsolevaluation", "--device", "cpu", "--progress", "false"])
+    code = main(
+        [
+            "--evaluate",
+            str(tmp_path / "best.pt"),
+            "--protocol",
+            "wsolevaluation",
+            "--device",
+            "cpu",
+            "--progress",
+            "false",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "pip install 'CAM_Stanford_Cars[opencv]'" in err
 
 
-def test_the_wsolevaluation_protocol_scores_the_same_images(val_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+def test_the_wsolevaluation_protocol_scores_the_same_images(
+    val_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
     pytest.importorskip("cv2")
     shutil.copy(val_run / "best.pt", tmp_path / "best.pt")
     ours = evaluate_checkpoint(tmp_path / "best.pt", synthetic_root, device="cpu", num_workers=0, progress=False)
-    theirs = evaluate_checkpoint(tmp_path / "best.pt", synthetic_root, device="cpu", num_workers=0, progress=False,
-                                 protocol="wsolevaluation", cam_curve_interval=0.001)
+    theirs = evaluate_checkpoint(
+        tmp_path / "best.pt",
+        synthetic_root,
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        protocol="wsolevaluation",
+        cam_curve_interval=0.001,
+    )
     assert theirs["protocol"] == "wsolevaluation" and theirs["n_with_box"] == ours["n_with_box"] > 0
     assert theirs["top1"] == ours["top1"] and 0.0 <= theirs["maxboxacc_v2"] <= 1.0
 
@@ -186,7 +266,9 @@ def test_a_finished_run_extends_to_more_epochs_on_the_longer_schedule(
     with pytest.raises(ValueError, match="n_epochs=2 but this run has n_epochs=3.*only a finished run"):
         fit(tiny_config(synthetic_root, tmp_path / "other", n_epochs=3, resume=str(unfinished.last_checkpoint)))
     with caplog.at_level(logging.INFO):
-        longer = fit(tiny_config(synthetic_root, run_dir, n_epochs=3, warmup_epochs=0.5, resume=str(run_dir / "last.pt")))
+        longer = fit(
+            tiny_config(synthetic_root, run_dir, n_epochs=3, warmup_epochs=0.5, resume=str(run_dir / "last.pt"))
+        )
     assert [r["epoch"] for r in longer.history] == [1, 2, 3]
     assert longer.history[0] == first.history[0]  # epoch 1 is not trained again
     start = "\n".join(r.getMessage() for r in caplog.records)

@@ -39,17 +39,32 @@ SEED_FILTERS = ["--car_type", "Sedan", "--car_brand", "BMW", "--car_production_y
 
 def tiny_config(root: Path, run_dir: Path, **overrides: object) -> TrainConfig:
     settings: dict[str, object] = dict(
-        root=str(root), checkpoints_dir=str(run_dir), n_epochs=2, batch_size=4, image_size=64,
-        pretrained=False, device="cpu", num_workers=0, progress=False, seed=3, lr=0.01,
-        car_type="Sedan", car_brand="BMW", car_production_year=2012,
+        root=str(root),
+        checkpoints_dir=str(run_dir),
+        n_epochs=2,
+        batch_size=4,
+        image_size=64,
+        pretrained=False,
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        seed=3,
+        lr=0.01,
+        car_type="Sedan",
+        car_brand="BMW",
+        car_production_year=2012,
     )
     settings.update(overrides)
     return TrainConfig(**settings)
 
 
-def run_main(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_main(
+    args: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, str(MAIN), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(MAIN), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def hub_cache_with_fake_weights(tmp_path: Path, weights: Path) -> Path:
@@ -65,15 +80,37 @@ def test_the_seeds_command_runs_one_epoch(synthetic_root: Path, tmp_path: Path, 
     run_dir = tmp_path / "path" / "to" / "checkpoints"
     home = hub_cache_with_fake_weights(tmp_path, fake_alexnet_weights)
     result = run_main(
-        ["--n_epochs", "1", "--batch_size", "4", "--checkpoints_dir", str(run_dir), "--download_datasets", "true",
-         "--root_datasets_dir", str(synthetic_root), *SEED_FILTERS, "--image_size", "64", "--num_workers", "0"],
-        cwd=tmp_path, env_extra={"TORCH_HOME": str(home)},
+        [
+            "--n_epochs",
+            "1",
+            "--batch_size",
+            "4",
+            "--checkpoints_dir",
+            str(run_dir),
+            "--download_datasets",
+            "true",
+            "--root_datasets_dir",
+            str(synthetic_root),
+            *SEED_FILTERS,
+            "--image_size",
+            "64",
+            "--num_workers",
+            "0",
+        ],
+        cwd=tmp_path,
+        env_extra={"TORCH_HOME": str(home)},
     )
     assert result.returncode == 0, result.stderr
     assert "epoch 1/1" in result.stdout
-    assert {"last.pt", "best.pt", "args.json", "metrics.jsonl", "training_curves.png", "test_metrics.json"} <= {p.name for p in run_dir.iterdir()}
+    assert {"last.pt", "best.pt", "args.json", "metrics.jsonl", "training_curves.png", "test_metrics.json"} <= {
+        p.name for p in run_dir.iterdir()
+    }
     model, checkpoint = load_checkpoint(run_dir / "best.pt")
-    assert checkpoint["car_type"] == "Sedan" and checkpoint["car_brand"] == "BMW" and checkpoint["car_production_year"] == 2012
+    assert (
+        checkpoint["car_type"] == "Sedan"
+        and checkpoint["car_brand"] == "BMW"
+        and checkpoint["car_production_year"] == 2012
+    )
     assert checkpoint["class_names"] == ["BMW ActiveHybrid 5 Sedan 2012", "BMW 3 Series Sedan 2012"]
     assert model.fc.out_features == 2
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
@@ -93,7 +130,9 @@ def test_same_seed_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
 
 # 10 train images at batch 4 make 3 steps an epoch: stop mid-epoch 1, at its end, mid-epoch 2.
 @pytest.mark.parametrize("stop_after_steps", [2, 3, 4])
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path, stop_after_steps: int) -> None:
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
+    synthetic_root: Path, tmp_path: Path, stop_after_steps: int
+) -> None:
     whole = fit(tiny_config(synthetic_root, tmp_path / "whole"))
     assert not whole.interrupted
 
@@ -144,20 +183,23 @@ def test_a_new_run_keeps_off_an_earlier_run_unless_told_to_start_over(synthetic_
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-@pytest.mark.parametrize("setting, value, named", [
-    ("lr", float("inf"), "--lr must be a finite positive number"),
-    ("momentum", -0.5, "--momentum must lie in"),
-    ("momentum", float("nan"), "--momentum must lie in"),
-    ("weight_decay", float("inf"), "--weight_decay"),
-    ("warmup_epochs", float("inf"), "--warmup_epochs must be a finite"),
-    ("backbone_lr_scale", float("nan"), "--backbone_lr_scale"),
-    ("seed", 10**23, "--seed must be a whole number in"),
-    ("image_size", 10_000, "--image_size must be at most 1024"),
-    ("num_workers", 10_000, "--num_workers 10000 is far more"),
-    ("checkpoints_dir", " ", "--checkpoints_dir is empty"),
-    ("resume", "", "--resume is empty"),
-    ("select_by", "val_top5", "--select_by must be val_top1 or val_maxboxacc"),
-])
+@pytest.mark.parametrize(
+    "setting, value, named",
+    [
+        ("lr", float("inf"), "--lr must be a finite positive number"),
+        ("momentum", -0.5, "--momentum must lie in"),
+        ("momentum", float("nan"), "--momentum must lie in"),
+        ("weight_decay", float("inf"), "--weight_decay"),
+        ("warmup_epochs", float("inf"), "--warmup_epochs must be a finite"),
+        ("backbone_lr_scale", float("nan"), "--backbone_lr_scale"),
+        ("seed", 10**23, "--seed must be a whole number in"),
+        ("image_size", 10_000, "--image_size must be at most 1024"),
+        ("num_workers", 10_000, "--num_workers 10000 is far more"),
+        ("checkpoints_dir", " ", "--checkpoints_dir is empty"),
+        ("resume", "", "--resume is empty"),
+        ("select_by", "val_top5", "--select_by must be val_top1 or val_maxboxacc"),
+    ],
+)
 def test_settings_that_cannot_work_are_named_before_anything_runs(
     synthetic_root: Path, tmp_path: Path, setting: str, value: object, named: str
 ) -> None:
@@ -167,7 +209,9 @@ def test_settings_that_cannot_work_are_named_before_anything_runs(
     assert not (tmp_path / "r").exists()
 
 
-def test_a_gpu_index_under_torchrun_is_refused(synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_gpu_index_under_torchrun_is_refused(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="--device cuda:1 puts every process on one GPU.*LOCAL_RANK"):
         fit(tiny_config(synthetic_root, tmp_path / "r", device="cuda:1"))
@@ -255,7 +299,9 @@ def test_the_parser_fills_the_config_directly() -> None:
     parser = get_args_parser()
     default = config_from_args(parser.parse_args([]))
     assert default == TrainConfig() and default.select_by == "val_top1"
-    config = config_from_args(parser.parse_args(["--select_by", "val_maxboxacc", "--root_datasets_dir", "cars", "--car_brand", "BMW,Audi"]))
+    config = config_from_args(
+        parser.parse_args(["--select_by", "val_maxboxacc", "--root_datasets_dir", "cars", "--car_brand", "BMW,Audi"])
+    )
     assert config.select_by == "val_maxboxacc" and config.root == "cars" and config.car_brand == ["BMW", "Audi"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--select_by", "val_top5"])
@@ -288,11 +334,34 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
 def test_two_processes_with_gloo(synthetic_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    args = ["--n_epochs", "1", "--batch_size", "4", "--checkpoints_dir", str(run_dir), "--root_datasets_dir", str(synthetic_root),
-            *SEED_FILTERS, "--image_size", "64", "--num_workers", "0", "--pretrained", "false", "--device", "cpu", "--progress", "false"]
+    args = [
+        "--n_epochs",
+        "1",
+        "--batch_size",
+        "4",
+        "--checkpoints_dir",
+        str(run_dir),
+        "--root_datasets_dir",
+        str(synthetic_root),
+        *SEED_FILTERS,
+        "--image_size",
+        "64",
+        "--num_workers",
+        "0",
+        "--pretrained",
+        "false",
+        "--device",
+        "cpu",
+        "--progress",
+        "false",
+    ]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(MAIN), *args],
-        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # Only rank 0 writes and logs: one summary line, one metrics record.
@@ -311,7 +380,6 @@ def test_two_processes_with_gloo(synthetic_root: Path, tmp_path: Path) -> None:
     assert records[0]["val_n_images"] == single.history[0]["val_n_images"]
 
 
-
 DDP_SCRIPT = """
 import json, sys
 from CAM_Stanford_Cars.train import TrainConfig, fit
@@ -328,8 +396,21 @@ def run_two_ranks(tmp_path: Path, *runs: dict[str, object]) -> None:
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), json.dumps(runs)],
-        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            json.dumps(runs),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -338,16 +419,36 @@ def test_two_processes_resume_mid_epoch_as_if_never_stopped(tmp_path: Path) -> N
     # 24 train images (13 per class, one of each held out) at batch 1: 12 steps per rank, so the ranks agree to stop
     # at step 10, mid-epoch, with two steps left for the resumed run.
     root = write_synthetic_stanford_cars(
-        tmp_path / "cars", class_names=SEED_CLASSES, n_train_per_class=13, n_test_per_class=1, image_size=(96, 64), seed=1
+        tmp_path / "cars",
+        class_names=SEED_CLASSES,
+        n_train_per_class=13,
+        n_test_per_class=1,
+        image_size=(96, 64),
+        seed=1,
     )
     settings: dict[str, object] = dict(
-        root=str(root), car_type="Sedan", car_brand="BMW", car_production_year=2012, n_epochs=1, batch_size=1, image_size=64, pretrained=False, device="cpu",
-        num_workers=0, progress=False, seed=5, lr=0.01, stop_after_steps=None,
+        root=str(root),
+        car_type="Sedan",
+        car_brand="BMW",
+        car_production_year=2012,
+        n_epochs=1,
+        batch_size=1,
+        image_size=64,
+        pretrained=False,
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        seed=5,
+        lr=0.01,
+        stop_after_steps=None,
     )
     # The uninterrupted run and the stopped one share a launch; the resumed run starts in new processes.
     stopped = tmp_path / "stopped"
-    run_two_ranks(tmp_path, {**settings, "checkpoints_dir": str(tmp_path / "whole")},
-                  {**settings, "checkpoints_dir": str(stopped), "stop_after_steps": 1})
+    run_two_ranks(
+        tmp_path,
+        {**settings, "checkpoints_dir": str(tmp_path / "whole")},
+        {**settings, "checkpoints_dir": str(stopped), "stop_after_steps": 1},
+    )
     _, partial = load_checkpoint(stopped / "last.pt")
     assert partial["epoch_progress"]["step"] == 10
     # The saved running sums count both ranks' images, and each rank's RNG state is kept.
@@ -374,12 +475,24 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args, named", BAD_INPUTS)
-def test_bad_input_is_one_clear_line_and_exit_2(synthetic_root: Path, tmp_path: Path, args: list[str], named: str) -> None:
+def test_bad_input_is_one_clear_line_and_exit_2(
+    synthetic_root: Path, tmp_path: Path, args: list[str], named: str
+) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "last.pt").write_bytes(b"precious")
     result = run_main(
-        ["--root_datasets_dir", str(synthetic_root), "--checkpoints_dir", str(run_dir), "--pretrained", "false", "--overwrite", "true", *args],
+        [
+            "--root_datasets_dir",
+            str(synthetic_root),
+            "--checkpoints_dir",
+            str(run_dir),
+            "--pretrained",
+            "false",
+            "--overwrite",
+            "true",
+            *args,
+        ],
         cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr
@@ -397,7 +510,10 @@ def test_classes_without_train_images_are_refused(synthetic_root: Path, tmp_path
 
 
 def test_missing_data_without_download_says_how_to_get_it(tmp_path: Path) -> None:
-    result = run_main(["--root_datasets_dir", str(tmp_path / "nothing_here"), "--checkpoints_dir", str(tmp_path / "run")], cwd=tmp_path)
+    result = run_main(
+        ["--root_datasets_dir", str(tmp_path / "nothing_here"), "--checkpoints_dir", str(tmp_path / "run")],
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "nothing_here" in result.stderr and "--download_datasets" in result.stderr
@@ -407,7 +523,18 @@ def test_missing_data_without_download_says_how_to_get_it(tmp_path: Path) -> Non
 def test_unwritable_checkpoint_folder(synthetic_root: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    result = run_main(["--root_datasets_dir", str(synthetic_root), "--checkpoints_dir", str(blocker / "run"), "--pretrained", "false", *SEED_FILTERS], cwd=tmp_path)
+    result = run_main(
+        [
+            "--root_datasets_dir",
+            str(synthetic_root),
+            "--checkpoints_dir",
+            str(blocker / "run"),
+            "--pretrained",
+            "false",
+            *SEED_FILTERS,
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "not writable" in result.stderr and "Traceback" not in result.stderr
 
@@ -415,17 +542,50 @@ def test_unwritable_checkpoint_folder(synthetic_root: Path, tmp_path: Path) -> N
 def test_help_reads_as_documentation(tmp_path: Path) -> None:
     result = run_main(["--help"], cwd=tmp_path)
     assert result.returncode == 0
-    for flag in ("--n_epochs", "--car_production_year", "--download_datasets", "--resume", "--demo", "--list_filters", "--evaluate"):
+    for flag in (
+        "--n_epochs",
+        "--car_production_year",
+        "--download_datasets",
+        "--resume",
+        "--demo",
+        "--list_filters",
+        "--evaluate",
+    ):
         assert flag in result.stdout
     assert "(default: 30)" in result.stdout
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(synthetic_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = ["--n_epochs", "200", "--batch_size", "2", "--checkpoints_dir", str(run_dir), "--root_datasets_dir", str(synthetic_root),
-            "--image_size", "64", "--num_workers", "0", "--pretrained", "false", "--progress", "false", "--val_fraction", "0", *SEED_FILTERS]
-    process = subprocess.Popen([sys.executable, str(MAIN), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    args = [
+        "--n_epochs",
+        "200",
+        "--batch_size",
+        "2",
+        "--checkpoints_dir",
+        str(run_dir),
+        "--root_datasets_dir",
+        str(synthetic_root),
+        "--image_size",
+        "64",
+        "--num_workers",
+        "0",
+        "--pretrained",
+        "false",
+        "--progress",
+        "false",
+        "--val_fraction",
+        "0",
+        *SEED_FILTERS,
+    ]
+    process = subprocess.Popen(
+        [sys.executable, str(MAIN), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists():
         time.sleep(0.2)

@@ -127,7 +127,13 @@ def test_cam_forms_agree() -> None:
 
 @pytest.mark.parametrize(
     "batch, image_size, cam_size",
-    [(1, (13, 13), (13, 13)), (11, (224, 224), (13, 13)), (7, (37, 53), (7, 9)), (5, (20, 30), (13, 13)), (6, (48, 48), (3, 5))],
+    [
+        (1, (13, 13), (13, 13)),
+        (11, (224, 224), (13, 13)),
+        (7, (37, 53), (7, 9)),
+        (5, (20, 30), (13, 13)),
+        (6, (48, 48), (3, 5)),
+    ],
 )
 @pytest.mark.parametrize("alpha, colormap", [(0.5, "jet"), (0.35, "inferno")])
 @pytest.mark.parametrize("torch_path", [False, True])
@@ -273,8 +279,9 @@ def test_titles_name_classes_and_mark_right_and_wrong() -> None:
     images, blended = batch_of(3)
     fig = visualize_cam(images, blended, [CLASSES[0], CLASSES[2], CLASSES[1]], true_classes=CLASSES)
     panels = image_axes(fig)
-    for i, (true, pred, right) in enumerate([(CLASSES[0], CLASSES[0], True), (CLASSES[1], CLASSES[2], False),
-                                             (CLASSES[2], CLASSES[1], False)]):
+    for i, (true, pred, right) in enumerate(
+        [(CLASSES[0], CLASSES[0], True), (CLASSES[1], CLASSES[2], False), (CLASSES[2], CLASSES[1], False)]
+    ):
         image_title, overlay_title = title_text(panels[2 * i]), title_text(panels[2 * i + 1])
         assert true in image_title and "true" in image_title
         assert pred in overlay_title and "pred" in overlay_title
@@ -425,10 +432,15 @@ def test_displayable_backend_gets_a_pyplot_figure(monkeypatch: pytest.MonkeyPatc
         ({"blended_images": torch.rand(2, 3, 12, 12)}, r"same shape.*\(2, 3, 24, 24\) and \(2, 3, 12, 12\)"),
         ({"samples_per_row": 0}, r"samples_per_row must be a positive integer, got 0"),
         ({"scores": [0.5]}, r"scores has 1 entries"),
-        ({"images": torch.rand(0, 3, 24, 24), "blended_images": torch.rand(0, 3, 24, 24), "predicted_classes": []},
-         r"empty batch"),
+        (
+            {"images": torch.rand(0, 3, 24, 24), "blended_images": torch.rand(0, 3, 24, 24), "predicted_classes": []},
+            r"empty batch",
+        ),
         # -1 would name the last class, and a wrong label would be marked right.
-        ({"predicted_classes": [0, -1], "true_classes": [0, 2], "class_names": CLASSES}, r"predicted_classes holds class index -1; class indices are 0 or more"),
+        (
+            {"predicted_classes": [0, -1], "true_classes": [0, 2], "class_names": CLASSES},
+            r"predicted_classes holds class index -1; class indices are 0 or more",
+        ),
         ({"true_classes": torch.tensor([0, -1])}, r"true_classes holds class index -1"),
         ({"predicted_classes": [0, -2]}, r"class index -2"),
         ({"dpi": 0}, r"dpi must be a positive number .* got 0"),
@@ -456,7 +468,9 @@ def test_bad_dpi_or_folder_fails_before_drawing(tmp_path: Path, monkeypatch: pyt
     out.mkdir()
     with pytest.raises(ValueError) as caught:
         visualize_cam(images, blended, CLASSES[:1], save_path=out)
-    assert str(caught.value) == f"save_path {str(out)!r} is a folder; give a file name such as {str(out / 'cams.png')!r}"
+    assert (
+        str(caught.value) == f"save_path {str(out)!r} is a folder; give a file name such as {str(out / 'cams.png')!r}"
+    )
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     with pytest.raises(ValueError, match=r"file\.txt' is a file, not a folder; choose another path"):
@@ -504,10 +518,30 @@ def test_cam_structure_script_draws_the_same_png_twice(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- plot_training_curves
 
 HISTORY = [
-    {"epoch": 1, "train_loss": 2.0, "train_top1": 0.2, "val_loss": 1.8, "val_top1": 0.3, "val_top5": 0.7,
-     "val_gt_known_loc": 0.4, "val_maxboxacc": 0.5, "best": True, "lr": 0.01},
-    {"epoch": 2, "train_loss": 1.5, "train_top1": 0.4, "val_loss": 1.9, "val_top1": 0.25, "val_top5": 0.6,
-     "val_gt_known_loc": 0.45, "val_maxboxacc": 0.55, "best": False, "lr": 0.01},
+    {
+        "epoch": 1,
+        "train_loss": 2.0,
+        "train_top1": 0.2,
+        "val_loss": 1.8,
+        "val_top1": 0.3,
+        "val_top5": 0.7,
+        "val_gt_known_loc": 0.4,
+        "val_maxboxacc": 0.5,
+        "best": True,
+        "lr": 0.01,
+    },
+    {
+        "epoch": 2,
+        "train_loss": 1.5,
+        "train_top1": 0.4,
+        "val_loss": 1.9,
+        "val_top1": 0.25,
+        "val_top5": 0.6,
+        "val_gt_known_loc": 0.45,
+        "val_maxboxacc": 0.55,
+        "best": False,
+        "lr": 0.01,
+    },
     {"epoch": 3, "train_loss": 1.2, "train_top1": 0.5, "best": False, "lr": 0.001},  # no validation this epoch
 ]
 
@@ -539,7 +573,11 @@ def test_training_curves_never_register_with_pyplot(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize(
     "history, match",
-    [([], r"history is empty"), ([{"train_loss": 1.0}], r"'epoch'"), ([{"epoch": 1, "lr": 0.1}], r"no '<split>_<metric>'")],
+    [
+        ([], r"history is empty"),
+        ([{"train_loss": 1.0}], r"'epoch'"),
+        ([{"epoch": 1, "lr": 0.1}], r"no '<split>_<metric>'"),
+    ],
 )
 def test_training_curves_reject_unusable_history(history: list, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -559,8 +597,11 @@ def test_render_cam_grid_resolves_the_device_by_name(cam_checkpoint: Path, tmp_p
     "device, message",
     [
         ("bogus", r"--device must be auto, cpu, cuda, cuda:N or mps, got 'bogus'"),
-        pytest.param("cuda", r"--device cuda was asked for but is not available here; use --device auto or cpu",
-                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
+        pytest.param(
+            "cuda",
+            r"--device cuda was asked for but is not available here; use --device auto or cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
+        ),
     ],
 )
 def test_cli_device_problems_are_not_a_bad_checkpoint(
@@ -578,7 +619,10 @@ def test_cli_out_that_is_a_folder_names_out(tmp_path: Path, capsys: pytest.Captu
     status = visualize.main([str(tmp_path / "never_read.pt"), "--out", str(outdir)])
     err = capsys.readouterr().err
     assert status == 2
-    assert err == f"visualize.py: error: --out {str(outdir)!r} is a folder; give a file name such as {str(outdir / 'cams.png')!r}\n"
+    assert (
+        err
+        == f"visualize.py: error: --out {str(outdir)!r} is a folder; give a file name such as {str(outdir / 'cams.png')!r}\n"
+    )
     status = visualize.main([str(tmp_path / "never_read.pt"), "--out", str(tmp_path / "cams.xyz")])
     assert status == 2 and "of --out " in capsys.readouterr().err
 
@@ -600,9 +644,9 @@ def test_cli_argument_errors_are_one_line(argv: list[str], message: str, capsys:
     assert err.startswith("visualize.py: error: ") and message in err and err.count("\n") == 1 and "usage:" not in err
 
 
-def test_missing_data_points_at_the_visualize_root_flag(cam_checkpoint: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_points_at_the_visualize_root_flag(
+    cam_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from CAM_Stanford_Cars.model import load_checkpoint, save_checkpoint
 
     model, saved = load_checkpoint(cam_checkpoint)

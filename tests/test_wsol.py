@@ -61,10 +61,16 @@ def test_hand_computed_two_blobs(cv2) -> None:
     assert m["top1"] == 0.5 and m["top5"] == 1.0
     assert m["maxboxacc"] == pytest.approx(2 / 3) and m["maxboxacc_threshold"] == 0.0  # the first best threshold
     assert m["gt_known_loc"] == pytest.approx(2 / 3) and m["top1_loc"] == pytest.approx(1 / 3)  # t = 0.2: images 2, 3
-    assert m["maxboxacc_v2_iou30"] == 1.0 and m["maxboxacc_v2_iou50"] == 1.0 and m["maxboxacc_v2_iou70"] == pytest.approx(2 / 3)
+    assert (
+        m["maxboxacc_v2_iou30"] == 1.0
+        and m["maxboxacc_v2_iou50"] == 1.0
+        and m["maxboxacc_v2_iou70"] == pytest.approx(2 / 3)
+    )
     assert m["maxboxacc_v2"] == pytest.approx(8 / 9)
     assert m["cam_threshold"] == pytest.approx(0.6)
-    assert m["gt_known_loc_at_cam_threshold"] == pytest.approx(2 / 3) and m["top1_loc_at_cam_threshold"] == pytest.approx(2 / 3)
+    assert m["gt_known_loc_at_cam_threshold"] == pytest.approx(2 / 3) and m[
+        "top1_loc_at_cam_threshold"
+    ] == pytest.approx(2 / 3)
     np.testing.assert_allclose(meter.box_accuracy_curve(), np.full(100, 2 / 3))
 
     # cam_curve_interval 0.001: level int(t * 255) <= 126 iff t <= 0.498 (499 thresholds; 0.499 * 255 = 127.245 -> 127).
@@ -107,8 +113,9 @@ def ref_boxes(cv2, scoremap: np.ndarray, threshold_list: list, multi_contour_eva
     scoremap_image = np.expand_dims((scoremap * 255).astype(np.uint8), 2)
     boxes_at_thr, number_of_box = [], []
     for threshold in threshold_list:
-        _, thr = cv2.threshold(src=scoremap_image, thresh=int(threshold * np.max(scoremap_image)), maxval=255,
-                               type=cv2.THRESH_BINARY)
+        _, thr = cv2.threshold(
+            src=scoremap_image, thresh=int(threshold * np.max(scoremap_image)), maxval=255, type=cv2.THRESH_BINARY
+        )
         contours = cv2.findContours(image=thr, mode=cv2.RETR_TREE, method=cv2.CHAIN_APPROX_SIMPLE)[0]
         if len(contours) == 0:
             boxes_at_thr.append(np.asarray([[0, 0, 0, 0]]))
@@ -129,8 +136,9 @@ def ref_multiple_iou(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
     num_a, num_b = box_a.shape[0], box_b.shape[0]
     box_a = np.expand_dims(np.tile(box_a, num_b), axis=1).reshape((num_a, num_b, -1))
     box_b = np.transpose(np.expand_dims(np.tile(box_b, num_a), axis=1).reshape((num_b, num_a, -1)), (1, 0, 2))
-    inter = (np.maximum(0, np.minimum(box_a[:, :, 2], box_b[:, :, 2]) - np.maximum(box_a[:, :, 0], box_b[:, :, 0]) + 1)
-             * np.maximum(0, np.minimum(box_a[:, :, 3], box_b[:, :, 3]) - np.maximum(box_a[:, :, 1], box_b[:, :, 1]) + 1))
+    inter = np.maximum(
+        0, np.minimum(box_a[:, :, 2], box_b[:, :, 2]) - np.maximum(box_a[:, :, 0], box_b[:, :, 0]) + 1
+    ) * np.maximum(0, np.minimum(box_a[:, :, 3], box_b[:, :, 3]) - np.maximum(box_a[:, :, 1], box_b[:, :, 1]) + 1)
     area_a = (box_a[:, :, 2] - box_a[:, :, 0] + 1) * (box_a[:, :, 3] - box_a[:, :, 1] + 1)
     area_b = (box_b[:, :, 2] - box_b[:, :, 0] + 1) * (box_b[:, :, 3] - box_b[:, :, 1] + 1)
     denominator = area_a + area_b - inter
@@ -141,18 +149,27 @@ def ref_multiple_iou(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
     return ious
 
 
-def ref_num_correct(cv2, cams: np.ndarray, gt: list, image_size: tuple[int, int], interval: float, multi: bool,
-                    iou_thresholds: list[int]) -> dict[int, np.ndarray]:
+def ref_num_correct(
+    cv2,
+    cams: np.ndarray,
+    gt: list,
+    image_size: tuple[int, int],
+    interval: float,
+    multi: bool,
+    iou_thresholds: list[int],
+) -> dict[int, np.ndarray]:
     """BoxEvaluator.accumulate over CAMComputer's loop; ``gt`` holds each image's resize_bbox-style int box."""
     cam_threshold_list = list(np.arange(0, 1, interval))
     num_correct = {iou: np.zeros(len(cam_threshold_list)) for iou in iou_thresholds}
     for cam, box in zip(cams.astype(float), gt):
-        scoremap = ref_normalize_scoremap(cv2.resize(cam, (image_size[1], image_size[0]), interpolation=cv2.INTER_CUBIC))
+        scoremap = ref_normalize_scoremap(
+            cv2.resize(cam, (image_size[1], image_size[0]), interpolation=cv2.INTER_CUBIC)
+        )
         boxes_at_thr, number_of_box = ref_boxes(cv2, scoremap, cam_threshold_list, multi)
         multiple_iou = ref_multiple_iou(np.concatenate(boxes_at_thr, axis=0), np.array([box]))
         idx, sliced = 0, []
         for nr_box in number_of_box:
-            sliced.append(max(multiple_iou.max(1)[idx:idx + nr_box]))
+            sliced.append(max(multiple_iou.max(1)[idx : idx + nr_box]))
             idx += nr_box
         for iou in iou_thresholds:
             num_correct[iou][np.where(np.asarray(sliced) >= (iou / 100))[0]] += 1
@@ -166,8 +183,11 @@ def random_cams(rng: np.random.Generator, n: int, shape: tuple[int, int]) -> np.
     for i in range(n):
         kind = i % 4
         if kind == 0:
-            blobs = [rng.uniform(0.3, 1) * np.exp(-((xx - rng.uniform()) ** 2 + (yy - rng.uniform()) ** 2) / rng.uniform(0.01, 0.1))
-                     for _ in range(3)]
+            blobs = [
+                rng.uniform(0.3, 1)
+                * np.exp(-((xx - rng.uniform()) ** 2 + (yy - rng.uniform()) ** 2) / rng.uniform(0.01, 0.1))
+                for _ in range(3)
+            ]
             cam = sum(blobs) + 0.2 * rng.standard_normal(shape)
         elif kind == 1:
             cam = -np.abs(np.hypot(xx - 0.5, yy - 0.5) - rng.uniform(0.2, 0.35)) + 0.05 * rng.standard_normal(shape)
@@ -194,13 +214,15 @@ def test_equals_wsolevaluation_transcription(cv2, interval: float) -> None:
     logits = torch.from_numpy(rng.standard_normal((8, 5))).float()
     labels = torch.from_numpy(rng.integers(0, 5, 8))
     for part in (slice(0, 3), slice(3, 8)):
-        meter.update(logits[part], labels[part], torch.from_numpy(cams[part]), torch.from_numpy(boxes[part]), image_size)
+        meter.update(
+            logits[part], labels[part], torch.from_numpy(cams[part]), torch.from_numpy(boxes[part]), image_size
+        )
     single = ref_num_correct(cv2, cams, gt, image_size, interval, multi=False, iou_thresholds=[50])
     multi = ref_num_correct(cv2, cams, gt, image_size, interval, multi=True, iou_thresholds=[30, 50, 70])
     np.testing.assert_array_equal(meter.thresholds, np.arange(0, 1, interval))
     np.testing.assert_array_equal(meter._hits, single[50])
     np.testing.assert_array_equal(meter._hits_v2, np.stack([multi[30], multi[50], multi[70]]))
-    assert 0 < meter._hits.max() and meter._hits.min() < 8  # the maps do discriminate
+    assert meter._hits.max() > 0 and meter._hits.min() < 8  # the maps do discriminate
     m = meter.compute()
     # BoxEvaluator.compute: the best of num_correct * 100 / cnt per IoU threshold.
     assert 100 * m["maxboxacc"] == pytest.approx((single[50] * 100.0 / 8).max(), abs=1e-12)
