@@ -16,8 +16,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if (
             action.default is None
             or action.default is argparse.SUPPRESS
-            or (isinstance(action.default, bool)
-            and action.nargs == 0)
+            or (isinstance(action.default, bool) and action.nargs == 0)
         ):
             return action.help or ""
         return super()._get_help_string(action)
