@@ -7,9 +7,9 @@ The core, in the order data flows through it:
     dataset       find, parse, filter and load Stanford Cars (``StanfordCarsCAM``; parts in ``data/``)
     model         the GAP networks and their CAM (``AlexNetGAP``, ``create_model``, ``load_checkpoint``)
     cams          the CAM methods side by side (``compute_cams``) and RISE deletion/insertion
-    localization  CAM -> boxes, IoU and the weakly supervised localisation metrics (``wsol``: wsolevaluation's)
+    localization  CAM -> boxes, IoU, the weakly supervised localisation metrics (``wsolevaluation``: clovaai's, exactly)
     overlay       CAM -> colour overlays (``apply_cam``)
-The shell: ``train`` (loops), ``runs`` (the run folder), ``checkpoint`` (files), ``visualize``
+The shell: ``train`` (loops), ``run_folder`` (a run's files), ``checkpoint`` (files), ``visualize``
 (figures and its CLI), ``compare`` (methods side by side), ``report`` (the HTML report), ``main`` (the
 command line), ``demo`` and ``synthetic`` (data without a download). ``README.md`` has the code map.
 """

@@ -8,7 +8,8 @@ Each method weighs the K feature maps ``f = forward_features(x)`` (B, K, h, w) f
 - ``xgradcam``: XGrad-CAM (Fu et al. 2020), ``ReLU(sum_k (sum_ij f_k dy_c/df_k / sum_ij f_k) f_k)``.
 - ``layercam``: Layer-CAM (Jiang et al. 2021), ``ReLU(sum_k ReLU(dy_c/df_k) * f_k)``, weights per pixel.
 - ``scorecam``: Score-CAM (Wang et al. 2020), each map weighted by the class probability of the image masked by it.
-- ``smoothgradcampp``: SmoothGrad-CAM++ (Omeiza et al. 2019), Grad-CAM++ with gradient moments averaged over noisy copies.
+- ``smoothgradcampp``: SmoothGrad-CAM++ (Omeiza et al. 2019), Grad-CAM++ with gradient moments averaged over noisy
+  copies.
 
 Gradients are taken of ``forward_head`` with respect to the features (``torch.autograd.grad``): no hooks, no backward
 pass through the backbone, no ``.grad`` on any parameter. For a GAP-linear head ``dy_c/df_k(i, j) = W[c, k] / (h w)`` is
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from .model import ClassIndex, GAPNet, _positive_int
+from .model import ClassIndex, GAPNet, check_positive_int
 
 __all__ = ["METHODS", "compute_cams", "deletion_insertion"]
 
@@ -81,7 +82,8 @@ def _combine(weights: Tensor, features: Tensor) -> Tensor:
 
 def _gradcampp_weights(d1: Tensor, d2: Tensor, d3: Tensor, features: Tensor) -> Tensor:
     """Grad-CAM++'s ``w_k = sum_ij alpha_k(i, j) ReLU(d1)``, alpha = d2 / (2 d2 + sum_ab f_k(a, b) d3) (0 where the
-    denominator is 0); without the paper's ``exp(y_c)`` factor (module docstring), which overflows float32 for y_c > 88."""
+    denominator is 0); without the paper's ``exp(y_c)`` factor (module docstring), which overflows float32 for
+    y_c > 88."""
     denom = 2 * d2 + features.sum(dim=(2, 3), keepdim=True) * d3
     nonzero = denom != 0
     alpha = torch.where(nonzero, d2 / torch.where(nonzero, denom, 1), 0)
@@ -140,7 +142,7 @@ def compute_cams(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    batch_size, n_samples = _positive_int("batch_size", batch_size), _positive_int("n_samples", n_samples)
+    batch_size, n_samples = check_positive_int("batch_size", batch_size), check_positive_int("n_samples", n_samples)
     if not isinstance(std, int | float) or isinstance(std, bool) or not std >= 0:
         raise ValueError(f"std must be a non-negative number, got {std!r}")
     with _eval_mode(model):
@@ -148,10 +150,10 @@ def compute_cams(
             features = model.forward_features(images)
             logits = model.forward_head(features)
         index = (
-            logits.argmax(dim=1) if class_idx is None else model._class_index(class_idx, len(images), features.device)
+            logits.argmax(dim=1) if class_idx is None else model.class_index(class_idx, len(images), features.device)
         )
         if method == "cam":  # the very computation of model(x, True): equal bit for bit
-            return model._cam(features, index)
+            return model.cam(features, index)
         features = features.to(torch.promote_types(features.dtype, torch.float32))  # full precision under autocast
         if method == "scorecam":
             with torch.no_grad():
@@ -195,14 +197,15 @@ def deletion_insertion(
     per point, in eval mode (restored after).
 
     Args:
-        model: Maps (B, 3, H, W) images to logits (B, C), with ``_class_index`` as :class:`~.model.GAPNet`'s.
+        model: Maps (B, 3, H, W) images to logits (B, C), with ``class_index`` as :class:`~.model.GAPNet`'s.
         images: (B, 3, H, W) RGB in [0, 1].
         maps: (B, h, w) saliency, e.g. from :func:`compute_cams`; only the ranking matters.
         class_idx: The maps' class: ``None`` for the predicted class, an int, or B ints.
         steps: Intervals of the curves (steps + 1 points); torchcam's default 20.
-        baseline: ``"zeros"`` (torchcam's default; black here, as the model normalises, not the mean colour of zeros of a
-            normalised input) or ``"blur"`` (RISE's insertion baseline: Gaussian blur, kernel 11, sigma 5, torchvision's
-            reflect padding where RISE pads with zeros), for both curves (RISE pairs zeros for deletion, blur for insertion).
+        baseline: ``"zeros"`` (torchcam's default; black here, as the model normalises, not the mean colour of zeros
+            of a normalised input) or ``"blur"`` (RISE's insertion baseline: Gaussian blur, kernel 11, sigma 5,
+            torchvision's reflect padding where RISE pads with zeros), for both curves (RISE pairs zeros for
+            deletion, blur for insertion).
 
     Returns:
         ``deletion_auc``, ``insertion_auc`` (B,), ``deletion_curve``, ``insertion_curve`` (B, steps + 1), and
@@ -211,7 +214,7 @@ def deletion_insertion(
     Raises:
         ValueError: For a bad ``maps`` shape, ``steps``, ``baseline`` or ``class_idx``.
     """
-    steps = _positive_int("steps", steps)
+    steps = check_positive_int("steps", steps)
     if baseline not in ("zeros", "blur"):
         raise ValueError(f"baseline must be 'zeros' or 'blur', got {baseline!r}")
     if not isinstance(maps, Tensor) or maps.ndim != 3 or maps.shape[0] != images.shape[0]:
@@ -219,7 +222,7 @@ def deletion_insertion(
     n, _, height, width = images.shape
     pixels = height * width
     with _eval_mode(model), torch.no_grad():
-        index = model(images).argmax(dim=1) if class_idx is None else model._class_index(class_idx, n, images.device)
+        index = model(images).argmax(dim=1) if class_idx is None else model.class_index(class_idx, n, images.device)
         saliency = F.interpolate(
             maps[:, None].to(images.device, torch.float32), size=(height, width), mode="bilinear", align_corners=False
         )

@@ -13,10 +13,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .files import CheckpointError, _folder_error, _safe_torch_load, _TorchFileError, atomic_file
+from .atomic_files import atomic_file, folder_error
+from .safe_load import TorchFileError, safe_torch_load
 
 CHECKPOINT_FORMAT_VERSION = 1
 PAPER_THRESHOLD = 0.2  # the CAM paper's threshold (Zhou et al. 2016), for checkpoints without a chosen one
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or was not written by this project."""
 
 
 def _resolve_map_location(map_location: str | torch.device | None) -> torch.device:
@@ -140,14 +145,14 @@ def read_checkpoint(
     path, location = Path(path).expanduser(), _resolve_map_location(map_location)  # a missing GPU is no damaged file
     name = repr(str(path))
     if path.is_dir():
-        raise _folder_error(f"{name} is a folder; pass a checkpoint file in it, e.g. {str(path / 'best.pt')!r}")
+        raise folder_error(f"{name} is a folder; pass a checkpoint file in it, e.g. {str(path / 'best.pt')!r}")
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {name} does not exist")
     if not path.is_file():
         raise CheckpointError(f"{name} is not a regular file; pass the best.pt or last.pt of a run")
     try:
-        checkpoint = _safe_torch_load(path, location)
-    except _TorchFileError as err:
+        checkpoint = safe_torch_load(path, location)
+    except TorchFileError as err:
         raise CheckpointError(
             {
                 "not_torch": f"{name} is not a torch checkpoint ({err}); pass the best.pt or last.pt of a run",

@@ -1,4 +1,5 @@
-"""What ``main.py`` and ``visualize.py`` share on the command line: one-line errors, help with defaults, argument types."""
+"""What ``main.py`` and ``visualize.py`` share on the command line: one-line errors, help with defaults, argument
+types."""
 
 from __future__ import annotations
 

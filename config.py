@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 MAX_IMAGE_SIZE = 1024  # 12 MiB per image already; larger sides are typos that would exhaust memory
 MAX_WORKERS_PER_CORE = 4  # more loader workers per core only queue up behind each other
-SELECT_BY = ("val_top1", "val_maxboxacc")  # the rules that choose the best epoch (``runs.epoch_score``)
+SELECT_BY = ("val_top1", "val_maxboxacc")  # the rules that choose the best epoch (``run_folder.epoch_score``)
 
 
 @dataclass

@@ -15,107 +15,31 @@ import torch
 from torchvision.datasets import VisionDataset
 
 from .data.common import (
-    DOWNLOAD_EXTRA_HINT,
-    KAGGLE_HANDLE,
-    KAGGLE_URL,
-    LAYOUTS,
     SPLITS,
-    AnnotationError,
-    DatasetError,
     DatasetNotFoundError,
-    DownloadError,
     FilterValue,
-    ImageLoadError,
-    MissingImageError,
     PathLike,
 )
-from .data.download import DEFAULT_MIRROR, Mirror, download_stanford_cars
+from .data.download import download_stanford_cars
 from .data.images import (
-    CROP_AREA_RANGE,
-    CROP_ATTEMPTS,
-    CROP_MIN_BOX_VISIBLE,
-    CROP_RELATIVE_ASPECT_RANGE,
-    DRAFT_MIN_SHARE,
-    FLIP_PROBABILITY,
-    MIN_CROP_SIDE,
     ImageCache,
     checked_boxes,
-    decode_image,
     load_view,
     open_image,
-    resize_pixels,
 )
 from .data.layouts import (
-    Layout,
-    SplitAnnotations,
     find_layout,
     read_class_names,
     read_split,
     root_path,
-    verify_stanford_cars,
 )
 from .data.names import (
-    BODY_TYPES,
     FILTER_NAMES,
-    TWO_WORD_MAKES,
-    CarClass,
     ClassToIdx,
-    FilterSummary,
-    FilterValueCount,
-    format_filter_summary,
-    parse_class_name,
     select_classes,
-    summarize,
 )
 
-__all__ = [  # StanfordCarsCAM and what it re-exports from data/: common, names, layouts, download, images
-    "BODY_TYPES",
-    "CROP_AREA_RANGE",
-    "CROP_ATTEMPTS",
-    "CROP_MIN_BOX_VISIBLE",
-    "CROP_RELATIVE_ASPECT_RANGE",
-    "DEFAULT_MIRROR",
-    "DOWNLOAD_EXTRA_HINT",
-    "DRAFT_MIN_SHARE",
-    "FILTER_NAMES",
-    "FLIP_PROBABILITY",
-    "KAGGLE_HANDLE",
-    "KAGGLE_URL",
-    "LAYOUTS",
-    "MIN_CROP_SIDE",
-    "SPLITS",
-    "TWO_WORD_MAKES",
-    "AnnotationError",
-    "CarClass",
-    "ClassToIdx",
-    "DatasetError",
-    "DatasetNotFoundError",
-    "DownloadError",
-    "FilterSummary",
-    "FilterValue",
-    "FilterValueCount",
-    "ImageCache",
-    "ImageLoadError",
-    "Layout",
-    "Mirror",
-    "MissingImageError",
-    "PathLike",
-    "SplitAnnotations",
-    "StanfordCarsCAM",
-    "decode_image",
-    "download_stanford_cars",
-    "find_layout",
-    "format_filter_summary",
-    "load_view",
-    "parse_class_name",
-    "read_class_names",
-    "read_split",
-    "resize_pixels",
-    "select_classes",
-    "stratified_split",
-    "summarize",
-    "verify_stanford_cars",
-]
+__all__ = ["StanfordCarsCAM", "stratified_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +76,8 @@ class StanfordCarsCAM(VisionDataset):
         **kwargs: Any,
     ) -> StanfordCarsCAM:
         """The un-augmented ``split`` with a checkpoint dict's filters, image size and classes, under ``root`` or
-        (``None``) the data folder the checkpoint records. ``source`` and ``flag`` name the file and the option in errors.
+        (``None``) the data folder the checkpoint records. ``source`` and ``flag`` name the file and the option in
+        errors.
 
         Raises:
             ValueError: If the data does not give the checkpoint's classes, or no folder is given or recorded.
@@ -177,7 +102,8 @@ class StanfordCarsCAM(VisionDataset):
         if list(dataset.classes) != list(checkpoint["class_names"]):
             raise ValueError(
                 f"the data under {str(root)!r} gives classes {list(dataset.classes)[:4]}... but the checkpoint was "
-                f"trained on {list(checkpoint['class_names'])[:4]}...; point {flag.split()[0]} at the data it was trained on"
+                f"trained on {list(checkpoint['class_names'])[:4]}...; "
+                f"point {flag.split()[0]} at the data it was trained on"
             )
         return dataset
 
@@ -251,14 +177,15 @@ class StanfordCarsCAM(VisionDataset):
         image, box = load_view(path, self.boxes[index], self.image_size, self.augment, self.cache)
         # A copy, so that drawing on the visualisation never changes the network's input.
         item: tuple[Any, ...] = (image, image.clone(), label) if self.generate_img_for_cam else (image, label)
-        return item + (box,) if self.return_box else item
+        return (*item, box) if self.return_box else item
 
     def original_box(self, index: int) -> torch.Tensor:
         """The box of sample ``index`` in its file's pixels: (4,) float32, 0-based half-open."""
         return torch.as_tensor(self.boxes[index], dtype=torch.float32)
 
     def get_box(self, index: int) -> torch.Tensor:
-        """The box of sample ``index`` in the un-augmented S x S view: (4,) float32 in [0, S] (augmented: ``return_box``)."""
+        """The box of sample ``index`` in the un-augmented S x S view: (4,) float32 in [0, S] (augmented:
+        ``return_box``)."""
         with open_image(self.samples[index][0]) as image:
             width, height = image.size
         scale = np.array([self.image_size / width, self.image_size / height] * 2)

@@ -1,5 +1,6 @@
 """The demo (``python main.py --demo``), no download: a synthetic Stanford Cars in the real on-disk format, a short CPU
-training run from scratch, the best checkpoint scored on the test split, and CAM overlays with predicted and true boxes."""
+training run from scratch, the best checkpoint scored on the test split, and CAM overlays with predicted and true
+boxes."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic_files import check_writable
 from .config import TrainConfig
 from .data.class_names import STANFORD_CARS_CLASS_NAMES
-from .dataset import select_classes
-from .files import check_writable
+from .data.names import select_classes
 from .synthetic import write_synthetic_stanford_cars
 from .train import fit
 from .visualize import render_cam_grid
@@ -67,7 +68,8 @@ def run_demo(
     """Write synthetic data, train on it, evaluate, and draw the CAMs.
 
     Args:
-        out_dir: Folder for ``data/``, ``run/`` and the figure (a demo run there is replaced); None: a new temporary one.
+        out_dir: Folder for ``data/``, ``run/`` and the figure (a demo run there is replaced); None: a new temporary
+            one.
         seed: Seed of the data, the split and the training.
         n_train_per_class, n_test_per_class: Synthetic images per class.
         n_epochs: Override the demo's number of epochs (tests use fewer).

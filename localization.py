@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from .accel.sweep import HAVE_NUMBA, run_sweep
+from .accel.jit import HAVE_NUMBA
+from .accel.sweep import run_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,11 @@ __all__ = [
     "METRIC_LABELS",
     "THRESHOLDS",
     "V2_IOU_THRESHOLDS",
+    "HitCounts",
     "LocalizationMeter",
     "box_iou",
     "boxes_from_cams",
+    "check_batch",
     "choose_cam_threshold",
     "format_metrics_table",
     "largest_component_box",
@@ -82,7 +85,8 @@ def normalize_cams(cams: Tensor, size: tuple[int, int]) -> Tensor:
     # One check (one sync) for both: the sweep trusts these maps to be finite, and a span that overflows makes them NaN.
     if not bool(torch.isfinite(cams).all() & torch.isfinite(span).all()):
         raise ValueError(
-            "cams contain NaN or infinite values, or a range too wide for their dtype; check the model's output before scoring it"
+            "cams contain NaN or infinite values, or a range too wide for their dtype; "
+            "check the model's output before scoring it"
         )
     return torch.where(span > 0, (up - low) / torch.where(span > 0, span, 1.0), 0.0)
 
@@ -210,7 +214,8 @@ def _sweep(
 def sweep_boxes(
     maps: np.ndarray | Tensor, thresholds: np.ndarray = THRESHOLDS, num_threads: int | None = None
 ) -> np.ndarray:
-    """Box of the largest 8-connected component of ``map >= t`` (in float64) per threshold; equals :func:`reference_boxes`.
+    """Box of the largest 8-connected component of ``map >= t`` (in float64) per threshold; equals
+    :func:`reference_boxes`.
 
     Args:
         maps: (B, H, W) or (H, W) finite maps (normally :func:`normalize_cams` output), an array or a tensor
@@ -271,12 +276,15 @@ def boxes_from_cams(cams: Tensor, size: tuple[int, int], threshold: float = LOC_
     return torch.from_numpy(boxes).to(device=cams.device, dtype=torch.float32)
 
 
-class _HitCounts:
-    """The counts both meters keep and how they become metrics; a meter fills them in its ``update``."""
+class HitCounts:
+    """The counts both meters keep and how they become metrics; a meter fills them in its ``update``: ``counts``
+    (images, those with a box, top-1 and top-5 hits), and per threshold (T,) ``hits``, ``hits_top1`` and ``hits_v2``
+    (3, T). A subclass names what its thresholds are built from (``BUILT_FROM``) and whether ``compute`` reports the
+    nearest threshold (``REPORT_NEAREST``)."""
 
     _HEAD = 4  # n_images, n_with_box, top1, top5
-    _BUILT_FROM = "thresholds"  # what two meters that cannot merge differ in, for the error
-    _REPORT_NEAREST = False  # compute(cam_threshold) reports the nearest of the thresholds, not cam_threshold itself
+    BUILT_FROM = "thresholds"  # what two meters that cannot merge differ in, for the error
+    REPORT_NEAREST = False  # compute(cam_threshold) reports the nearest of the thresholds, not cam_threshold itself
 
     def __init__(self, thresholds: np.ndarray, loc_threshold: float, choices: str) -> None:
         matches = np.flatnonzero(np.isclose(thresholds, loc_threshold, rtol=0.0, atol=1e-9))
@@ -288,17 +296,18 @@ class _HitCounts:
     def reset(self) -> None:
         """Forget every image seen."""
         n = self.thresholds.shape[0]
-        self._counts = np.zeros(self._HEAD, dtype=np.int64)
-        self._hits = np.zeros(n, dtype=np.int64)  # (T,) largest region, IoU >= 0.5
-        self._hits_top1 = np.zeros(n, dtype=np.int64)  # (T,) those whose top-1 class is right too
-        self._hits_v2 = np.zeros((len(V2_IOU_THRESHOLDS), n), dtype=np.int64)  # (3, T) any region
+        self.counts = np.zeros(self._HEAD, dtype=np.int64)
+        self.hits = np.zeros(n, dtype=np.int64)  # (T,) largest region, IoU >= 0.5
+        self.hits_top1 = np.zeros(n, dtype=np.int64)  # (T,) those whose top-1 class is right too
+        self.hits_v2 = np.zeros((len(V2_IOU_THRESHOLDS), n), dtype=np.int64)  # (3, T) any region
 
-    def _count_classes(self, logits: Tensor, labels: Tensor, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Count a checked batch's images, boxes and top-1/top-5 hits; which images are right at top-1 and have a box (B,)."""
+    def count_classes(self, logits: Tensor, labels: Tensor, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Count a checked batch's images, boxes and top-1/top-5 hits; which images are right at top-1 and have a
+        box (B,)."""
         topk = logits.detach().cpu().float().topk(min(5, logits.shape[1]), dim=1).indices  # (B, k)
         top1_right, has_box = (topk[:, 0] == labels).numpy(), ~np.isnan(boxes[:, 0])
         top5_right = (topk == labels[:, None]).any(dim=1).numpy()
-        self._counts += np.array([logits.shape[0], has_box.sum(), top1_right.sum(), top5_right.sum()], dtype=np.int64)
+        self.counts += np.array([logits.shape[0], has_box.sum(), top1_right.sum(), top5_right.sum()], dtype=np.int64)
         return top1_right, has_box
 
     def compute(self, cam_threshold: float | None = None) -> dict[str, float | int]:
@@ -307,22 +316,22 @@ class _HitCounts:
         Args:
             cam_threshold: also report GT-known and Top-1 Loc at the one of :attr:`thresholds` nearest to it.
         """
-        n_images, n_box, top1, top5 = (int(v) for v in self._counts)
+        n_images, n_box, top1, top5 = (int(v) for v in self.counts)
 
         def rate(count: float, total: int) -> float:
             return float(count) / total if total else math.nan
 
-        best_t = int(np.argmax(self._hits))
+        best_t = int(np.argmax(self.hits))
         v2 = {
             f"maxboxacc_v2_iou{round(100 * iou)}": rate(hits.max(), n_box)
-            for iou, hits in zip(V2_IOU_THRESHOLDS, self._hits_v2)
+            for iou, hits in zip(V2_IOU_THRESHOLDS, self.hits_v2)
         }
         out: dict[str, float | int] = {
             "top1": rate(top1, n_images),
             "top5": rate(top5, n_images),
-            "gt_known_loc": rate(self._hits[self._loc_index], n_box),
-            "top1_loc": rate(self._hits_top1[self._loc_index], n_box),
-            "maxboxacc": rate(self._hits[best_t], n_box),
+            "gt_known_loc": rate(self.hits[self._loc_index], n_box),
+            "top1_loc": rate(self.hits_top1[self._loc_index], n_box),
+            "maxboxacc": rate(self.hits[best_t], n_box),
             "maxboxacc_threshold": float(self.thresholds[best_t]) if n_box else math.nan,
             "maxboxacc_v2": float(np.mean(list(v2.values()))) if n_box else math.nan,
             **v2,
@@ -333,15 +342,15 @@ class _HitCounts:
         if cam_threshold is not None:
             j = int(np.argmin(np.abs(self.thresholds - float(cam_threshold))))
             out.update(
-                cam_threshold=float(self.thresholds[j] if self._REPORT_NEAREST else cam_threshold),
-                gt_known_loc_at_cam_threshold=rate(self._hits[j], n_box),
-                top1_loc_at_cam_threshold=rate(self._hits_top1[j], n_box),
+                cam_threshold=float(self.thresholds[j] if self.REPORT_NEAREST else cam_threshold),
+                gt_known_loc_at_cam_threshold=rate(self.hits[j], n_box),
+                top1_loc_at_cam_threshold=rate(self.hits_top1[j], n_box),
             )
         return out
 
     def state_tensor(self) -> Tensor:
         """All counts as one int64 tensor (4 + 5T,), to be summed across ranks."""
-        return torch.from_numpy(np.concatenate([self._counts, self._hits, self._hits_top1, self._hits_v2.ravel()]))
+        return torch.from_numpy(np.concatenate([self.counts, self.hits, self.hits_top1, self.hits_v2.ravel()]))
 
     def load_state_tensor(self, state: Tensor) -> None:
         """Replace the counts by ``state`` (e.g. the all-reduced :meth:`state_tensor`)."""
@@ -353,18 +362,18 @@ class _HitCounts:
                 "were the meters built alike?"
             )
         arr = (values.round() if values.is_floating_point() else values).long().numpy().copy()
-        self._counts, rows = arr[: self._HEAD], arr[self._HEAD :].reshape(2 + len(V2_IOU_THRESHOLDS), n)
-        self._hits, self._hits_top1, self._hits_v2 = rows[0], rows[1], rows[2:]
+        self.counts, rows = arr[: self._HEAD], arr[self._HEAD :].reshape(2 + len(V2_IOU_THRESHOLDS), n)
+        self.hits, self.hits_top1, self.hits_v2 = rows[0], rows[1], rows[2:]
 
-    def merge(self, other: _HitCounts) -> _HitCounts:
+    def merge(self, other: HitCounts) -> HitCounts:
         """Add ``other``'s counts to this meter's; returns ``self``."""
         if not np.array_equal(self.thresholds, other.thresholds) or self._loc_index != other._loc_index:
-            raise ValueError(f"cannot merge meters built with different {self._BUILT_FROM} or loc_threshold")
+            raise ValueError(f"cannot merge meters built with different {self.BUILT_FROM} or loc_threshold")
         self.load_state_tensor(self.state_tensor() + other.state_tensor())
         return self
 
 
-class LocalizationMeter(_HitCounts):
+class LocalizationMeter(HitCounts):
     """Classification and weakly supervised localisation metrics, accumulated batch by batch as hit counts.
 
     ``top1``/``top5`` (top-min(5, C)) are over all images, the rest over images with a box (the others count in
@@ -402,8 +411,8 @@ class LocalizationMeter(_HitCounts):
         Raises:
             ValueError: on inconsistent shapes, labels out of range or invalid boxes.
         """
-        labels, boxes = _check_batch(logits, labels, cams, gt_boxes)
-        top1_right, has_box = self._count_classes(logits, labels, boxes)
+        labels, boxes = check_batch(logits, labels, cams, gt_boxes)
+        top1_right, has_box = self.count_classes(logits, labels, boxes)
         if not has_box.any():
             return
         maps = normalize_cams(
@@ -412,18 +421,19 @@ class LocalizationMeter(_HitCounts):
         gt = boxes[has_box]
         largest, best_iou = _sweep(maps, self.thresholds, gt, self.num_threads)  # (N, T, 4), (N, T)
         hit = _iou(largest, gt[:, None, :]) >= IOU_THRESHOLD  # (N, T)
-        self._hits += hit.sum(axis=0)
-        self._hits_v2 += (best_iou >= np.array(V2_IOU_THRESHOLDS)[:, None, None]).sum(axis=1)  # (3, N, T) -> (3, T)
-        self._hits_top1 += (hit & top1_right[has_box, None]).sum(axis=0)
+        self.hits += hit.sum(axis=0)
+        self.hits_v2 += (best_iou >= np.array(V2_IOU_THRESHOLDS)[:, None, None]).sum(axis=1)  # (3, N, T) -> (3, T)
+        self.hits_top1 += (hit & top1_right[has_box, None]).sum(axis=0)
 
     def box_accuracy_curve(self) -> np.ndarray:
         """(T,) float64 share of the images with a box hit at each threshold (MaxBoxAcc is its maximum)."""
-        return self._hits / max(int(self._counts[1]), 1)
+        return self.hits / max(int(self.counts[1]), 1)
 
 
 def choose_cam_threshold(curve: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> float:
     """The threshold at the centre of the widest run of thresholds where the box accuracy ``curve`` (T,) is at its
-    maximum (the first such run of equal width): of equally good thresholds, neither the loosest nor the tightest box."""
+    maximum (the first such run of equal width): of equally good thresholds, neither the loosest nor the tightest
+    box."""
     best = np.flatnonzero(curve == np.max(curve))
     runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)  # consecutive indices at the maximum
     widest = max(runs, key=len)
@@ -507,7 +517,7 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines + (["-" * 78] if "n_images" in metrics else []) + after)
 
 
-def _check_batch(logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor | None) -> tuple[Tensor, np.ndarray]:
+def check_batch(logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor | None) -> tuple[Tensor, np.ndarray]:
     """:meth:`LocalizationMeter.update`'s checks; the labels (B,) int64 on the CPU and the boxes (B, 4) float64."""
     if logits.dim() != 2:
         raise ValueError(f"logits must be (B, C), got shape {tuple(logits.shape)}")
@@ -517,7 +527,8 @@ def _check_batch(logits: Tensor, labels: Tensor, cams: Tensor, gt_boxes: Tensor 
         raise ValueError(f"labels must be ({n_images},) to match logits, got shape {tuple(labels.shape)}")
     if n_images and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
         raise ValueError(
-            f"labels must lie in [0, {n_classes}) for {n_classes} logits, got range [{int(labels.min())}, {int(labels.max())}]"
+            f"labels must lie in [0, {n_classes}) for {n_classes} logits, "
+            f"got range [{int(labels.min())}, {int(labels.max())}]"
         )
     if cams.shape[0] != n_images:
         raise ValueError(f"cams must hold {n_images} maps to match logits, got shape {tuple(cams.shape)}")

@@ -37,6 +37,7 @@ try:  # imported as a module (the console script), a Ctrl-C while the libraries 
         _bootstrap.ensure_package()
 
     from CAM_Stanford_Cars.cams import METHODS
+    from CAM_Stanford_Cars.checkpoint import CheckpointError
     from CAM_Stanford_Cars.cli import (
         HelpFormatter,
         OneLineParser,
@@ -47,14 +48,17 @@ try:  # imported as a module (the console script), a Ctrl-C while the libraries 
         year_list,
     )
     from CAM_Stanford_Cars.compare import compare_methods, format_methods_table
-    from CAM_Stanford_Cars.config import SELECT_BY
-    from CAM_Stanford_Cars.dataset import DatasetError, StanfordCarsCAM, format_filter_summary
+    from CAM_Stanford_Cars.config import SELECT_BY, TrainConfig
+    from CAM_Stanford_Cars.data.common import DatasetError
+    from CAM_Stanford_Cars.data.names import format_filter_summary
+    from CAM_Stanford_Cars.dataset import StanfordCarsCAM
     from CAM_Stanford_Cars.demo import run_demo
+    from CAM_Stanford_Cars.distributed import shutdown_distributed
     from CAM_Stanford_Cars.evaluation import PROTOCOLS, evaluate_checkpoint
     from CAM_Stanford_Cars.localization import format_metrics_table
-    from CAM_Stanford_Cars.model import ARCHS, CheckpointError, PretrainedWeightsError
+    from CAM_Stanford_Cars.model import ARCHS, PretrainedWeightsError
     from CAM_Stanford_Cars.report import write_report
-    from CAM_Stanford_Cars.train import NonFiniteLossError, TrainConfig, fit, shutdown_distributed
+    from CAM_Stanford_Cars.train import NonFiniteLossError, fit
 except KeyboardInterrupt:
     _exit_interrupted()
 if _EXIT_ON_CTRL_C:
@@ -62,30 +66,12 @@ if _EXIT_ON_CTRL_C:
 
 __all__ = [
     "DEFAULTS",
-    "CheckpointError",
-    "DatasetError",
-    "HelpFormatter",
-    "NonFiniteLossError",
-    "OneLineParser",
-    "PretrainedWeightsError",
-    "StanfordCarsCAM",
-    "TrainConfig",
-    "bool_flag",
     "check_commands",
     "config_from_args",
     "error_line",
-    "evaluate_checkpoint",
-    "fit",
-    "format_filter_summary",
-    "format_metrics_table",
     "get_args_parser",
     "main",
-    "positive_int",
-    "pretrained_flag",
     "run",
-    "shutdown_distributed",
-    "text_list",
-    "year_list",
 ]
 
 DEFAULTS = TrainConfig()
@@ -107,7 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         dest="root",
         default=None,
         metavar="DIR",
-        help=f"folder holding Stanford Cars, or where to put it (default: {DEFAULTS.root}; for --evaluate, the checkpoint's)",
+        help=f"folder holding Stanford Cars, or where to put it "
+        f"(default: {DEFAULTS.root}; for --evaluate, the checkpoint's)",
     )
     data.add_argument(
         "--download_datasets",
@@ -182,7 +169,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=pretrained_flag,
         default=DEFAULTS.pretrained,
         metavar="BOOL|PATH",
-        help="start from torchvision's ImageNet weights of --arch (torch hub cache or download), a local weights file, or false for scratch",
+        help="start from torchvision's ImageNet weights of --arch (torch hub cache or download), "
+        "a local weights file, or false for scratch",
     )
     train.add_argument("--optimizer", choices=("sgd", "adamw"), default=DEFAULTS.optimizer, help="optimizer")
     train.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate of the new layers")
@@ -291,7 +279,8 @@ def _add_evaluate_options(other: argparse._ArgumentGroup) -> None:
         "--protocol",
         choices=PROTOCOLS,
         default="cam",
-        help="how --evaluate scores boxes: this project's (the CAM paper's wording) or clovaai/wsolevaluation's exactly (needs OpenCV)",
+        help="how --evaluate scores boxes: this project's (the CAM paper's wording) "
+        "or clovaai/wsolevaluation's exactly (needs OpenCV)",
     )
     other.add_argument(
         "--methods",
@@ -408,7 +397,8 @@ def run(args: argparse.Namespace) -> int:
         n_epochs = None if args.n_epochs == DEFAULTS.n_epochs else args.n_epochs
         result = run_demo(args.demo_dir, progress=args.progress, seed=args.seed, n_epochs=n_epochs, arch=args.arch)
         print(
-            f"\nDemo finished. Checkpoint: {result.checkpoint}\nCAM figure: {result.figure}\nRun folder: {result.run_dir}"
+            f"\nDemo finished. Checkpoint: {result.checkpoint}\nCAM figure: {result.figure}\n"
+            f"Run folder: {result.run_dir}"
         )
         return 0
     result = fit(config_from_args(args))

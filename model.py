@@ -23,43 +23,28 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 
-# Checkpoint and file helpers lived here once; they stay importable from the model.
-from .checkpoint import CHECKPOINT_FORMAT_VERSION, read_checkpoint, require_entries, save_checkpoint, unwrap_model
-from .files import (
-    CheckpointError,
-    _first_line,
-    _safe_torch_load,
-    _TorchFileError,
-    atomic_file,
-    default_file_mode,
-    file_in_the_way,
-)
+from .checkpoint import CheckpointError, read_checkpoint
+from .safe_load import TorchFileError, first_line, safe_torch_load
 
 __all__ = [
     "ALEXNET_WEIGHTS_URL",
     "ARCH",
     "ARCHS",
     "BACKBONES",
-    "CHECKPOINT_FORMAT_VERSION",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MIN_INPUT_SIZE",
     "VGG16GAP",
     "AlexNetGAP",
-    "CheckpointError",
+    "ClassIndex",
     "GAPNet",
     "PretrainedSpec",
     "PretrainedWeightsError",
     "ResNetGAP",
-    "atomic_file",
     "build_model",
+    "check_positive_int",
     "create_model",
-    "default_file_mode",
-    "file_in_the_way",
     "load_checkpoint",
-    "require_entries",
-    "save_checkpoint",
-    "unwrap_model",
 ]
 
 ARCH = "alexnet_gap"
@@ -74,7 +59,8 @@ class PretrainedWeightsError(RuntimeError):
     """ImageNet AlexNet weights were asked for and could not be had."""
 
 
-def _positive_int(name: str, value: object) -> int:
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` if it is a positive int (a bool is not), else ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
@@ -98,14 +84,15 @@ class GAPNet(nn.Module):
     def __init__(self, num_classes: int, **model_args: int) -> None:
         super().__init__()
         for name, value in (("num_classes", num_classes), *model_args.items()):
-            _positive_int(name, value)
+            check_positive_int(name, value)
         self.num_classes = num_classes
         self.model_args = {"num_classes": num_classes, **model_args}  # what rebuilds it from a checkpoint
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def _init_new_layers(self, pretrained: PretrainedSpec) -> None:
-        """N(0, 0.01) for ``fc``, as the CAM paper (``cam_conv`` keeps PyTorch's default init); then ImageNet weights if asked."""
+        """N(0, 0.01) for ``fc``, as the CAM paper (``cam_conv`` keeps PyTorch's default init); then ImageNet
+        weights if asked."""
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
         if pretrained:
@@ -144,7 +131,7 @@ class GAPNet(nn.Module):
                     torch.hub.download_url_to_file(urls[0], str(hub_file), progress=True)
             except (OSError, RuntimeError, ValueError) as err:
                 raise PretrainedWeightsError(
-                    f"Could not get ImageNet {self.title} weights ({_first_line(err)}). {how_to}"
+                    f"Could not get ImageNet {self.title} weights ({first_line(err)}). {how_to}"
                 ) from None
             how_to = f"Delete it to download it again, or: {how_to}"  # a damaged cached copy gets a local file's errors
         name = repr(str(path))
@@ -156,8 +143,8 @@ class GAPNet(nn.Module):
         if not path.is_file():
             raise PretrainedWeightsError(f"Pretrained weights file {name} does not exist. {how_to}")
         try:
-            state = _safe_torch_load(path, torch.device("cpu"))
-        except _TorchFileError as err:
+            state = safe_torch_load(path, torch.device("cpu"))
+        except TorchFileError as err:
             what = (
                 f"{name} is not a torch weights file"
                 if err.kind == "not_torch"
@@ -194,7 +181,8 @@ class GAPNet(nn.Module):
             class_idx: ``None`` for every class, an int for one class for all, or B ints, one per sample.
 
         Returns:
-            (B, C, h, w) for every class, or (B, h, w) for one per sample; float32 under autocast too (float64 for float64).
+            (B, C, h, w) for every class, or (B, h, w) for one per sample; float32 under autocast too (float64
+            for float64).
 
         Raises:
             ValueError: If ``features`` is not (B, K, h, w), or ``class_idx`` is out of range.
@@ -204,10 +192,10 @@ class GAPNet(nn.Module):
             raise ValueError(
                 f"features must be (B, {self.cam_channels}, h, w) as forward_features returns, got {shape}"
             )
-        index = None if class_idx is None else self._class_index(class_idx, features.shape[0], features.device)
-        return self._cam(features, index)
+        index = None if class_idx is None else self.class_index(class_idx, features.shape[0], features.device)
+        return self.cam(features, index)
 
-    def _cam(self, features: Tensor, index: Tensor | None) -> Tensor:
+    def cam(self, features: Tensor, index: Tensor | None) -> Tensor:
         """:meth:`class_activation_maps` for trusted input: ``index`` is None or a valid (B,) long tensor."""
         dtype = torch.promote_types(features.dtype, torch.float32)
         # Autocast would run the einsum in bf16/fp16 again; the maps are small, so full precision costs nothing.
@@ -238,7 +226,7 @@ class GAPNet(nn.Module):
         if not return_cam:
             return logits
         if class_idx is None:  # the predicted class: valid by construction, so no check and no host sync
-            return logits, self._cam(features, logits.argmax(dim=1))
+            return logits, self.cam(features, logits.argmax(dim=1))
         return logits, self.class_activation_maps(features, class_idx)
 
     def _check_images(self, x: Any) -> None:
@@ -265,14 +253,15 @@ class GAPNet(nn.Module):
             raise ValueError(
                 f"images are on {x.device} but the model is on {device}; move them with images.to({str(device)!r})"
             )
-        # Normalising promotes half images to the buffers' dtype, but float64 stays float64 and a float32 conv refuses it.
+        # Normalising promotes half images to the buffers' dtype, but float64 stays float64 and a float32 conv
+        # refuses it.
         if torch.promote_types(x.dtype, self.mean.dtype) != dtype and not torch.is_autocast_enabled(x.device.type):
             how = "images.float()" if dtype == torch.float32 else f"images.to({dtype})"
             raise ValueError(
                 f"images have dtype {x.dtype} but the model's weights are {dtype}; convert them with {how}"
             )
 
-    def _class_index(self, class_idx: ClassIndex, batch_size: int, device: torch.device) -> Tensor:
+    def class_index(self, class_idx: ClassIndex, batch_size: int, device: torch.device) -> Tensor:
         """``class_idx`` as a (B,) long tensor on ``device``, checked against the classes."""
         span = f"[0, {self.num_classes - 1}]"
         if isinstance(class_idx, str | bytes):
@@ -297,13 +286,15 @@ class GAPNet(nn.Module):
             )
         if ((index < 0) | (index >= self.num_classes)).any():  # one host sync: evaluation passes labels every batch
             raise ValueError(
-                f"class_idx values must lie in {span}, got {index.tolist() if batch_size <= 16 else 'values outside it'}"
+                f"class_idx values must lie in {span}, "
+                f"got {index.tolist() if batch_size <= 16 else 'values outside it'}"
             )
         return index
 
 
 class _ConvGAP(GAPNet):
-    """A backbone of plain convolutions (``features``, torchvision's keys), the CAM paper's added ``cam_conv`` and ``fc``."""
+    """A backbone of plain convolutions (``features``, torchvision's keys), the CAM paper's added ``cam_conv`` and
+    ``fc``."""
 
     def __init__(
         self,
@@ -456,7 +447,8 @@ ARCHS = tuple(name.removesuffix("_gap") for name in BACKBONES)
 
 
 def create_model(arch: str, num_classes: int, pretrained: PretrainedSpec = False) -> GAPNet:
-    """A new network of ``arch`` (``"alexnet"``, ``"vgg16"``, ``"resnet18"``, ``"resnet50"``) for ``num_classes`` classes."""
+    """A new network of ``arch`` (``"alexnet"``, ``"vgg16"``, ``"resnet18"``, ``"resnet50"``) for ``num_classes``
+    classes."""
     name = arch if arch in BACKBONES else f"{arch}_gap"
     if name not in BACKBONES:
         raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")

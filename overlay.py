@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .accel import overlay_kernel
 
-__all__ = ["LUT_SIZE", "apply_cam", "colormap_lut"]
+__all__ = ["LUT_SIZE", "apply_cam", "colormap_lut", "get_colormap"]
 
 LUT_SIZE = 256
 
@@ -26,7 +26,8 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _get_colormap(colormap: str | Colormap) -> Colormap:
+def get_colormap(colormap: str | Colormap) -> Colormap:
+    """The matplotlib colormap named by ``colormap`` (or ``colormap`` itself); ``ValueError`` for an unknown name."""
     _check(
         isinstance(colormap, (str, Colormap)),
         f"colormap must be a matplotlib colormap name or Colormap, got {type(colormap).__name__} {colormap!r}",
@@ -42,7 +43,7 @@ def _get_colormap(colormap: str | Colormap) -> Colormap:
 def _lut(colormap: str | Colormap, device: torch.device) -> Tensor:
     # Sampling at i / 255 reproduces a 256-colour map's own table exactly (matplotlib maps x to
     # entry int(x * N)), so value x gets the colour matplotlib itself gives it.
-    return torch.tensor(_get_colormap(colormap)(np.linspace(0, 1, LUT_SIZE))[:, :3], dtype=torch.float32, device=device)
+    return torch.tensor(get_colormap(colormap)(np.linspace(0, 1, LUT_SIZE))[:, :3], dtype=torch.float32, device=device)
 
 
 _cached_lut = functools.lru_cache(maxsize=64)(_lut)
@@ -57,7 +58,7 @@ def colormap_lut(colormap: str | Colormap = "jet", device: torch.device | str = 
     """
     device = torch.device(device)  # "cuda" and "cuda:N" share a cache entry
     device = torch.device("cuda", torch.cuda.current_device()) if device == torch.device("cuda") else device
-    _get_colormap(colormap)  # validated before caching
+    get_colormap(colormap)  # validated before caching
     return (_lut if isinstance(colormap, Colormap) else _cached_lut)(colormap, device)
 
 
@@ -173,7 +174,8 @@ def apply_cam(images: Tensor, cams: Tensor, alpha: float = 0.5, colormap: str | 
 
 
 def _overlay_torch(images: Tensor, cams: Tensor, table: Tensor, alpha: float, out: Tensor) -> Tensor:
-    """``out`` (B, 3, H, W) = ``clamp((1 - alpha) * images + table[:, floor(256 * normalise(upsample(cams)))], 0, 1)``."""
+    """``out`` (B, 3, H, W) =
+    ``clamp((1 - alpha) * images + table[:, floor(256 * normalise(upsample(cams)))], 0, 1)``."""
     batch, _, height, width = images.shape
     up = F.interpolate(cams[:, None], size=(height, width), mode="bilinear", align_corners=False)  # (B, 1, H, W)
     low = up.amin(dim=(2, 3), keepdim=True)

@@ -53,7 +53,8 @@ def start_process(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
     device = select_device(device_name, dist_info.local_rank)
     if dist_info.distributed and device.type == "mps":  # gloo, the only backend off CUDA, cannot reduce on MPS
         raise ValueError(
-            "torchrun cannot train on Apple MPS (no distributed backend supports it); use --device cpu, or run one process"
+            "torchrun cannot train on Apple MPS (no distributed backend supports it); "
+            "use --device cpu, or run one process"
         )
     if device.type == "cuda":
         torch.cuda.set_device(device)  # pinned memory and capability queries then use this GPU

@@ -109,7 +109,7 @@ def draw_car(look: CarLook, length: int, rng: np.random.Generator, facing_right:
     height = max(8, round(length / (look.aspect * rng.uniform(0.96, 1.04))))
     light = rng.uniform(0.85, 1.15)  # lighting varies per image, never per class
     body, accent, glass, hub = (
-        tuple(int(min(255, max(0, c * light))) for c in color) + (255,)
+        (*(int(min(255, max(0, c * light))) for c in color), 255)
         for color in (look.color, look.accent, look.glass, look.hub)
     )
     canvas = Image.new("RGBA", (length, height), (0, 0, 0, 0))
@@ -331,7 +331,8 @@ def _draw_records(
     n_grayscale: int,
     n_cmyk: int,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per split, shuffled: each image with its file name, class and box as the devkit stores them (1-based, inclusive)."""
+    """Per split, shuffled: each image with its file name, class and box as the devkit stores them (1-based,
+    inclusive)."""
     order_rng = np.random.default_rng([seed, 0])
     records: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     for split_id, (split, per_class) in enumerate(zip(records, (n_train_per_class, n_test_per_class)), start=1):
@@ -365,7 +366,8 @@ def _write_layout(folder: Path, records: dict[str, list[dict[str, Any]]], layout
         rows = [dict(mixed[p], relative_im_path=f"car_ims/{n:06d}.jpg") for n, p in enumerate(order, start=1)]
         for row in rows:
             row["image"].save(folder / row["relative_im_path"], "JPEG", quality=quality)
-        return _savemat(folder / "cars_annos.mat", rows, ("relative_im_path", *BOX_FIELDS, "class", "test"), **_META)
+        _savemat(folder / "cars_annos.mat", rows, ("relative_im_path", *BOX_FIELDS, "class", "test"), **_META)
+        return
     devkit = folder / ("devkit" if layout == "torchvision" else "car_devkit/devkit")  # Kaggle nests the folders
     for split, split_records in records.items():
         images = folder / f"cars_{split}" / (f"cars_{split}" if layout == "kaggle" else "")

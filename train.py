@@ -23,31 +23,27 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from .checkpoint import cam_threshold_of, require_entries, save_checkpoint, unwrap_model
-from .config import MAX_IMAGE_SIZE, MAX_WORKERS_PER_CORE, TrainConfig
-from .dataset import FILTER_NAMES, StanfordCarsCAM, stratified_split
+from .atomic_files import atomic_write_text
+from .checkpoint import cam_threshold_of, save_checkpoint
+from .config import TrainConfig
+from .data.names import FILTER_NAMES
+from .dataset import StanfordCarsCAM, stratified_split
 from .distributed import (
     DistInfo,
     all_reduce_sum,
     epoch_sampler,
     eval_indices,
     gather_rng_states,
-    init_distributed,
-    shutdown_distributed,
 )
-from .evaluation import PROTOCOLS, THRESHOLD_ENTRIES, evaluate, evaluate_checkpoint, threshold_entries
-from .files import atomic_file, atomic_write_text, check_writable, unwritable_reason
-from .localization import METRIC_LABELS, LocalizationMeter
-from .model import AlexNetGAP, GAPNet, create_model, load_checkpoint
-from .runs import (
+from .evaluation import THRESHOLD_ENTRIES, evaluate, threshold_entries
+from .model import GAPNet, create_model, load_checkpoint
+from .run_folder import (
     ARGS_FILE,
     BEST_CHECKPOINT,
     CURVES_FIGURE,
     LAST_CHECKPOINT,
     METRICS_LOG,
-    RESUME_MUST_MATCH,
     TEST_METRICS,
-    RunFolderBusy,
     StopRequest,
     check_new_run,
     epoch_score,
@@ -55,7 +51,6 @@ from .runs import (
     hold_run_folder,
     keep_as_best,
     plain_config,
-    read_metrics_log,
     read_resume_state,
     remove_run_files,
     repair_run,
@@ -63,85 +58,29 @@ from .runs import (
     write_metrics_log,
 )
 from .runtime import (
-    CPU_LOADER_WORKERS,
     accumulator_dtype,
     amp_dtype,
     autocast_context,
-    collate_batch,
     configure_cpu_threads,
     default_num_workers,
     make_loader,
     seed_everything,
-    select_device,
     start_process,
 )
 from .visualize import plot_training_curves
 
-__all__ = [  # defined here, then re-exported from where they moved
-    "ARGS_FILE",
-    "BEST_CHECKPOINT",
-    "CPU_LOADER_WORKERS",
-    "CURVES_FIGURE",
-    "LAST_CHECKPOINT",
-    "MAX_IMAGE_SIZE",
-    "MAX_WORKERS_PER_CORE",
-    "METRICS_LOG",
-    "METRIC_LABELS",
-    "PROTOCOLS",
-    "RESUME_MUST_MATCH",
-    "TEST_METRICS",
-    "THRESHOLD_ENTRIES",
-    "AlexNetGAP",
-    "DistInfo",
+__all__ = [
     "EpochProgress",
-    "LocalizationMeter",
     "NonFiniteLossError",
     "RunData",
-    "RunFolderBusy",
     "RunResult",
-    "StanfordCarsCAM",
     "StepSettings",
-    "TrainConfig",
-    "accumulator_dtype",
-    "all_reduce_sum",
-    "amp_dtype",
-    "atomic_file",
-    "atomic_write_text",
-    "autocast_context",
     "build_datasets",
     "build_optimizer",
     "build_scheduler",
-    "check_new_run",
-    "check_writable",
-    "collate_batch",
-    "configure_cpu_threads",
-    "default_num_workers",
-    "epoch_sampler",
     "epoch_train_metrics",
-    "eval_indices",
-    "evaluate",
-    "evaluate_checkpoint",
     "fit",
-    "format_metrics",
-    "gather_rng_states",
-    "init_distributed",
-    "load_checkpoint",
-    "make_loader",
-    "plain_config",
-    "read_metrics_log",
-    "remove_run_files",
-    "require_entries",
-    "save_checkpoint",
-    "seed_everything",
-    "select_device",
-    "shutdown_distributed",
-    "stratified_split",
-    "summary_line",
-    "threshold_entries",
     "train_one_epoch",
-    "unwrap_model",
-    "unwritable_reason",
-    "write_metrics_log",
 ]
 
 logger = logging.getLogger(__name__)
@@ -245,7 +184,7 @@ class StepSettings:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
     scaler: torch.amp.GradScaler | None = None
-    dist_info: DistInfo = DistInfo()
+    dist_info: DistInfo = field(default_factory=DistInfo)
     amp: bool = True
     channels_last: bool = False
     progress: bool = True
@@ -454,9 +393,11 @@ class _Run:
             else f"ImageNet weights, pretrained layers at {c.backbone_lr_scale:g}x the rate"
         )
         return [
-            f"Data:   {len(data.class_names)} classes (filters: {filters}) under {str(Path(c.root).expanduser().resolve())!r}: "
+            f"Data:   {len(data.class_names)} classes (filters: {filters}) "
+            f"under {str(Path(c.root).expanduser().resolve())!r}: "
             f"{len(data.train)} train / {len(data.val) if data.val else 0} validation / {len(data.test)} test images",
-            f"Model:  {self.model.title}-GAP, {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters, "
+            f"Model:  {self.model.title}-GAP, "
+            f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters, "
             f"{weights}",
             f"Device: {s.device}"
             + (f" x {s.dist_info.world_size} processes" if s.dist_info.distributed else "")
@@ -551,8 +492,7 @@ class _Run:
             model,
             loader,
             s.device,
-            c.image_size,
-            s.dist_info,
+            dist_info=s.dist_info,
             amp=c.amp,
             channels_last=s.channels_last,
             progress=c.progress,

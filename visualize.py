@@ -18,6 +18,7 @@ if __name__ == "__main__" and not __package__:
 import argparse
 import logging
 import math
+import numbers
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
@@ -34,25 +36,28 @@ from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from .atomic_files import atomic_file, file_in_the_way
 from .cams import METHODS, compute_cams
-from .checkpoint import THRESHOLD_SOURCES, cam_threshold_of, require_entries
+from .checkpoint import THRESHOLD_SOURCES, CheckpointError, cam_threshold_of, require_entries
 from .cli import HelpFormatter, OneLineParser, positive_int
-from .dataset import DatasetError, StanfordCarsCAM
-from .files import CheckpointError, _check_dpi, _check_save_path, _save_figure_atomically
+from .data.common import DatasetError
+from .dataset import StanfordCarsCAM
 from .localization import METRIC_LABELS, boxes_from_cams
 from .model import load_checkpoint
-from .overlay import _get_colormap, apply_cam, colormap_lut
+from .overlay import apply_cam, get_colormap
 from .runtime import select_device
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "apply_cam",
-    "colormap_lut",
+    "check_dpi",
+    "check_save_path",
     "get_args_parser",
     "main",
     "plot_training_curves",
     "render_cam_grid",
+    "save_figure_atomically",
     "visualize_cam",
 ]
 
@@ -146,7 +151,10 @@ def _titles(predicted: list[str], true: list[str] | None, scores: Any) -> list[t
         scores = [float(s) for s in (scores.detach().cpu().reshape(-1) if isinstance(scores, Tensor) else scores)]
         if len(scores) != len(predicted):
             raise ValueError(f"scores has {len(scores)} entries for {len(predicted)} images; pass one per image")
-    wrap = lambda text: "\n".join(textwrap.wrap(text, 30)) or text  # noqa: E731
+
+    def wrap(text: str) -> str:
+        return "\n".join(textwrap.wrap(text, 30)) or text
+
     titles = []
     for i, pred in enumerate(predicted):
         pred_text = pred if scores is None else f"{pred} ({100 * scores[i]:.0f}%)"
@@ -156,6 +164,40 @@ def _titles(predicted: list[str], true: list[str] | None, scores: Any) -> list[t
             mark, color = (RIGHT_MARK, RIGHT_COLOR) if pred == true[i] else (WRONG_MARK, WRONG_COLOR)
             titles.append((wrap(f"true: {true[i]}"), wrap(f"{mark} pred: {pred_text}"), color))
     return titles
+
+
+def check_save_path(save_path: str | os.PathLike[str], name: str = "save_path") -> str:
+    """Refuse a figure path that cannot be written, before drawing; return its format. ``name``: the user's word
+    for it."""
+    if not isinstance(save_path, str | os.PathLike):
+        raise TypeError(f"{name} must be a file name such as 'cams.png', got {type(save_path).__name__}")
+    path = Path(save_path)
+    if path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a folder; give a file name such as {str(path / 'cams.png')!r}")
+    if blocker := file_in_the_way(path):
+        raise ValueError(
+            f"{name} {str(path)!r} cannot be written: {str(blocker)!r} is a file, not a folder; choose another path"
+        )
+    fmt, supported = path.suffix[1:].lower(), FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise ValueError(
+            f"cannot tell the image format of {name} {str(path)!r} from its suffix; "
+            f"use one of {', '.join('.' + s for s in sorted(supported))}"
+        )
+    return fmt
+
+
+def check_dpi(dpi: Any) -> float:
+    """``dpi`` as a positive finite float (numbers.Real covers numpy; a bool is never a resolution)."""
+    if isinstance(dpi, bool) or not isinstance(dpi, numbers.Real) or not (math.isfinite(dpi) and dpi > 0):
+        raise ValueError(f"dpi must be a positive number of dots per inch such as 100, got {dpi!r}")
+    return float(dpi)
+
+
+def save_figure_atomically(fig: Any, save_path: str | os.PathLike[str], dpi: float) -> None:
+    """Save ``fig`` through a hidden sibling, so a crash never leaves half a figure under its name."""
+    with atomic_file(save_path, "wb") as handle:
+        fig.savefig(handle, format=check_save_path(save_path), dpi=dpi, metadata=None)
 
 
 def _new_figure(figsize: tuple[float, float], dpi: float, show: bool, display: bool = True) -> Figure:
@@ -169,7 +211,7 @@ def _new_figure(figsize: tuple[float, float], dpi: float, show: bool, display: b
 
 def _finish(fig: Figure, save_path: str | os.PathLike[str] | None, dpi: float, show: bool) -> Figure:
     if save_path is not None:
-        _save_figure_atomically(fig, save_path, dpi)
+        save_figure_atomically(fig, save_path, dpi)
     if show:
         import matplotlib.pyplot as plt
 
@@ -224,7 +266,7 @@ def _draw_grid(
             0.8, 2.0 / (rows + 1)
         )  # about a row, centred: a full-height bar would dwarf a tall grid's rows
         bar = bar_fig.colorbar(
-            ScalarMappable(norm=Normalize(0.0, 1.0), cmap=_get_colormap(colormap)),
+            ScalarMappable(norm=Normalize(0.0, 1.0), cmap=get_colormap(colormap)),
             cax=bar_fig.add_axes((0.15, 0.5 - bar_height / 2, 0.2, bar_height)),
         )
         bar.set_label("normalised CAM", fontsize=8)
@@ -266,7 +308,8 @@ def visualize_cam(
         The figure: two axes per image (image, overlay), plus the colour bar's.
 
     Raises:
-        ValueError: On mismatched shapes or counts, a negative class index, or a bad ``boxes``, ``dpi`` or ``save_path``.
+        ValueError: On mismatched shapes or counts, a negative class index, or a bad ``boxes``, ``dpi`` or
+            ``save_path``.
     """
     image_array, blended_array = _as_image_batch("images", images), _as_image_batch("blended_images", blended_images)
     if image_array.shape != blended_array.shape:
@@ -276,9 +319,9 @@ def visualize_cam(
         )
     if (batch := len(image_array)) == 0:
         raise ValueError("images is an empty batch (0, 3, H, W); there is nothing to draw")
-    dpi = _check_dpi(dpi)
+    dpi = check_dpi(dpi)
     if save_path is not None:
-        _check_save_path(save_path)  # a folder or a bad suffix fails before any drawing
+        check_save_path(save_path)  # a folder or a bad suffix fails before any drawing
     predicted = _class_labels("predicted_classes", predicted_classes, batch, class_names)
     true = None if true_classes is None else _class_labels("true_classes", true_classes, batch, class_names)
     box_sets, titles = _box_sets(boxes, batch), _titles(predicted, true, scores)
@@ -306,16 +349,17 @@ def plot_training_curves(
         save_path, dpi, show: As for :func:`visualize_cam`.
 
     Raises:
-        ValueError: If ``history`` is empty, lacks an ``epoch`` or has nothing to plot, or ``dpi`` or ``save_path`` is bad.
+        ValueError: If ``history`` is empty, lacks an ``epoch`` or has nothing to plot, or ``dpi`` or ``save_path``
+            is bad.
     """
     records = sorted(history, key=lambda record: record.get("epoch", 0))
     if not records:
         raise ValueError("history is empty: there are no epochs to plot")
     if any("epoch" not in record for record in records):
         raise ValueError("every history record needs an 'epoch' key")
-    dpi = _check_dpi(dpi)
+    dpi = check_dpi(dpi)
     if save_path is not None:
-        _check_save_path(save_path)
+        check_save_path(save_path)
     epochs = [record["epoch"] for record in records]
     best = [record["epoch"] for record in records if record.get("best")]
     keys = set().union(*records)
@@ -399,7 +443,7 @@ def render_cam_grid(
         raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    _check_save_path(out, "out")  # before minutes of loading and drawing
+    check_save_path(out, "out")  # before minutes of loading and drawing
     # By name, as training does, so "auto" works and a missing GPU is not reported as a bad file.
     device = select_device(str(device))
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
@@ -466,7 +510,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=_threshold,
         default=None,
-        help="CAM threshold of the predicted box, in [0, 1) (default: the checkpoint's, chosen on validation; 0.2 is the CAM paper's)",
+        help="CAM threshold of the predicted box, in [0, 1) "
+        "(default: the checkpoint's, chosen on validation; 0.2 is the CAM paper's)",
     )
     parser.add_argument(
         "--method", choices=METHODS, default="cam", help="the map to draw: the model's CAM or another method's"
@@ -482,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        _check_save_path(args.out, "--out")  # named as the user typed it, before any work
+        check_save_path(args.out, "--out")  # named as the user typed it, before any work
         path = render_cam_grid(**vars(args))
     except (ValueError, TypeError, OSError, DatasetError, CheckpointError) as err:
         print(f"visualize.py: error: {err}", file=sys.stderr)

@@ -11,10 +11,9 @@ logger = logging.getLogger(__name__)
 
 try:
     import numba
-
-    HAVE_NUMBA = True
 except ImportError:
-    HAVE_NUMBA = False
+    numba = None
+HAVE_NUMBA = numba is not None
 
 __all__ = ["HAVE_NUMBA", "njit", "run_in_ranges"]
 
@@ -44,7 +43,8 @@ def run_in_ranges(run: Callable[[int, int], None], n: int, workers: int, tasks: 
     (compiled kernels release the GIL); one worker runs it all in the calling thread."""
     workers = max(1, min(workers, n))
     if workers == 1:
-        return run(0, n)
+        run(0, n)
+        return
     tasks = min(n, max(workers, tasks or workers))
     bounds = [n * k // tasks for k in range(tasks + 1)]
     with ThreadPoolExecutor(max_workers=workers) as pool:

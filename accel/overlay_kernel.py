@@ -17,7 +17,7 @@ if HAVE_NUMBA:  # without numba, apply_cam runs its torch path
     from numba import types
     from numba.extending import intrinsic
 
-__all__ = ["HAVE_NUMBA", "bilinear_taps", "blend_overlays", "matches_torch", "upsample"]
+__all__ = ["bilinear_taps", "blend_overlays", "matches_torch", "upsample"]
 
 TASKS_PER_THREAD = 4  # more than one: a thread slowed by other load hands its share to the others
 MIN_PIXELS_PER_THREAD = 1 << 18  # below this, another thread costs more to start than it saves
@@ -54,7 +54,8 @@ if HAVE_NUMBA:
 
     @njit(cache=True, nogil=True)
     def _upsample_one(cam, ty, tx, rows, up):  # pragma: no cover - compiled
-        """Upsample one (h, w) map into ``up`` (H, W), each tap torch's ``t0 * w0 + t1 * w1``; ``rows`` (h, W) is scratch."""
+        """Upsample one (h, w) map into ``up`` (H, W), each tap torch's ``t0 * w0 + t1 * w1``; ``rows`` (h, W) is
+        scratch."""
         y0, y1, wy0, wy1 = ty
         x0, x1, wx0, wx1 = tx
         for r in range(cam.shape[0]):
@@ -139,7 +140,8 @@ def blend_overlays(
     for name, array in {"images": images, "cams": cams, "table": table, "out": out}.items():
         if not isinstance(array, np.ndarray) or array.dtype != np.float32 or not array.flags.c_contiguous:
             raise ValueError(
-                f"{name} must be a C-contiguous float32 numpy array, got {getattr(array, 'dtype', type(array).__name__)}"
+                f"{name} must be a C-contiguous float32 numpy array, "
+                f"got {getattr(array, 'dtype', type(array).__name__)}"
             )
     if (
         images.ndim != 4

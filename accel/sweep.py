@@ -21,7 +21,7 @@ from scipy import ndimage
 from ..runtime import usable_cpus
 from .jit import HAVE_NUMBA, njit, run_in_ranges
 
-__all__ = ["GROUPS", "HAVE_NUMBA", "run_sweep", "sweep_kernel"]
+__all__ = ["GROUPS", "run_sweep", "sweep_kernel"]
 
 # Columns of a set's record in the union-find (one row per root): its box is [_X0, _Y0, _X1, _Y1], inclusive.
 _SIZE, _FIRST, _X0, _Y0, _X1, _Y1 = range(6)

@@ -1,4 +1,5 @@
-"""The 196 Stanford Cars class names in ``devkit/cars_meta.mat`` order (label 0 first), read from ``class_names.txt``."""
+"""The 196 Stanford Cars class names in ``devkit/cars_meta.mat`` order (label 0 first), read from
+``class_names.txt``."""
 
 from pathlib import Path
 

@@ -43,7 +43,8 @@ DEFAULT_MIRROR = Mirror()
 
 
 def _is_network_error(err: BaseException | None) -> bool:
-    """True for connection failures anywhere in ``err``'s chain, whether raised by the socket layer, urllib3 or requests."""
+    """True for connection failures anywhere in ``err``'s chain, whether raised by the socket layer, urllib3 or
+    requests."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -64,7 +65,8 @@ def _place_by_hand(root: Path, mirror: Mirror) -> str:
 
 
 def _fetch(mirror: Mirror, root: Path, staging: Path) -> Path:
-    """Download the mirror with kagglehub into ``staging`` (older clients: into their own cache); the folder it is in."""
+    """Download the mirror with kagglehub into ``staging`` (older clients: into their own cache); the folder it is
+    in."""
     try:
         import kagglehub  # the optional ``download`` extra
     except ImportError as err:
@@ -85,7 +87,10 @@ def _fetch(mirror: Mirror, root: Path, staging: Path) -> Path:
         )
     except Exception as err:  # the client raises requests/urllib3/kagglehub errors alike
         if _is_network_error(err):
-            cause = f"Kaggle could not be reached; this machine seems to have no network access ({type(err).__name__}: {err})."
+            cause = (
+                "Kaggle could not be reached; this machine seems to have no network access "
+                f"({type(err).__name__}: {err})."
+            )
         else:
             cause = (
                 f"kagglehub failed ({type(err).__name__}: {err}); if Kaggle asks for credentials, run "

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..files import unwritable_reason
+from ..atomic_files import unwritable_reason
 from .common import AnnotationError, ImageLoadError, MissingImageError, PathLike
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ def decode_image(path: str, min_size: tuple[int, int]) -> tuple[np.ndarray, int,
 
 
 def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Antialiased bilinear resize of (h, w, 3) uint8 pixels to (size, size, 3) uint8, within one grey level of PIL's."""
+    """Antialiased bilinear resize of (h, w, 3) uint8 pixels to (size, size, 3) uint8, within one grey level of
+    PIL's."""
     # A private contiguous copy: torch cannot wrap a read-only memory map, and a strided view takes a slow path.
     chw = torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C", copy=True)).permute(2, 0, 1)[
         None
@@ -181,7 +182,8 @@ class ImageCache:
         return flat[self.HEADER_BYTES :].reshape(rows, cols, 3), scale, (width, height)
 
     def put(self, path: str, view: str, pixels: np.ndarray, scale: int, size: tuple[int, int]) -> None:
-        """Store ``pixels`` (rows, cols, 3) uint8 decoded at 1/``scale`` (0: resized) of image ``path`` of ``size`` (w, h)."""
+        """Store ``pixels`` (rows, cols, 3) uint8 decoded at 1/``scale`` (0: resized) of image ``path`` of ``size``
+        (w, h)."""
         target = self.path_for(path, view)
         header = np.array([size[0], size[1], pixels.shape[0], pixels.shape[1], scale], dtype="<u4").view(np.uint8)
         flat = np.concatenate([header, np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1)])

@@ -72,7 +72,10 @@ def _devkit_candidate(base: Path, splits: Sequence[str]) -> _Candidate:
             places = [folder / name for folder in (base, devkit) for name in _TEST_ANNOTATIONS]
             expected = str(base / "cars_test_annos_withlabels.mat")
             if (devkit / "cars_test_annos.mat").is_file():
-                expected += " (devkit/cars_test_annos.mat has no labels; the test labels come in cars_test_annos_withlabels.mat)"
+                expected += (
+                    " (devkit/cars_test_annos.mat has no labels; the test labels come in "
+                    "cars_test_annos_withlabels.mat)"
+                )
         annotation_files[split] = candidate.note(places, expected)
         image_dirs[split] = candidate.note(
             [base / f"cars_{split}" / f"cars_{split}", base / f"cars_{split}"],
@@ -111,9 +114,8 @@ def root_path(root: PathLike) -> Path:
     """``root`` as an expanded ``Path``; anything but a str or path is refused."""
     if not isinstance(root, str | os.PathLike):
         raise TypeError(
-            f"root must be the folder holding Stanford Cars (a str or path, e.g. 'stanford_cars_dataset'), got {root!r}"[
-                :300
-            ]
+            "root must be the folder holding Stanford Cars (a str or path, e.g. 'stanford_cars_dataset'), "
+            f"got {root!r}"[:300]
         )
     return Path(os.path.expanduser(os.fspath(root)))
 

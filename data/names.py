@@ -44,7 +44,8 @@ _FIELD_OF_FILTER = {"car_brand": "make", "car_type": "body_type", "car_productio
 
 
 class CarClass(NamedTuple):
-    """A class name split into its parts; ``body_type`` is None for the 15 names without one (``Acura TL Type-S 2008``)."""
+    """A class name split into its parts; ``body_type`` is None for the 15 names without one
+    (``Acura TL Type-S 2008``)."""
 
     make: str
     model: str
@@ -128,7 +129,8 @@ def _filter_values(filter_name: str, value: FilterValue) -> list[str] | list[int
 
 
 def _matches(car: CarClass, filter_name: str, values: Sequence[str] | Sequence[int]) -> bool:
-    """Years exactly; text case-insensitively as whole words: ``BMW`` never matches ``BMWX``, ``Van`` never ``Minivan``."""
+    """Years exactly; text case-insensitively as whole words: ``BMW`` never matches ``BMWX``, ``Van`` never
+    ``Minivan``."""
     field_value = getattr(car, _FIELD_OF_FILTER[filter_name])
     if field_value is None or filter_name == "car_production_year":
         return field_value in values

@@ -76,7 +76,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-epoch run on the seed's filters (two BMW 2012 sedans); returns its folder."""
-    from CAM_Stanford_Cars.train import TrainConfig, fit
+    from CAM_Stanford_Cars.config import TrainConfig
+    from CAM_Stanford_Cars.train import fit
 
     run_dir = tmp_path_factory.mktemp("trained_run")
     fit(
@@ -103,8 +104,9 @@ def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 def cam_checkpoint(synthetic_root: Path, tmp_path: Path) -> Path:
     """An untrained checkpoint on the seed's filters (the two BMW 2012 sedans), 64x64 images and 8 CAM channels (Score-CAM
     runs one forward pass per channel)."""
+    from CAM_Stanford_Cars.checkpoint import save_checkpoint
     from CAM_Stanford_Cars.dataset import StanfordCarsCAM
-    from CAM_Stanford_Cars.model import AlexNetGAP, save_checkpoint
+    from CAM_Stanford_Cars.model import AlexNetGAP
 
     filters = {"car_type": "Sedan", "car_brand": "BMW", "car_production_year": 2012}
     classes = StanfordCarsCAM(synthetic_root, split="test", **filters).classes

@@ -9,11 +9,11 @@ import torch
 from torchvision import models
 
 from CAM_Stanford_Cars import visualize
+from CAM_Stanford_Cars.checkpoint import CheckpointError
 from CAM_Stanford_Cars.main import main
 from CAM_Stanford_Cars.model import (
     ARCHS,
     BACKBONES,
-    CheckpointError,
     PretrainedWeightsError,
     create_model,
     load_checkpoint,

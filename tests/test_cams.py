@@ -173,7 +173,7 @@ class KeptMass(nn.Module):
     """P(class 1) = mean of channel 0 / 2 (values in [0, 1]): deletion/insertion curves follow from the ranking."""
 
     num_classes = 2
-    _class_index = GAPNet._class_index
+    class_index = GAPNet.class_index
 
     def forward(self, x: Tensor) -> Tensor:
         p = x[:, 0].mean(dim=(1, 2)) / 2

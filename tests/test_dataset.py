@@ -23,25 +23,26 @@ from torch.utils.data import DataLoader
 from CAM_Stanford_Cars.data import download as download_module
 from CAM_Stanford_Cars.data import images as images_module
 from CAM_Stanford_Cars.data import layouts as layouts_module
-from CAM_Stanford_Cars.dataset import (
+from CAM_Stanford_Cars.data.common import (
     KAGGLE_HANDLE,
     AnnotationError,
-    CarClass,
-    ClassToIdx,
     DatasetError,
     DatasetNotFoundError,
     DownloadError,
     ImageLoadError,
-    Mirror,
     MissingImageError,
-    StanfordCarsCAM,
-    download_stanford_cars,
-    find_layout,
+)
+from CAM_Stanford_Cars.data.download import Mirror, download_stanford_cars
+from CAM_Stanford_Cars.data.layouts import find_layout
+from CAM_Stanford_Cars.data.names import (
+    CarClass,
+    ClassToIdx,
     format_filter_summary,
     parse_class_name,
     select_classes,
     summarize,
 )
+from CAM_Stanford_Cars.dataset import StanfordCarsCAM
 from CAM_Stanford_Cars.synthetic import TINY_CLASS_NAMES, write_synthetic_stanford_cars, write_tiny_stanford_cars
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -440,9 +440,9 @@ def test_meter_on_hand_made_set() -> None:
         assert metrics[key] == pytest.approx(value, abs=1e-12), key
     assert isinstance(metrics["n_images"], int) and isinstance(metrics["top1"], float)
     # Per-threshold counts, by hand: nothing at t = 0, A and D from t = 0.01 on.
-    assert meter._hits.tolist() == [0] + [2] * 99
-    assert meter._hits_v2[0].tolist() == [1] + [3] * 50 + [2] * 49  # IoU 0.3: D's 25/64 at t = 0
-    assert meter._hits_v2[2].tolist() == [0] + [2] * 30 + [1] * 69  # IoU 0.7: D only up to 0.3
+    assert meter.hits.tolist() == [0] + [2] * 99
+    assert meter.hits_v2[0].tolist() == [1] + [3] * 50 + [2] * 49  # IoU 0.3: D's 25/64 at t = 0
+    assert meter.hits_v2[2].tolist() == [0] + [2] * 30 + [1] * 69  # IoU 0.7: D only up to 0.3
 
 
 def test_meter_top1_loc_needs_the_right_class() -> None:

@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from CAM_Stanford_Cars import overlay as visualize
+from CAM_Stanford_Cars import overlay
 from CAM_Stanford_Cars.accel import overlay_kernel
-from CAM_Stanford_Cars.visualize import apply_cam
+from CAM_Stanford_Cars.accel.jit import HAVE_NUMBA
+from CAM_Stanford_Cars.overlay import apply_cam
 
-pytestmark = pytest.mark.skipif(not overlay_kernel.HAVE_NUMBA, reason="the overlay kernel needs numba")
+pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="the overlay kernel needs numba")
 
 # (map size, image size) pairs whose outputs are large enough for torch's generic bilinear kernel.
 UPSAMPLES = [
@@ -31,7 +32,7 @@ def fresh_probe() -> None:
 
 
 def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(visualize, "_kernel_applies", lambda images, cams: False)
+    monkeypatch.setattr(overlay, "_kernel_applies", lambda images, cams: False)
 
 
 def count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:

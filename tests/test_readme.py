@@ -307,7 +307,9 @@ def _substitute(tokens: list[str], replacements: dict[str, str]) -> list[str]:
 
 def test_readme_resume_command_continues_an_interrupted_run(synthetic_root: Path, tmp_path: Path) -> None:
     """The documented --resume command (docs/training.md), its paths pointed at a run interrupted after one step."""
-    from CAM_Stanford_Cars.train import TrainConfig, fit, read_metrics_log
+    from CAM_Stanford_Cars.config import TrainConfig
+    from CAM_Stanford_Cars.run_folder import read_metrics_log
+    from CAM_Stanford_Cars.train import fit
 
     resume_commands = [command for command in documented_commands() if "--resume" in command.tokens]
     assert len(resume_commands) == 1, [command.text for command in resume_commands]

@@ -16,10 +16,12 @@ import torch
 from PIL import Image
 
 from CAM_Stanford_Cars import visualize
+from CAM_Stanford_Cars.config import TrainConfig
+from CAM_Stanford_Cars.evaluation import evaluate_checkpoint
 from CAM_Stanford_Cars.localization import THRESHOLDS, LocalizationMeter, choose_cam_threshold, format_metrics_table
 from CAM_Stanford_Cars.main import main
 from CAM_Stanford_Cars.model import load_checkpoint
-from CAM_Stanford_Cars.train import TrainConfig, build_scheduler, evaluate_checkpoint, fit
+from CAM_Stanford_Cars.train import build_scheduler, fit
 
 SEED_FILTERS = {"car_type": "Sedan", "car_brand": "BMW", "car_production_year": 2012}
 VAL_RUN = {"n_epochs": 2, "image_size": 96}  # long enough for the validation boxes to be hit at some threshold

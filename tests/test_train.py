@@ -15,21 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from CAM_Stanford_Cars import atomic_files as atomic_files_module
 from CAM_Stanford_Cars import evaluation as evaluation_module
-from CAM_Stanford_Cars import files as files_module
 from CAM_Stanford_Cars import runtime as runtime_module
 from CAM_Stanford_Cars import train as train_module
+from CAM_Stanford_Cars.config import TrainConfig
+from CAM_Stanford_Cars.dataset import stratified_split
+from CAM_Stanford_Cars.distributed import DistInfo
 from CAM_Stanford_Cars.main import config_from_args, get_args_parser
 from CAM_Stanford_Cars.model import load_checkpoint
-from CAM_Stanford_Cars.runs import epoch_score
+from CAM_Stanford_Cars.run_folder import epoch_score, read_metrics_log
 from CAM_Stanford_Cars.synthetic import write_synthetic_stanford_cars
-from CAM_Stanford_Cars.train import (
-    NonFiniteLossError,
-    TrainConfig,
-    build_scheduler,
-    fit,
-    stratified_split,
-)
+from CAM_Stanford_Cars.train import NonFiniteLossError, build_scheduler, fit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = REPO_ROOT / "main.py"
@@ -238,7 +235,7 @@ def test_a_damaged_metrics_log_is_named(tmp_path: Path) -> None:
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"epoch": 1}\n{"epoch": 2, "lo')
     with pytest.raises(ValueError, match="metrics.jsonl' is damaged.*line 2"):
-        train_module.read_metrics_log(log)
+        read_metrics_log(log)
 
 
 def test_evaluate_says_before_scoring_when_the_checkpoint_folder_is_not_writable(
@@ -247,10 +244,10 @@ def test_evaluate_says_before_scoring_when_the_checkpoint_folder_is_not_writable
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(files_module.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(atomic_files_module.tempfile, "TemporaryFile", refuse)
     monkeypatch.setattr(evaluation_module, "evaluate", lambda *a, **k: pytest.fail("scored before checking the folder"))
     with pytest.raises(ValueError, match="best_test_metrics.json.*not writable.*Operation not permitted"):
-        train_module.evaluate_checkpoint(trained_run / "best.pt", root=synthetic_root, progress=False)
+        evaluation_module.evaluate_checkpoint(trained_run / "best.pt", root=synthetic_root, progress=False)
 
 
 def test_resume_refuses_another_checkpoints_dir(synthetic_root: Path, tmp_path: Path) -> None:
@@ -382,7 +379,8 @@ def test_two_processes_with_gloo(synthetic_root: Path, tmp_path: Path) -> None:
 
 DDP_SCRIPT = """
 import json, sys
-from CAM_Stanford_Cars.train import TrainConfig, fit
+from CAM_Stanford_Cars.config import TrainConfig
+from CAM_Stanford_Cars.train import fit
 for settings in json.loads(sys.argv[1]):
     stop = settings.pop("stop_after_steps")
     fit(TrainConfig(**settings), stop_after_steps=stop)
@@ -600,7 +598,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(synthetic_root: Path, 
 def test_collate_in_the_training_process_equals_default_collate() -> None:
     torch.manual_seed(0)
     items = [(torch.rand(3, 8, 8), i, torch.rand(4)) for i in range(5)]
-    ours = train_module.collate_batch(items)
+    ours = runtime_module.collate_batch(items)
     reference = torch.utils.data.default_collate(items)
     assert len(ours) == len(reference) == 3
     for a, b in zip(ours, reference):
@@ -609,13 +607,13 @@ def test_collate_in_the_training_process_equals_default_collate() -> None:
 
 def test_loader_defaults_match_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    single = runtime_module.DistInfo()
+    single = DistInfo()
     assert runtime_module.default_num_workers(single, torch.device("cpu")) == runtime_module.CPU_LOADER_WORKERS
     assert runtime_module.default_num_workers(single, torch.device("cuda")) == 1  # one core left for the step
     threads = torch.get_num_threads()
     try:
         assert runtime_module.configure_cpu_threads(single, torch.device("cpu")) == 2
-        assert runtime_module.configure_cpu_threads(runtime_module.DistInfo(0, 2, 0), torch.device("cpu")) == 1
+        assert runtime_module.configure_cpu_threads(DistInfo(0, 2, 0), torch.device("cpu")) == 1
     finally:
         torch.set_num_threads(threads)
 

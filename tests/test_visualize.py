@@ -19,7 +19,8 @@ from PIL import Image
 
 import CAM_Stanford_Cars.overlay as overlay
 import CAM_Stanford_Cars.visualize as visualize
-from CAM_Stanford_Cars.visualize import apply_cam, colormap_lut, plot_training_curves, visualize_cam
+from CAM_Stanford_Cars.overlay import apply_cam, colormap_lut
+from CAM_Stanford_Cars.visualize import plot_training_curves, visualize_cam
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -647,7 +648,8 @@ def test_cli_argument_errors_are_one_line(argv: list[str], message: str, capsys:
 def test_missing_data_points_at_the_visualize_root_flag(
     cam_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from CAM_Stanford_Cars.model import load_checkpoint, save_checkpoint
+    from CAM_Stanford_Cars.checkpoint import save_checkpoint
+    from CAM_Stanford_Cars.model import load_checkpoint
 
     model, saved = load_checkpoint(cam_checkpoint)
     extra = {key: saved[key] for key in ("class_names", "image_size", "car_type", "car_brand", "car_production_year")}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from CAM_Stanford_Cars.wsol import WsolevaluationMeter
+from CAM_Stanford_Cars.wsolevaluation import WsolevaluationMeter
 
 NAN4 = [math.nan] * 4
 
@@ -51,11 +51,11 @@ def test_hand_computed_two_blobs(cv2) -> None:
     meter = WsolevaluationMeter()
     meter.update(logits, labels, cams, boxes, (8, 8))
     # Largest-contour hits per threshold: images 1 + 3 at t >= 0.5, images 2 + 3 at t <= 0.49: always 2.
-    np.testing.assert_array_equal(meter._hits, np.full(100, 2))
-    np.testing.assert_array_equal(meter._hits_top1, np.r_[np.full(50, 1), np.full(50, 2)])  # image 3, then 1 + 3
-    np.testing.assert_array_equal(meter._hits_v2[0], np.r_[np.full(50, 3), np.full(50, 2)])
-    np.testing.assert_array_equal(meter._hits_v2[1], np.r_[np.full(50, 3), np.full(50, 2)])
-    np.testing.assert_array_equal(meter._hits_v2[2], np.full(100, 2))  # image 2's 0.643 < 0.7
+    np.testing.assert_array_equal(meter.hits, np.full(100, 2))
+    np.testing.assert_array_equal(meter.hits_top1, np.r_[np.full(50, 1), np.full(50, 2)])  # image 3, then 1 + 3
+    np.testing.assert_array_equal(meter.hits_v2[0], np.r_[np.full(50, 3), np.full(50, 2)])
+    np.testing.assert_array_equal(meter.hits_v2[1], np.r_[np.full(50, 3), np.full(50, 2)])
+    np.testing.assert_array_equal(meter.hits_v2[2], np.full(100, 2))  # image 2's 0.643 < 0.7
     m = meter.compute(cam_threshold=0.6)
     assert (m["n_images"], m["n_with_box"], m["n_without_box"]) == (4, 3, 1)
     assert m["top1"] == 0.5 and m["top5"] == 1.0
@@ -77,7 +77,7 @@ def test_hand_computed_two_blobs(cv2) -> None:
     fine = WsolevaluationMeter(cam_curve_interval=0.001)
     fine.update(logits, labels, cams, boxes, (8, 8))
     assert fine.thresholds.shape == (1000,)
-    np.testing.assert_array_equal(fine._hits_top1, np.r_[np.full(499, 1), np.full(501, 2)])
+    np.testing.assert_array_equal(fine.hits_top1, np.r_[np.full(499, 1), np.full(501, 2)])
 
 
 def test_largest_is_by_contour_area_not_pixels(cv2) -> None:
@@ -90,7 +90,7 @@ def test_largest_is_by_contour_area_not_pixels(cv2) -> None:
     cam[0, 1:3, 1:3] = 1.0
     meter = WsolevaluationMeter()
     meter.update(torch.ones(1, 2), torch.tensor([0]), cam, torch.tensor([[1.0, 1.0, 3.9, 3.5]]), (8, 8))
-    np.testing.assert_array_equal(meter._hits, np.ones(100))
+    np.testing.assert_array_equal(meter.hits, np.ones(100))
     assert meter.compute()["maxboxacc"] == 1.0
 
 
@@ -220,9 +220,9 @@ def test_equals_wsolevaluation_transcription(cv2, interval: float) -> None:
     single = ref_num_correct(cv2, cams, gt, image_size, interval, multi=False, iou_thresholds=[50])
     multi = ref_num_correct(cv2, cams, gt, image_size, interval, multi=True, iou_thresholds=[30, 50, 70])
     np.testing.assert_array_equal(meter.thresholds, np.arange(0, 1, interval))
-    np.testing.assert_array_equal(meter._hits, single[50])
-    np.testing.assert_array_equal(meter._hits_v2, np.stack([multi[30], multi[50], multi[70]]))
-    assert meter._hits.max() > 0 and meter._hits.min() < 8  # the maps do discriminate
+    np.testing.assert_array_equal(meter.hits, single[50])
+    np.testing.assert_array_equal(meter.hits_v2, np.stack([multi[30], multi[50], multi[70]]))
+    assert meter.hits.max() > 0 and meter.hits.min() < 8  # the maps do discriminate
     m = meter.compute()
     # BoxEvaluator.compute: the best of num_correct * 100 / cnt per IoU threshold.
     assert 100 * m["maxboxacc"] == pytest.approx((single[50] * 100.0 / 8).max(), abs=1e-12)
@@ -256,8 +256,8 @@ def test_cam_threshold_state_and_merge(cv2) -> None:
     assert loaded.compute(cam_threshold=0.333) == pytest.approx(expected, nan_ok=True)
     assert expected["n_without_box"] == 3 and expected["cam_threshold"] == pytest.approx(0.33)
     j = 33
-    assert expected["gt_known_loc_at_cam_threshold"] == whole._hits[j] / 6
-    assert expected["top1_loc_at_cam_threshold"] == whole._hits_top1[j] / 6
+    assert expected["gt_known_loc_at_cam_threshold"] == whole.hits[j] / 6
+    assert expected["top1_loc_at_cam_threshold"] == whole.hits_top1[j] / 6
     assert "cam_threshold" not in whole.compute()
     with pytest.raises(ValueError, match="different"):
         whole.merge(WsolevaluationMeter(cam_curve_interval=0.001))
@@ -276,8 +276,10 @@ def test_cam_threshold_state_and_merge(cv2) -> None:
 def test_without_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now raises ImportError
     # The re-import below rebinds the package's attribute too: put both back afterwards.
-    monkeypatch.setattr(importlib.import_module("CAM_Stanford_Cars"), "wsol", sys.modules["CAM_Stanford_Cars.wsol"])
-    monkeypatch.delitem(sys.modules, "CAM_Stanford_Cars.wsol", raising=False)
-    module = importlib.import_module("CAM_Stanford_Cars.wsol")  # importing never needs cv2
+    monkeypatch.setattr(
+        importlib.import_module("CAM_Stanford_Cars"), "wsolevaluation", sys.modules["CAM_Stanford_Cars.wsolevaluation"]
+    )
+    monkeypatch.delitem(sys.modules, "CAM_Stanford_Cars.wsolevaluation", raising=False)
+    module = importlib.import_module("CAM_Stanford_Cars.wsolevaluation")  # importing never needs cv2
     with pytest.raises(ImportError, match=r"pip install 'CAM_Stanford_Cars\[opencv\]'"):
         module.WsolevaluationMeter()

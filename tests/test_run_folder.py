@@ -20,15 +20,18 @@ import pytest
 import torch
 from PIL import Image
 
+from CAM_Stanford_Cars import atomic_files as atomic_files_module
 from CAM_Stanford_Cars import checkpoint as checkpoint_module
-from CAM_Stanford_Cars import files as files_module
 from CAM_Stanford_Cars import train as train_module
-from CAM_Stanford_Cars.dataset import AnnotationError, StanfordCarsCAM
-from CAM_Stanford_Cars.files import atomic_file
+from CAM_Stanford_Cars.atomic_files import atomic_file
+from CAM_Stanford_Cars.checkpoint import CheckpointError
+from CAM_Stanford_Cars.config import TrainConfig
+from CAM_Stanford_Cars.data.common import AnnotationError
+from CAM_Stanford_Cars.dataset import StanfordCarsCAM
 from CAM_Stanford_Cars.main import main
-from CAM_Stanford_Cars.model import CheckpointError, load_checkpoint
-from CAM_Stanford_Cars.runs import RunFolderBusy, best_epoch, hold_run_folder, read_metrics_log
-from CAM_Stanford_Cars.train import TrainConfig, fit
+from CAM_Stanford_Cars.model import load_checkpoint
+from CAM_Stanford_Cars.run_folder import RunFolderBusy, best_epoch, hold_run_folder, read_metrics_log
+from CAM_Stanford_Cars.train import fit
 
 MAIN = Path(__file__).resolve().parents[1] / "main.py"
 SEED_FILTERS = ["--car_type", "Sedan", "--car_brand", "BMW", "--car_production_year", "2012"]
@@ -57,7 +60,7 @@ def tiny_config(root: Path, run_dir: Path, **overrides: object) -> TrainConfig:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from CAM_Stanford_Cars.runs import hold_run_folder
+from CAM_Stanford_Cars.run_folder import hold_run_folder
 with hold_run_folder(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)
@@ -361,7 +364,7 @@ def test_a_writer_that_hides_the_disk_error_still_gives_it(tmp_path: Path, monke
         os.close(fd)
         return io.BufferedWriter(FullDisk())
 
-    monkeypatch.setattr(files_module.os, "fdopen", buffered_on_a_full_disk)
+    monkeypatch.setattr(atomic_files_module.os, "fdopen", buffered_on_a_full_disk)
     target = tmp_path / "x.pt"
     with pytest.raises(OSError, match="No space left on device") as caught, atomic_file(target) as handle:
         handle.write(b"buffered bytes")

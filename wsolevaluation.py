@@ -3,7 +3,8 @@
 :class:`WsolevaluationMeter` has :class:`~.localization.LocalizationMeter`'s interface and metric keys but follows
 ``evaluation.py`` and ``inference.py`` of https://github.com/clovaai/wsolevaluation (Choe et al., CVPR 2020) step by
 step: bicubic ``cv2.resize``, masks ``uint8(255 * map) > int(t * max)``, regions as ``cv2.findContours`` outlines
-(largest by ``cv2.contourArea``), inclusive boxes with ``+1`` areas, ground truth truncated to ints (see :meth:`update`),
+(largest by ``cv2.contourArea``), inclusive boxes with ``+1`` areas, ground truth truncated to ints (see
+:meth:`update`),
 thresholds ``np.arange(0, 1, cam_curve_interval)``. docs/metrics.md, "Against clovaai/wsolevaluation", tabulates
 how this differs from the default protocol. OpenCV is an optional dependency, imported only when a meter is built.
 """
@@ -16,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .localization import LOC_THRESHOLD, _check_batch, _HitCounts
+from .localization import LOC_THRESHOLD, HitCounts, check_batch
 
-__all__ = ["V2_IOU_THRESHOLDS", "WsolevaluationMeter"]
+__all__ = ["IOU_THRESHOLD_LIST", "WsolevaluationMeter"]
 
-V2_IOU_THRESHOLDS: np.ndarray = np.array([30, 50, 70]) / 100  # their iou_threshold_list, compared as `iou >= t / 100`
+IOU_THRESHOLD_LIST: np.ndarray = np.array([30, 50, 70]) / 100  # their iou_threshold_list, compared as `iou >= t / 100`
 _NO_CV2 = (
     "--protocol wsolevaluation needs OpenCV: pip install 'CAM_Stanford_Cars[opencv]' "
     "(or: pip install opencv-python-headless)"
@@ -46,7 +47,7 @@ def _iou(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, inter / np.where(denominator > 0, denominator, 1), 0.0)
 
 
-class WsolevaluationMeter(_HitCounts):
+class WsolevaluationMeter(HitCounts):
     """wsolevaluation's MaxBoxAcc and MaxBoxAccV2, plus GT-known and Top-1 Loc, accumulated batch by batch as counts.
 
     Keys and the meaning of each are :class:`~.localization.LocalizationMeter`'s; only how a CAM becomes boxes differs
@@ -62,8 +63,8 @@ class WsolevaluationMeter(_HitCounts):
         ImportError: if OpenCV is not installed.
     """
 
-    _BUILT_FROM = "cam_curve_interval"
-    _REPORT_NEAREST = True
+    BUILT_FROM = "cam_curve_interval"
+    REPORT_NEAREST = True
 
     def __init__(self, cam_curve_interval: float = 0.01, loc_threshold: float = LOC_THRESHOLD) -> None:
         _cv2()  # fail here, with the install line, rather than at the first batch
@@ -80,7 +81,8 @@ class WsolevaluationMeter(_HitCounts):
         """Add a batch; arguments and checks as :meth:`.LocalizationMeter.update`.
 
         Ground truth: each float half-open box ``[x1, y1, x2, y2]`` (image pixels, as the dataset gives it) becomes
-        ``[int(x1), int(y1), int(x2), int(y2)]`` (truncation, as ``resize_bbox`` does after scaling to 224), and those ints
+        ``[int(x1), int(y1), int(x2), int(y2)]`` (truncation, as ``resize_bbox`` does after scaling to 224), and those
+        ints
         are taken as wsolevaluation's inclusive corners without a ``- 1``: their CUB metadata stores ``x + w`` (the
         half-open right edge) and their IoU then adds ``+ 1``, so this reproduces what they do with CUB's boxes.
 
@@ -94,21 +96,21 @@ class WsolevaluationMeter(_HitCounts):
         Raises:
             ValueError: on inconsistent shapes, labels out of range, invalid boxes or CAMs with infinite values.
         """
-        labels, boxes = _check_batch(logits, labels, cams, gt_boxes)
+        labels, boxes = check_batch(logits, labels, cams, gt_boxes)
         if not (cams.dim() == 3 or (cams.dim() == 4 and cams.shape[1] == 1)):
             raise ValueError(f"cams must be (B, h, w) or (B, 1, h, w), got shape {tuple(cams.shape)}")
         height, width = (int(v) for v in image_size)
         if height <= 0 or width <= 0:
             raise ValueError(f"image_size must be (H, W), two positive ints, got {image_size!r}")
-        top1_right, has_box = self._count_classes(logits, labels, boxes)
+        top1_right, has_box = self.count_classes(logits, labels, boxes)
         maps = cams.detach().cpu().double().reshape(cams.shape[0], *cams.shape[-2:]).numpy()  # as their t2n: float64
         for i in np.flatnonzero(has_box):
             largest, best = self._image_ious(
                 self._scoremap(maps[i], (width, height)), np.trunc(boxes[i]).astype(np.int64)
             )
-            self._hits += largest >= 0.5
-            self._hits_top1 += (largest >= 0.5) & bool(top1_right[i])
-            self._hits_v2 += best[None, :] >= V2_IOU_THRESHOLDS[:, None]
+            self.hits += largest >= 0.5
+            self.hits_top1 += (largest >= 0.5) & bool(top1_right[i])
+            self.hits_v2 += best[None, :] >= IOU_THRESHOLD_LIST[:, None]
 
     @staticmethod
     def _scoremap(cam: np.ndarray, dsize: tuple[int, int]) -> np.ndarray:
@@ -125,7 +127,8 @@ class WsolevaluationMeter(_HitCounts):
         return cam
 
     def _image_ious(self, scoremap: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``compute_bboxes_from_scoremaps`` + IoU: per threshold (T,), the IoU of the largest contour's box and the best
+        """``compute_bboxes_from_scoremaps`` + IoU: per threshold (T,), the IoU of the largest contour's box and the
+        best
         IoU of any contour's box with ``gt`` (4,) int."""
         cv2 = _cv2()
         image = (scoremap * 255).astype(np.uint8)  # truncation, as theirs
@@ -163,5 +166,5 @@ class WsolevaluationMeter(_HitCounts):
 
     def box_accuracy_curve(self) -> np.ndarray:
         """(T,) float64 hit rate (largest contour, IoU >= 0.5) per threshold; NaN without images with a box."""
-        n_box = int(self._counts[1])
-        return self._hits / n_box if n_box else np.full(self.thresholds.shape[0], np.nan)
+        n_box = int(self.counts[1])
+        return self.hits / n_box if n_box else np.full(self.thresholds.shape[0], np.nan)

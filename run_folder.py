@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
+from .atomic_files import atomic_file, atomic_write_text, check_writable
 from .checkpoint import require_entries
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
-from .files import atomic_file, atomic_write_text, check_writable
 from .localization import METRIC_LABELS
 from .model import load_checkpoint
 
@@ -36,7 +36,7 @@ RUN_FILES = (
     TEST_METRICS,
 )  # and *_metrics.json
 LOCK_FILE = ".lock"  # held by the run writing the folder
-_TEMP_FILE = re.compile(r"^\.(.+)\.\w{8}\.tmp$")  # files.atomic_file's hidden temp files: .NAME.XXXXXXXX.tmp
+_TEMP_FILE = re.compile(r"^\.(.+)\.\w{8}\.tmp$")  # atomic_file's hidden temp files: .NAME.XXXXXXXX.tmp
 
 # The main metric counts images, so two values differ by at least 1/n, far more than this tie-breaker adds.
 TIE_BREAK = 1e-6
@@ -83,7 +83,8 @@ def check_new_run(run_dir: Path, overwrite: bool) -> None:
 
 
 def remove_run_files(run_dir: Path, keep: Sequence[str] = ()) -> None:
-    """Delete what an earlier run left in ``run_dir`` (checkpoints, logs, figures, scores) but ``keep``, nothing else."""
+    """Delete what an earlier run left in ``run_dir`` (checkpoints, logs, figures, scores) but ``keep``, nothing
+    else."""
     stems = (Path(LAST_CHECKPOINT).stem, Path(BEST_CHECKPOINT).stem)
     scores = [p.name for p in run_dir.glob("*_metrics.json") if p.name.split("_", 1)[0] in stems]
     for name in {*RUN_FILES, *scores} - set(keep):
