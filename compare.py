@@ -8,20 +8,20 @@ import csv
 import io
 import json
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from .cams import METHODS, compute_cams, deletion_insertion
+from .atomic_files import atomic_write_text
+from .cams import METHODS
 from .checkpoint import cam_threshold_of
 from .evaluation import open_checkpoint
-from .files import _save_figure_atomically, atomic_write_text
 from .localization import METRIC_LABELS, LocalizationMeter, box_iou, boxes_from_cams
 from .overlay import apply_cam
+from .scoring import BoxScores, Faithfulness, FirstImages, SourceSeconds, method_maps, score
+from .visualize import save_figure_atomically
 
 # The columns of the printed table and of the CSV, after the method's name.
 COLUMNS = (
@@ -85,14 +85,24 @@ def compare_methods(
     threshold, source = cam_threshold_of(opened.checkpoint)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     loader = opened.loader(dataset, range(n), batch_size)
-    size = (dataset.image_size, dataset.image_size)
-    meters, sums, shown = _score(model, loader, methods, size, figure_images, steps, progress)
+    boxes = {m: BoxScores(LocalizationMeter(), m) for m in methods}
+    faithfulness, seconds, shown = Faithfulness(model, methods, steps), SourceSeconds(), FirstImages(figure_images)
+    score(
+        model,
+        loader,
+        {m: method_maps(m) for m in methods},
+        [*boxes.values(), faithfulness, seconds, shown],
+        opened.device,
+        amp=False,
+        progress=progress,
+        desc=f"compare {len(methods)} methods",
+    )
+    images = max(n, 1)
     rows = {
         m: {
-            **meters[m].compute(cam_threshold=threshold),
-            "deletion_auc": sums[m]["deletion_auc"] / max(n, 1),
-            "insertion_auc": sums[m]["insertion_auc"] / max(n, 1),
-            "ms_per_image": 1000 * sums[m]["seconds"] / max(n, 1),
+            **boxes[m].meter.compute(cam_threshold=threshold),
+            **{key: total / images for key, total in faithfulness.sums[m].items()},
+            "ms_per_image": 1000 * seconds.seconds.get(m, 0.0) / images,
         }
         for m in methods
     }
@@ -106,48 +116,11 @@ def compare_methods(
         "cam_threshold_source": source,
         "files": files,
     }
-    if figure_images and "images" in shown:
-        draw_comparison(shown["images"], shown["maps"], shown["boxes"], threshold, files["png"])
+    if figure_images and shown.images is not None:
+        draw_comparison(shown.images, shown.maps, shown.true_boxes, threshold, files["png"])
     atomic_write_text(Path(files["csv"]), methods_csv(rows))
     atomic_write_text(Path(files["json"]), json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
-
-
-def _score(
-    model: torch.nn.Module,
-    loader: Any,
-    methods: list[str],
-    size: tuple[int, int],
-    figure_images: int,
-    steps: int,
-    progress: bool,
-) -> tuple[dict[str, LocalizationMeter], dict[str, dict[str, float]], dict[str, Any]]:
-    """One pass over ``loader``: each method's meter, its summed AUCs and seconds, and the first images for the figure."""
-    device = next(model.parameters()).device
-    meters = {m: LocalizationMeter() for m in methods}
-    sums = {m: {"deletion_auc": 0.0, "insertion_auc": 0.0, "seconds": 0.0} for m in methods}
-    shown: dict[str, Any] = {"maps": {}}  # the first batch's first images, for the figure
-    for images, labels, boxes in tqdm(
-        loader, desc=f"compare {len(methods)} methods", unit="batch", disable=not progress
-    ):
-        images, labels = images.to(device), labels.to(device)
-        with torch.no_grad():
-            logits = model(images)
-        for method in methods:
-            start = time.perf_counter()
-            maps = compute_cams(model, images, method, class_idx=labels)  # (B, h, w) of the true class
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            sums[method]["seconds"] += time.perf_counter() - start
-            meters[method].update(logits.cpu(), labels.cpu(), maps.cpu(), boxes, size)
-            faithfulness = deletion_insertion(model, images, maps, class_idx=labels, steps=steps)
-            for key in ("deletion_auc", "insertion_auc"):
-                sums[method][key] += float(faithfulness[key].sum())
-            if "images" not in shown:
-                shown["maps"][method] = maps[:figure_images].detach().cpu()
-        shown.setdefault("images", images[:figure_images].cpu())
-        shown.setdefault("boxes", boxes[:figure_images])
-    return meters, sums, shown
 
 
 def methods_csv(rows: dict[str, dict[str, Any]]) -> str:
@@ -231,5 +204,5 @@ def draw_comparison(
                 fontsize=8,
                 bbox={"facecolor": "black", "alpha": 0.6, "pad": 1},
             )
-    _save_figure_atomically(fig, save_path, 100.0)
+    save_figure_atomically(fig, save_path, 100.0)
     return Path(save_path)

@@ -16,23 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from .checkpoint import PAPER_THRESHOLD, add_entries, cam_threshold_of, require_entries, unwrap_model
+from .atomic_files import atomic_write_text, unwritable_reason
+from .checkpoint import PAPER_THRESHOLD, add_entries, cam_threshold_of, require_entries
 from .dataset import StanfordCarsCAM, stratified_split
-from .distributed import DistInfo, all_reduce_sum
-from .files import atomic_write_text, unwritable_reason
+from .distributed import DistInfo
 from .localization import LocalizationMeter, choose_cam_threshold
 from .model import GAPNet, load_checkpoint
 from .runtime import (
-    accumulator_dtype,
-    autocast_context,
     configure_cpu_threads,
     default_num_workers,
     make_loader,
     select_device,
 )
-from .wsol import WsolevaluationMeter
+from .scoring import BoxScores, LossSum, model_cam, score
+from .wsolevaluation import WsolevaluationMeter
 
 PROTOCOLS = ("cam", "wsolevaluation")  # how boxes are scored: this project's, or clovaai/wsolevaluation's exactly
 THRESHOLD_ENTRIES = ("cam_threshold", "cam_threshold_source", "cam_threshold_curve")
@@ -49,13 +47,11 @@ def threshold_entries(val_metrics: dict[str, Any] | None) -> dict[str, Any]:
     return {"cam_threshold": threshold, "cam_threshold_source": "val", "cam_threshold_curve": curve}
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
     device: torch.device,
-    image_size: int,
-    dist_info: DistInfo = DistInfo(),
+    dist_info: DistInfo | None = None,
     criterion: nn.Module | None = None,
     amp: bool = True,
     channels_last: bool = False,
@@ -66,50 +62,44 @@ def evaluate(
     cam_curve_interval: float = 0.01,
     curve: bool = False,
 ) -> dict[str, Any]:
-    """Classification and CAM localisation metrics of ``model`` on ``loader``, in one forward pass per batch.
+    """Classification and CAM localisation metrics of ``model`` on ``loader``: one :func:`~.scoring.score` pass
+    of the model's CAM of the true class into a box meter (and the loss, with a ``criterion``).
 
     Args:
         loader: Yields ``(images (B,3,S,S), labels (B,), boxes (B,4))``, boxes in the image's pixels
             (NaN where a layout has none).
-
         cam_threshold: Also score GT-known and Top-1 Loc at this CAM threshold (``*_at_cam_threshold``).
-        protocol: ``"cam"`` (this project's, :class:`LocalizationMeter`) or ``"wsolevaluation"`` (clovaai/wsolevaluation's
-            ``BoxEvaluator``, exactly: :class:`WsolevaluationMeter`, with ``cam_curve_interval``; needs OpenCV).
+        protocol: ``"cam"`` (this project's, :class:`LocalizationMeter`) or ``"wsolevaluation"``
+            (clovaai/wsolevaluation's ``BoxEvaluator``, exactly: :class:`WsolevaluationMeter`, with
+            ``cam_curve_interval``; needs OpenCV).
         curve: Add ``box_accuracy_curve``: ``{"threshold": [...], "accuracy": [...]}``, the hit rate per threshold.
 
     Returns:
         ``loss`` (with a criterion) and the metrics of the meter, summed over all ranks.
     """
-    bare = unwrap_model(model).eval()
     meter = LocalizationMeter() if protocol == "cam" else WsolevaluationMeter(cam_curve_interval)
-    loss_and_count = torch.zeros(2, device=device, dtype=accumulator_dtype(device))
-    for images, labels_cpu, boxes in tqdm(
-        loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False
-    ):
-        images, labels = images.to(device, non_blocking=True), labels_cpu.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, amp):
-            features = bare.forward_features(images).float()
-        # The head and the CAM in float32: in bf16, close logits tie or swap (top-1 changes) and
-        # CAM values round enough to move boxes; both cost next to nothing next to the features.
-        logits = bare.forward_head(features)  # (B, C)
-        cams = bare.class_activation_maps(features, labels)  # (B, h, w)
-        if criterion is not None:
-            loss_and_count[0] += criterion(logits, labels).to(loss_and_count.dtype) * labels.shape[0]
-            loss_and_count[1] += labels.shape[0]
-        meter.update(logits.cpu(), labels_cpu, cams.cpu(), boxes, (image_size, image_size))
-    if dist_info.distributed:
-        meter.load_state_tensor(all_reduce_sum(meter.state_tensor().to(device), dist_info).cpu())
+    loss = LossSum(criterion, device) if criterion is not None else None
+    sinks = [BoxScores(meter)] + ([loss] if loss is not None else [])
+    score(
+        model,
+        loader,
+        {"cam": model_cam()},
+        sinks,
+        device,
+        amp=amp,
+        channels_last=channels_last,
+        dist_info=dist_info,
+        progress=progress,
+        desc=desc,
+    )
     metrics: dict[str, Any] = meter.compute(cam_threshold)
     if curve:
         metrics["box_accuracy_curve"] = {
             "threshold": meter.thresholds.tolist(),
             "accuracy": meter.box_accuracy_curve().tolist(),
         }
-    if criterion is not None:
-        total, count = all_reduce_sum(loss_and_count, dist_info).tolist()
-        metrics["loss"] = total / max(count, 1)
+    if loss is not None:
+        metrics["loss"] = loss.result()
     return metrics
 
 
@@ -192,7 +182,6 @@ def evaluate_checkpoint(
         evaluate,
         opened.model,
         device=opened.device,
-        image_size=checkpoint["image_size"],
         progress=progress,
         protocol=protocol,
         cam_curve_interval=cam_curve_interval,

@@ -12,22 +12,21 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
+from .atomic_files import atomic_file, file_in_the_way, unwritable_reason
 from .checkpoint import THRESHOLD_SOURCES, cam_threshold_of
 from .compare import methods_table_rows
-from .dataset import FILTER_NAMES
+from .data.names import FILTER_NAMES
 from .evaluation import open_checkpoint
-from .files import atomic_file, file_in_the_way, unwritable_reason
-from .localization import IOU_THRESHOLD, LocalizationMeter, box_iou, boxes_from_cams, metrics_table_rows
+from .localization import IOU_THRESHOLD, LocalizationMeter, box_iou, metrics_table_rows
 from .overlay import apply_cam
-from .runtime import autocast_context
+from .scoring import BoxScores, ScoredBatch, model_cam, score
 from .visualize import plot_training_curves
 
 __all__ = ["write_report"]
@@ -36,17 +35,25 @@ TRUE_COLOR, PRED_COLOR = (0, 230, 0), (255, 0, 255)  # the true box green, the p
 esc = html.escape
 
 CSS = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h2{margin-top:1.4em}
-table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}
-td.n{text-align:right;font-variant-numeric:tabular-nums}pre{color:#555}img.fig{max-width:min(100%%,1000px);height:auto}#controls{margin:.5em 0}
+table{border-collapse:collapse;margin:.4em 0}
+td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}
+td.n{text-align:right;font-variant-numeric:tabular-nums}pre{color:#555}
+img.fig{max-width:min(100%%,1000px);height:auto}#controls{margin:.5em 0}
 #gallery{display:flex;flex-wrap:wrap;gap:6px}.card{border:1px solid #ccc;border-radius:4px;padding:3px;font-size:11px;
-width:%(w)dpx;content-visibility:auto;contain-intrinsic-size:%(w)dpx 170px}.card[hidden]{display:none}.card img{vertical-align:top}
-.ok{color:#080;font-weight:bold}.no{color:#c00;font-weight:bold}.f{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;color:#666}"""
+width:%(w)dpx;content-visibility:auto;contain-intrinsic-size:%(w)dpx 170px}
+.card[hidden]{display:none}.card img{vertical-align:top}
+.ok{color:#080;font-weight:bold}.no{color:#c00;font-weight:bold}
+.f{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;color:#666}"""
 
-ERROR_JS = """(function(){var E=[];function rec(m){E.push(String(m));if(document.body)document.body.dataset.errors=E.join(' | ');}
+ERROR_JS = """(function(){var E=[];
+function rec(m){E.push(String(m));if(document.body)document.body.dataset.errors=E.join(' | ');}
 window.onerror=function(m,s,l){rec(m+' (line '+l+')');};
-window.addEventListener('unhandledrejection',function(e){rec('unhandled rejection: '+e.reason);});
-var ce=console.error;console.error=function(){rec(Array.prototype.join.call(arguments,' '));return ce.apply(console,arguments);};
-document.addEventListener('DOMContentLoaded',function(){if(E.length)document.body.dataset.errors=E.join(' | ');});})();"""
+window.addEventListener('unhandledrejection',
+function(e){rec('unhandled rejection: '+e.reason);});
+var ce=console.error;
+console.error=function(){rec(Array.prototype.join.call(arguments,' '));return ce.apply(console,arguments);};
+document.addEventListener('DOMContentLoaded',
+function(){if(E.length)document.body.dataset.errors=E.join(' | ');});})();"""
 
 GALLERY_JS = """(function(){var g=document.getElementById('gallery'),S=document.getElementById('sort'),
 F=document.getElementById('filter'),K=document.getElementById('cls'),cards=Array.prototype.slice.call(g.children);
@@ -55,7 +62,8 @@ function cmp(a,b,k,desc){var x=num(a,k),y=num(b,k);if(isNaN(x)!==isNaN(y))return
 if(isNaN(x)||x===y)return num(a,'i')-num(b,'i');return desc?y-x:x-y;}
 function apply(){var s=S.value,desc=s.charAt(0)==='-',k=desc?s.slice(1):s,f=F.value,cl=K.value,n=0;
 var sorted=cards.slice().sort(function(a,b){return cmp(a,b,k,desc);}),frag=document.createDocumentFragment();
-sorted.forEach(function(c){var d=c.dataset,hide=(f==='wrong'&&d.right==='1')||(f==='missed'&&d.hit!=='0')||(cl!==''&&d.cls!==cl);
+sorted.forEach(function(c){var d=c.dataset,
+hide=(f==='wrong'&&d.right==='1')||(f==='missed'&&d.hit!=='0')||(cl!==''&&d.cls!==cl);
 c.hidden=hide;if(!hide)n++;frag.appendChild(c);});g.appendChild(frag);
 document.getElementById('shown').textContent=n+' of '+cards.length+' shown';
 document.body.dataset.sort=s;document.body.dataset.filter=f;document.body.dataset.shown=n;}
@@ -104,11 +112,28 @@ def _png(fig: Any) -> str:
     return _uri(buffer.getvalue(), "png")
 
 
+def mark(ok: bool) -> str:
+    return f"<span class={'ok' if ok else 'no'}>{'&#10003;' if ok else '&#10007;'}</span>"
+
+
+def rate(hits: int, total: int) -> str:
+    return f"{100 * hits / total:.1f}%" if total else "n/a"
+
+
+def options(pairs: Any) -> str:
+    """``<option>`` elements of ``(value, text)`` pairs."""
+    return "".join(f'<option value="{esc(v)}">{esc(t)}</option>' for v, t in pairs)
+
+
 def _table(header: list[str] | None, rows: list[list[Any]], numeric: tuple[int, ...] = ()) -> str:
     """An HTML table of escaped cells, the columns ``numeric`` right-aligned."""
-    cells = lambda row, tag: "".join(
-        f"<{tag}{' class=n' if tag == 'td' and i in numeric else ''}>{esc(str(c))}</{tag}>" for i, c in enumerate(row)
-    )
+
+    def cells(row: list[Any], tag: str) -> str:
+        return "".join(
+            f"<{tag}{' class=n' if tag == 'td' and i in numeric else ''}>{esc(str(c))}</{tag}>"
+            for i, c in enumerate(row)
+        )
+
     head = f"<tr>{cells(header, 'th')}</tr>" if header else ""
     return f"<table>{head}" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows) + "</table>"
 
@@ -148,17 +173,64 @@ def _card(
 ) -> str:
     right, boxed = label == pred, not math.isnan(iou)
     hit = boxed and iou >= IOU_THRESHOLD
-    mark = lambda ok: f"<span class={'ok' if ok else 'no'}>{'&#10003;' if ok else '&#10007;'}</span>"  # noqa: E731
     box_text = f"{mark(hit)} box IoU {iou:.2f}" if boxed else "no true box"
     img = '<img loading="lazy" decoding="async" width=%d height=%d alt="%s" src="%s">'
     return (
-        f'<div class="card" data-i="{i}" data-iou="{f"{iou:.4f}" if boxed else ""}" data-conf="{conf:.4f}" data-cls="{cls}" '
-        f'data-right="{int(right)}" data-hit="{int(hit) if boxed else ""}">'
+        f'<div class="card" data-i="{i}" data-iou="{f"{iou:.4f}" if boxed else ""}" data-conf="{conf:.4f}" '
+        f'data-cls="{cls}" data-right="{int(right)}" data-hit="{int(hit) if boxed else ""}">'
         + img % (size, size, "image", image)
         + img % (size, size, "CAM", overlay)
         + f"<div>{mark(right)} true: {esc(label)}<br>pred: {esc(pred)} ({100 * conf:.1f}%)"
         f'<br>{box_text}</div><div class="f" title="{esc(path)}">{esc(os.path.basename(path))}</div></div>\n'
     )
+
+
+def _bytes(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, S, S) floats in [0, 1] as (B, S, S, 3) uint8."""
+    return (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+class Cards:
+    """The scoring pass's sink of the gallery: a card per image (the image and its predicted class's CAM, both
+    with the true and the predicted box at the pass's CAM threshold), written to ``handle``; and per class the
+    images, right top-1, images with a box and GT-known hits at that threshold (``counts``, (4, C))."""
+
+    def __init__(self, handle: IO[str], classes: list[str], paths: list[str], thumb: int) -> None:
+        self.handle, self.classes, self.paths, self.thumb = handle, list(classes), paths, thumb
+        self.counts = np.zeros((4, len(self.classes)), dtype=np.int64)
+        self.n = 0
+
+    def update(self, batch: ScoredBatch) -> None:
+        conf, pred = batch.logits.softmax(dim=1).max(dim=1)
+        pred, conf, labels = pred.cpu().numpy(), conf.cpu().numpy(), batch.labels_cpu.numpy()
+        true_boxes, pred_boxes = batch.true_boxes, batch.boxes("predicted")
+        ious = box_iou(pred_boxes.double(), true_boxes.double()).numpy()
+        known_iou = ious.copy()  # the true class's box: the predicted one where the class is right
+        if (wrong := pred != labels).any():
+            known_iou[wrong] = box_iou(batch.boxes("cam")[wrong].double(), true_boxes[wrong].double()).numpy()
+        hits = (np.ones_like(labels), pred == labels, ~np.isnan(known_iou), known_iou >= IOU_THRESHOLD)
+        for row, values in enumerate(hits):
+            np.add.at(self.counts[row], labels, values.astype(np.int64))
+        images = batch.images.float().cpu()
+        pixels, overlays = _bytes(images), _bytes(apply_cam(images, batch.maps["predicted"]))
+        for b in range(images.shape[0]):
+            drawn = [(true_boxes[b].numpy(), TRUE_COLOR), (pred_boxes[b].numpy(), PRED_COLOR)]
+            image, overlay = _jpeg(pixels[b], drawn, self.thumb), _jpeg(overlays[b], drawn, self.thumb)
+            label, guess = self.classes[labels[b]], self.classes[pred[b]]
+            card = _card(
+                self.n,
+                self.paths[self.n],
+                image,
+                overlay,
+                float(ious[b]),
+                label,
+                guess,
+                float(conf[b]),
+                int(labels[b]),
+                self.thumb,
+            )
+            self.handle.write(card)
+            self.n += 1
 
 
 def write_report(
@@ -184,68 +256,43 @@ def write_report(
     """
     out = _check_path(path)
     opened = open_checkpoint(checkpoint_path, None, root, device, num_workers)
-    model, checkpoint, dev, dataset = opened.model, opened.checkpoint, opened.device, opened.data(split)
+    model, checkpoint, dataset = opened.model, opened.checkpoint, opened.data(split)
     threshold, source = cam_threshold_of(checkpoint)
     loader = opened.loader(dataset, range(len(dataset)), batch_size)
-    classes, size, thumb = list(dataset.classes), (dataset.image_size,) * 2, int(thumb_size)
-    counts = np.zeros(
-        (4, len(classes)), dtype=np.int64
-    )  # per class: images, right top-1, with a box, GT-known hits at t*
-    meter, index = LocalizationMeter(), 0
-    with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as cards:
-        for images, labels_cpu, boxes in tqdm(
-            loader, desc=f"report {split}", unit="batch", disable=not progress, leave=False
-        ):
-            with torch.no_grad():  # as train.evaluate: features under autocast, the head and the maps in float32
-                with autocast_context(dev, True):
-                    features = model.forward_features(images.to(dev)).float()
-                logits = model.forward_head(features)
-                true_cams = model.class_activation_maps(features, labels_cpu.to(dev)).cpu()
-                conf, pred = logits.softmax(dim=1).max(dim=1)
-                pred_cams = model.class_activation_maps(features, pred).cpu()
-            meter.update(logits.cpu(), labels_cpu, true_cams, boxes, size)
-            pred_boxes = boxes_from_cams(pred_cams, size, threshold)
-            ious = box_iou(pred_boxes.double(), boxes.double()).numpy()
-            pred, conf, labels_np = pred.cpu().numpy(), conf.cpu().numpy(), labels_cpu.numpy()
-            known_iou = ious.copy()  # the true class's box: the predicted one where the class is right
-            if (wrong := pred != labels_np).any():
-                known_iou[wrong] = box_iou(
-                    boxes_from_cams(true_cams[wrong], size, threshold).double(), boxes[wrong].double()
-                ).numpy()
-            for row, values in enumerate(
-                (np.ones_like(labels_np), pred == labels_np, ~np.isnan(known_iou), known_iou >= IOU_THRESHOLD)
-            ):
-                np.add.at(counts[row], labels_np, values.astype(np.int64))
-            to_bytes = lambda x: (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
-            pixels, overlays = to_bytes(images.float()), to_bytes(apply_cam(images.float(), pred_cams))
-            for b in range(images.shape[0]):
-                drawn = [(boxes[b].numpy(), TRUE_COLOR), (pred_boxes[b].numpy(), PRED_COLOR)]
-                cards.write(
-                    _card(
-                        index,
-                        dataset.samples[index][0],
-                        _jpeg(pixels[b], drawn, thumb),
-                        _jpeg(overlays[b], drawn, thumb),
-                        float(ious[b]),
-                        classes[labels_np[b]],
-                        classes[pred[b]],
-                        float(conf[b]),
-                        int(labels_np[b]),
-                        thumb,
-                    )
-                )
-                index += 1
+    meter, thumb = LocalizationMeter(), int(thumb_size)
+    with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as handle:
+        cards = Cards(handle, dataset.classes, [path for path, *_ in dataset.samples], thumb)
+        score(
+            model,
+            loader,
+            {"cam": model_cam("true"), "predicted": model_cam("predicted")},
+            [BoxScores(meter), cards],
+            opened.device,
+            threshold=threshold,
+            progress=progress,
+            desc=f"report {split}",
+        )
         metrics: dict[str, Any] = meter.compute(threshold)
         metrics.update(cam_threshold_source=source, protocol="cam", split=split, checkpoint=str(checkpoint_path))
         head = _page_head(
-            checkpoint, checkpoint_path, split, classes, counts, threshold, source, metrics, meter, methods, thumb
+            checkpoint,
+            checkpoint_path,
+            split,
+            dataset.classes,
+            cards.counts,
+            threshold,
+            source,
+            metrics,
+            meter,
+            methods,
+            thumb,
         )
-        with atomic_file(out, "w") as handle:
-            handle.write(head)
-            cards.seek(0)
-            shutil.copyfileobj(cards, handle, 1 << 20)
-            handle.write(f"</div>\n<script>{GALLERY_JS}</script>\n</body></html>\n")
-    return {**metrics, "report": str(out), "n_cards": index}
+        with atomic_file(out, "w") as page:
+            page.write(head)
+            handle.seek(0)
+            shutil.copyfileobj(handle, page, 1 << 20)
+            page.write(f"</div>\n<script>{GALLERY_JS}</script>\n</body></html>\n")
+    return {**metrics, "report": str(out), "n_cards": cards.n}
 
 
 def _page_head(
@@ -261,7 +308,7 @@ def _page_head(
     methods: dict[str, Any] | None,
     thumb: int,
 ) -> str:
-    """Everything before the cards: the run, the metrics, the figures, the per-class table and the gallery's controls."""
+    """Everything before the cards: the run, the metrics, the figures, the per-class table, the gallery's controls."""
     filters = ", ".join(f"{name}={checkpoint.get(name)!r}" for name in FILTER_NAMES if checkpoint.get(name) is not None)
     history = checkpoint.get("history") or []
     class_list = "<br>".join(f"{esc(name)} ({n})" for name, n in zip(classes, counts[0]))
@@ -282,9 +329,11 @@ def _page_head(
         f"{class_list}</details></td></tr></table>",
     )
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset=utf-8><title>CAM report: {esc(Path(checkpoint_path).name)} on {split}"
+        f"<!DOCTYPE html><html><head><meta charset=utf-8>"
+        f"<title>CAM report: {esc(Path(checkpoint_path).name)} on {split}"
         f'</title><style>{CSS % {"w": 2 * thumb + 10}}</style><script>{ERROR_JS}</script></head><body data-errors="">',
-        f"<h1>CAM report: {esc(str(checkpoint_path))}</h1><h2>Run</h2>{run}<h2>Metrics ({esc(split)})</h2>{_metrics_html(metrics)}",
+        f"<h1>CAM report: {esc(str(checkpoint_path))}</h1><h2>Run</h2>{run}",
+        f"<h2>Metrics ({esc(split)})</h2>{_metrics_html(metrics)}",
     ]
     if methods:
         parts.append(f"<h2>CAM methods</h2>{_methods_html(methods)}")
@@ -298,7 +347,6 @@ def _page_head(
     parts.append(
         f'<h2>Box accuracy against the CAM threshold</h2><img class=fig alt="box accuracy curve" src="{curve}">'
     )
-    rate = lambda hits, total: f"{100 * hits / total:.1f}%" if total else "n/a"  # noqa: E731
     per_class = [
         [name, n, rate(right, n), f"{rate(hit, boxed)} of {boxed}"]
         for name, (n, right, boxed, hit) in zip(classes, counts.T)
@@ -307,7 +355,6 @@ def _page_head(
         "<h2>Per class</h2>"
         + _table(["class", "images", "top-1", f"GT-known Loc at t*={threshold:.2f}"], per_class, (1, 2, 3))
     )
-    options = lambda pairs: "".join(f'<option value="{esc(v)}">{esc(t)}</option>' for v, t in pairs)  # noqa: E731
     sorts = [
         ("i", "split order"),
         ("iou", "IoU, lowest first"),
@@ -317,10 +364,11 @@ def _page_head(
         ("cls", "true class"),
     ]
     shows = [("all", "all images"), ("wrong", "wrong class only"), ("missed", "missed box only (IoU < 0.5)")]
+    class_choices = [("", "all classes"), *((str(i), c) for i, c in enumerate(classes))]
     parts.append(
-        f"<h2>Gallery</h2><p>Left: the image; right: the predicted class's CAM. Green: the true box; magenta: the box of "
-        f"the CAM at t*={threshold:.2f}.</p><div id=controls>sort <select id=sort>{options(sorts)}</select> show "
-        f"<select id=filter>{options(shows)}</select> class <select id=cls>{options([('', 'all classes'), *((str(i), c) for i, c in enumerate(classes))])}"
+        f"<h2>Gallery</h2><p>Left: the image; right: the predicted class's CAM. Green: the true box; magenta: the box "
+        f"of the CAM at t*={threshold:.2f}.</p><div id=controls>sort <select id=sort>{options(sorts)}</select> show "
+        f"<select id=filter>{options(shows)}</select> class <select id=cls>{options(class_choices)}"
         f"</select> <span id=shown></span></div>\n<div id=gallery>\n"
     )
     return "".join(parts)

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ import pytest
 from PIL import Image
 
 from CAM_Stanford_Cars import report
+from CAM_Stanford_Cars.evaluation import evaluate_checkpoint
 from CAM_Stanford_Cars.report import write_report
-from CAM_Stanford_Cars.train import evaluate_checkpoint
 
 
 class _Cards(HTMLParser):
@@ -199,36 +198,23 @@ def test_a_failure_mid_evaluation_leaves_the_old_page_whole(
 
 
 def test_the_report_flag_of_evaluate(
-    trained_run: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cam_checkpoint: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from CAM_Stanford_Cars.main import main
 
-    checkpoint = Path(shutil.copy(trained_run / "best.pt", tmp_path / "best.pt"))
     out = tmp_path / "pages" / "report.html"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).resolve().parents[1] / "main.py"),
-            "--evaluate",
-            str(checkpoint),
-            "--root_datasets_dir",
-            str(synthetic_root),
-            "--report",
-            str(out),
-            "--device",
-            "cpu",
-            "--num_workers",
-            "0",
-            "--progress",
-            "false",
-            "--methods",
-            "cam,gradcam",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "gradcam" in out.read_text(encoding="utf-8") and f"report: {out}" in done.stdout
+    common = [
+        "--root_datasets_dir",
+        str(synthetic_root),
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--progress",
+        "false",
+    ]
+    args = ["--evaluate", str(cam_checkpoint), "--report", str(out), "--methods", "cam,gradcam", *common]
+    assert main(args) == 0
+    assert "gradcam" in out.read_text(encoding="utf-8") and f"report: {out}" in capsys.readouterr().out
     assert main(["--report", str(out)]) == 2
     assert "--report is an option of --evaluate" in capsys.readouterr().err
