@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import subprocess
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from CAM_Stanford_Cars.model import ARCHS
 
@@ -173,13 +174,21 @@ def test_only_keeps_the_other_figures_of_the_previous_run(tmp_path: Path) -> Non
 
 
 def test_side_by_side_rotates_which_run_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("bench_run", REPO_ROOT / "benchmarks/run.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_run", bench)  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))  # as when benchmarks/run.py runs as a script
+    side_by_side = importlib.import_module("bench_helpers").side_by_side
     order: list[str] = []
     fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
-    times = bench.side_by_side(fns, repeats=3, device=bench.torch.device("cpu"), warmup=1)
+    times = side_by_side(fns, repeats=3, device=torch.device("cpu"), warmup=1)
     assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
     firsts = order[::3]
     assert firsts == ["a", "b", "c", "a"] and sorted(order[3:6]) == ["a", "b", "c"]
+
+
+def test_results_md_is_the_page_of_results_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The committed table is what the runner writes for the committed figures, down to the layout."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    bench_markdown = importlib.import_module("bench_markdown")
+    results = json.loads((REPO_ROOT / "benchmarks/results.json").read_text(encoding="utf-8"))
+    page = (REPO_ROOT / "benchmarks/results.md").read_text(encoding="utf-8")
+    generated, heading, _ = page.partition(bench_markdown.NOTES_HEADING)
+    assert heading and generated == bench_markdown.markdown(results) + "\n"
