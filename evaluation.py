@@ -33,10 +33,10 @@ from .scoring import BoxScores, LossSum, model_cam, score
 from .wsolevaluation import WsolevaluationMeter
 
 PROTOCOLS = ("cam", "wsolevaluation")  # how boxes are scored: this project's, or clovaai/wsolevaluation's exactly
-THRESHOLD_ENTRIES = ("cam_threshold", "cam_threshold_source", "cam_threshold_curve")
+THRESHOLD_KEYS = ("cam_threshold", "cam_threshold_source", "cam_threshold_curve")
 
 
-def threshold_entries(val_metrics: dict[str, Any] | None) -> dict[str, Any]:
+def threshold_from_validation(val_metrics: dict[str, Any] | None) -> dict[str, Any]:
     """A checkpoint's CAM threshold entries: the threshold that boxes the validation images best (the centre of the
     best plateau of the box accuracy at IoU 0.5, ``"val"``), or when no validation box is hit at any threshold (or there
     is no validation split) the CAM paper's 0.2 (``"paper"``)."""
@@ -192,8 +192,8 @@ def evaluate_checkpoint(
         val = (
             scoring(opened.loader(train, val_idx, batch_size), desc="choose threshold", curve=True) if val_idx else None
         )
-        checkpoint.update(threshold_entries(val))
-        add_entries(checkpoint_path, {key: checkpoint[key] for key in THRESHOLD_ENTRIES})
+        checkpoint.update(threshold_from_validation(val))
+        add_entries(checkpoint_path, {key: checkpoint[key] for key in THRESHOLD_KEYS})
     threshold, source = cam_threshold_of(checkpoint)
     dataset = opened.data(split)
     metrics = scoring(

@@ -35,7 +35,7 @@ from .distributed import (
     eval_indices,
     gather_rng_states,
 )
-from .evaluation import THRESHOLD_ENTRIES, evaluate, threshold_entries
+from .evaluation import THRESHOLD_KEYS, evaluate, threshold_from_validation
 from .model import GAPNet, create_model, load_checkpoint
 from .run_folder import (
     ARGS_FILE,
@@ -352,7 +352,7 @@ class _Run:
             if checkpoint and dist_info.is_main
             else list(resumed.get("history", []))
         )
-        self.threshold = {key: resumed.get(key) for key in THRESHOLD_ENTRIES}
+        self.threshold = {key: resumed.get(key) for key in THRESHOLD_KEYS}
         self.old_run = config.overwrite and not checkpoint  # an earlier run's files, removed at this run's first save
         self.saved = False
         self.partial, self.rng_state = EpochProgress(), None  # the first epoch's progress and RNG state
@@ -512,7 +512,7 @@ class _Run:
             if self.data.val
             else None
         )
-        self.threshold = threshold_entries(val)  # this epoch's weights, this epoch's threshold
+        self.threshold = threshold_from_validation(val)  # this epoch's weights, this epoch's threshold
         record.update({f"val_{k}": v for k, v in (val or {}).items() if k != "box_accuracy_curve"})
         if self.config.eval_test_every_epoch:
             record.update({f"test_{k}": v for k, v in self.evaluate(self.train_model, self.data.test, "test").items()})

@@ -91,6 +91,7 @@ def test_the_methods_flag_prints_a_table_and_names_bad_input(
 def test_visualize_draws_another_methods_map(
     cam_checkpoint: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """visualize.py --method (in process: visualize.py as a script is run by tests/test_cli.py)."""
     out = tmp_path / "gradcam.png"
     args = [str(cam_checkpoint), "--root", str(synthetic_root), "--n", "2", "--method", "gradcam", "--out", str(out)]
     assert visualize_main(args) == 0

@@ -200,6 +200,7 @@ def test_a_failure_mid_evaluation_leaves_the_old_page_whole(
 def test_the_report_flag_of_evaluate(
     cam_checkpoint: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """main.py's --evaluate --report (in process: main.py as a script is run by tests/test_cli.py)."""
     from CAM_Stanford_Cars.main import main
 
     out = tmp_path / "pages" / "report.html"
