@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +105,8 @@ def _score_weights(model: GAPNet, images: Tensor, features: Tensor, index: Tenso
         low, high = up.amin(dim=(2, 3), keepdim=True), up.amax(dim=(2, 3), keepdim=True)
         constant = (high <= low).flatten()
         mask = (up - low) / torch.where(high > low, high - low, 1)
-        probs = model(images[samples[part]] * mask.to(images.dtype)).float().softmax(dim=1)
+        masked = images[samples[part]] * mask.to(images.dtype)  # copies of checked images: checked once, above
+        probs = model(masked, check_input=False).float().softmax(dim=1)
         weights.append(torch.where(constant, 0, probs.gather(1, classes[part, None]).squeeze(1)))
     return torch.cat(weights).view(n, k).to(features.dtype)
 
@@ -162,7 +164,7 @@ def compute_cams(
             d1, d2, d3 = (torch.zeros_like(features) for _ in range(3))
             for _ in range(n_samples):  # moments of the gradient over noisy copies; features stay the clean image's
                 with torch.no_grad():
-                    noisy = model.forward_features(images + std * torch.randn_like(images))
+                    noisy = model.forward_features(images + std * torch.randn_like(images), check_input=False)
                 grad = _head_gradient(model, noisy.to(features.dtype), index)
                 d1, d2, d3 = d1 + grad, d2 + grad**2, d3 + grad**3
             return _combine(_gradcampp_weights(d1 / n_samples, d2 / n_samples, d3 / n_samples, features), features)
@@ -197,7 +199,8 @@ def deletion_insertion(
     per point, in eval mode (restored after).
 
     Args:
-        model: Maps (B, 3, H, W) images to logits (B, C), with ``class_index`` as :class:`~.model.GAPNet`'s.
+        model: Maps (B, 3, H, W) images to logits (B, C), with ``class_index`` as :class:`~.model.GAPNet`'s; a
+            GAPNet checks ``images`` once, not on each pass.
         images: (B, 3, H, W) RGB in [0, 1].
         maps: (B, h, w) saliency, e.g. from :func:`compute_cams`; only the ranking matters.
         class_idx: The maps' class: ``None`` for the predicted class, an int, or B ints.
@@ -212,17 +215,21 @@ def deletion_insertion(
         ``fractions`` (steps + 1,), the curves' x values.
 
     Raises:
-        ValueError: For a bad ``maps`` shape, ``steps``, ``baseline`` or ``class_idx``.
+        ValueError: For a bad ``maps`` shape, ``steps``, ``baseline`` or ``class_idx``, or images a GAPNet refuses.
     """
     steps = check_positive_int("steps", steps)
     if baseline not in ("zeros", "blur"):
         raise ValueError(f"baseline must be 'zeros' or 'blur', got {baseline!r}")
+    forward = model
+    if isinstance(model, GAPNet):  # checked once here, not on each of the steps + 1 passes below
+        model.check_images(images)
+        forward = partial(model, check_input=False)
     if not isinstance(maps, Tensor) or maps.ndim != 3 or maps.shape[0] != images.shape[0]:
         raise ValueError(f"maps must be (B, h, w) with B = {images.shape[0]}, got {getattr(maps, 'shape', type(maps))}")
     n, _, height, width = images.shape
     pixels = height * width
     with _eval_mode(model), torch.no_grad():
-        index = model(images).argmax(dim=1) if class_idx is None else model.class_index(class_idx, n, images.device)
+        index = forward(images).argmax(dim=1) if class_idx is None else model.class_index(class_idx, n, images.device)
         saliency = F.interpolate(
             maps[:, None].to(images.device, torch.float32), size=(height, width), mode="bilinear", align_corners=False
         )
@@ -240,7 +247,7 @@ def deletion_insertion(
         for count in counts:
             changed = ranks < count  # (B, 1, H, W): the top `count` pixels
             batch = torch.cat([torch.where(changed, base, images), torch.where(changed, images, base)])
-            probs = model(batch).float().softmax(dim=1)
+            probs = forward(batch).float().softmax(dim=1)
             curves.append(probs.gather(1, index.repeat(2)[:, None]).view(2, n))
         deletion, insertion = torch.stack(curves, dim=2).unbind(0)  # (B, steps + 1) each
         fractions = torch.tensor(counts, dtype=torch.float32, device=images.device) / pixels

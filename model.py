@@ -161,9 +161,14 @@ class GAPNet(nn.Module):
                 f"torchvision's ImageNet weights ({urls[0]}) or train from scratch."
             ) from None
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """The last feature map ``f``: (B, 3, H, W) RGB in [0, 1], H, W >= 64 -> (B, K, h, w)."""
-        self._check_images(x)
+    def forward_features(self, x: Tensor, *, check_input: bool = True) -> Tensor:
+        """The last feature map ``f``: (B, 3, H, W) RGB in [0, 1], H, W >= 64 -> (B, K, h, w).
+
+        ``check_input=False`` skips :meth:`check_images`, for images already checked: the library's loops check a
+        batch once, then run the model on it, or on masked or noisy copies of it, many times.
+        """
+        if check_input:
+            self.check_images(x)
         return self._features((x - self.mean) / self.std)
 
     def _features(self, x: Tensor) -> Tensor:
@@ -206,7 +211,7 @@ class GAPNet(nn.Module):
             return torch.einsum("bk,bkhw->bhw", weight[index], features)  # (B, h, w)
 
     def forward(
-        self, x: Tensor, return_cam: bool = False, class_idx: ClassIndex | None = None
+        self, x: Tensor, return_cam: bool = False, class_idx: ClassIndex | None = None, *, check_input: bool = True
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Classify RGB images in [0, 1] and, with ``return_cam``, return their CAM from the same forward pass.
 
@@ -214,6 +219,7 @@ class GAPNet(nn.Module):
             x: (B, 3, H, W), H, W >= 64, floating point of the model's dtype, on its device.
             return_cam: Also return the CAM (``model(x, True)`` works).
             class_idx: Whose map: ``None`` for each sample's predicted class, an int for all, or B ints.
+            check_input: ``False`` for images already checked (:meth:`forward_features`).
 
         Returns:
             Logits (B, C), or ``(logits, cam)`` with cam (B, h, w) in float32 (float64 for a float64 model).
@@ -221,16 +227,22 @@ class GAPNet(nn.Module):
         Raises:
             TypeError, ValueError: If ``x`` is not as above, or ``class_idx`` is out of range.
         """
-        features = self.forward_features(x)
+        features = self.forward_features(x, check_input=check_input)
         logits = self.forward_head(features)
         if not return_cam:
             return logits
-        if class_idx is None:  # the predicted class: valid by construction, so no check and no host sync
-            return logits, self.cam(features, logits.argmax(dim=1))
-        return logits, self.class_activation_maps(features, class_idx)
+        # The predicted class is valid by construction: no check and no host sync.
+        index = logits.argmax(dim=1) if class_idx is None else self.class_index(class_idx, len(x), features.device)
+        return logits, self.cam(features, index)
 
-    def _check_images(self, x: Any) -> None:
-        """Refuse input the convolutions would fail on deep inside torch (metadata only: no GPU sync)."""
+    def check_images(self, x: Any) -> None:
+        """Refuse input the convolutions would fail on deep inside torch (metadata only: no GPU sync).
+
+        Raises:
+            TypeError: If ``x`` is not a tensor.
+            ValueError: If ``x`` is not (B, 3, H, W) with H, W >= 64, floating point, on the model's device and of
+                a dtype its weights take.
+        """
         if not isinstance(x, Tensor):
             how = "from_numpy" if type(x).__module__ == "numpy" else "as_tensor"
             raise TypeError(

@@ -41,9 +41,11 @@ def get_colormap(colormap: str | Colormap) -> Colormap:
 
 
 def _lut(colormap: str | Colormap, device: torch.device) -> Tensor:
+    """:func:`colormap_lut` of a checked colormap."""
     # Sampling at i / 255 reproduces a 256-colour map's own table exactly (matplotlib maps x to
     # entry int(x * N)), so value x gets the colour matplotlib itself gives it.
-    return torch.tensor(get_colormap(colormap)(np.linspace(0, 1, LUT_SIZE))[:, :3], dtype=torch.float32, device=device)
+    table = matplotlib.colormaps.get_cmap(colormap)(np.linspace(0, 1, LUT_SIZE))[:, :3]
+    return torch.tensor(table, dtype=torch.float32, device=device)
 
 
 _cached_lut = functools.lru_cache(maxsize=64)(_lut)
@@ -78,33 +80,28 @@ def _validate(images: Tensor, cams: Tensor, alpha: float) -> tuple[Tensor, Tenso
         f"{images.dtype}; convert uint8 images with images.float() / 255",
     )
     _check(cams.is_floating_point(), f"cams must be a floating point tensor, got dtype {cams.dtype}")
-    _check(images.ndim in (3, 4), f"images must be (B, 3, H, W) or (3, H, W), got shape {tuple(images.shape)}")
-    single = images.ndim == 3
-    if single:
-        _check(
-            cams.ndim == 2 or (cams.ndim == 3 and len(cams) == 1),
-            f"a single image (3, H, W) takes a single map (h, w) or (1, h, w), got cams of shape {tuple(cams.shape)}",
-        )
-        images, cams = images[None], cams.reshape(1, *cams.shape[-2:])
+    image_shape, cam_shape, single = tuple(images.shape), tuple(cams.shape), images.ndim == 3
     _check(
-        cams.ndim != 4 or cams.shape[1] == 1,
-        f"cams of ndim 4 must be (B, 1, h, w), got shape {tuple(cams.shape)}; "
-        "pick one class's map per image, e.g. cams[torch.arange(B), labels]",
+        images.ndim in (3, 4) and image_shape[-3] == 3 and min(image_shape[-2:]) >= 1,
+        f"images must be (B, 3, H, W) or (3, H, W), non-empty, with 3 (RGB) channels, got shape {image_shape}"
+        + ("; repeat a grey channel with images.expand(-1, 3, -1, -1)" if images.ndim == 4 else ""),
     )
-    cams = cams[:, 0] if cams.ndim == 4 else cams
-    _check(cams.ndim == 3, f"cams must be (B, h, w) or (B, 1, h, w), got shape {tuple(cams.shape)}")
+    if single:  # a batch of one
+        images, cams = images[None], (cams[None] if cams.ndim == 2 else cams)
+    cams = cams[:, 0] if cams.ndim == 4 and cams.shape[1] == 1 else cams
+    single_map = f"a single image (3, H, W) takes a single map (h, w) or (1, h, w), got cams of shape {cam_shape}"
+    _check(
+        cams.ndim == 3 and min(cams.shape[1:]) >= 1,
+        single_map
+        if single
+        else f"cams must be (B, h, w) or (B, 1, h, w), non-empty, got shape {cam_shape}"
+        + ("; pick one class's map per image, e.g. cams[torch.arange(B), labels]" if cams.ndim == 4 else ""),
+    )
     _check(
         len(cams) == len(images),
-        f"batch sizes differ: {len(images)} images but {len(cams)} cams; pass one map per image",
-    )
-    _check(
-        images.shape[1] == 3,
-        f"images must have 3 (RGB) channels, got shape {tuple(images.shape)}; "
-        "repeat a grey channel with images.expand(-1, 3, -1, -1)",
-    )
-    _check(
-        min(*images.shape[2:], *cams.shape[1:]) >= 1,
-        f"empty image or map: images {tuple(images.shape)}, cams {tuple(cams.shape)}",
+        single_map
+        if single
+        else f"batch sizes differ: {len(images)} images but {len(cams)} cams; pass one map per image",
     )
     # Normalising divides by max - min in the working dtype. A NaN, an infinity or a span that
     # overflows all make the span non-finite, so one check (one wait for a GPU) serves them all.

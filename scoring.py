@@ -123,7 +123,8 @@ def score(
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             with autocast_context(device, amp):
-                features = bare.forward_features(images).float()
+                # A loader's batches are alike: the first is checked, the rest trusted.
+                features = bare.forward_features(images, check_input=first == 0).float()
             logits = bare.forward_head(features)  # (B, C)
         batch = ScoredBatch(images, labels, boxes, features, logits, first, threshold)
         for name, source in sources.items():

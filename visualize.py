@@ -195,9 +195,13 @@ def check_dpi(dpi: Any) -> float:
 
 
 def save_figure_atomically(fig: Any, save_path: str | os.PathLike[str], dpi: float) -> None:
-    """Save ``fig`` through a hidden sibling, so a crash never leaves half a figure under its name."""
+    """Save ``fig`` through a hidden sibling, so a crash never leaves half a figure under its name.
+
+    ``save_path`` is trusted: a path :func:`check_save_path` accepted (before drawing) or one the caller built, with
+    a suffix that names the format.
+    """
     with atomic_file(save_path, "wb") as handle:
-        fig.savefig(handle, format=check_save_path(save_path), dpi=dpi, metadata=None)
+        fig.savefig(handle, format=Path(save_path).suffix[1:].lower(), dpi=dpi, metadata=None)
 
 
 def _new_figure(figsize: tuple[float, float], dpi: float, show: bool, display: bool = True) -> Figure:
@@ -444,6 +448,24 @@ def render_cam_grid(
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     check_save_path(out, "out")  # before minutes of loading and drawing
+    return _render_cam_grid(checkpoint, root, split, n, out, seed, threshold, device, method, alpha, colormap)
+
+
+def _render_cam_grid(
+    checkpoint: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None,
+    split: str,
+    n: int,
+    out: str | os.PathLike[str],
+    seed: int,
+    threshold: float | None,
+    device: str | torch.device,
+    method: str,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+) -> Path:
+    """:func:`render_cam_grid` of checked arguments: its own checks', or the command line's (which has no flag for
+    ``alpha`` and ``colormap``)."""
     # By name, as training does, so "auto" works and a missing GPU is not reported as a bad file.
     device = select_device(str(device))
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
@@ -455,22 +477,24 @@ def render_cam_grid(
     )
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     images, labels, true_boxes = default_collate([dataset[i] for i in chosen])  # (N, 3, S, S), (N,), (N, 4)
-    with torch.no_grad():
-        logits = model(images.to(device))  # (N, C)
     cams = compute_cams(model, images.to(device), method).cpu()  # (N, h, w), of the predicted class
+    with torch.no_grad():
+        logits = model(images.to(device), check_input=False)  # (N, C); compute_cams checked the images
     scores, predicted = logits.softmax(dim=1).max(dim=1)
     predicted_boxes = boxes_from_cams(cams, tuple(images.shape[-2:]), threshold=threshold)
+    dpi = 100.0
     fig = visualize_cam(
         images,
         apply_cam(images, cams, alpha=alpha, colormap=colormap),
         predicted.cpu(),
         labels,
         boxes={"predicted": predicted_boxes, "true": true_boxes},
-        save_path=out,
         class_names=list(dataset.classes),
         scores=scores.cpu(),
         colormap=colormap,
+        dpi=dpi,
     )
+    save_figure_atomically(fig, out, dpi)  # out was checked before any work
     import matplotlib.pyplot as plt
 
     plt.close(fig)  # an interactive backend registered it with pyplot
@@ -528,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     try:
         check_save_path(args.out, "--out")  # named as the user typed it, before any work
-        path = render_cam_grid(**vars(args))
+        path = _render_cam_grid(**vars(args))  # the parser checked the rest
     except (ValueError, TypeError, OSError, DatasetError, CheckpointError) as err:
         print(f"visualize.py: error: {err}", file=sys.stderr)
         return 2

@@ -128,8 +128,8 @@ def test_scorecam_masked_scores_match_torchcam(monkeypatch: pytest.MonkeyPatch) 
     batches: list[Tensor] = []
     forward = model.forward
 
-    def spy(x: Tensor, *args: object) -> Tensor:
-        out = forward(x, *args)
+    def spy(x: Tensor, *args: object, **kwargs: object) -> Tensor:
+        out = forward(x, *args, **kwargs)
         batches.append(out)
         return out
 
@@ -147,7 +147,7 @@ def test_scorecam_masked_scores_match_torchcam(monkeypatch: pytest.MonkeyPatch) 
 
 def test_cam_is_the_models_own(case: tuple) -> None:
     model, images, _ = case
-    logits, cam = model(images, True)
+    _, cam = model(images, True)
     assert torch.equal(compute_cams(model, images), cam)
     assert torch.equal(compute_cams(model, images, "cam", [2, 0]), model(images, True, [2, 0])[1])
 
@@ -229,7 +229,7 @@ def test_deletion_insertion_matches_torchcam(baseline: str) -> None:
 def _narrowed(model: GAPNet, channels: int = 4) -> GAPNet:
     """The backbone's first ``channels`` feature maps and a new head: Score-CAM in a few forward passes, not K."""
     full = model.forward_features
-    model.forward_features = lambda x: full(x)[:, :channels]
+    model.forward_features = lambda x, **kwargs: full(x, **kwargs)[:, :channels]
     model.fc, model.cam_channels = nn.Linear(channels, model.num_classes), channels
     return model
 
@@ -261,12 +261,12 @@ def test_state_restored_after_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = 0
     forward = model.forward
 
-    def failing(x: Tensor, *args: object) -> Tensor:
+    def failing(x: Tensor, *args: object, **kwargs: object) -> Tensor:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise RuntimeError("out of memory, say")
-        return forward(x, *args)
+        return forward(x, *args, **kwargs)
 
     monkeypatch.setattr(model, "forward", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
@@ -286,3 +286,23 @@ def test_eval_mode_maps_in_train_mode() -> None:
     images = torch.rand(2, 3, 64, 64)
     expected = compute_cams(model, images, "layercam")
     assert torch.equal(compute_cams(model.train(), images, "layercam"), expected) and model.training
+
+
+def test_images_are_checked_once_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The masked, noisy and perturbed copies of checked images run unchecked: one check per public call."""
+    model = _alexnet()
+    images = torch.rand(2, 3, 64, 64)
+    checked: list[tuple[int, ...]] = []
+    check_images = model.check_images
+
+    def counting(x: Tensor) -> None:
+        checked.append(tuple(x.shape))
+        check_images(x)
+
+    monkeypatch.setattr(model, "check_images", counting)
+    compute_cams(model, images, "scorecam", batch_size=16)  # 4 passes of masked images
+    compute_cams(model, images, "smoothgradcampp", n_samples=3)  # 3 passes of noisy images
+    deletion_insertion(model, images, torch.rand(2, 3, 3), steps=4)  # 6 passes
+    assert checked == [(2, 3, 64, 64)] * 3
+    with pytest.raises(TypeError, match="from_numpy"):
+        deletion_insertion(model, images.numpy(), torch.rand(2, 3, 3))

@@ -237,6 +237,8 @@ def test_apply_cam_on_cuda_stays_on_cuda() -> None:
         (torch.rand(2, 3, 8, 8), torch.randint(0, 3, (2, 4, 4)), {}, r"cams must be a floating point.*int64"),
         (torch.rand(2, 3, 8, 8), torch.tensor([[[0.0, math.nan]]]).expand(2, 2, 2), {}, r"NaN or infinite"),
         (np.zeros((2, 3, 8, 8)), torch.rand(2, 4, 4), {}, r"torch tensors, got ndarray"),
+        (torch.rand(2, 3, 8, 8), torch.rand(2, 0, 4), {}, r"cams must be .*non-empty.*\(2, 0, 4\)"),
+        (torch.rand(2, 3, 0, 8), torch.rand(2, 4, 4), {}, r"images must be .*non-empty.*\(2, 3, 0, 8\)"),
     ],
 )
 def test_apply_cam_rejects_bad_input(images: object, cams: object, kwargs: dict, match: str) -> None:
@@ -588,10 +590,16 @@ def test_training_curves_reject_unusable_history(history: list, match: str) -> N
 # ------------------------------------------------------------------------------- the command line
 
 
-def test_render_cam_grid_resolves_the_device_by_name(cam_checkpoint: Path, tmp_path: Path) -> None:
+def test_render_cam_grid_resolves_the_device_by_name(
+    cam_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    check_save_path = visualize.check_save_path
+    monkeypatch.setattr(visualize, "check_save_path", lambda path, name: checked.append(name) or check_save_path(path))
     out = visualize.render_cam_grid(cam_checkpoint, n=2, out=tmp_path / "cams.png", device="auto")
     with Image.open(out) as image:
         assert image.format == "PNG"
+    assert checked == ["out"]  # once, before any work; the drawing and the save trust it
 
 
 @pytest.mark.parametrize(
@@ -620,10 +628,8 @@ def test_cli_out_that_is_a_folder_names_out(tmp_path: Path, capsys: pytest.Captu
     status = visualize.main([str(tmp_path / "never_read.pt"), "--out", str(outdir)])
     err = capsys.readouterr().err
     assert status == 2
-    assert (
-        err
-        == f"visualize.py: error: --out {str(outdir)!r} is a folder; give a file name such as {str(outdir / 'cams.png')!r}\n"
-    )
+    hint = f"give a file name such as {str(outdir / 'cams.png')!r}"
+    assert err == f"visualize.py: error: --out {str(outdir)!r} is a folder; {hint}\n"
     status = visualize.main([str(tmp_path / "never_read.pt"), "--out", str(tmp_path / "cams.xyz")])
     assert status == 2 and "of --out " in capsys.readouterr().err
 
