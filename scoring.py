@@ -41,6 +41,7 @@ class ScoredBatch:
     features: Tensor  # (B, K, h, w) float32, on the device
     logits: Tensor  # (B, C) float32, on the device
     first: int  # the index in the pass of the batch's first image
+    ids: Any = None  # the loader's fourth item, when it yields one: what each image is (e.g. its file)
     threshold: float | None = None  # the CAM threshold for :meth:`boxes`
     maps: dict[str, Tensor] = field(default_factory=dict)  # source name -> (B, h, w) raw maps, on the CPU
     seconds: dict[str, float] = field(default_factory=dict)  # source name -> seconds its maps took
@@ -109,7 +110,7 @@ def score(
 
     Args:
         loader: Yields ``(images (B, 3, S, S), labels (B,), boxes (B, 4))``, boxes in the image's pixels (NaN rows
-            where an image has none).
+            where an image has none), and optionally a fourth item, the batch's ``ids``.
         sources: Name -> :data:`Source`; each batch's ``maps[name]``.
         threshold: The CAM threshold of :meth:`ScoredBatch.boxes`.
     """
@@ -117,7 +118,7 @@ def score(
     bare = unwrap_model(model).eval()
     first = 0
     bar = tqdm(loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False)
-    for images, labels, boxes in bar:
+    for images, labels, boxes, *ids in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -126,7 +127,7 @@ def score(
                 # A loader's batches are alike: the first is checked, the rest trusted.
                 features = bare.forward_features(images, check_input=first == 0).float()
             logits = bare.forward_head(features)  # (B, C)
-        batch = ScoredBatch(images, labels, boxes, features, logits, first, threshold)
+        batch = ScoredBatch(images, labels, boxes, features, logits, first, ids[0] if ids else None, threshold)
         for name, source in sources.items():
             start = time.perf_counter()
             batch.maps[name] = source(bare, batch).cpu()  # (B, h, w)
