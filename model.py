@@ -31,6 +31,7 @@ __all__ = [
     "ARCH",
     "ARCHS",
     "BACKBONES",
+    "IMAGENET_ARCHS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MIN_INPUT_SIZE",
@@ -38,12 +39,14 @@ __all__ = [
     "AlexNetGAP",
     "ClassIndex",
     "GAPNet",
+    "ImageNetResNet",
     "PretrainedSpec",
     "PretrainedWeightsError",
     "ResNetGAP",
     "build_model",
     "check_positive_int",
     "create_model",
+    "imagenet_model",
     "load_checkpoint",
 ]
 
@@ -79,6 +82,9 @@ class GAPNet(nn.Module):
     arch: str
     title: str  # the backbone's name in messages
     weights: tuple[Any, ...] = ()  # torchvision's weights enums the backbone accepts; the first is downloaded
+    # True for torchvision's ImageNet classifier as it is: the file fills the whole network, fc included, and no
+    # training command's --pretrained flag is there to name in the messages.
+    imagenet_head = False
     cam_channels: int
 
     def __init__(self, num_classes: int, **model_args: int) -> None:
@@ -119,9 +125,10 @@ class GAPNet(nn.Module):
         urls = [w.url for w in self.weights]
         cached = [Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1] for url in urls]
         hub_file = next((path for path in cached if path.is_file()), cached[0])
-        how_to = (
-            f"Download {urls[0]} on a machine with internet, then either put it in {hub_file.parent} "
-            "or pass its path (--pretrained PATH); or train from scratch (--pretrained false)."
+        how_to = f"Download {urls[0]} on a machine with internet, then either put it in {hub_file.parent} " + (
+            "or pass its path."
+            if self.imagenet_head
+            else "or pass its path (--pretrained PATH); or train from scratch (--pretrained false)."
         )
         path = hub_file if weights_path is None else Path(weights_path).expanduser()
         if weights_path is None:
@@ -156,9 +163,12 @@ class GAPNet(nn.Module):
         try:
             self._load_backbone(state)
         except RuntimeError as err:
+            layers, or_else = (
+                ("layers", "") if self.imagenet_head else ("convolutional layers", " or train from scratch")
+            )
             raise PretrainedWeightsError(
-                f"The weights in {name} do not fit {self.title}'s convolutional layers: {err}. Use "
-                f"torchvision's ImageNet weights ({urls[0]}) or train from scratch."
+                f"The weights in {name} do not fit {self.title}'s {layers}: {err}. Use "
+                f"torchvision's ImageNet weights ({urls[0]}){or_else}."
             ) from None
 
     def forward_features(self, x: Tensor, *, check_input: bool = True) -> Tensor:
@@ -412,9 +422,10 @@ class ResNetGAP(GAPNet):
         super().__init__(num_classes, depth=depth)
         self.arch, self.title, self.weights = f"resnet{depth}_gap", f"ResNet-{depth}", RESNETS[depth][1]
         resnet = RESNETS[depth][0]()
-        for module in resnet.layer4[0].modules():  # the stride-2 convolution and its shortcut's
-            if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
-                module.stride = (1, 1)
+        if not self.imagenet_head:  # layer4 at stride 1: its stride-2 convolution and its shortcut's
+            for module in resnet.layer4[0].modules():
+                if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+                    module.stride = (1, 1)
         self.features = nn.Sequential(*list(resnet.children())[:-2])  # conv1 .. layer4: torchvision's keys, renumbered
         self.cam_channels = resnet.fc.in_features
         self.fc = nn.Linear(self.cam_channels, num_classes)
@@ -446,6 +457,65 @@ RESNETS = {  # depth: (torchvision builder, ImageNet weights it accepts, the def
     18: (models.resnet18, (models.ResNet18_Weights.IMAGENET1K_V1,)),
     50: (models.resnet50, (models.ResNet50_Weights.IMAGENET1K_V2, models.ResNet50_Weights.IMAGENET1K_V1)),
 }
+
+
+class ImageNetResNet(ResNetGAP):
+    """torchvision's ImageNet ResNet classifier as it is: its own layers with ``layer4`` at stride 2 (a 7x7 map at
+    224), its own GAP and 1000-way ``fc``, so ``M_c = sum_k w_k^c f_k`` is the exact CAM of torchvision's logits.
+    It takes RGB in [0, 1] and normalises it itself, as every :class:`GAPNet`; :func:`imagenet_model` builds it with
+    its weights.
+
+    Args:
+        depth: 18 or 50.
+        pretrained: As :class:`GAPNet`: the ImageNet file fills the backbone and ``fc``.
+    """
+
+    imagenet_head = True
+
+    def __init__(self, depth: int = 50, pretrained: PretrainedSpec = False) -> None:
+        super().__init__(num_classes=1000, pretrained=pretrained, depth=depth)
+        self.arch = f"resnet{depth}"
+
+    def new_layers(self) -> list[nn.Module]:
+        return []
+
+    def _load_backbone(self, state: Mapping[str, Tensor]) -> None:
+        super()._load_backbone(state)
+        head = {name: state.get(f"fc.{name}") for name, _ in self.fc.named_parameters()}
+        if any(not isinstance(v, Tensor) or v.shape != getattr(self.fc, k).shape for k, v in head.items()):
+            raise RuntimeError(f"fc.weight and fc.bias are not those of a Linear({self.cam_channels}, 1000)")
+        self.fc.load_state_dict(head)
+
+
+IMAGENET_ARCHS = ("resnet18", "resnet50")
+
+
+def imagenet_model(arch: str, weights: str | os.PathLike | None = None) -> tuple[GAPNet, list[str]]:
+    """torchvision's ImageNet classifier ``arch`` (``"resnet18"``, ``"resnet50"``) as a CAM network, and its classes.
+
+    Args:
+        arch: One of :data:`IMAGENET_ARCHS`.
+        weights: torchvision's ImageNet weights file for ``arch``; None for the torch hub cache's copy
+            (``torch.hub.get_dir()/checkpoints/resnet50-11ad3fa6.pth`` and the like), downloaded if absent.
+
+    Returns:
+        ``(model, class_names)``: an :class:`ImageNetResNet` in eval mode on the CPU, and its 1000 class names from
+        torchvision's weights metadata (``"tench"`` first).
+
+    Raises:
+        ValueError: If ``arch`` is not one of :data:`IMAGENET_ARCHS`.
+        PretrainedWeightsError: If the weights cannot be had, read, or fitted to the network.
+
+    Example:
+        >>> model, classes = imagenet_model("resnet18", "resnet18-f37072fd.pth")
+        >>> logits, cam = model(images, return_cam=True)  # images (B, 3, H, W) in [0, 1]: (B, 1000), (B, h, w)
+        >>> classes[int(logits[0].argmax())]
+    """
+    if arch not in IMAGENET_ARCHS:
+        raise ValueError(f"--imagenet must be one of {', '.join(IMAGENET_ARCHS)}, got {arch!r}")
+    model = ImageNetResNet(depth=int(arch.removeprefix("resnet")))
+    model.load_imagenet_features(weights)
+    return model.eval(), list(model.weights[0].meta["categories"])
 
 
 # The backbones a checkpoint's "arch" may name, and ``--arch`` without its "_gap": adding a network is one entry.
