@@ -4,7 +4,8 @@ and hands the scored batch to each sink.
     batches -> features, logits -> each source's maps (B, h, w) -> every sink.update(batch)
 
 A **source** turns a batch into raw maps: the model's own CAM (:func:`model_cam`) or another method of
-:func:`~.cams.compute_cams` (:func:`method_maps`). A **sink** consumes scored batches: a box meter (:class:`BoxScores`),
+:func:`~.cams.compute_cams` (:func:`method_maps`), or for photos with no true class, of the predicted or a chosen class
+(:func:`chosen_maps`). A **sink** consumes scored batches: a box meter (:class:`BoxScores`),
 the loss (:class:`LossSum`), RISE deletion/insertion (:class:`Faithfulness`), the time each source took
 (:class:`SourceSeconds`), the first images for a figure (:class:`FirstImages`), the report's cards. A sink with
 ``state_tensor()``/``load_state_tensor()`` is summed over the processes of a distributed run at the end.
@@ -88,6 +89,21 @@ def model_cam(target: str = "true") -> Source:
 def method_maps(method: str) -> Source:
     """``method``'s maps of each image's true class (:func:`~.cams.compute_cams`)."""
     return lambda model, batch: compute_cams(model, batch.images, method, class_idx=batch.labels)
+
+
+def chosen_maps(method: str = "cam", class_idx: int | None = None) -> Source:
+    """``method``'s maps of each image's predicted class, or of class ``class_idx`` for all: for images with no true
+    class (photos)."""
+    if method != "cam":
+        return lambda model, batch: compute_cams(model, batch.images, method, class_idx=class_idx)
+    if class_idx is None:
+        return model_cam("predicted")
+
+    def source(model: GAPNet, batch: ScoredBatch) -> Tensor:
+        with torch.no_grad():
+            return model.class_activation_maps(batch.features, class_idx)
+
+    return source
 
 
 def score(
