@@ -1,5 +1,6 @@
 """Figures: ``visualize_cam`` (images beside their ``apply_cam`` overlays), ``plot_training_curves`` and
-``render_cam_grid`` (``python visualize.py CHECKPOINT``). Boxes are float ``[x1, y1, x2, y2]`` pixel edges
+``render_cam_grid`` (``python visualize.py CHECKPOINT``; with ``--images``, your own photos through
+:mod:`.photos`). Boxes are float ``[x1, y1, x2, y2]`` pixel edges
 (pixel columns ``c0..c1`` give ``x1 = c0``, ``x2 = c1 + 1``); a missing box is all NaN. See docs/visualization.md."""
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 from torch.utils.data import default_collate
 
-from .atomic_files import atomic_file, file_in_the_way
+from .atomic_files import atomic_file, check_writable, file_in_the_way
 from .cams import METHODS, compute_cams
 from .checkpoint import THRESHOLD_SOURCES, CheckpointError, cam_threshold_of, require_entries
 from .cli import HelpFormatter, OneLineParser, positive_int
@@ -45,6 +46,7 @@ from .dataset import StanfordCarsCAM
 from .localization import METRIC_LABELS, boxes_from_cams
 from .model import load_checkpoint
 from .overlay import apply_cam, get_colormap
+from .photos import PhotoError, find_photos, write_explanations
 from .runtime import select_device
 
 logger = logging.getLogger(__name__)
@@ -511,12 +513,29 @@ def _threshold(value: str) -> float:
     return number
 
 
+# The flags of --images mode, which the CAM grid does not take.
+_PHOTO_ARGS = frozenset(
+    ("images", "out_dir", "max_side", "format", "save_maps", "class_name", "batch_size", "num_workers")
+)
+
+
+def _workers(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (decode in the main process) or more workers, got {value!r}")
+    return number
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """Parser of ``python visualize.py CHECKPOINT ...``."""
     parser = OneLineParser(
         prog="visualize.py",
         formatter_class=HelpFormatter,
-        description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data.",
+        description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data, "
+        "or (--images) explain your own photos: an overlay per photo and predictions.csv.",
     )
     parser.add_argument("checkpoint", help="checkpoint written by main.py (best.pt or last.pt)")
     parser.add_argument(
@@ -541,18 +560,45 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--method", choices=METHODS, default="cam", help="the map to draw: the model's CAM or another method's"
     )
     parser.add_argument("--device", default="cpu", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    photos = parser.add_argument_group("your own photos (--images)")
+    photos.add_argument(
+        "--images",
+        nargs="+",
+        metavar="FILE|FOLDER|PATTERN",
+        default=None,
+        help="explain these photos instead of the data's: files, folders (recursively, image files only) and glob "
+        "patterns (quote them); writes an overlay per photo and predictions.csv into --out_dir",
+    )
+    photos.add_argument("--out_dir", default="cams", help="folder of the overlays; the photos' folders are mirrored")
+    photos.add_argument("--max_side", type=positive_int, default=1024, help="longer side of each overlay, in pixels")
+    photos.add_argument("--format", choices=("jpg", "png"), default="jpg", help="overlay format (JPEG quality 90)")
+    photos.add_argument(
+        "--save_maps", action="store_true", help="also write each map as .npy (S x S float32 in [0, 1]) beside it"
+    )
+    photos.add_argument(
+        "--class",
+        dest="class_name",
+        metavar="NAME|INDEX",
+        default=None,
+        help="explain this class instead of each photo's predicted one",
+    )
+    photos.add_argument("--batch_size", type=positive_int, default=16, help="photos per forward pass")
+    photos.add_argument("--num_workers", type=_workers, default=0, help="DataLoader workers decoding photos")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python visualize.py``; returns the exit status."""
     args = get_args_parser().parse_args(argv)
+    if args.images is not None:
+        return _explain_photos_main(args)
     handler = logging.StreamHandler(sys.stdout)  # the threshold the boxes are drawn at, as render_cam_grid logs it
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
         check_save_path(args.out, "--out")  # named as the user typed it, before any work
-        path = _render_cam_grid(**vars(args))  # the parser checked the rest
+        grid_args = {key: value for key, value in vars(args).items() if key not in _PHOTO_ARGS}
+        path = _render_cam_grid(**grid_args)  # the parser checked the rest
     except (ValueError, TypeError, OSError, DatasetError, CheckpointError) as err:
         print(f"visualize.py: error: {err}", file=sys.stderr)
         return 2
@@ -560,6 +606,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.removeHandler(handler)
     print(f"CAM figure written to {path}")
     return 0
+
+
+def _photo_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, list[str], int, float]:
+    """``(model, class names, input size S, CAM threshold)`` of the checkpoint the command names."""
+    model, ckpt = load_checkpoint(args.checkpoint, map_location=device)
+    require_entries(ckpt, ("image_size", "class_names"), args.checkpoint)
+    threshold = args.threshold if args.threshold is not None else cam_threshold_of(ckpt)[0]
+    return model, list(ckpt["class_names"]), int(ckpt["image_size"]), threshold
+
+
+def _class_index(value: str | None, class_names: Sequence[str]) -> int | None:
+    """``--class`` as an index of ``class_names``: a name, or an index."""
+    if value is None or value in class_names:
+        return None if value is None else list(class_names).index(value)
+    if value.strip().isdigit() and int(value) < len(class_names):
+        return int(value)
+    raise ValueError(
+        f"--class {value!r} is neither a class name of the model nor an index in [0, {len(class_names) - 1}]"
+    )
+
+
+def _explain_photos_main(args: argparse.Namespace) -> int:
+    """``python visualize.py CHECKPOINT --images ...``: usage errors (exit 2) before any work, then one line per
+    skipped photo and a summary; exit 1 when some were skipped."""
+    try:
+        photos = find_photos(args.images, exclude=args.out_dir)
+        device = select_device(str(args.device))
+        model, class_names, image_size, threshold = _photo_model(args, device)
+        class_idx = _class_index(args.class_name, class_names)
+        check_writable(Path(args.out_dir), "--out_dir")
+    except (ValueError, TypeError, OSError, CheckpointError) as err:
+        for line in str(err).splitlines():
+            print(f"visualize.py: error: {line}", file=sys.stderr)
+        return 2
+    skipped = []
+
+    def skip(error: PhotoError) -> None:
+        skipped.append(error)
+        print(f"visualize.py: skipped {error.name}: {error.reason}", file=sys.stderr)
+
+    explained = write_explanations(
+        model,
+        class_names,
+        image_size,
+        photos,
+        Path(args.out_dir),
+        method=args.method,
+        class_idx=class_idx,
+        threshold=threshold,
+        fmt=args.format,
+        save_maps=args.save_maps,
+        max_side=args.max_side,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=device,
+        on_error=skip,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"{explained} explained, {len(skipped)} skipped, written to {args.out_dir}")
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":
