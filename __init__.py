@@ -9,19 +9,21 @@ The core, in the order data flows through it:
     cams          the CAM methods side by side (``compute_cams``) and RISE deletion/insertion
     localization  CAM -> boxes, IoU, the weakly supervised localisation metrics (``wsolevaluation``: clovaai's, exactly)
     overlay       CAM -> colour overlays (``apply_cam``)
-The shell: ``train`` (loops), ``run_folder`` (a run's files), ``checkpoint`` (files), ``visualize``
-(figures and its CLI), ``compare`` (methods side by side), ``report`` (the HTML report), ``main`` (the
-command line), ``demo`` and ``synthetic`` (data without a download). ``README.md`` has the code map.
+The shell: ``scoring`` (the one loop over the data), ``train`` (training), ``run_folder`` (a run's files),
+``checkpoint`` (files), ``visualize`` (figures and its CLI), ``photos`` (your own photos explained), ``compare``
+(methods side by side), ``report`` (the HTML report), ``main`` (the command line), ``demo`` and ``synthetic`` (data
+without a download). ``README.md`` has the code map.
 """
 
-__all__ = ["METHODS", "compute_cams", "deletion_insertion"]
+import importlib
+
+HOMES = {"METHODS": "cams", "compute_cams": "cams", "deletion_insertion": "cams", "explain_photos": "photos"}
+__all__ = list(HOMES)
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
     # On first use, not at import: importing torch here would fix OpenMP's settings before main.py sets them.
-    if name in __all__:
-        from . import cams
-
-        return getattr(cams, name)
+    if name in HOMES:
+        return getattr(importlib.import_module(f".{HOMES[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
