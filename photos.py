@@ -488,10 +488,12 @@ def write_explanations(
     device: torch.device | None = None,
     on_error: Callable[[PhotoError], None] = _raise,
     progress: bool = False,
+    consumers: Sequence[Callable[[PhotoExplanation], None]] = (),
 ) -> int:
     """Explain ``photos`` in one scoring pass, writing into ``out_dir`` an overlay per photo (mirroring
     :attr:`Photo.output`), its ``.npy`` map with ``save_maps``, and ``predictions.csv``; every file atomically, and
-    nothing else there is touched. Returns how many photos were explained."""
+    nothing else there is touched. Each record is then handed to ``consumers`` (e.g. the report's cards). Returns how
+    many photos were explained."""
     device = device or torch.device("cpu")
     rows: list[list[Any]] = []  # only these stay: memory is flat over many photos
     bar = tqdm(total=len(photos), unit="photo", disable=not progress, leave=False)
@@ -501,6 +503,8 @@ def write_explanations(
         if save_maps:
             write_map(record, out_dir)
         rows.append(csv_row(record))
+        for consumer in consumers:
+            consumer(record)
         bar.update()
 
     def skip(error: PhotoError) -> None:

@@ -1,16 +1,19 @@
 """One self-contained HTML page about a checkpoint on a split: the run, its metrics, curves, per-class scores and a
 gallery of every image with its CAM and boxes, sorted and filtered in the page itself (no server, no network).
-The cards go to a temporary file while the split is evaluated (one pass), then the page is assembled atomically."""
+The cards go to a temporary file while the split is evaluated (one pass), then the page is assembled atomically.
+:class:`PhotoReport` builds the same page from your own photos' explanations, which have no true class or box."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,14 +25,25 @@ from PIL import Image, ImageDraw
 from .atomic_files import atomic_file, file_in_the_way, unwritable_reason
 from .checkpoint import THRESHOLD_SOURCES, cam_threshold_of
 from .compare import methods_table_rows
+from .data.images import resize_pixels
 from .data.names import FILTER_NAMES
 from .evaluation import open_checkpoint
 from .localization import IOU_THRESHOLD, LocalizationMeter, box_iou, metrics_table_rows
 from .overlay import apply_cam
+from .photos import PhotoExplanation
 from .scoring import BoxScores, ScoredBatch, model_cam, score
 from .visualize import plot_training_curves
 
-__all__ = ["write_report"]
+__all__ = [
+    "PhotoReport",
+    "card",
+    "check_report_path",
+    "gallery_controls",
+    "page_start",
+    "photo_report",
+    "write_page",
+    "write_report",
+]
 
 TRUE_COLOR, PRED_COLOR = (0, 230, 0), (255, 0, 255)  # the true box green, the predicted box magenta
 esc = html.escape
@@ -63,7 +77,7 @@ if(isNaN(x)||x===y)return num(a,'i')-num(b,'i');return desc?y-x:x-y;}
 function apply(){var s=S.value,desc=s.charAt(0)==='-',k=desc?s.slice(1):s,f=F.value,cl=K.value,n=0;
 var sorted=cards.slice().sort(function(a,b){return cmp(a,b,k,desc);}),frag=document.createDocumentFragment();
 sorted.forEach(function(c){var d=c.dataset,
-hide=(f==='wrong'&&d.right==='1')||(f==='missed'&&d.hit!=='0')||(cl!==''&&d.cls!==cl);
+hide=(f==='wrong'&&d.right==='1')||(f==='missed'&&d.hit!=='0')||(f==='unsure'&&+d.conf>=0.5)||(cl!==''&&d.cls!==cl);
 c.hidden=hide;if(!hide)n++;frag.appendChild(c);});g.appendChild(frag);
 document.getElementById('shown').textContent=n+' of '+cards.length+' shown';
 document.body.dataset.sort=s;document.body.dataset.filter=f;document.body.dataset.shown=n;}
@@ -73,7 +87,7 @@ pick(S,p.get('sort'));pick(F,p.get('filter'));pick(K,p.get('class'));
 [S,F,K].forEach(function(e){e.addEventListener('change',apply);});apply();document.body.dataset.ready='1';})();"""
 
 
-def _check_path(path: str | os.PathLike) -> Path:
+def check_report_path(path: str | os.PathLike) -> Path:
     """``path`` as a Path, or one ValueError naming it and the fix: a folder, a suffix other than .html, unwritable."""
     out, fix = Path(path), "give a file name ending in .html in a writable folder, such as 'report.html'"
     if out.is_dir():
@@ -168,20 +182,40 @@ def _threshold_figure(
     return _png(fig)
 
 
-def _card(
-    i: int, path: str, image: str, overlay: str, iou: float, label: str, pred: str, conf: float, cls: int, size: int
+def card(
+    i: int,
+    path: str,
+    image: str,
+    overlay: str,
+    pred: str,
+    conf: float,
+    cls: int,
+    size: int,
+    label: str | None = None,
+    iou: float = math.nan,
+    note: str = "",
 ) -> str:
+    """A gallery card: the image and its overlay (data URIs), the predicted class and its confidence; with the true
+    class ``label``, a mark and the box's IoU (NaN: no true box). ``cls`` is what the class filter and sort use (the
+    true class, or the predicted one where there is none); ``note`` is one more line of text."""
     right, boxed = label == pred, not math.isnan(iou)
     hit = boxed and iou >= IOU_THRESHOLD
-    box_text = f"{mark(hit)} box IoU {iou:.2f}" if boxed else "no true box"
+    lines = [f"pred: {esc(pred)} ({100 * conf:.1f}%)"]
+    if label is not None:
+        lines = [
+            f"{mark(right)} true: {esc(label)}",
+            *lines,
+            f"{mark(hit)} box IoU {iou:.2f}" if boxed else "no true box",
+        ]
+    lines += [esc(note)] if note else []
     img = '<img loading="lazy" decoding="async" width=%d height=%d alt="%s" src="%s">'
     return (
         f'<div class="card" data-i="{i}" data-iou="{f"{iou:.4f}" if boxed else ""}" data-conf="{conf:.4f}" '
-        f'data-cls="{cls}" data-right="{int(right)}" data-hit="{int(hit) if boxed else ""}">'
+        f'data-cls="{cls}" data-right="{"" if label is None else int(right)}" data-hit="{int(hit) if boxed else ""}">'
         + img % (size, size, "image", image)
         + img % (size, size, "CAM", overlay)
-        + f"<div>{mark(right)} true: {esc(label)}<br>pred: {esc(pred)} ({100 * conf:.1f}%)"
-        f'<br>{box_text}</div><div class="f" title="{esc(path)}">{esc(os.path.basename(path))}</div></div>\n'
+        + f"<div>{'<br>'.join(lines)}</div>"
+        f'<div class="f" title="{esc(path)}">{esc(os.path.basename(path))}</div></div>\n'
     )
 
 
@@ -217,20 +251,111 @@ class Cards:
             drawn = [(true_boxes[b].numpy(), TRUE_COLOR), (pred_boxes[b].numpy(), PRED_COLOR)]
             image, overlay = _jpeg(pixels[b], drawn, self.thumb), _jpeg(overlays[b], drawn, self.thumb)
             label, guess = self.classes[labels[b]], self.classes[pred[b]]
-            card = _card(
+            text = card(
                 self.n,
                 self.paths[self.n],
                 image,
                 overlay,
-                float(ious[b]),
-                label,
                 guess,
                 float(conf[b]),
                 int(labels[b]),
                 self.thumb,
+                label=label,
+                iou=float(ious[b]),
             )
-            self.handle.write(card)
+            self.handle.write(text)
             self.n += 1
+
+
+class PhotoReport:
+    """The page of explained photos: a card per photo (:meth:`add`, a consumer of
+    :class:`~.photos.PhotoExplainer`'s records) kept in a temporary file beside the page, then the page assembled
+    atomically (:meth:`write`). A photo has no true class or box: its card shows the predicted class and its
+    confidence, which the gallery sorts and filters by.
+
+    Example::
+
+        with photo_report("cams/index.html", class_names) as page:
+            write_explanations(model, class_names, 224, photos, Path("cams"), consumers=[page.add])
+            page.write([["model", "best.pt"]], threshold=0.2)
+    """
+
+    def __init__(self, out: Path, handle: IO[str], class_names: list[str], thumb: int = 96) -> None:
+        self.out, self.handle, self.thumb = out, handle, int(thumb)
+        self.index = {name: k for k, name in enumerate(class_names)}
+        self.confidences: dict[str, list[float]] = {}  # per predicted class, its photos' confidences
+        self.n = 0
+
+    def add(self, record: PhotoExplanation) -> None:
+        """The card of ``record``: the whole photo as the network sees it (squeezed to a square) and its map, both
+        with the map's box."""
+        thumb = self.thumb
+        small = resize_pixels(record.pixels, thumb)  # (t, t, 3)
+        image = torch.from_numpy(small.transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255))
+        overlay = _bytes(apply_cam(image[None], torch.from_numpy(record.map)[None]))[0]
+        box = [(np.asarray(record.box) * np.array([thumb / record.width, thumb / record.height] * 2), PRED_COLOR)]
+        pred, conf = record.classes[0], record.probabilities[0]
+        note = "" if record.explained == pred else f"map of {record.explained} ({100 * record.probability:.1f}%)"
+        self.handle.write(
+            card(
+                self.n,
+                record.file,
+                _jpeg(small, box, thumb),
+                _jpeg(overlay, box, thumb),
+                pred,
+                conf,
+                self.index[pred],
+                thumb,
+                note=note,
+            )
+        )
+        self.confidences.setdefault(pred, []).append(conf)
+        self.n += 1
+
+    def write(self, about: list[list[Any]], threshold: float, explained: str | None = None) -> Path:
+        """Assemble the page: ``about`` (rows of the table at its top: the model, the method...), a table of the
+        predicted classes, and the gallery; boxes at ``threshold``; ``explained``: the class ``--class`` chose."""
+        title = f"CAM explanations of {self.n} photo{'s' * (self.n != 1)}"
+        ranked = sorted(self.confidences.items(), key=lambda item: (-len(item[1]), item[0]))
+        per_class = [[name, len(confs), f"{100 * sum(confs) / len(confs):.1f}%"] for name, confs in ranked]
+        sorts = [
+            ("i", "input order"),
+            ("-conf", "confidence, highest first"),
+            ("conf", "confidence, lowest first"),
+            ("cls", "predicted class"),
+        ]
+        shows = [("all", "all photos"), ("unsure", "confidence under 50% only")]
+        class_choices = [("", "all predicted classes")] + [
+            (str(self.index[name]), f"{name} ({len(confs)})") for name, confs in sorted(self.confidences.items())
+        ]
+        whose = f"of {esc(explained)}" if explained is not None else "of the predicted class"
+        caption = (
+            f"Left: the photo, squeezed to a square as the network sees it; right: the map {whose}. Magenta: the box "
+            f"of the map at t={threshold:.2f}."
+        )
+        head = "".join(
+            [
+                page_start(title, self.thumb),
+                f"<h1>{esc(title)}</h1><h2>Run</h2>{_table(None, about)}",
+                "<h2>Predicted classes</h2>"
+                + _table(["class", "photos", "mean confidence"], per_class, numeric=(1, 2)),
+                gallery_controls(caption, sorts, shows, class_choices),
+            ]
+        )
+        write_page(self.out, head, self.handle)
+        return self.out
+
+
+@contextlib.contextmanager
+def photo_report(path: str | os.PathLike, class_names: list[str], thumb: int = 96) -> Iterator[PhotoReport]:
+    """A :class:`PhotoReport` for the page at ``path``, its cards in a temporary file beside it while it lasts.
+
+    Raises:
+        ValueError: If ``path`` is a folder, does not end in .html or cannot be written.
+    """
+    out = check_report_path(path)
+    with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as handle:
+        yield PhotoReport(out, handle, class_names, thumb)
 
 
 def write_report(
@@ -254,7 +379,7 @@ def write_report(
     Raises:
         ValueError: Before any evaluation, if ``path`` is a folder, does not end in .html or cannot be written.
     """
-    out = _check_path(path)
+    out = check_report_path(path)
     opened = open_checkpoint(checkpoint_path, None, root, device, num_workers)
     model, checkpoint, dataset = opened.model, opened.checkpoint, opened.data(split)
     threshold, source = cam_threshold_of(checkpoint)
@@ -287,12 +412,36 @@ def write_report(
             methods,
             thumb,
         )
-        with atomic_file(out, "w") as page:
-            page.write(head)
-            handle.seek(0)
-            shutil.copyfileobj(handle, page, 1 << 20)
-            page.write(f"</div>\n<script>{GALLERY_JS}</script>\n</body></html>\n")
+        write_page(out, head, handle)
     return {**metrics, "report": str(out), "n_cards": cards.n}
+
+
+def write_page(out: Path, head: str, cards: IO[str]) -> None:
+    """The page at ``out``, atomically: ``head`` (from :func:`page_start` to :func:`gallery_controls`), the cards
+    written to ``cards`` (a file read from its start), and the gallery's script."""
+    with atomic_file(out, "w") as page:
+        page.write(head)
+        cards.seek(0)
+        shutil.copyfileobj(cards, page, 1 << 20)
+        page.write(f"</div>\n<script>{GALLERY_JS}</script>\n</body></html>\n")
+
+
+def page_start(title: str, thumb: int) -> str:
+    """The page's head (its title, style and error recorder) and the opening of its body."""
+    return (
+        f"<!DOCTYPE html><html><head><meta charset=utf-8><title>{esc(title)}</title>"
+        f'<style>{CSS % {"w": 2 * thumb + 10}}</style><script>{ERROR_JS}</script></head><body data-errors="">'
+    )
+
+
+def gallery_controls(caption: str, sorts: Any, shows: Any, class_choices: Any) -> str:
+    """The gallery's heading, ``caption`` (HTML), its sort, filter and class menus (``(value, text)`` pairs), and the
+    opening of the gallery the cards go into."""
+    return (
+        f"<h2>Gallery</h2><p>{caption}</p><div id=controls>sort <select id=sort>{options(sorts)}</select> show "
+        f"<select id=filter>{options(shows)}</select> class <select id=cls>{options(class_choices)}"
+        f"</select> <span id=shown></span></div>\n<div id=gallery>\n"
+    )
 
 
 def _page_head(
@@ -329,9 +478,7 @@ def _page_head(
         f"{class_list}</details></td></tr></table>",
     )
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset=utf-8>"
-        f"<title>CAM report: {esc(Path(checkpoint_path).name)} on {split}"
-        f'</title><style>{CSS % {"w": 2 * thumb + 10}}</style><script>{ERROR_JS}</script></head><body data-errors="">',
+        page_start(f"CAM report: {Path(checkpoint_path).name} on {split}", thumb),
         f"<h1>CAM report: {esc(str(checkpoint_path))}</h1><h2>Run</h2>{run}",
         f"<h2>Metrics ({esc(split)})</h2>{_metrics_html(metrics)}",
     ]
@@ -365,10 +512,9 @@ def _page_head(
     ]
     shows = [("all", "all images"), ("wrong", "wrong class only"), ("missed", "missed box only (IoU < 0.5)")]
     class_choices = [("", "all classes"), *((str(i), c) for i, c in enumerate(classes))]
-    parts.append(
-        f"<h2>Gallery</h2><p>Left: the image; right: the predicted class's CAM. Green: the true box; magenta: the box "
-        f"of the CAM at t*={threshold:.2f}.</p><div id=controls>sort <select id=sort>{options(sorts)}</select> show "
-        f"<select id=filter>{options(shows)}</select> class <select id=cls>{options(class_choices)}"
-        f"</select> <span id=shown></span></div>\n<div id=gallery>\n"
+    caption = (
+        "Left: the image; right: the predicted class's CAM. Green: the true box; magenta: the box "
+        f"of the CAM at t*={threshold:.2f}."
     )
+    parts.append(gallery_controls(caption, sorts, shows, class_choices))
     return "".join(parts)

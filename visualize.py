@@ -1,7 +1,8 @@
 """Figures: ``visualize_cam`` (images beside their ``apply_cam`` overlays), ``plot_training_curves`` and
 ``render_cam_grid`` (``python visualize.py CHECKPOINT``; with ``--images``, your own photos through
-:mod:`.photos`). Boxes are float ``[x1, y1, x2, y2]`` pixel edges
-(pixel columns ``c0..c1`` give ``x1 = c0``, ``x2 = c1 + 1``); a missing box is all NaN. See docs/visualization.md."""
+:mod:`.photos`, by a checkpoint or by torchvision's ImageNet classifier, ``--imagenet resnet50``). Boxes are float
+``[x1, y1, x2, y2]`` pixel edges (pixel columns ``c0..c1`` give ``x1 = c0``, ``x2 = c1 + 1``); a missing box is all
+NaN. See docs/visualization.md."""
 
 from __future__ import annotations
 
@@ -39,12 +40,12 @@ from torch.utils.data import default_collate
 
 from .atomic_files import atomic_file, check_writable, file_in_the_way
 from .cams import METHODS, compute_cams
-from .checkpoint import THRESHOLD_SOURCES, CheckpointError, cam_threshold_of, require_entries
+from .checkpoint import PAPER_THRESHOLD, THRESHOLD_SOURCES, CheckpointError, cam_threshold_of, require_entries
 from .cli import HelpFormatter, OneLineParser, positive_int
 from .data.common import DatasetError
 from .dataset import StanfordCarsCAM
 from .localization import METRIC_LABELS, boxes_from_cams
-from .model import load_checkpoint
+from .model import IMAGENET_ARCHS, PretrainedWeightsError, imagenet_model, load_checkpoint
 from .overlay import apply_cam, get_colormap
 from .photos import PhotoError, find_photos, write_explanations
 from .runtime import select_device
@@ -515,8 +516,21 @@ def _threshold(value: str) -> float:
 
 # The flags of --images mode, which the CAM grid does not take.
 _PHOTO_ARGS = frozenset(
-    ("images", "out_dir", "max_side", "format", "save_maps", "class_name", "batch_size", "num_workers")
+    (
+        "images",
+        "imagenet",
+        "out_dir",
+        "max_side",
+        "format",
+        "save_maps",
+        "class_name",
+        "batch_size",
+        "num_workers",
+        "report",
+    )
 )
+# The input side of --imagenet: torchvision's evaluation size, here the whole photo resized to it (not cropped).
+IMAGENET_IMAGE_SIZE = 224
 
 
 def _workers(value: str) -> int:
@@ -537,7 +551,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Draw CAM overlays with predicted and true boxes for images of a checkpoint's data, "
         "or (--images) explain your own photos: an overlay per photo and predictions.csv.",
     )
-    parser.add_argument("checkpoint", help="checkpoint written by main.py (best.pt or last.pt)")
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="checkpoint written by main.py (best.pt or last.pt); with --images, --imagenet ARCH may stand for it",
+    )
     parser.add_argument(
         "--root_datasets_dir",
         "--root",
@@ -554,7 +573,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=_threshold,
         default=None,
         help="CAM threshold of the predicted box, in [0, 1) "
-        "(default: the checkpoint's, chosen on validation; 0.2 is the CAM paper's)",
+        "(default: the checkpoint's, chosen on validation; 0.2, the CAM paper's, with --imagenet)",
     )
     parser.add_argument(
         "--method", choices=METHODS, default="cam", help="the map to draw: the model's CAM or another method's"
@@ -568,6 +587,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="explain these photos instead of the data's: files, folders (recursively, image files only) and glob "
         "patterns (quote them); writes an overlay per photo and predictions.csv into --out_dir",
+    )
+    photos.add_argument(
+        "--imagenet",
+        choices=IMAGENET_ARCHS,
+        default=None,
+        help="explain with torchvision's ImageNet classifier instead of a checkpoint (its 1000 classes; weights from "
+        "torchvision's cache, TORCH_HOME/hub/checkpoints, downloaded if absent)",
     )
     photos.add_argument("--out_dir", default="cams", help="folder of the overlays; the photos' folders are mirrored")
     photos.add_argument("--max_side", type=positive_int, default=1024, help="longer side of each overlay, in pixels")
@@ -584,12 +610,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     photos.add_argument("--batch_size", type=positive_int, default=16, help="photos per forward pass")
     photos.add_argument("--num_workers", type=_workers, default=0, help="DataLoader workers decoding photos")
+    photos.add_argument(
+        "--report",
+        default=None,
+        metavar="PATH.html",
+        help="also write one self-contained HTML page of every photo's map, box and classes (e.g. cams/index.html)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python visualize.py``; returns the exit status."""
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.checkpoint is not None and args.imagenet is not None:
+        parser.error("give a checkpoint or --imagenet, not both")
+    if args.checkpoint is None and args.imagenet is None:
+        parser.error("the following arguments are required: checkpoint (or --imagenet ARCH with --images)")
+    if args.imagenet is not None and args.images is None:
+        parser.error("--imagenet explains your own photos: add --images FILE|FOLDER|PATTERN")
+    if args.report is not None and args.images is None:
+        parser.error(
+            "--report here is the page of your own photos: add --images FILE|FOLDER|PATTERN "
+            "(a split's page: main.py --evaluate CHECKPOINT --report PATH.html)"
+        )
     if args.images is not None:
         return _explain_photos_main(args)
     handler = logging.StreamHandler(sys.stdout)  # the threshold the boxes are drawn at, as render_cam_grid logs it
@@ -608,12 +652,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _photo_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, list[str], int, float]:
-    """``(model, class names, input size S, CAM threshold)`` of the checkpoint the command names."""
-    model, ckpt = load_checkpoint(args.checkpoint, map_location=device)
-    require_entries(ckpt, ("image_size", "class_names"), args.checkpoint)
-    threshold = args.threshold if args.threshold is not None else cam_threshold_of(ckpt)[0]
-    return model, list(ckpt["class_names"]), int(ckpt["image_size"]), threshold
+def _photo_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, list[str], int, float, str]:
+    """``(model, class names, input size S, CAM threshold, where it came from)`` of the checkpoint the command names,
+    or of ``--imagenet``'s classifier (the CAM paper's threshold: there is no validation split to choose one on)."""
+    if args.imagenet is not None:
+        model, class_names = imagenet_model(args.imagenet)
+        image_size, (threshold, source) = IMAGENET_IMAGE_SIZE, (PAPER_THRESHOLD, "paper")
+        model = model.to(device)
+    else:
+        model, ckpt = load_checkpoint(args.checkpoint, map_location=device)
+        require_entries(ckpt, ("image_size", "class_names"), args.checkpoint)
+        class_names, image_size, (threshold, source) = ckpt["class_names"], ckpt["image_size"], cam_threshold_of(ckpt)
+    if args.threshold is not None:
+        threshold, source = args.threshold, "given"
+    return model, list(class_names), int(image_size), threshold, source
 
 
 def _class_index(value: str | None, class_names: Sequence[str]) -> int | None:
@@ -628,15 +680,19 @@ def _class_index(value: str | None, class_names: Sequence[str]) -> int | None:
 
 
 def _explain_photos_main(args: argparse.Namespace) -> int:
-    """``python visualize.py CHECKPOINT --images ...``: usage errors (exit 2) before any work, then one line per
-    skipped photo and a summary; exit 1 when some were skipped."""
+    """``python visualize.py CHECKPOINT|--imagenet ARCH --images ... [--report PATH.html]``: usage errors (exit 2)
+    before any work, then one line per skipped photo and a summary; exit 1 when some were skipped."""
+    from .report import check_report_path, photo_report  # here: report draws with this module's figures
+
     try:
         photos = find_photos(args.images, exclude=args.out_dir)
         device = select_device(str(args.device))
-        model, class_names, image_size, threshold = _photo_model(args, device)
+        model, class_names, image_size, threshold, source = _photo_model(args, device)
         class_idx = _class_index(args.class_name, class_names)
         check_writable(Path(args.out_dir), "--out_dir")
-    except (ValueError, TypeError, OSError, CheckpointError) as err:
+        if args.report is not None:
+            check_report_path(args.report)
+    except (ValueError, TypeError, OSError, CheckpointError, PretrainedWeightsError) as err:
         for line in str(err).splitlines():
             print(f"visualize.py: error: {line}", file=sys.stderr)
         return 2
@@ -646,24 +702,42 @@ def _explain_photos_main(args: argparse.Namespace) -> int:
         skipped.append(error)
         print(f"visualize.py: skipped {error.name}: {error.reason}", file=sys.stderr)
 
-    explained = write_explanations(
-        model,
-        class_names,
-        image_size,
-        photos,
-        Path(args.out_dir),
-        method=args.method,
-        class_idx=class_idx,
-        threshold=threshold,
-        fmt=args.format,
-        save_maps=args.save_maps,
-        max_side=args.max_side,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=device,
-        on_error=skip,
-        progress=sys.stderr.isatty(),
-    )
+    def explain(consumers: Sequence[Any] = ()) -> int:
+        return write_explanations(
+            model,
+            class_names,
+            image_size,
+            photos,
+            Path(args.out_dir),
+            method=args.method,
+            class_idx=class_idx,
+            threshold=threshold,
+            fmt=args.format,
+            save_maps=args.save_maps,
+            max_side=args.max_side,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=device,
+            on_error=skip,
+            progress=sys.stderr.isatty(),
+            consumers=consumers,
+        )
+
+    if args.report is None:
+        explained = explain()
+    else:
+        with photo_report(args.report, class_names) as page:
+            explained = explain([page.add])
+            model_text = args.checkpoint or f"torchvision's {args.imagenet}, ImageNet weights"
+            about = [
+                ["model", f"{model_text} ({len(class_names)} classes)"],
+                ["input", f"{image_size} x {image_size}: the whole photo, resized"],
+                ["map", args.method],
+                ["CAM threshold for boxes", f"{threshold:.2f}: {THRESHOLD_SOURCES.get(source, source)}"],
+                ["photos", f"{explained} explained, {len(skipped)} skipped"],
+                ["overlays and predictions.csv", args.out_dir],
+            ]
+            page.write(about, threshold, None if class_idx is None else class_names[class_idx])
     print(f"{explained} explained, {len(skipped)} skipped, written to {args.out_dir}")
     return 1 if skipped else 0
 

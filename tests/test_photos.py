@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import csv
+import shutil
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import models
+from torchvision.transforms.functional import normalize
 
 from CAM_Stanford_Cars import visualize
 from CAM_Stanford_Cars.cams import compute_cams
@@ -306,3 +311,164 @@ def test_a_rerun_does_not_explain_its_own_overlays(
         assert _run(checkpoint, "--images", ".", "--out_dir", "cams") == 0
     assert [row["file"] for row in _rows(Path("cams/predictions.csv"))] == ["car.jpg"]
     assert not Path("cams/cams").exists()
+
+
+IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's name for ResNet18_Weights.IMAGENET1K_V1
+
+
+@pytest.fixture
+def no_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URLs torch.hub was asked to download; each fails as it would with no network."""
+    asked: list[str] = []
+
+    def refuse(url: str, *args: object, **kwargs: object) -> None:
+        asked.append(url)
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    return asked
+
+
+@pytest.fixture
+def imagenet_resnet18() -> torch.nn.Module:
+    """A seeded random torchvision ResNet-18, its weights saved under torchvision's file name in the test's own torch
+    hub cache (where ``--imagenet resnet18`` looks)."""
+    torch.manual_seed(0)
+    reference = models.resnet18().eval()
+    path = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    return reference
+
+
+def test_imagenet_explains_the_whole_photo_with_torchvisions_classes(
+    imagenet_resnet18: torch.nn.Module, tmp_path: Path, no_download: list[str]
+) -> None:
+    photos = [_photo(tmp_path / "photos" / f"car{i}.jpg", seed=i, size=(90, 50)) for i in range(2)]
+    out = tmp_path / "cams"
+    argv = ["--imagenet", "resnet18", "--images", str(tmp_path / "photos"), "--out_dir", str(out), "--save_maps"]
+    assert visualize.main(argv) == 0
+    assert no_download == []  # the cached file was used
+    weights = models.ResNet18_Weights.IMAGENET1K_V1
+    categories = weights.meta["categories"]
+    rows = _rows(out / "predictions.csv")
+    assert [row["file"] for row in rows] == [str(p) for p in photos]
+    for row, photo in zip(rows, photos):
+        # torchvision's own network and normalisation on the whole photo resized to 224 x 224 (not cropped).
+        image = decode_photo(Photo(str(photo), Path(photo.stem), path=str(photo)), 224, 1024)[0]
+        with torch.no_grad():
+            logits = imagenet_resnet18(normalize(image[None], weights.transforms().mean, weights.transforms().std))
+        top = logits.softmax(dim=1)[0].topk(5)
+        assert [row[f"class_{k}"] for k in range(1, 6)] == [categories[i] for i in top.indices.tolist()]
+        assert [float(row[f"prob_{k}"]) for k in range(1, 6)] == pytest.approx(top.values.tolist(), abs=1e-5)
+        assert (row["width"], row["height"], row["threshold"], row["method"]) == ("90", "50", "0.2", "cam")
+        assert Image.open(out / f"{photo.stem}.jpg").size == (90, 50)
+        assert np.load(out / f"{photo.stem}.npy").shape == (224, 224)
+    assert visualize.main([*argv, "--threshold", "0.5"]) == 0
+    assert {row["threshold"] for row in _rows(out / "predictions.csv")} == {"0.5"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{checkpoint}", "--imagenet", "resnet18", "--images", "{photo}"], "a checkpoint or --imagenet, not both"),
+        (["--images", "{photo}"], "the following arguments are required: checkpoint (or --imagenet ARCH"),
+        (["--imagenet", "resnet18"], "--imagenet explains your own photos: add --images"),
+        (["--imagenet", "vgg16", "--images", "{photo}"], "argument --imagenet: invalid choice: 'vgg16'"),
+        (["{checkpoint}", "--report", "{out}/index.html"], "--report here is the page of your own photos"),
+        (["{checkpoint}", "--images", "{photo}", "--report", "{out}/index.txt"], "does not end in .html"),
+    ],
+)
+def test_model_and_report_usage_errors_are_one_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    names = {"checkpoint": str(checkpoint), "photo": str(_photo(tmp_path / "car.jpg")), "out": str(tmp_path / "o")}
+    try:
+        status = visualize.main([arg.format(**names) for arg in argv])
+    except SystemExit as stop:
+        status = stop.code
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and err.count("\n") == 1 and "usage:" not in err
+
+
+def test_imagenet_without_its_weights_is_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_download: list[str]
+) -> None:
+    out = tmp_path / "cams"
+    photo = _photo(tmp_path / "car.jpg")
+    assert visualize.main(["--imagenet", "resnet18", "--images", str(photo), "--out_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    assert err.count("\n") == 1 and err.startswith("visualize.py: error:")
+    assert IMAGENET_FILE in err and f"put it in {hub}" in err
+    assert len(no_download) == 1 and not out.exists()
+
+
+class _Page(HTMLParser):
+    """The gallery's cards: their attributes and text, in document order."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.cards: list[dict[str, str | None]] = []
+        self.texts: list[str] = []
+        self.body: dict[str, str | None] = {}
+        self.depth = 0  # of divs inside the current card
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "body":
+            self.body = values
+        elif tag == "div" and values.get("class") == "card":
+            self.cards.append(values)
+            self.texts.append("")
+            self.depth = 1
+        elif tag == "div" and self.depth:
+            self.depth += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "div" and self.depth:
+            self.depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.depth:
+            self.texts[-1] += data
+
+
+def test_the_report_of_photos_is_one_page_of_cards_without_a_true_class(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = tmp_path / "photos"
+    for i, name in enumerate(["a.jpg", "b/c.png", "<b>&'quoted\".jpg"]):
+        _photo(photos / name, seed=i)
+    (photos / "broken.jpg").write_text("not an image")
+    out = tmp_path / "cams"
+    page = out / "index.html"
+    argv = ["--images", str(photos), "--out_dir", str(out), "--report", str(page), "--class", CLASSES[1]]
+    assert _run(checkpoint, *argv) == 1
+    assert "3 explained, 1 skipped" in capsys.readouterr().out
+    text = page.read_text(encoding="utf-8")
+    parsed = _Page(text)
+    rows = _rows(out / "predictions.csv")
+    assert len(parsed.cards) == len(rows) == 3
+    assert "<b>&" not in text and "&lt;b&gt;&amp;&#x27;quoted&quot;.jpg" in text  # file names escaped
+    for card, body, row in zip(parsed.cards, parsed.texts, rows):
+        assert float(card["data-conf"]) == pytest.approx(float(row["prob_1"]), abs=1e-4)
+        assert card["data-cls"] == str(CLASSES.index(row["class_1"]))
+        assert card["data-iou"] == card["data-right"] == card["data-hit"] == ""
+        assert f"pred: {row['class_1']}" in body and "true" not in body and "IoU" not in body
+        assert (f"map of {CLASSES[1]}" in body) == (row["class_1"] != CLASSES[1])
+        assert Path(row["file"]).name in body
+    assert "<h2>Gallery" in text and "3 explained, 1 skipped" in text and "<script>" in text
+    assert "http://" not in text and "https://" not in text  # self-contained
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no headless Chromium here (apt-get install chromium)")
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
+    command += [f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000", "--dump-dom"]
+    done = subprocess.run([*command, f"{page.as_uri()}?sort=-conf"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = _Page(done.stdout)
+    assert dom.body.get("data-ready") == "1" and not dom.body.get("data-errors"), dom.body
+    confidences = [float(card["data-conf"]) for card in dom.cards]
+    assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True)
