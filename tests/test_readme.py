@@ -32,7 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
 # The documents whose commands, snippets, flags and links are checked: the README first.
 DOCUMENTS = [README, *sorted((REPO_ROOT / "docs").glob("*.md"))]
-README_MAX_BYTES = 10_240  # about 10 kB: set-up, the seed's snippets, one figure, one results table, the code map; the rest belongs in docs/
+# About 10 kB: set-up, the seed's snippets, one figure, one results table, the code map; the rest belongs in docs/.
+README_MAX_BYTES = 10_240
 CI_MARKER = "<!-- ci:test-command -->"
 
 CI = "ci"
@@ -42,7 +43,9 @@ COMMAND_TESTS: dict[str, str] = {
     "python -m pytest": CI,
     "pip install -e .": CI,
     "python main.py --demo": "tests/test_cli.py::test_demo_command_leaves_a_checkpoint_and_a_figure",
-    "python main.py --list_filters --root_datasets_dir stanford_cars_dataset": "tests/test_cli.py::test_list_filters_command",
+    "python main.py --list_filters --root_datasets_dir stanford_cars_dataset": (
+        "tests/test_cli.py::test_list_filters_command"
+    ),
     (
         "python main.py --n_epochs 30 --batch_size 4 --checkpoints_dir path/to/dir/for/checkpoints "
         "--download_datasets true --root_datasets_dir stanford_cars_dataset --car_type Sedan --car_brand BMW "
@@ -54,14 +57,33 @@ COMMAND_TESTS: dict[str, str] = {
         "--resume path/to/dir/for/checkpoints/last.pt"
     ): "tests/test_readme.py::test_readme_resume_command_continues_an_interrupted_run",
     (
-        "torchrun --nproc_per_node 2 main.py --n_epochs 30 --batch_size 4 --checkpoints_dir path/to/dir/for/checkpoints "
-        "--root_datasets_dir stanford_cars_dataset --car_type Sedan --car_brand BMW --car_production_year 2012"
-    ): "tests/test_train.py::test_two_processes_with_gloo",  # as python -m torch.distributed.run
-    "python visualize.py path/to/dir/for/checkpoints/best.pt --split test --n 16 --out cams.png": "tests/test_cli.py::test_visualize_command_draws_a_grid_with_boxes",
-    "python main.py --evaluate path/to/dir/for/checkpoints/best.pt --root_datasets_dir stanford_cars_dataset --split test": "tests/test_cli.py::test_evaluate_command_prints_a_table_and_writes_json",
+        "torchrun --nproc_per_node 2 main.py --n_epochs 30 --batch_size 4 "
+        "--checkpoints_dir path/to/dir/for/checkpoints --root_datasets_dir stanford_cars_dataset --car_type Sedan "
+        "--car_brand BMW --car_production_year 2012"
+    ): "tests/test_train.py::test_two_processes_with_gloo_resume_mid_epoch_as_if_never_stopped",  # with --resume
+    "python visualize.py path/to/dir/for/checkpoints/best.pt --split test --n 16 --out cams.png": (
+        "tests/test_cli.py::test_visualize_command_draws_a_grid_with_boxes"
+    ),
+    (
+        "python main.py --evaluate path/to/dir/for/checkpoints/best.pt --root_datasets_dir stanford_cars_dataset "
+        "--split test"
+    ): "tests/test_cli.py::test_evaluate_command_prints_a_table_and_writes_json",
     "python benchmarks/run.py": "tests/test_benchmarks.py::test_quick_benchmark_writes_every_figure",  # in --quick mode
-    "python main.py --evaluate best.pt --methods all": "tests/test_compare.py::test_the_methods_flag_prints_a_table_and_names_bad_input",
-    "python visualize.py best.pt --method gradcam --out cams.png": "tests/test_compare.py::test_visualize_draws_another_methods_map",
+    "python main.py --evaluate best.pt --methods all": (
+        "tests/test_compare.py::test_the_methods_flag_prints_a_table_and_names_bad_input"
+    ),
+    "python visualize.py best.pt --images my_car.jpg photos/ shots/*.png --out_dir cams/": (
+        "tests/test_photos.py::test_csv_columns_and_maps"
+    ),
+    "python visualize.py --imagenet resnet50 --images photos/ --out_dir cams/": (
+        "tests/test_photos.py::test_imagenet_explains_the_whole_photo_with_torchvisions_classes"
+    ),
+    "python visualize.py best.pt --images photos/ --out_dir cams/ --report cams/index.html": (
+        "tests/test_photos.py::test_the_report_of_photos_is_one_page_of_cards_without_a_true_class"
+    ),
+    "python visualize.py best.pt --method gradcam --out cams.png": (
+        "tests/test_compare.py::test_visualize_draws_another_methods_map"
+    ),
     "python main.py --evaluate best.pt --report report.html": "tests/test_report.py::test_the_report_flag_of_evaluate",
 }
 
