@@ -70,7 +70,8 @@ def fake_alexnet_weights(tmp_path: Path) -> Path:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"torch {torch.__version__}, threads {torch.get_num_threads()}, CUDA {torch.cuda.is_available()}, CPUs {os.cpu_count()}"
+    cuda = torch.cuda.is_available()
+    return f"torch {torch.__version__}, threads {torch.get_num_threads()}, CUDA {cuda}, CPUs {os.cpu_count()}"
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +103,8 @@ def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 def cam_checkpoint(synthetic_root: Path, tmp_path: Path) -> Path:
-    """An untrained checkpoint on the seed's filters (the two BMW 2012 sedans), 64x64 images and 8 CAM channels (Score-CAM
-    runs one forward pass per channel)."""
+    """An untrained checkpoint on the seed's filters (the two BMW 2012 sedans), 64x64 images and 8 CAM channels
+    (Score-CAM runs one forward pass per channel)."""
     from CAM_Stanford_Cars.checkpoint import save_checkpoint
     from CAM_Stanford_Cars.dataset import StanfordCarsCAM
     from CAM_Stanford_Cars.model import AlexNetGAP

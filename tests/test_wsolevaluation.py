@@ -1,5 +1,6 @@
-"""The wsolevaluation protocol: a hand-computed case, equality with a step-by-step transcription of clovaai/wsolevaluation's
-``BoxEvaluator`` (evaluation.py, inference.py), count bookkeeping, and the optional OpenCV dependency."""
+"""The wsolevaluation protocol: a hand-computed case, equality with a step-by-step transcription of
+clovaai/wsolevaluation's ``BoxEvaluator`` (evaluation.py, inference.py), count bookkeeping, and the optional OpenCV
+dependency."""
 
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ def test_hand_computed_two_blobs(cv2) -> None:
     # B's (2,5)-(7,7) -> contourArea 5 * 2 = 10, so B is the largest while it is there.
     # boundingRect A = (1, 1, 3, 3) -> [1, 1, 4, 4]; B = (2, 5, 6, 3) -> [2, 5, min(8, 7), min(8, 7)] = [2, 5, 7, 7].
     # Image 1, GT [1.6, 0.9, 4.2, 4.7] -> int [1, 0, 4, 4] (area 4 * 5 = 20). IoU(A) = 4 * 4 / (16 + 20 - 16) = 0.8;
-    #   IoU(B) = 0 (rows 5..7 vs 0..4). Largest: miss at t <= 0.49 (B), hit at t >= 0.5 (A); any contour: 0.8 everywhere.
+    #   IoU(B) = 0 (rows 5..7 vs 0..4). Largest: miss at t <= 0.49 (B), hit at t >= 0.5 (A);
+    #   any contour: 0.8 everywhere.
     # Image 2, GT [2, 5, 8, 8] -> [2, 5, 8, 8] (area 7 * 4 = 28). IoU(B) = 6 * 3 / (18 + 28 - 18) = 18 / 28 = 0.643;
-    #   IoU(A) = 0. Largest: hit at t <= 0.49, miss after; any contour: 0.643 at t <= 0.49 (>= 0.3, >= 0.5, < 0.7), else 0.
+    #   IoU(A) = 0. Largest: hit at t <= 0.49, miss after;
+    #   any contour: 0.643 at t <= 0.49 (>= 0.3, >= 0.5, < 0.7), else 0.
     # Image 3, a constant CAM -> zeros -> empty masks -> box [0, 0, 0, 0], one pixel with the +1 areas;
     #   GT [0.2, 0.3, 0.9, 0.6] -> int [0, 0, 0, 0]: IoU 1 at every threshold.
     # Image 4 has no box: classified only.
@@ -81,9 +84,10 @@ def test_hand_computed_two_blobs(cv2) -> None:
 
 
 def test_largest_is_by_contour_area_not_pixels(cv2) -> None:
-    # A line of 8 pixels (row 6) has contourArea 0; a 2 x 2 square (rows/cols 1..2) has 4 pixels but contourArea 1 * 1 = 1,
-    # so the square is "largest": boundingRect (1, 1, 2, 2) -> box [1, 1, 3, 3] against GT [1.0, 1.0, 3.9, 3.5] -> int
-    # [1, 1, 3, 3] is IoU 1 at every threshold (both regions are 255 after normalising). By pixel count the line would win:
+    # A line of 8 pixels (row 6) has contourArea 0; a 2 x 2 square (rows/cols 1..2) has 4 pixels but contourArea
+    # 1 * 1 = 1, so the square is "largest": boundingRect (1, 1, 2, 2) -> box [1, 1, 3, 3] against GT
+    # [1.0, 1.0, 3.9, 3.5] -> int [1, 1, 3, 3] is IoU 1 at every threshold (both regions are 255 after normalising).
+    # By pixel count the line would win:
     # boundingRect (0, 6, 8, 1) -> [0, 6, min(8, 7), 7] = [0, 6, 7, 7], IoU 0 with the GT (rows 6..7 vs 1..3): a miss.
     cam = torch.zeros(1, 8, 8)
     cam[0, 6, :] = 1.0
