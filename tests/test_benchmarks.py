@@ -27,6 +27,7 @@ FIGURES = [
     "memory",
     "thread_split",
     "report",
+    "photos",
 ]
 
 
@@ -94,6 +95,16 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
             assert isinstance(data[key], float) and math.isfinite(data[key]) and data[key] > 0, (case, key, data)
     assert page["demo"]["classes_in_checkpoint"] == 9 and page["large"]["classes_in_checkpoint"] == 196
     assert "Report: demo set 6 images " in table and " ms per image)" in table
+    shots = figures["photos"]
+    assert shots["photos"] == 8 and sorted(shots["photos_per_s"]) == [
+        "command",
+        "command_workers",
+        "floor",
+        "peer_loop",
+    ]
+    assert all(math.isfinite(rate) and rate > 0 for rate in shots["photos_per_s"].values())
+    assert sorted(shots["stages_ms_per_photo"]) == ["decode", "forward", "jpeg", "overlay", "score"]
+    assert "Your own photos, photos/s (cpu, " in table
     assert "measured" in results and "Kept from the run of" not in table  # a full run keeps nothing
 
 

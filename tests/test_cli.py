@@ -75,9 +75,9 @@ def test_the_seeds_visualisation_snippet_runs_as_written(
 
         cars_dataloader = DataLoader(cars_dataset, batch_size=1, shuffle=True)
 
-        for id, batch in enumerate(cars_dataloader):
+        for id, batch in enumerate(cars_dataloader):  # noqa: B007 (the seed's snippet as written)
             # extract original image, transformed image and labels
-            image_predict, image_visualize, labels = batch
+            image_predict, image_visualize, labels = batch  # noqa: RUF059
 
             # generate classification output and cam
             output, cam = model(image_visualize, True)
@@ -117,10 +117,16 @@ def test_visualize_command_draws_a_grid_with_boxes(trained_run: Path, tmp_path: 
         assert image.format == "PNG" and image.width > 400
 
 
-def test_visualize_command_bad_checkpoint(tmp_path: Path) -> None:
-    result = run_script("visualize.py", [str(tmp_path / "nope.pt")], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "nope.pt" in result.stderr and "Traceback" not in result.stderr
+def test_visualize_command_bad_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In this process: visualize.py as a real process is test_visualize_command_draws_a_grid_with_boxes.
+    monkeypatch.chdir(tmp_path)
+    from CAM_Stanford_Cars import visualize
+
+    assert visualize.main([str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.pt" in err and "Traceback" not in err
 
 
 def test_evaluate_command_prints_a_table_and_writes_json(
@@ -202,10 +208,17 @@ def test_demo_dir_problems_name_the_flag(tmp_path: Path) -> None:
 
 
 def test_a_second_demo_in_the_same_folder_replaces_the_first(tmp_path: Path) -> None:
+    """Also ``run_demo(arch=...)``: the second demo trains another backbone than the demo's own. Every backbone trains,
+    draws and evaluates in tests/test_backbones.py; the demo's settings build the same parameter groups for each."""
     from CAM_Stanford_Cars.demo import run_demo
+    from CAM_Stanford_Cars.model import load_checkpoint
 
     first = run_demo(tmp_path, progress=False, n_train_per_class=3, n_test_per_class=1, n_epochs=1)
+    assert load_checkpoint(first.checkpoint)[1]["arch"] == "alexnet_gap" and first.figure.stat().st_size > 0
     before = first.checkpoint.read_bytes()
-    second = run_demo(tmp_path, seed=1, progress=False, n_train_per_class=3, n_test_per_class=1, n_epochs=1)
+    second = run_demo(
+        tmp_path, seed=1, progress=False, n_train_per_class=3, n_test_per_class=1, n_epochs=1, arch="resnet18"
+    )
     assert second.checkpoint == first.checkpoint and second.checkpoint.read_bytes() != before
     assert len((second.run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert load_checkpoint(second.checkpoint)[1]["arch"] == "resnet18_gap" and second.figure.stat().st_size > 0

@@ -97,15 +97,16 @@ def run_files(run_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
 
 
-def test_a_second_run_in_a_held_folder_is_refused_naming_the_holder(synthetic_root: Path, tmp_path: Path) -> None:
+def test_a_second_run_in_a_held_folder_is_refused_naming_the_holder(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        result = subprocess.run(
+        # The second run in this process: the lock is the OS's, held by another process either way.
+        code = main(
             [
-                sys.executable,
-                str(MAIN),
                 "--root_datasets_dir",
                 str(synthetic_root),
                 "--checkpoints_dir",
@@ -119,14 +120,12 @@ def test_a_second_run_in_a_held_folder_is_refused_naming_the_holder(synthetic_ro
                 "--progress",
                 "false",
                 *SEED_FILTERS,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
+            ]
         )
-        assert result.returncode == 2, result.stderr
-        assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-        assert f"in use by another run (process {holder.pid})" in result.stderr
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.strip().splitlines() == [err.strip()]
+        assert f"in use by another run (process {holder.pid})" in err
         with pytest.raises(RunFolderBusy, match=str(holder.pid)), hold_run_folder(run_dir):
             pass
     finally:
@@ -366,25 +365,33 @@ def test_a_writer_that_hides_the_disk_error_still_gives_it(tmp_path: Path, monke
 
     monkeypatch.setattr(atomic_files_module.os, "fdopen", buffered_on_a_full_disk)
     target = tmp_path / "x.pt"
-    with pytest.raises(OSError, match="No space left on device") as caught, atomic_file(target) as handle:
-        handle.write(b"buffered bytes")
-        raise RuntimeError(
-            "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
-        )  # as torch.save says it
+
+    def save_as_torch_does() -> None:
+        with atomic_file(target) as handle:
+            handle.write(b"buffered bytes")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        save_as_torch_does()
     assert caught.value.errno == errno.ENOSPC and str(target) in str(caught.value)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_disk_error_behind_another_error_is_found(tmp_path: Path) -> None:
     target = tmp_path / "x.pt"
-    with pytest.raises(OSError, match="No space left on device") as caught, atomic_file(target) as handle:
-        try:  # as torch.save: write_record fails, then its zip writer's exit raises over it
-            handle.write(b"PK")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError:
-            raise RuntimeError(
-                "[enforce fail at inline_container.cc:672] . unexpected pos 29216384 vs 29216272"
-            ) from None
+
+    def save_as_torch_does() -> None:
+        with atomic_file(target) as handle:
+            try:  # as torch.save: write_record fails, then its zip writer's exit raises over it
+                handle.write(b"PK")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                raise RuntimeError(
+                    "[enforce fail at inline_container.cc:672] . unexpected pos 29216384 vs 29216272"
+                ) from None
+
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        save_as_torch_does()
     assert caught.value.errno == errno.ENOSPC and str(target) in str(caught.value)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(RuntimeError, match="not about the disk"), atomic_file(target):
@@ -460,7 +467,7 @@ def train_image(root: Path, record: int) -> tuple[str, tuple[int, int]]:
     ],
 )
 def test_bad_boxes_are_caught_when_the_annotations_are_read(
-    synthetic_root: Path, tmp_path: Path, fields: dict[str, int], problem: str
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fields: dict[str, int], problem: str
 ) -> None:
     root = rewrite_train_boxes(synthetic_root, tmp_path / "data", {3: fields})
     name, _ = train_image(root, 3)
@@ -468,10 +475,8 @@ def test_bad_boxes_are_caught_when_the_annotations_are_read(
         AnnotationError, match=rf"cars_train_annos\.mat: the box of .*{name} \(bbox_x1\.\.y2 = .*\) {problem}"
     ):
         StanfordCarsCAM(root, split="train")
-    result = subprocess.run(
+    code = main(
         [
-            sys.executable,
-            str(MAIN),
             "--root_datasets_dir",
             str(root),
             "--checkpoints_dir",
@@ -480,20 +485,16 @@ def test_bad_boxes_are_caught_when_the_annotations_are_read(
             "false",
             "--progress",
             "false",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        ]
     )
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and problem in result.stderr, (
-        result.stderr
-    )
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and problem in err, err
 
 
 def test_boxes_partly_outside_are_clipped_with_one_warning(
     synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, (width, height) = train_image(synthetic_root, 0)
+    _, (width, _) = train_image(synthetic_root, 0)
     root = rewrite_train_boxes(
         synthetic_root, tmp_path / "data", {0: {"bbox_x2": width + 30}, 1: {"bbox_y1": 0, "bbox_y2": 10_000}}
     )

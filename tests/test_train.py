@@ -55,6 +55,30 @@ def tiny_config(root: Path, run_dir: Path, **overrides: object) -> TrainConfig:
     return TrainConfig(**settings)
 
 
+@pytest.fixture(scope="module")
+def one_epoch(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> train_module.RunResult:
+    """One epoch of ``tiny_config``, read only: the run other tests compare theirs with."""
+    return fit(tiny_config(synthetic_root, tmp_path_factory.mktemp("one_epoch"), n_epochs=1))
+
+
+@pytest.fixture(scope="module")
+def two_epochs(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> train_module.RunResult:
+    """Two uninterrupted epochs of ``tiny_config``, read only."""
+    return fit(tiny_config(synthetic_root, tmp_path_factory.mktemp("two_epochs")))
+
+
+def main_in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``main(args)`` in this process (no interpreter start-up): its exit status, stdout and stderr."""
+    from CAM_Stanford_Cars.main import main
+
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own errors and --help
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def run_main(
     args: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess:
@@ -116,8 +140,8 @@ def test_the_seeds_command_runs_one_epoch(synthetic_root: Path, tmp_path: Path, 
     assert test_metrics["n_images"] > 0 and "maxboxacc_v2" in test_metrics
 
 
-def test_same_seed_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
-    first = fit(tiny_config(synthetic_root, tmp_path / "a", n_epochs=1))
+def test_same_seed_same_metrics(synthetic_root: Path, tmp_path: Path, one_epoch: train_module.RunResult) -> None:
+    first = one_epoch
     second = fit(tiny_config(synthetic_root, tmp_path / "b", n_epochs=1))
     other = fit(tiny_config(synthetic_root, tmp_path / "c", n_epochs=1, seed=4))
     keys = ("train_loss", "train_top1", "val_loss", "val_top1")
@@ -128,9 +152,9 @@ def test_same_seed_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
 # 10 train images at batch 4 make 3 steps an epoch: stop mid-epoch 1, at its end, mid-epoch 2.
 @pytest.mark.parametrize("stop_after_steps", [2, 3, 4])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
-    synthetic_root: Path, tmp_path: Path, stop_after_steps: int
+    synthetic_root: Path, tmp_path: Path, two_epochs: train_module.RunResult, stop_after_steps: int
 ) -> None:
-    whole = fit(tiny_config(synthetic_root, tmp_path / "whole"))
+    whole = two_epochs
     assert not whole.interrupted
 
     part_dir = tmp_path / "parts"
@@ -158,6 +182,10 @@ def test_resume_refuses_a_different_run(synthetic_root: Path, tmp_path: Path) ->
     # The saved best score was judged by the run's rule.
     with pytest.raises(ValueError, match="select_by='val_top1'.*same value"):
         fit(tiny_config(synthetic_root, tmp_path / "r", select_by="val_maxboxacc", resume=str(first.last_checkpoint)))
+    # A checkpoint resumes the run in its own folder only.
+    with pytest.raises(ValueError, match="--checkpoints_dir"):
+        fit(tiny_config(synthetic_root, tmp_path / "elsewhere", resume=str(first.last_checkpoint)))
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_a_new_run_keeps_off_an_earlier_run_unless_told_to_start_over(synthetic_root: Path, tmp_path: Path) -> None:
@@ -250,13 +278,6 @@ def test_evaluate_says_before_scoring_when_the_checkpoint_folder_is_not_writable
         evaluation_module.evaluate_checkpoint(trained_run / "best.pt", root=synthetic_root, progress=False)
 
 
-def test_resume_refuses_another_checkpoints_dir(synthetic_root: Path, tmp_path: Path) -> None:
-    first = fit(tiny_config(synthetic_root, tmp_path / "r", n_epochs=2), stop_after_steps=2)
-    with pytest.raises(ValueError, match="--checkpoints_dir"):
-        fit(tiny_config(synthetic_root, tmp_path / "elsewhere", resume=str(first.last_checkpoint)))
-    assert not (tmp_path / "elsewhere").exists()
-
-
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -324,57 +345,8 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
         scheduler.step()
     assert rates[0] == pytest.approx(0.01)
     assert rates[2] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(rates[2:], rates[3:]))
+    assert all(rates[i] >= rates[i + 1] for i in range(2, len(rates) - 1))
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
-
-
-def test_two_processes_with_gloo(synthetic_root: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    args = [
-        "--n_epochs",
-        "1",
-        "--batch_size",
-        "4",
-        "--checkpoints_dir",
-        str(run_dir),
-        "--root_datasets_dir",
-        str(synthetic_root),
-        *SEED_FILTERS,
-        "--image_size",
-        "64",
-        "--num_workers",
-        "0",
-        "--pretrained",
-        "false",
-        "--device",
-        "cpu",
-        "--progress",
-        "false",
-    ]
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(MAIN), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    # Only rank 0 writes and logs: one summary line, one metrics record.
-    assert result.stdout.count("epoch 1/1") == 1
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 1
-    model, checkpoint = load_checkpoint(run_dir / "last.pt")
-    assert checkpoint["world_size"] == 2
-    # Same semantics as one process: every train image seen once per epoch (padded to the ranks),
-    # and ceil(n / (2 * batch)) steps.
-    single = fit(tiny_config(synthetic_root, tmp_path / "single", n_epochs=1))
-    n_train = single.history[0]["train_images"]
-    assert records[0]["train_images"] == n_train + (n_train % 2)
-    steps_ddp = checkpoint["lr_scheduler"]["last_epoch"]
-    assert steps_ddp == -(-n_train // 8)
-    assert records[0]["val_n_images"] == single.history[0]["val_n_images"]
 
 
 DDP_SCRIPT = """
@@ -387,23 +359,11 @@ for settings in json.loads(sys.argv[1]):
 """
 
 
-def run_two_ranks(tmp_path: Path, *runs: dict[str, object]) -> None:
-    """One ``torchrun`` of two processes that run ``fit`` for each of ``runs`` in turn (each launch imports torch
-    anew in three processes, which takes longer than these tiny runs)."""
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(DDP_SCRIPT)
+def torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 ARGS``, as ``python -m torch.distributed.run``; it must succeed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            json.dumps(runs),
-        ],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -411,9 +371,20 @@ def run_two_ranks(tmp_path: Path, *runs: dict[str, object]) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
-def test_two_processes_resume_mid_epoch_as_if_never_stopped(tmp_path: Path) -> None:
+def run_two_ranks(tmp_path: Path, *runs: dict[str, object]) -> None:
+    """One ``torchrun`` of two processes that run ``fit`` for each of ``runs`` in turn (each launch imports torch
+    anew in three processes, which takes longer than these tiny runs)."""
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    torchrun(tmp_path, str(script), json.dumps(runs))
+
+
+def test_two_processes_with_gloo_resume_mid_epoch_as_if_never_stopped(tmp_path: Path) -> None:
+    """Two ranks over gloo: a run stopped mid-epoch, resumed by the README's torchrun command (plus --resume), ends
+    as the uninterrupted run does, and each epoch is one process's epoch split between the ranks."""
     # 24 train images (13 per class, one of each held out) at batch 1: 12 steps per rank, so the ranks agree to stop
     # at step 10, mid-epoch, with two steps left for the resumed run.
     root = write_synthetic_stanford_cars(
@@ -452,15 +423,57 @@ def test_two_processes_resume_mid_epoch_as_if_never_stopped(tmp_path: Path) -> N
     # The saved running sums count both ranks' images, and each rank's RNG state is kept.
     assert partial["epoch_progress"]["sums"][2] == 20
     assert len(partial["rng_states"]) == 2
-    run_two_ranks(tmp_path, {**settings, "checkpoints_dir": str(stopped), "resume": str(stopped / "last.pt")})
+    assert read_metrics_log(stopped / "metrics.jsonl") == []  # stopped inside epoch 1
+    args = [
+        "--n_epochs",
+        "1",
+        "--batch_size",
+        "1",
+        "--checkpoints_dir",
+        str(stopped),
+        "--root_datasets_dir",
+        str(root),
+        *SEED_FILTERS,
+        "--image_size",
+        "64",
+        "--num_workers",
+        "0",
+        "--pretrained",
+        "false",
+        "--device",
+        "cpu",
+        "--progress",
+        "false",
+        "--seed",
+        "5",
+        "--lr",
+        "0.01",
+        "--resume",
+        str(stopped / "last.pt"),
+    ]
+    result = torchrun(tmp_path, str(MAIN), *args)
+    # Only rank 0 writes and logs: one summary line, one metrics record.
+    assert result.stdout.count("epoch 1/1") == 1
+    records = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1
 
     whole_model, whole = load_checkpoint(tmp_path / "whole" / "last.pt")
     resumed_model, resumed = load_checkpoint(stopped / "last.pt")
+    assert resumed["world_size"] == 2
     assert whole["metrics"]["train_images"] == 24  # 12 steps per rank: the stop at step 10 was mid-epoch
     for key in ("train_loss", "train_top1", "train_images", "val_loss", "val_top1"):
         assert resumed["metrics"][key] == whole["metrics"][key], key
     for name, tensor in whole_model.state_dict().items():
         assert torch.equal(tensor, resumed_model.state_dict()[name]), name
+    # Same semantics as one process: every train image seen once per epoch (padded to the ranks),
+    # and ceil(n / (2 * batch)) steps.
+    single_settings = {key: value for key, value in settings.items() if key != "stop_after_steps"}
+    single = fit(TrainConfig(**single_settings, checkpoints_dir=str(tmp_path / "single")))
+    n_train = single.history[0]["train_images"]
+    assert records[0]["train_images"] == n_train + (n_train % 2)
+    steps_ddp = resumed["lr_scheduler"]["last_epoch"]
+    assert steps_ddp == -(-n_train // 2)
+    assert records[0]["val_n_images"] == single.history[0]["val_n_images"]
 
 
 BAD_INPUTS = [
@@ -474,12 +487,14 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args, named", BAD_INPUTS)
 def test_bad_input_is_one_clear_line_and_exit_2(
-    synthetic_root: Path, tmp_path: Path, args: list[str], named: str
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], named: str
 ) -> None:
+    # In this process: the exit status and the message are main()'s and argparse's, wherever they run; a real
+    # `python main.py` is refused bad input in test_missing_data_without_download_says_how_to_get_it.
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "last.pt").write_bytes(b"precious")
-    result = run_main(
+    code, _, err = main_in_process(
         [
             "--root_datasets_dir",
             str(synthetic_root),
@@ -491,11 +506,11 @@ def test_bad_input_is_one_clear_line_and_exit_2(
             "true",
             *args,
         ],
-        cwd=tmp_path,
+        capsys,
     )
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert named in result.stderr
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert named in err
     assert (run_dir / "last.pt").read_bytes() == b"precious"
     assert sorted(p.name for p in run_dir.iterdir()) == ["last.pt"]
 
@@ -518,10 +533,10 @@ def test_missing_data_without_download_says_how_to_get_it(tmp_path: Path) -> Non
     assert not (tmp_path / "run").exists()
 
 
-def test_unwritable_checkpoint_folder(synthetic_root: Path, tmp_path: Path) -> None:
+def test_unwritable_checkpoint_folder(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    result = run_main(
+    code, _, err = main_in_process(
         [
             "--root_datasets_dir",
             str(synthetic_root),
@@ -531,15 +546,15 @@ def test_unwritable_checkpoint_folder(synthetic_root: Path, tmp_path: Path) -> N
             "false",
             *SEED_FILTERS,
         ],
-        cwd=tmp_path,
+        capsys,
     )
-    assert result.returncode == 2
-    assert "not writable" in result.stderr and "Traceback" not in result.stderr
+    assert code == 2
+    assert "not writable" in err and "Traceback" not in err
 
 
-def test_help_reads_as_documentation(tmp_path: Path) -> None:
-    result = run_main(["--help"], cwd=tmp_path)
-    assert result.returncode == 0
+def test_help_reads_as_documentation(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = main_in_process(["--help"], capsys)
+    assert code == 0
     for flag in (
         "--n_epochs",
         "--car_production_year",
@@ -549,8 +564,8 @@ def test_help_reads_as_documentation(tmp_path: Path) -> None:
         "--list_filters",
         "--evaluate",
     ):
-        assert flag in result.stdout
-    assert "(default: 30)" in result.stdout
+        assert flag in out
+    assert "(default: 30)" in out
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(synthetic_root: Path, tmp_path: Path) -> None:
@@ -618,8 +633,10 @@ def test_loader_defaults_match_the_cores(monkeypatch: pytest.MonkeyPatch) -> Non
         torch.set_num_threads(threads)
 
 
-def test_training_with_an_image_cache_gives_the_same_run(synthetic_root: Path, tmp_path: Path) -> None:
-    plain = fit(tiny_config(synthetic_root, tmp_path / "plain", n_epochs=1))
+def test_training_with_an_image_cache_gives_the_same_run(
+    synthetic_root: Path, tmp_path: Path, one_epoch: train_module.RunResult
+) -> None:
+    plain = one_epoch
     cached = fit(tiny_config(synthetic_root, tmp_path / "cached", n_epochs=1, cache_dir=str(tmp_path / "cache")))
     assert list((tmp_path / "cache").glob("*.npy"))
     assert plain.history[0]["train_loss"] == cached.history[0]["train_loss"]
@@ -627,8 +644,10 @@ def test_training_with_an_image_cache_gives_the_same_run(synthetic_root: Path, t
 
 
 def test_compiled_training_matches_eager_and_saves_plain_weights(synthetic_root: Path, tmp_path: Path) -> None:
-    eager = fit(tiny_config(synthetic_root, tmp_path / "eager", n_epochs=1))
-    compiled = fit(tiny_config(synthetic_root, tmp_path / "compiled", n_epochs=1, compile=True))
+    # Batches of 2 split the 10 train, 2 validation and 6 test images evenly: one compilation, where a last batch of
+    # another size would make torch.compile compile the network a second time (as long again on a CPU).
+    eager = fit(tiny_config(synthetic_root, tmp_path / "eager", n_epochs=1, batch_size=2))
+    compiled = fit(tiny_config(synthetic_root, tmp_path / "compiled", n_epochs=1, batch_size=2, compile=True))
     assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=1e-4)
     assert compiled.test_metrics["maxboxacc"] == pytest.approx(eager.test_metrics["maxboxacc"], abs=1e-6)
     # The checkpoint holds the bare model's keys, loadable without torch.compile.
