@@ -156,6 +156,7 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch: pyt
             "CAM_QUICKSTART_EPOCHS": "1",
             "CAM_QUICKSTART_TRAIN_PER_CLASS": "2",
             "CAM_QUICKSTART_TEST_PER_CLASS": "1",
+            "CAM_QUICKSTART_COMPARE_IMAGES": "2",
         },
     )
     assert "data: synthetic" in _text(_cell_with(notebook.cells, "DOWNLOAD = "))
