@@ -55,6 +55,9 @@ class Sizes:
     report_demo_test_per_class: int = 10
     report_large_classes: int = 43
     report_large_test_per_class: int = 187
+    # Your own photos: a folder of JPEGs at ``image_wh``, explained at the command's default batch size.
+    photos: int = 256
+    photo_batch: int = 16
 
 
 QUICK = Sizes(
@@ -83,6 +86,8 @@ QUICK = Sizes(
     report_demo_test_per_class=3,
     report_large_classes=2,
     report_large_test_per_class=3,
+    photos=8,
+    photo_batch=4,
 )
 
 

@@ -125,6 +125,20 @@ def report_paragraph(page: dict[str, Any]) -> str:
     )
 
 
+def photos_paragraph(data: dict[str, Any]) -> str:
+    rate, stage = data["photos_per_s"], data["stages_ms_per_photo"]
+    return (
+        f"Your own photos, photos/s ({data['device']}, {data['arch']}, {data['photos']} JPEGs of "
+        f"{'x'.join(map(str, data['photo_wh']))} read at {data['image_size']}x{data['image_size']}, batch "
+        f"{data['batch']}, `--method cam`): the command {rate['command']:.1f} ({rate['command_workers']:.1f} with "
+        f"`--num_workers {data['loader_workers']}`), the forward pass alone on the photos in memory "
+        f"{rate['floor']:.1f}, the peers' per-image loop {rate['peer_loop']:.1f} (the command "
+        f"{data['command_vs_peer_loop']:.2f}x the loop). Each stage alone, ms per photo: decode {stage['decode']:.1f}, "
+        f"forward {stage['forward']:.1f}, scoring pass (forward, maps, boxes) {stage['score']:.1f}, overlay "
+        f"{stage['overlay']:.1f}, JPEG {stage['jpeg']:.1f}."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The generated part of ``results.md`` (the hand-written notes under ``NOTES_HEADING`` are kept apart)."""
     lines = runs_lines(results) + table_lines(results["summary"])
@@ -132,6 +146,8 @@ def markdown(results: dict[str, Any]) -> str:
     page = results["figures"].get("report", {})
     if "demo" in page and "large" in page:
         paragraphs.append(report_paragraph(page))
+    if "photos_per_s" in results["figures"].get("photos", {}):
+        paragraphs.append(photos_paragraph(results["figures"]["photos"]))
     for paragraph in paragraphs:
         lines += ["", paragraph]
     return "\n".join(lines) + "\n"

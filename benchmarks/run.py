@@ -23,6 +23,10 @@ The figures, and the target of each:
 - report: ``report.write_report`` of an untrained AlexNet-GAP: the page's size (MB), seconds to write it, seconds
   per image, on the demo's 90 test images and on 8,041 (the real test split's size; 43 classes x 187), 160x104 JPEGs
   read at 128x128 (a record, no target).
+- photos: ``visualize.py CHECKPOINT --images DIR --out_dir OUT --method cam`` in process (``write_explanations``:
+  decode, scoring pass, overlays, CSV, files) on 256 JPEGs of ~700x450, AlexNet-GAP, beside the forward pass alone on
+  the same photos decoded in memory at the same batch size (the floor) and the peers' per-image loop (open, resize,
+  one-image forward, upsample, colour map, blend, write a JPEG); the ratio floor / command in photos/s (<= 1.25x).
 
 ``--only FIGURE ...`` measures those figures alone; the others are kept from the ``results.json`` already in ``--out``
 (each with the ``machine`` and ``sizes`` of the run that measured it), so one figure can be re-measured or added
@@ -37,7 +41,8 @@ Usage::
 
 This file parses the command line and runs the figures; beside it, ``bench_helpers.py`` holds the sizes, timing and
 machine facts every figure shares, ``bench_train_step.py`` the training step they time, ``bench_pipeline.py``,
-``bench_networks.py``, ``bench_maps.py``, ``bench_evaluation.py`` and ``bench_memory.py`` the figures, and
+``bench_networks.py``, ``bench_maps.py``, ``bench_evaluation.py``, ``bench_memory.py`` and ``bench_photos.py`` the
+figures, and
 ``bench_results.py`` and ``bench_markdown.py`` what is written.
 """
 
@@ -69,6 +74,7 @@ from bench_helpers import QUICK, OtherWork, Sizes, build_data, load_average, mac
 from bench_maps import box_sweep, overlay_speed
 from bench_memory import memory
 from bench_networks import backbones, cam_methods, cam_overhead
+from bench_photos import photos
 from bench_pipeline import decode_speedup, pipeline_efficiency, thread_split
 from bench_results import keep_previous, summarize, write_results
 from CAM_Stanford_Cars.distributed import DistInfo
@@ -91,6 +97,7 @@ FIGURES = {
     "memory": "memory",
     "split": "thread_split",
     "report": "report",
+    "photos": "photos",
 }
 # The figures that read the synthetic data set (the others make their own inputs).
 NEEDS_DATA = {"pipeline", "decode", "memory", "split"}
@@ -111,6 +118,7 @@ def figure_jobs(base: Path, root: Path, sizes: Sizes, device: torch.device) -> d
         "memory": lambda: memory(root, sizes),
         "split": lambda: thread_split(root, sizes, device),
         "report": lambda: report(base, sizes, device),
+        "photos": lambda: photos(base, sizes, device),
     }
 
 
@@ -165,6 +173,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             "evaluate",
             "memory",
             "report",
+            "photos",
         ],
         help="measure only these figures; the others are kept from --out's results.json",
     )
