@@ -1,8 +1,9 @@
 """Explaining your own photos: which class, where the network looks, and the box around it.
 
-    --images items -> photos (:func:`find_photos`) -> :class:`PhotoDataset` (decoded in DataLoader workers)
-        -> :func:`~.scoring.score` (one pass, the maps of one source) -> :class:`PhotoExplainer` -> records
-        -> the writers: overlays, ``predictions.csv``, ``.npy`` maps
+    --images items -> photos (:func:`find_photos`) -> :class:`PhotoDataset` (decoded in DataLoader workers,
+        or a batch ahead in a thread) -> :func:`~.scoring.score` (one pass, the maps of one source)
+        -> :class:`PhotoExplainer` -> records -> the writer, in a thread while the next batch runs: overlays
+        (:func:`blend_map`, in 8 bits), ``.npy`` maps, the rows of ``predictions.csv``
 
 A photo is decoded as a person sees it (EXIF orientation applied, any mode to RGB), the whole of it resized to
 S x S for the network, and drawn at its own size, the longer side capped at ``max_side``. A photo that cannot be
@@ -16,18 +17,23 @@ import functools
 import glob
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from matplotlib.colors import Colormap
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+from .accel import overlay_kernel
 from .atomic_files import atomic_file
 from .cams import METHODS
 from .checkpoint import PAPER_THRESHOLD, cam_threshold_of, require_entries
@@ -35,7 +41,7 @@ from .data.common import ImageLoadError, MissingImageError
 from .data.images import DRAFT_MIN_SHARE, open_image, resize_pixels
 from .localization import normalize_cams
 from .model import load_checkpoint
-from .overlay import apply_cam
+from .overlay import LUT_SIZE, colormap_lut
 from .scoring import ScoredBatch, chosen_maps, score
 
 __all__ = [
@@ -48,6 +54,7 @@ __all__ = [
     "PhotoExplainer",
     "PhotoExplanation",
     "PhotoInputError",
+    "blend_map",
     "collate_photos",
     "csv_row",
     "decode_photo",
@@ -279,12 +286,7 @@ class PhotoExplanation:
 
     def overlay(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
         """The map blended on the photo at its drawn size, the box drawn, the class and probability written."""
-        # NumPy for the conversions: torch's element-wise ops on one photo cost several times more here.
-        photo = torch.from_numpy(self.pixels.transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255))
-        blended = apply_cam(photo, torch.from_numpy(self.map), alpha=alpha, colormap=colormap).numpy()  # in [0, 1]
-        image = Image.fromarray(
-            (blended.transpose(1, 2, 0) * np.float32(255) + np.float32(0.5)).astype(np.uint8, order="C")
-        )
+        image = Image.fromarray(blend_map(self.pixels, self.map, alpha, colormap))
         draw, (w, h) = ImageDraw.Draw(image), image.size
         scale = np.array([w / self.width, h / self.height] * 2)
         if all(math.isfinite(v) for v in self.box):
@@ -296,6 +298,41 @@ class PhotoExplanation:
         draw.rectangle((0, 0, right + 2, bottom + 2), fill=TEXT_BACKGROUND)
         draw.text((2, 2), text, fill=(255, 255, 255), font=font)
         return image
+
+
+def blend_map(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str | Colormap = "jet") -> np.ndarray:
+    """:func:`~.overlay.apply_cam` of one photo in 8 bits: ``pixels`` (h, w, 3) uint8 blended with ``cam`` (h', w')
+    float32, upsampled to the photo, -> (h, w, 3) uint8, within one level of ``apply_cam``'s rounded to 8 bits.
+
+    The map's colour index is ``apply_cam``'s own (the same upsample and normalisation in float32); the blend is
+    integer arithmetic on the photo's bytes, so the photo is never widened to float.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1] (the heat map's weight), got {alpha!r}")
+    size = pixels.shape[:2]
+    cam = np.ascontiguousarray(cam, dtype=np.float32)
+    if overlay_kernel.matches_torch(cam.shape, size):  # one thread, the GIL released: a writer thread's upsample
+        up = overlay_kernel.upsample(cam[None], size)[0]
+    else:
+        up = F.interpolate(torch.from_numpy(cam)[None, None], size=size, mode="bilinear", align_corners=False)
+        up = up[0, 0].numpy()
+    low = up.min()
+    with np.errstate(divide="ignore", over="ignore"):
+        scale = np.float32(LUT_SIZE) / (up.max() - low)
+    # A flat map (scale inf) gets the colour of its minimum; up - low >= 0, so truncation is the floor.
+    up -= low
+    up *= scale if np.isfinite(scale) else np.float32(0)
+    index = up.astype(np.intp)  # (h, w) in [0, 256]
+    weight = round(256 * float(alpha))  # the heat map's share of 256
+    lut = colormap_lut(colormap).numpy()
+    # Entry 256 repeats 255 (a map's maximum lands on it); + 128 rounds the final shift by 8 bits to nearest.
+    table = (np.rint(np.vstack([lut, lut[-1:]]) * (255 * weight)) + 128).astype(np.uint16)  # (257, 3)
+    mixed = np.take(table, index, axis=0)  # (h, w, 3)
+    # At most 255 * 256 + 128: no overflow.
+    np.add(mixed, np.multiply(pixels, np.uint16(256 - weight), dtype=np.uint16), out=mixed)
+    out = np.empty(pixels.shape, np.uint8)
+    np.right_shift(mixed, 8, out=out, casting="unsafe")
+    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -470,6 +507,51 @@ def write_predictions(rows: Iterable[Sequence[Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
+class _WriteBehind:
+    """``write`` of each record in one background thread, in order, while the caller goes on: at most ``limit``
+    records wait, and the writer's first error is raised in the caller's thread (the records after it are not
+    written)."""
+
+    def __init__(self, write: Callable[[PhotoExplanation], None], limit: int) -> None:
+        self.write, self.limit, self.failed = write, limit, False
+        self.pending: deque[Future[None]] = deque()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="photo-writer")
+
+    def _write(self, record: PhotoExplanation) -> None:
+        if self.failed:
+            return
+        try:
+            self.write(record)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def __call__(self, record: PhotoExplanation) -> None:
+        self.pending.append(self.pool.submit(self._write, record))
+        while self.pending and (len(self.pending) > self.limit or self.pending[0].done()):
+            self.pending.popleft().result()
+
+    def drain(self) -> None:
+        """Wait for every record to be written; raise the writer's error, if any."""
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        """Drop the records still waiting and let the one being written finish (its files land whole)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_ahead(batches: Iterable[Any]) -> Iterator[Any]:
+    """``batches``, the next one decoded in a background thread while the caller works on this one (a loader
+    without workers would otherwise decode between forward passes)."""
+    iterator = iter(batches)
+    with ThreadPoolExecutor(1, thread_name_prefix="photo-reader") as reader:
+        ahead = reader.submit(next, iterator, None)
+        while (batch := ahead.result()) is not None:
+            ahead = reader.submit(next, iterator, None)
+            yield batch
+
+
 def write_explanations(
     model: nn.Module,
     class_names: Sequence[str],
@@ -492,8 +574,12 @@ def write_explanations(
 ) -> int:
     """Explain ``photos`` in one scoring pass, writing into ``out_dir`` an overlay per photo (mirroring
     :attr:`Photo.output`), its ``.npy`` map with ``save_maps``, and ``predictions.csv``; every file atomically, and
-    nothing else there is touched. Each record is then handed to ``consumers`` (e.g. the report's cards). Returns how
-    many photos were explained."""
+    nothing else there is touched. Each record is then handed to ``consumers`` (e.g. the report's cards), in order.
+    Returns how many photos were explained.
+
+    The files are drawn and written in one background thread while the next batch runs (``consumers`` are called
+    there too); without loader workers, the next batch is decoded in another. An error of the writer is raised
+    here; an interrupt leaves only whole files."""
     device = device or torch.device("cpu")
     rows: list[list[Any]] = []  # only these stay: memory is flat over many photos
     bar = tqdm(total=len(photos), unit="photo", disable=not progress, leave=False)
@@ -511,18 +597,22 @@ def write_explanations(
         on_error(error)
         bar.update()
 
-    explainer = PhotoExplainer(class_names, "map", method, threshold, class_idx, write)
+    # Two batches in flight at most: the files are written while the next batch runs, and memory stays flat.
+    writer = _WriteBehind(write, 2 * batch_size)
+    explainer = PhotoExplainer(class_names, "map", method, threshold, class_idx, writer)
     loader = photo_loader(photos, image_size, max_side, batch_size, num_workers)
     try:
         score(
             model,
-            _without_errors(loader, skip),
+            _without_errors(loader if num_workers else _read_ahead(loader), skip),
             {"map": chosen_maps(method, class_idx)},
             [explainer],
             device,
             threshold=threshold,
         )
+        writer.drain()
     finally:
+        writer.close()
         bar.close()
     write_predictions(rows, out_dir / "predictions.csv")
     return len(rows)

@@ -15,18 +15,23 @@ from PIL import Image
 from torchvision import models
 from torchvision.transforms.functional import normalize
 
+from CAM_Stanford_Cars import photos as photos_module
 from CAM_Stanford_Cars import visualize
 from CAM_Stanford_Cars.cams import compute_cams
 from CAM_Stanford_Cars.checkpoint import save_checkpoint
 from CAM_Stanford_Cars.model import AlexNetGAP, load_checkpoint
+from CAM_Stanford_Cars.overlay import apply_cam
 from CAM_Stanford_Cars.photos import (
     CSV_COLUMNS,
     Photo,
+    PhotoError,
     PhotoInputError,
+    blend_map,
     decode_photo,
     display_size,
     explain_photos,
     find_photos,
+    write_explanations,
 )
 from CAM_Stanford_Cars.scoring import ScoredBatch, chosen_maps
 
@@ -273,6 +278,67 @@ def test_python_face_takes_pil_images_paths_methods_and_classes(checkpoint: Path
     model, _ = load_checkpoint(checkpoint)
     from_model = next(explain_photos(model, path, image_size=64, class_names=CLASSES))
     np.testing.assert_array_equal(from_model.map, by_path.map)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "colormap", "flat"),
+    [(0.5, "jet", False), (0.3, "viridis", False), (1.0, "inferno", False), (0.5, "jet", True)],
+)
+def test_the_overlay_in_8_bits_is_apply_cams(alpha: float, colormap: str, flat: bool) -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (45, 67, 3), dtype=np.uint8)
+    cam = np.zeros((64, 64), np.float32) if flat else rng.random((64, 64), dtype=np.float32)
+    photo = torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32) / 255)
+    plain = apply_cam(photo, torch.from_numpy(cam), alpha=alpha, colormap=colormap).numpy().transpose(1, 2, 0)
+    fast = blend_map(pixels, cam, alpha, colormap)
+    assert fast.shape == pixels.shape and fast.dtype == np.uint8
+    assert np.abs(fast.astype(int) - (plain * 255 + 0.5).astype(np.uint8)).max() <= 1
+
+
+def _explain_into(checkpoint: Path, photos: list[Photo], out: Path, **kwargs: object) -> int:
+    model, _ = load_checkpoint(checkpoint)
+    return write_explanations(model, CLASSES, 64, photos, out, batch_size=2, **kwargs)
+
+
+def test_an_error_of_the_writer_is_raised_and_no_csv_written(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(6):
+        _photo(tmp_path / "photos" / f"car{i}.jpg", seed=i)
+    photos = find_photos([str(tmp_path / "photos")])
+    written = []
+
+    def write_overlay(record: photos_module.PhotoExplanation, *args: object) -> None:
+        if record.file.endswith("car2.jpg"):
+            raise OSError(28, "could not write 'car2.jpg': No space left on device")
+        written.append(record.file)
+
+    monkeypatch.setattr(photos_module, "write_overlay", write_overlay)
+    out = tmp_path / "cams"
+    with pytest.raises(OSError, match="No space left"):
+        _explain_into(checkpoint, photos, out)
+    assert [Path(name).name for name in written] == ["car0.jpg", "car1.jpg"]  # none after the error
+    assert not (out / "predictions.csv").exists()
+
+
+def test_an_interrupt_leaves_whole_files_only(checkpoint: Path, tmp_path: Path) -> None:
+    for i in range(6):
+        _photo(tmp_path / "photos" / f"car{i}.jpg", seed=i)
+    (tmp_path / "photos" / "car3.jpg").write_text("not an image")  # in the second batch
+
+    def interrupt(error: PhotoError) -> None:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "cams"
+    with pytest.raises(KeyboardInterrupt):
+        _explain_into(checkpoint, find_photos([str(tmp_path / "photos")]), out, save_maps=True, on_error=interrupt)
+    # The overlays already handed to the writer may or may not be written, but each one whole; no temp file stays.
+    files = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert set(files) <= {"car0.jpg", "car0.npy", "car1.jpg", "car1.npy"}, files
+    for path in out.glob("*.jpg"):
+        assert Image.open(path).size == (80, 60)
+    for path in out.glob("*.npy"):
+        assert np.load(path).shape == (64, 64)
 
 
 @pytest.mark.parametrize(("method", "class_idx"), [("cam", None), ("cam", 1), ("gradcam", None), ("layercam", 2)])
