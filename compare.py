@@ -18,10 +18,10 @@ from .atomic_files import atomic_write_text
 from .cams import METHODS
 from .checkpoint import cam_threshold_of
 from .evaluation import open_checkpoint
+from .figures import save_figure_atomically
 from .localization import METRIC_LABELS, LocalizationMeter, box_iou, boxes_from_cams
 from .overlay import apply_cam
 from .scoring import BoxScores, Faithfulness, FirstImages, SourceSeconds, method_maps, score
-from .visualize import save_figure_atomically
 
 # The columns of the printed table and of the CSV, after the method's name.
 COLUMNS = (

@@ -28,11 +28,11 @@ from .compare import methods_table_rows
 from .data.images import resize_pixels
 from .data.names import FILTER_NAMES
 from .evaluation import open_checkpoint
+from .figures import plot_training_curves
 from .localization import IOU_THRESHOLD, LocalizationMeter, box_iou, metrics_table_rows
 from .overlay import apply_cam
 from .photos import PhotoExplanation
 from .scoring import BoxScores, ScoredBatch, model_cam, score
-from .visualize import plot_training_curves
 
 __all__ = [
     "PhotoReport",

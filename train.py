@@ -36,6 +36,7 @@ from .distributed import (
     gather_rng_states,
 )
 from .evaluation import THRESHOLD_KEYS, evaluate, threshold_from_validation
+from .figures import plot_training_curves
 from .model import GAPNet, create_model, load_checkpoint
 from .run_folder import (
     ARGS_FILE,
@@ -67,7 +68,6 @@ from .runtime import (
     seed_everything,
     start_process,
 )
-from .visualize import plot_training_curves
 
 __all__ = [
     "EpochProgress",

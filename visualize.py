@@ -1,5 +1,5 @@
-"""Figures: ``visualize_cam`` (images beside their ``apply_cam`` overlays), ``plot_training_curves`` and
-``render_cam_grid`` (``python visualize.py CHECKPOINT``; with ``--images``, your own photos through
+"""Figures: ``visualize_cam`` (images beside their ``apply_cam`` overlays) and ``render_cam_grid``
+(``python visualize.py CHECKPOINT``; with ``--images``, your own photos through
 :mod:`.photos`, by a checkpoint or by torchvision's ImageNet classifier, ``--imagenet resnet50``). Boxes are float
 ``[x1, y1, x2, y2]`` pixel edges (pixel columns ``c0..c1`` give ``x1 = c0``, ``x2 = c1 + 1``); a missing box is all
 NaN. See docs/visualization.md."""
@@ -20,17 +20,14 @@ if __name__ == "__main__" and not __package__:
 import argparse
 import logging
 import math
-import numbers
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 import torch
-from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
@@ -38,34 +35,29 @@ from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 from torch.utils.data import default_collate
 
-from .atomic_files import atomic_file, check_writable, file_in_the_way
+from .atomic_files import check_writable
 from .cams import METHODS, compute_cams
 from .checkpoint import PAPER_THRESHOLD, THRESHOLD_SOURCES, CheckpointError, cam_threshold_of, require_entries
 from .cli import HelpFormatter, OneLineParser, positive_int
 from .data.common import DatasetError
 from .dataset import StanfordCarsCAM
-from .localization import METRIC_LABELS, boxes_from_cams
+from .figures import check_dpi, check_save_path, finish_figure, new_figure, save_figure_atomically
+from .localization import boxes_from_cams
 from .model import IMAGENET_ARCHS, PretrainedWeightsError, imagenet_model, load_checkpoint
 from .overlay import apply_cam, get_colormap
 from .photos import PhotoError, find_photos, write_explanations
+from .report import check_report_path, photo_report
 from .runtime import select_device
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "apply_cam",
-    "check_dpi",
-    "check_save_path",
     "get_args_parser",
     "main",
-    "plot_training_curves",
     "render_cam_grid",
-    "save_figure_atomically",
     "visualize_cam",
 ]
-
-# File-only backends: figures made there stay off pyplot, so scripts drawing many grids keep none open.
-_NON_INTERACTIVE_BACKENDS = frozenset({"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"})
 
 BoxesArg = Mapping[str, Any] | Sequence[Any] | None
 BoxSet = tuple[np.ndarray, Mapping[str, Any], str]  # (B, 4) boxes, their style, their legend label
@@ -75,15 +67,6 @@ TRUE_BOX_STYLE = {"edgecolor": "#00ff40", "linestyle": "--", "linewidth": 1.8}
 RIGHT_COLOR, WRONG_COLOR = "#1a7f37", "#cf222e"
 RIGHT_MARK, WRONG_MARK = "\u2713", "\u2717"  # ✓ ✗
 _PANEL_INCHES = 2.3  # a panel's longer side
-
-# Training curves: (panel title, metric keys without their split prefix, y label)
-_CURVE_PANELS = (
-    ("loss", ("loss",), "cross-entropy"),
-    ("classification", ("top1", "top5"), "accuracy"),
-    ("localisation", ("gt_known_loc", "top1_loc", "maxboxacc", "maxboxacc_v2"), "accuracy"),
-)
-_CURVE_COLORS = {metric: f"C{i}" for i, metric in enumerate(m for _, metrics, _ in _CURVE_PANELS for m in metrics)}
-_SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
 
 
 def _as_image_batch(name: str, images: Any) -> np.ndarray:
@@ -169,63 +152,6 @@ def _titles(predicted: list[str], true: list[str] | None, scores: Any) -> list[t
     return titles
 
 
-def check_save_path(save_path: str | os.PathLike[str], name: str = "save_path") -> str:
-    """Refuse a figure path that cannot be written, before drawing; return its format. ``name``: the user's word
-    for it."""
-    if not isinstance(save_path, str | os.PathLike):
-        raise TypeError(f"{name} must be a file name such as 'cams.png', got {type(save_path).__name__}")
-    path = Path(save_path)
-    if path.is_dir():
-        raise ValueError(f"{name} {str(path)!r} is a folder; give a file name such as {str(path / 'cams.png')!r}")
-    if blocker := file_in_the_way(path):
-        raise ValueError(
-            f"{name} {str(path)!r} cannot be written: {str(blocker)!r} is a file, not a folder; choose another path"
-        )
-    fmt, supported = path.suffix[1:].lower(), FigureCanvasBase.get_supported_filetypes()
-    if fmt not in supported:
-        raise ValueError(
-            f"cannot tell the image format of {name} {str(path)!r} from its suffix; "
-            f"use one of {', '.join('.' + s for s in sorted(supported))}"
-        )
-    return fmt
-
-
-def check_dpi(dpi: Any) -> float:
-    """``dpi`` as a positive finite float (numbers.Real covers numpy; a bool is never a resolution)."""
-    if isinstance(dpi, bool) or not isinstance(dpi, numbers.Real) or not (math.isfinite(dpi) and dpi > 0):
-        raise ValueError(f"dpi must be a positive number of dots per inch such as 100, got {dpi!r}")
-    return float(dpi)
-
-
-def save_figure_atomically(fig: Any, save_path: str | os.PathLike[str], dpi: float) -> None:
-    """Save ``fig`` through a hidden sibling, so a crash never leaves half a figure under its name.
-
-    ``save_path`` is trusted: a path :func:`check_save_path` accepted (before drawing) or one the caller built, with
-    a suffix that names the format.
-    """
-    with atomic_file(save_path, "wb") as handle:
-        fig.savefig(handle, format=Path(save_path).suffix[1:].lower(), dpi=dpi, metadata=None)
-
-
-def _new_figure(figsize: tuple[float, float], dpi: float, show: bool, display: bool = True) -> Figure:
-    """A pyplot figure where something may display it (a notebook shows those a cell made), else a plain one."""
-    if show or (display and str(matplotlib.get_backend()).lower() not in _NON_INTERACTIVE_BACKENDS):
-        import matplotlib.pyplot as plt  # only here: importing pyplot hooks into IPython's display
-
-        return plt.figure(figsize=figsize, dpi=dpi, layout="constrained")
-    return Figure(figsize=figsize, dpi=dpi, layout="constrained")  # freed with its last reference
-
-
-def _finish(fig: Figure, save_path: str | os.PathLike[str] | None, dpi: float, show: bool) -> Figure:
-    if save_path is not None:
-        save_figure_atomically(fig, save_path, dpi)
-    if show:
-        import matplotlib.pyplot as plt
-
-        plt.show()
-    return fig
-
-
 def _draw_grid(
     images: np.ndarray,
     blended: np.ndarray,
@@ -242,7 +168,7 @@ def _draw_grid(
     title_lines = max(title.count("\n") + 1 for sample in titles for title in sample[:2])
     grid_width, bar_width = 2 * per_row * _PANEL_INCHES, 0.0 if colormap is None else 0.8
     row_height = _PANEL_INCHES * height / width + 0.25 + 0.17 * title_lines
-    fig = _new_figure((grid_width + bar_width, rows * row_height + (0.35 if boxes else 0.0)), dpi, show)
+    fig = new_figure((grid_width + bar_width, rows * row_height + (0.35 if boxes else 0.0)), dpi, show)
     fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04)
     grid_fig, bar_fig = (
         fig.subfigures(1, 2, width_ratios=[grid_width, bar_width], wspace=0.0) if bar_width else (fig, None)
@@ -336,79 +262,7 @@ def visualize_cam(
         raise ValueError(f"samples_per_row must be a positive integer, got {samples_per_row!r}")
     per_row = min(samples_per_row, batch) if samples_per_row else min(4, math.ceil(math.sqrt(batch)))
     fig = _draw_grid(image_array, blended_array, titles, box_sets, per_row, colormap if colorbar else None, dpi, show)
-    return _finish(fig, save_path, dpi, show)
-
-
-def plot_training_curves(
-    history: Sequence[Mapping[str, Any]],
-    save_path: str | os.PathLike[str] | None = None,
-    *,
-    dpi: float = 100.0,
-    show: bool = False,
-) -> Figure:
-    """Loss, classification and localisation metrics per epoch, one panel each.
-
-    Never registered with pyplot unless ``show``: a training loop may call it every epoch, in a notebook too.
-
-    Args:
-        history: Per-epoch records in any order, as training logs them: ``epoch`` plus ``<split>_<metric>``
-            keys (metric one of ``localization.METRIC_LABELS``); the last marked ``"best": True`` gets a dotted line.
-        save_path, dpi, show: As for :func:`visualize_cam`.
-
-    Raises:
-        ValueError: If ``history`` is empty, lacks an ``epoch`` or has nothing to plot, or ``dpi`` or ``save_path``
-            is bad.
-    """
-    records = sorted(history, key=lambda record: record.get("epoch", 0))
-    if not records:
-        raise ValueError("history is empty: there are no epochs to plot")
-    if any("epoch" not in record for record in records):
-        raise ValueError("every history record needs an 'epoch' key")
-    dpi = check_dpi(dpi)
-    if save_path is not None:
-        check_save_path(save_path)
-    epochs = [record["epoch"] for record in records]
-    best = [record["epoch"] for record in records if record.get("best")]
-    keys = set().union(*records)
-    panels = []  # (title, y label, [(label, values, line style, metric)])
-    for title, metrics, ylabel in _CURVE_PANELS:
-        if series := [
-            (
-                f"{split} {METRIC_LABELS[metric]}",
-                [float(r.get(f"{split}_{metric}", math.nan)) for r in records],
-                linestyle,
-                metric,
-            )
-            for split, linestyle in _SPLIT_STYLES.items()
-            for metric in metrics
-            if f"{split}_{metric}" in keys
-        ]:
-            panels.append((title, ylabel, series))
-    if not panels:
-        raise ValueError(
-            "history has no '<split>_<metric>' keys to plot (e.g. 'train_loss', 'val_top1'); "
-            f"the first record's keys are {sorted(records[0])}"
-        )
-    fig = _new_figure((4.2 * len(panels), 3.4), dpi, show, display=False)
-    for ax, (title, ylabel, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        for label, values, linestyle, metric in series:
-            ax.plot(
-                epochs,
-                values,
-                linestyle=linestyle,
-                color=_CURVE_COLORS[metric],
-                marker="." if len(epochs) < 30 else None,
-                label=label,
-            )
-        if best:
-            ax.axvline(best[-1], color="0.5", linestyle=":", linewidth=1.0, label=f"best (epoch {best[-1]})")
-        ax.set_title(title, fontsize=10)
-        ax.set(xlabel="epoch", ylabel=ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        if ylabel == "accuracy":
-            ax.set_ylim(-0.02, 1.02)
-    return _finish(fig, save_path, dpi, show)
+    return finish_figure(fig, save_path, dpi, show)
 
 
 def render_cam_grid(
@@ -682,7 +536,6 @@ def _class_index(value: str | None, class_names: Sequence[str]) -> int | None:
 def _explain_photos_main(args: argparse.Namespace) -> int:
     """``python visualize.py CHECKPOINT|--imagenet ARCH --images ... [--report PATH.html]``: usage errors (exit 2)
     before any work, then one line per skipped photo and a summary; exit 1 when some were skipped."""
-    from .report import check_report_path, photo_report  # here: report draws with this module's figures
 
     try:
         photos = find_photos(args.images, exclude=args.out_dir)

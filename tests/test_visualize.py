@@ -17,10 +17,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+import CAM_Stanford_Cars.figures as figures
 import CAM_Stanford_Cars.overlay as overlay
 import CAM_Stanford_Cars.visualize as visualize
+from CAM_Stanford_Cars.figures import plot_training_curves
 from CAM_Stanford_Cars.overlay import apply_cam, colormap_lut
-from CAM_Stanford_Cars.visualize import plot_training_curves, visualize_cam
+from CAM_Stanford_Cars.visualize import visualize_cam
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -413,7 +415,7 @@ def test_file_only_backend_keeps_no_figures_open() -> None:
 
 def test_displayable_backend_gets_a_pyplot_figure(monkeypatch: pytest.MonkeyPatch) -> None:
     # What a notebook sees: the inline backend shows every pyplot figure made in the cell.
-    monkeypatch.setattr(visualize.matplotlib, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
+    monkeypatch.setattr(figures.matplotlib, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
     images, blended = batch_of(1)
     fig = visualize_cam(images, blended, CLASSES[:1])
     try:
@@ -461,7 +463,8 @@ def test_visualize_cam_rejects_bad_input(kwargs: dict, match: str) -> None:
 
 def test_bad_dpi_or_folder_fails_before_drawing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     drawn: list[object] = []
-    monkeypatch.setattr(visualize, "_new_figure", lambda *args, **kwargs: drawn.append(args))
+    for module in (visualize, figures):
+        monkeypatch.setattr(module, "new_figure", lambda *args, **kwargs: drawn.append(args))
     images, blended = batch_of(1)
     with pytest.raises(ValueError, match="dpi"):
         visualize_cam(images, blended, CLASSES[:1], dpi=0, save_path=tmp_path / "cams.png")
@@ -567,7 +570,7 @@ def test_training_curves_plot_each_metric_per_epoch(tmp_path: Path) -> None:
 
 def test_training_curves_never_register_with_pyplot(monkeypatch: pytest.MonkeyPatch) -> None:
     # Called once per epoch by the training loop: even in a notebook nothing may pile up.
-    monkeypatch.setattr(visualize.matplotlib, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
+    monkeypatch.setattr(figures.matplotlib, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
     before = plt.get_fignums()
     fig = plot_training_curves(HISTORY[:1])
     assert [ax.get_title() for ax in fig.axes] == ["loss", "classification", "localisation"]
