@@ -11,6 +11,8 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one thread per test process: the workers share the machine's cores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -130,38 +130,37 @@ def test_visualize_command_bad_checkpoint(
 
 
 def test_evaluate_command_prints_a_table_and_writes_json(
-    trained_run: Path, synthetic_root: Path, tmp_path: Path
+    trained_run: Path, synthetic_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # In this process: main.py as a real process is test_the_seeds_command_runs_one_epoch and the demo's test.
+    from CAM_Stanford_Cars.main import main
+
     checkpoint = trained_run / "best.pt"
-    result = run_script(
-        "main.py",
-        [
-            "--evaluate",
-            str(checkpoint),
-            "--root_datasets_dir",
-            str(synthetic_root),
-            "--split",
-            "test",
-            "--progress",
-            "false",
-        ],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "MaxBoxAcc" in result.stdout and "GT-known" in result.stdout
+    argv = ["--evaluate", str(checkpoint), "--root_datasets_dir", str(synthetic_root), "--split", "test"]
+    assert main([*argv, "--progress", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "MaxBoxAcc" in out and "GT-known" in out
     metrics = json.loads((trained_run / "best_test_metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n_images"] == 6  # 2 classes x 3 test images
     for key in ("top1", "top5", "gt_known_loc", "top1_loc", "maxboxacc", "maxboxacc_threshold", "maxboxacc_v2"):
         assert 0.0 <= metrics[key] <= 1.0, key
 
 
-def test_list_filters_command(synthetic_root: Path, tmp_path: Path) -> None:
-    result = run_script("main.py", ["--list_filters", "--root_datasets_dir", str(synthetic_root)], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "BMW" in result.stdout and "Sedan" in result.stdout and "2012" in result.stdout
+def test_list_filters_command(synthetic_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from CAM_Stanford_Cars.main import main  # main.py's command, in this process
+
+    assert main(["--list_filters", "--root_datasets_dir", str(synthetic_root)]) == 0
+    out = capsys.readouterr().out
+    assert "BMW" in out and "Sedan" in out and "2012" in out
 
 
-def test_demo_command_leaves_a_checkpoint_and_a_figure(tmp_path: Path) -> None:
+def test_demo_command_leaves_a_checkpoint_and_a_figure_and_a_second_demo_replaces_them(tmp_path: Path) -> None:
+    """The README's demo as a process; then ``run_demo(arch=...)`` in the same folder, with another backbone than the
+    demo's own, replaces it. Every backbone trains, draws and evaluates in tests/test_backbones.py; the demo's settings
+    build the same parameter groups for each."""
+    from CAM_Stanford_Cars.demo import run_demo
+    from CAM_Stanford_Cars.model import load_checkpoint
+
     demo_dir = tmp_path / "demo"
     result = run_script(
         "main.py", ["--demo", "--n_epochs", "1", "--demo_dir", str(demo_dir), "--progress", "false"], cwd=tmp_path
@@ -171,10 +170,15 @@ def test_demo_command_leaves_a_checkpoint_and_a_figure(tmp_path: Path) -> None:
     figure = demo_dir / "cam_demo.png"
     assert f"Checkpoint: {checkpoint}" in result.stdout and f"CAM figure: {figure}" in result.stdout
     assert figure.stat().st_size > 10_000
-    from CAM_Stanford_Cars.model import load_checkpoint
-
     _, saved = load_checkpoint(checkpoint)
-    assert saved["car_brand"] == "BMW" and len(saved["class_names"]) == 9
+    assert saved["car_brand"] == "BMW" and len(saved["class_names"]) == 9 and saved["arch"] == "alexnet_gap"
+    before = checkpoint.read_bytes()
+    second = run_demo(
+        demo_dir, seed=1, progress=False, n_train_per_class=3, n_test_per_class=1, n_epochs=1, arch="resnet18"
+    )
+    assert second.checkpoint == checkpoint and checkpoint.read_bytes() != before
+    assert len((second.run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert load_checkpoint(checkpoint)[1]["arch"] == "resnet18_gap" and second.figure.stat().st_size > 0
 
 
 @pytest.mark.parametrize(
@@ -205,20 +209,3 @@ def test_demo_dir_problems_name_the_flag(tmp_path: Path) -> None:
     (tmp_path / "file.txt").write_text("not a folder")
     with pytest.raises(ValueError, match="--demo_dir .*file.txt/demo' is not writable"):
         run_demo(tmp_path / "file.txt" / "demo", progress=False)
-
-
-def test_a_second_demo_in_the_same_folder_replaces_the_first(tmp_path: Path) -> None:
-    """Also ``run_demo(arch=...)``: the second demo trains another backbone than the demo's own. Every backbone trains,
-    draws and evaluates in tests/test_backbones.py; the demo's settings build the same parameter groups for each."""
-    from CAM_Stanford_Cars.demo import run_demo
-    from CAM_Stanford_Cars.model import load_checkpoint
-
-    first = run_demo(tmp_path, progress=False, n_train_per_class=3, n_test_per_class=1, n_epochs=1)
-    assert load_checkpoint(first.checkpoint)[1]["arch"] == "alexnet_gap" and first.figure.stat().st_size > 0
-    before = first.checkpoint.read_bytes()
-    second = run_demo(
-        tmp_path, seed=1, progress=False, n_train_per_class=3, n_test_per_class=1, n_epochs=1, arch="resnet18"
-    )
-    assert second.checkpoint == first.checkpoint and second.checkpoint.read_bytes() != before
-    assert len((second.run_dir / "metrics.jsonl").read_text().splitlines()) == 1
-    assert load_checkpoint(second.checkpoint)[1]["arch"] == "resnet18_gap" and second.figure.stat().st_size > 0
