@@ -522,14 +522,12 @@ def test_classes_without_train_images_are_refused(synthetic_root: Path, tmp_path
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_data_without_download_says_how_to_get_it(tmp_path: Path) -> None:
-    result = run_main(
-        ["--root_datasets_dir", str(tmp_path / "nothing_here"), "--checkpoints_dir", str(tmp_path / "run")],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "nothing_here" in result.stderr and "--download_datasets" in result.stderr
+def test_missing_data_without_download_says_how_to_get_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--root_datasets_dir", str(tmp_path / "nothing_here"), "--checkpoints_dir", str(tmp_path / "run")]
+    code, _, err = main_in_process(argv, capsys)
+    assert code == 2
+    assert "Traceback" not in err
+    assert "nothing_here" in err and "--download_datasets" in err
     assert not (tmp_path / "run").exists()
 
 
