@@ -35,6 +35,8 @@ class Sizes:
     overlay_repeats: int = 15
     decode_images: int = 64
     cam_batch: int = 64
+    cam_method_images: int = 2
+    warmup: int = 1  # rounds before the measured ones, where a figure asks for its warm-up from the sizes
     overlay_batch: int = 64
     sweep_images: int = 16
     eval_batches: int = 4
@@ -72,6 +74,8 @@ QUICK = Sizes(
     overlay_repeats=2,
     decode_images=8,
     cam_batch=4,
+    cam_method_images=1,
+    warmup=0,
     overlay_batch=4,
     sweep_images=2,
     eval_batches=2,

@@ -78,10 +78,11 @@ def backbones(sizes: Sizes, device: torch.device) -> dict[str, Any]:
 def cam_methods(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """Milliseconds per image of each CAM method (``compute_cams``) on AlexNet-GAP, the methods side by side."""
     model = new_model(196, device).eval()
-    # Two images: Score-CAM alone runs 1,024 forward passes per image, over a minute a round on two CPU cores.
-    x = torch.rand(2, 3, sizes.image_size, sizes.image_size, generator=torch.Generator().manual_seed(0)).to(device)
+    # Few images: Score-CAM alone runs 1,024 forward passes per image, over a minute a round on two CPU cores.
+    shape = (sizes.cam_method_images, 3, sizes.image_size, sizes.image_size)
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0)).to(device)
     fns = {method: (lambda method=method: compute_cams(model, x, method)) for method in METHODS}
-    times = side_by_side(fns, 1, device)
+    times = side_by_side(fns, 1, device, warmup=sizes.warmup)
     per_image = {method: 1000 * statistics.median(t) / x.shape[0] for method, t in times.items()}
     return {
         "value": per_image["scorecam"] / per_image["cam"],

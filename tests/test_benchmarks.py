@@ -108,7 +108,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert "measured" in results and "Kept from the run of" not in table  # a full run keeps nothing
 
 
-def test_only_keeps_the_other_figures_of_the_previous_run(tmp_path: Path) -> None:
+def test_only_keeps_the_other_figures_of_the_previous_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out, full = tmp_path / "out", tmp_path / "full"
     old_machine = {
         "date": "2020-01-02T03:04:05+00:00",
@@ -137,28 +137,28 @@ def test_only_keeps_the_other_figures_of_the_previous_run(tmp_path: Path) -> Non
         folder.mkdir()
         (folder / "results.json").write_text(json.dumps({**previous, "sizes": {"quick": quick}}))
         (folder / "results.md").write_text("old table\n\n## Notes on these figures\n\nHand-written notes.\n")
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(REPO_ROOT / "benchmarks/run.py"),
-                "--quick",
-                "--repeats",
-                "1",
-                "--device",
-                "cpu",
-                "--only",
-                "sweep",
-                "--out",
-                str(folder),
-                "--data",
-                str(tmp_path / "data"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=tmp_path,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks/run.py"),
+            "--quick",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--only",
+            "sweep",
+            "--out",
+            str(out),
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     figures = results["figures"]
     assert list(figures) == ["pipeline_efficiency", "decode_speedup", "box_sweep", "memory"]
@@ -180,8 +180,10 @@ def test_only_keeps_the_other_figures_of_the_previous_run(tmp_path: Path) -> Non
     assert "Kept from the run of 2019-05-06T07:08:09+00:00" in table and "`memory`." in table
     assert table.endswith("## Notes on these figures\n\nHand-written notes.\n") and "old table" not in table
     # A full run's figures are not mixed into a quick run's.
-    assert list(json.loads((full / "results.json").read_text())["figures"]) == ["box_sweep"]
-    assert "Kept from" not in (full / "results.md").read_text()
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))  # as when benchmarks/run.py runs as a script
+    quick_run = {"sizes": {"quick": True}, "figures": {"box_sweep": sweep}}
+    importlib.import_module("run").keep_in_order(full / "results.json", quick_run)
+    assert list(quick_run["figures"]) == ["box_sweep"]
 
 
 def test_side_by_side_rotates_which_run_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
