@@ -21,6 +21,7 @@ from .evaluation import open_checkpoint
 from .figures import save_figure_atomically
 from .localization import METRIC_LABELS, LocalizationMeter, box_iou, boxes_from_cams
 from .overlay import apply_cam
+from .saved_maps import SavedMaps
 from .scoring import BoxScores, Faithfulness, FirstImages, SourceSeconds, method_maps, score
 
 # The columns of the printed table and of the CSV, after the method's name.
@@ -66,6 +67,7 @@ def compare_methods(
     max_images: int | None = None,
     figure_images: int = 4,
     steps: int = 20,
+    save_maps: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Score each CAM method on the split (or its first ``max_images``), all on the same images and true classes.
 
@@ -76,7 +78,9 @@ def compare_methods(
     Returns:
         ``{"methods": {name: metrics}, "split", "checkpoint", "cam_threshold", "cam_threshold_source", "files"}``, also
         written as ``<stem>_<split>_methods.json`` beside the checkpoint, with ``.csv`` and ``.png`` (a row of overlays
-        per image of the first ``figure_images``, a column per method, each with its box and IoU).
+        per image of the first ``figure_images``, a column per method, each with its box and IoU). With
+        ``save_maps``, each method's maps and the split's metadata in wsolevaluation's layout under that folder
+        (:class:`~.saved_maps.SavedMaps`, ``cam`` protocol).
     """
     methods = check_methods(methods)
     stem = Path(checkpoint_path).with_name(f"{Path(checkpoint_path).stem}_{split}_methods")
@@ -87,11 +91,12 @@ def compare_methods(
     loader = opened.loader(dataset, range(n), batch_size)
     boxes = {m: BoxScores(LocalizationMeter(), m) for m in methods}
     faithfulness, seconds, shown = Faithfulness(model, methods, steps), SourceSeconds(), FirstImages(figure_images)
+    saved = [SavedMaps(Path(save_maps), dataset)] if save_maps is not None else []
     score(
         model,
         loader,
         {m: method_maps(m) for m in methods},
-        [*boxes.values(), faithfulness, seconds, shown],
+        [*boxes.values(), faithfulness, seconds, shown, *saved],
         opened.device,
         amp=False,
         progress=progress,
@@ -116,6 +121,9 @@ def compare_methods(
         "cam_threshold_source": source,
         "files": files,
     }
+    for sink in saved:
+        sink.write_index()
+        files["maps"] = str(save_maps)
     if figure_images and shown.images is not None:
         draw_comparison(shown.images, shown.maps, shown.true_boxes, threshold, files["png"])
     atomic_write_text(Path(files["csv"]), methods_csv(rows))

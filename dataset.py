@@ -183,11 +183,15 @@ class StanfordCarsCAM(VisionDataset):
         """The box of sample ``index`` in its file's pixels: (4,) float32, 0-based half-open."""
         return torch.as_tensor(self.boxes[index], dtype=torch.float32)
 
+    def original_size(self, index: int) -> tuple[int, int]:
+        """``(width, height)`` of sample ``index``'s file, from its header."""
+        with open_image(self.samples[index][0]) as image:
+            return image.size
+
     def get_box(self, index: int) -> torch.Tensor:
         """The box of sample ``index`` in the un-augmented S x S view: (4,) float32 in [0, S] (augmented:
         ``return_box``)."""
-        with open_image(self.samples[index][0]) as image:
-            width, height = image.size
+        width, height = self.original_size(index)
         scale = np.array([self.image_size / width, self.image_size / height] * 2)
         return torch.as_tensor(
             self.boxes[index] * scale, dtype=torch.float32

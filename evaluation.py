@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,7 +29,8 @@ from .runtime import (
     make_loader,
     select_device,
 )
-from .scoring import BoxScores, LossSum, model_cam, score
+from .saved_maps import SavedMaps
+from .scoring import BoxScores, LossSum, Sink, model_cam, score
 from .wsolevaluation import WsolevaluationMeter
 
 PROTOCOLS = ("cam", "wsolevaluation")  # how boxes are scored: this project's, or clovaai/wsolevaluation's exactly
@@ -61,6 +62,7 @@ def evaluate(
     protocol: str = "cam",
     cam_curve_interval: float = 0.01,
     curve: bool = False,
+    sinks: Sequence[Sink] = (),
 ) -> dict[str, Any]:
     """Classification and CAM localisation metrics of ``model`` on ``loader``: one :func:`~.scoring.score` pass
     of the model's CAM of the true class into a box meter (and the loss, with a ``criterion``).
@@ -73,18 +75,18 @@ def evaluate(
             (clovaai/wsolevaluation's ``BoxEvaluator``, exactly: :class:`WsolevaluationMeter`, with
             ``cam_curve_interval``; needs OpenCV).
         curve: Add ``box_accuracy_curve``: ``{"threshold": [...], "accuracy": [...]}``, the hit rate per threshold.
+        sinks: More sinks of the pass (e.g. :class:`~.saved_maps.SavedMaps`).
 
     Returns:
         ``loss`` (with a criterion) and the metrics of the meter, summed over all ranks.
     """
     meter = LocalizationMeter() if protocol == "cam" else WsolevaluationMeter(cam_curve_interval)
     loss = LossSum(criterion, device) if criterion is not None else None
-    sinks = [BoxScores(meter)] + ([loss] if loss is not None else [])
     score(
         model,
         loader,
         {"cam": model_cam()},
-        sinks,
+        [BoxScores(meter), *([loss] if loss is not None else []), *sinks],
         device,
         amp=amp,
         channels_last=channels_last,
@@ -159,6 +161,7 @@ def evaluate_checkpoint(
     download_datasets: bool = False,
     protocol: str = "cam",
     cam_curve_interval: float = 0.01,
+    save_maps: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint on a split of the data it was trained for (its filters and size), boxes at its CAM threshold.
 
@@ -168,6 +171,9 @@ def evaluate_checkpoint(
     Args:
         root: The Stanford Cars folder; ``None`` takes the one the checkpoint records.
         protocol, cam_curve_interval: As :func:`evaluate`.
+        save_maps: Also write each image's CAM, normalised as ``protocol`` scores it, and the split's metadata in
+            wsolevaluation's layout under this folder (:class:`~.saved_maps.SavedMaps`); ``--score_maps`` repeats
+            these metrics from the files.
 
     Returns:
         The metrics of the meter, ``cam_threshold`` with its ``*_at_cam_threshold`` scores and source, ``split`` and
@@ -196,9 +202,16 @@ def evaluate_checkpoint(
         add_entries(checkpoint_path, {key: checkpoint[key] for key in THRESHOLD_KEYS})
     threshold, source = cam_threshold_of(checkpoint)
     dataset = opened.data(split)
+    saved = SavedMaps(Path(save_maps), dataset, protocol) if save_maps is not None else None
     metrics = scoring(
-        opened.loader(dataset, range(len(dataset)), batch_size), desc=f"evaluate {split}", cam_threshold=threshold
+        opened.loader(dataset, range(len(dataset)), batch_size),
+        desc=f"evaluate {split}",
+        cam_threshold=threshold,
+        sinks=[saved] if saved is not None else [],
     )
     metrics.update(cam_threshold_source=source, protocol=protocol, split=split, checkpoint=str(checkpoint_path))
+    if saved is not None:
+        saved.write_index()
+        metrics["maps"] = str(save_maps)
     atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics

@@ -58,6 +58,7 @@ try:  # imported as a module (the console script), a Ctrl-C while the libraries 
     from CAM_Stanford_Cars.localization import format_metrics_table
     from CAM_Stanford_Cars.model import ARCHS, PretrainedWeightsError
     from CAM_Stanford_Cars.report import write_report
+    from CAM_Stanford_Cars.saved_maps import score_maps
     from CAM_Stanford_Cars.train import NonFiniteLossError, fit
 except KeyboardInterrupt:
     _exit_interrupted()
@@ -268,6 +269,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="score a checkpoint's classification and CAM localisation, and exit",
     )
+    other.add_argument(
+        "--score_maps",
+        default=None,
+        metavar="DIR",
+        help="score the maps in DIR (<image_id>.npy per image, any tool's) on the boxes of the --split the filters "
+        "select, and exit",
+    )
     _add_evaluate_options(other)
     return parser
 
@@ -303,6 +311,26 @@ def _add_evaluate_options(other: argparse._ArgumentGroup) -> None:
         default=0.01,
         help="threshold step of --protocol wsolevaluation (0.001: its training default)",
     )
+    other.add_argument(
+        "--save_maps",
+        default=None,
+        metavar="DIR",
+        help="with --evaluate: also write every image's map as DIR/<method>/<image_id>.npy, with the split's "
+        "metadata and predictions.csv in clovaai/wsolevaluation's layout",
+    )
+    other.add_argument(
+        "--predictions",
+        default=None,
+        metavar="FILE.csv",
+        help="with --score_maps: image_id,class rows (a name, or an index of the 196) a classifier predicted, for "
+        "Top-1 and Top-1 Loc",
+    )
+    other.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="with --score_maps: also score GT-known and Top-1 Loc at this CAM threshold",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -319,21 +347,32 @@ def check_commands(args: argparse.Namespace) -> None:
             ("--demo", args.demo),
             ("--list_filters", args.list_filters),
             ("--evaluate", args.evaluate is not None),
+            ("--score_maps", args.score_maps is not None),
         )
         if given
     ]
     if len(commands) > 1:
         raise ValueError(f"{' and '.join(commands)} are separate commands; run them one at a time")
-    for flag, given in (
-        ("--split", args.split is not None),
-        ("--protocol", args.protocol != "cam"),
-        ("--methods", args.methods is not None),
-        ("--report", args.report is not None),
-        ("--cam_curve_interval", args.cam_curve_interval != 0.01),
+    scoring = args.evaluate is not None or args.score_maps is not None
+    for flag, given, allowed, of in (
+        ("--split", args.split is not None, scoring, "--evaluate or --score_maps"),
+        ("--protocol", args.protocol != "cam", scoring, "--evaluate or --score_maps"),
+        ("--cam_curve_interval", args.cam_curve_interval != 0.01, scoring, "--evaluate or --score_maps"),
+        ("--methods", args.methods is not None, args.evaluate is not None, "--evaluate"),
+        ("--report", args.report is not None, args.evaluate is not None, "--evaluate"),
+        ("--save_maps", args.save_maps is not None, args.evaluate is not None, "--evaluate"),
+        ("--predictions", args.predictions is not None, args.score_maps is not None, "--score_maps"),
+        ("--threshold", args.threshold is not None, args.score_maps is not None, "--score_maps"),
     ):
-        if given and args.evaluate is None:
-            raise ValueError(f"{flag} is an option of --evaluate; add --evaluate CHECKPOINT, or leave {flag} out")
-    for flag, value in (("--evaluate", args.evaluate), ("--demo_dir", args.demo_dir), ("--cache_dir", args.cache_dir)):
+        if given and not allowed:
+            raise ValueError(f"{flag} is an option of {of}; add it, or leave {flag} out")
+    for flag, value in (
+        ("--evaluate", args.evaluate),
+        ("--score_maps", args.score_maps),
+        ("--save_maps", args.save_maps),
+        ("--demo_dir", args.demo_dir),
+        ("--cache_dir", args.cache_dir),
+    ):
         if value is not None and not value.strip():
             raise ValueError(f"{flag} is empty; pass a path, or leave {flag} out")
 
@@ -353,6 +392,7 @@ def run(args: argparse.Namespace) -> int:
             args.device,
             args.num_workers,
             args.progress,
+            save_maps=args.save_maps,
         )
         print(format_methods_table(comparison))
         print("\n".join(f"{kind}: {path}" for kind, path in comparison["files"].items()))
@@ -384,8 +424,28 @@ def run(args: argparse.Namespace) -> int:
             args.download_datasets,
             args.protocol,
             args.cam_curve_interval,
+            args.save_maps,
         )
         print(format_metrics_table(metrics))
+        return 0
+    if args.score_maps is not None:
+        metrics = score_maps(
+            args.score_maps,
+            DEFAULTS.root if args.root is None else args.root,
+            args.split or "test",
+            car_type=args.car_type,
+            car_brand=args.car_brand,
+            car_production_year=args.car_production_year,
+            protocol=args.protocol,
+            cam_curve_interval=args.cam_curve_interval,
+            threshold=args.threshold,
+            predictions=args.predictions,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            progress=args.progress,
+        )
+        print(f"{format_metrics_table(metrics)}\nmetrics: {os.path.join(args.score_maps, 'metrics.json')}")
         return 0
     args.root = DEFAULTS.root if args.root is None else args.root
     if args.list_filters:

@@ -5,11 +5,12 @@ and hands the scored batch to each sink.
 
 A **source** turns a batch into raw maps: the model's own CAM (:func:`model_cam`) or another method of
 :func:`~.cams.compute_cams` (:func:`method_maps`), or for photos with no true class, of the predicted or a chosen class
-(:func:`chosen_maps`). A **sink** consumes scored batches: a box meter (:class:`BoxScores`),
-the loss (:class:`LossSum`), RISE deletion/insertion (:class:`Faithfulness`), the time each source took
-(:class:`SourceSeconds`), the first images for a figure (:class:`FirstImages`), the report's cards. A sink with
-``state_tensor()``/``load_state_tensor()`` is summed over the processes of a distributed run at the end.
-``--evaluate``, ``--evaluate --methods`` and ``--evaluate --report`` are each a choice of sources and sinks.
+(:func:`chosen_maps`), or maps read from files (:mod:`.saved_maps`, with no model). A **sink** consumes scored
+batches: a box meter (:class:`BoxScores`), the loss (:class:`LossSum`), RISE deletion/insertion
+(:class:`Faithfulness`), the time each source took (:class:`SourceSeconds`), the first images for a figure
+(:class:`FirstImages`), the report's cards, map files. A sink with ``state_tensor()``/``load_state_tensor()`` is
+summed over the processes of a distributed run at the end. ``--evaluate``, ``--evaluate --methods``,
+``--evaluate --report`` and ``--score_maps`` are each a choice of sources and sinks.
 """
 
 from __future__ import annotations
@@ -39,18 +40,19 @@ class ScoredBatch:
     images: Tensor  # (B, 3, S, S) on the pass's device
     labels: Tensor  # (B,) true classes, on the device
     true_boxes: Tensor  # (B, 4) on the CPU, in the image's pixels; a NaN row where an image has none
-    features: Tensor  # (B, K, h, w) float32, on the device
+    features: Tensor | None  # (B, K, h, w) float32, on the device; None for maps read from files
     logits: Tensor  # (B, C) float32, on the device
     first: int  # the index in the pass of the batch's first image
     ids: Any = None  # the loader's fourth item, when it yields one: what each image is (e.g. its file)
     threshold: float | None = None  # the CAM threshold for :meth:`boxes`
+    given: dict[str, Tensor] = field(default_factory=dict)  # the loader's fifth item: maps and logits read from files
     maps: dict[str, Tensor] = field(default_factory=dict)  # source name -> (B, h, w) raw maps, on the CPU
     seconds: dict[str, float] = field(default_factory=dict)  # source name -> seconds its maps took
     _boxes: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.images.shape[-2:])
+        return tuple(self.given["maps"].shape[-2:] if "maps" in self.given else self.images.shape[-2:])
 
     @cached_property
     def logits_cpu(self) -> Tensor:
@@ -107,7 +109,7 @@ def chosen_maps(method: str = "cam", class_idx: int | None = None) -> Source:
 
 
 def score(
-    model: nn.Module,
+    model: nn.Module | None,
     loader: Iterable[tuple[Tensor, Tensor, Tensor]],
     sources: Mapping[str, Source],
     sinks: Sequence[Sink],
@@ -125,25 +127,31 @@ def score(
     the processes of a distributed run.
 
     Args:
+        model: The network; ``None`` to score maps read from files (:mod:`.saved_maps`), whose loader also yields a
+            fifth item, ``{"maps": (B, S, S), "logits": (B, C)}``.
         loader: Yields ``(images (B, 3, S, S), labels (B,), boxes (B, 4))``, boxes in the image's pixels (NaN rows
             where an image has none), and optionally a fourth item, the batch's ``ids``.
         sources: Name -> :data:`Source`; each batch's ``maps[name]``.
         threshold: The CAM threshold of :meth:`ScoredBatch.boxes`.
     """
     dist_info = dist_info or DistInfo()
-    bare = unwrap_model(model).eval()
+    bare = unwrap_model(model).eval() if model is not None else None
     first = 0
     bar = tqdm(loader, desc=desc, unit="batch", disable=not (progress and dist_info.is_main), leave=False)
-    for images, labels, boxes, *ids in bar:
+    for images, labels, boxes, *rest in bar:
+        ids, given = (rest[0] if rest else None), (rest[1] if len(rest) > 1 else {})
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            with autocast_context(device, amp):
-                # A loader's batches are alike: the first is checked, the rest trusted.
-                features = bare.forward_features(images, check_input=first == 0).float()
-            logits = bare.forward_head(features)  # (B, C)
-        batch = ScoredBatch(images, labels, boxes, features, logits, first, ids[0] if ids else None, threshold)
+        if bare is None:  # maps read from files: the loader gives the class scores too
+            features, logits = None, given["logits"].to(device)
+        else:
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                with autocast_context(device, amp):
+                    # A loader's batches are alike: the first is checked, the rest trusted.
+                    features = bare.forward_features(images, check_input=first == 0).float()
+                logits = bare.forward_head(features)  # (B, C)
+        batch = ScoredBatch(images, labels, boxes, features, logits, first, ids, threshold, given=given)
         for name, source in sources.items():
             start = time.perf_counter()
             batch.maps[name] = source(bare, batch).cpu()  # (B, h, w)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .localization import LOC_THRESHOLD, HitCounts, check_batch
 
-__all__ = ["IOU_THRESHOLD_LIST", "WsolevaluationMeter"]
+__all__ = ["IOU_THRESHOLD_LIST", "WsolevaluationMeter", "scoremap"]
 
 IOU_THRESHOLD_LIST: np.ndarray = np.array([30, 50, 70]) / 100  # their iou_threshold_list, compared as `iou >= t / 100`
 _NO_CV2 = (
@@ -45,6 +45,21 @@ def _iou(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
     area_a = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
     denominator = area_a + (gt[2] - gt[0] + 1) * (gt[3] - gt[1] + 1) - inter
     return np.where(denominator > 0, inter / np.where(denominator > 0, denominator, 1), 0.0)
+
+
+def scoremap(cam: np.ndarray, dsize: tuple[int, int]) -> np.ndarray:
+    """inference.py: bicubic resize of a (h, w) float64 CAM to ``dsize`` ``(W, H)``, then ``normalize_scoremap``
+    (a constant or NaN map becomes zeros)."""
+    cv2 = _cv2()
+    cam = cv2.resize(np.ascontiguousarray(cam), dsize, interpolation=cv2.INTER_CUBIC)
+    if np.isnan(cam).any() or cam.min() == cam.max():
+        return np.zeros_like(cam)
+    with np.errstate(invalid="ignore"):  # an infinite value leaves NaN, which is reported below
+        cam -= cam.min()
+        cam /= cam.max()
+    if not np.isfinite(cam).all():  # their check_scoremap_validity rejects the NaN an infinite value leaves
+        raise ValueError("cams contain infinite values; check the model's output before scoring it")
+    return cam
 
 
 class WsolevaluationMeter(HitCounts):
@@ -105,26 +120,10 @@ class WsolevaluationMeter(HitCounts):
         top1_right, has_box = self.count_classes(logits, labels, boxes)
         maps = cams.detach().cpu().double().reshape(cams.shape[0], *cams.shape[-2:]).numpy()  # as their t2n: float64
         for i in np.flatnonzero(has_box):
-            largest, best = self._image_ious(
-                self._scoremap(maps[i], (width, height)), np.trunc(boxes[i]).astype(np.int64)
-            )
+            largest, best = self._image_ious(scoremap(maps[i], (width, height)), np.trunc(boxes[i]).astype(np.int64))
             self.hits += largest >= 0.5
             self.hits_top1 += (largest >= 0.5) & bool(top1_right[i])
             self.hits_v2 += best[None, :] >= IOU_THRESHOLD_LIST[:, None]
-
-    @staticmethod
-    def _scoremap(cam: np.ndarray, dsize: tuple[int, int]) -> np.ndarray:
-        """inference.py: bicubic resize of a (h, w) float64 CAM to ``dsize`` ``(W, H)``, then ``normalize_scoremap``."""
-        cv2 = _cv2()
-        cam = cv2.resize(np.ascontiguousarray(cam), dsize, interpolation=cv2.INTER_CUBIC)
-        if np.isnan(cam).any() or cam.min() == cam.max():
-            return np.zeros_like(cam)
-        with np.errstate(invalid="ignore"):  # an infinite value leaves NaN, which is reported below
-            cam -= cam.min()
-            cam /= cam.max()
-        if not np.isfinite(cam).all():  # their check_scoremap_validity rejects the NaN an infinite value leaves
-            raise ValueError("cams contain infinite values; check the model's output before scoring it")
-        return cam
 
     def _image_ious(self, scoremap: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``compute_bboxes_from_scoremaps`` + IoU: per threshold (T,), the IoU of the largest contour's box and the
