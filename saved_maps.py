@@ -128,7 +128,7 @@ def write_metadata(folder: Path, dataset: StanfordCarsCAM, ids: Sequence[str]) -
         "class_labels.txt": [f"{image_id},{label}" for image_id, label in zip(ids, labels)],
         "image_sizes.txt": [f"{image_id},{w},{h}" for image_id, (w, h) in zip(ids, sizes)],
         "localization.txt": [
-            f"{image_id},{','.join(f'{v:g}' for v in box)}"
+            f"{image_id},{','.join(f'{v:.17g}' for v in box)}"
             for image_id, box in zip(ids, dataset.boxes)
             if not np.isnan(box).any()
         ],
@@ -330,8 +330,9 @@ def score_maps(
     )
     if constant.constant:
         logger.warning(
-            "%d maps are constant and score as all zeros, as wsolevaluation scores them (e.g. %s)",
+            "%d of %d maps are constant: scored as all zeros, as wsolevaluation scores them (e.g. %s)",
             len(constant.constant),
+            len(ids),
             ", ".join(constant.constant[:3]),
         )
     metrics: dict[str, Any] = meter.compute(threshold)

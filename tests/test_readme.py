@@ -70,6 +70,13 @@ COMMAND_TESTS: dict[str, str] = {
         "--split test"
     ): "tests/test_cli.py::test_evaluate_command_prints_a_table_and_writes_json",
     "python benchmarks/run.py": "tests/test_benchmarks.py::test_quick_benchmark_writes_every_figure",  # in --quick mode
+    "python main.py --evaluate best.pt --save_maps maps/ --protocol wsolevaluation": (
+        "tests/test_saved_maps.py::test_saved_maps_score_as_evaluate_did"
+    ),
+    (
+        "python main.py --score_maps maps/cam --root_datasets_dir stanford_cars_dataset --car_brand BMW "
+        "--protocol wsolevaluation --predictions maps/predictions.csv --threshold 0.67"
+    ): "tests/test_saved_maps.py::test_saved_maps_score_as_evaluate_did",
     "python main.py --evaluate best.pt --methods all": (
         "tests/test_compare.py::test_the_methods_flag_prints_a_table_and_names_bad_input"
     ),
