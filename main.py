@@ -57,8 +57,8 @@ try:  # imported as a module (the console script), a Ctrl-C while the libraries 
     from CAM_Stanford_Cars.evaluation import PROTOCOLS, evaluate_checkpoint
     from CAM_Stanford_Cars.localization import format_metrics_table
     from CAM_Stanford_Cars.model import ARCHS, PretrainedWeightsError
-    from CAM_Stanford_Cars.report import write_report
-    from CAM_Stanford_Cars.saved_maps import score_maps
+    from CAM_Stanford_Cars.report import check_report_path, write_maps_report, write_report
+    from CAM_Stanford_Cars.saved_maps import open_map_folder, score_map_folder
     from CAM_Stanford_Cars.train import NonFiniteLossError, fit
 except KeyboardInterrupt:
     _exit_interrupted()
@@ -73,6 +73,7 @@ __all__ = [
     "get_args_parser",
     "main",
     "run",
+    "run_score_maps",
 ]
 
 DEFAULTS = TrainConfig()
@@ -302,7 +303,8 @@ def _add_evaluate_options(other: argparse._ArgumentGroup) -> None:
         "--report",
         default=None,
         metavar="PATH.html",
-        help="with --evaluate: also write one self-contained HTML page of every image's CAM, boxes and scores",
+        help="with --evaluate or --score_maps: also write one self-contained HTML page of every image's CAM, boxes "
+        "and scores",
     )
     other.add_argument(
         "--cam_curve_interval",
@@ -359,7 +361,7 @@ def check_commands(args: argparse.Namespace) -> None:
         ("--protocol", args.protocol != "cam", scoring, "--evaluate or --score_maps"),
         ("--cam_curve_interval", args.cam_curve_interval != 0.01, scoring, "--evaluate or --score_maps"),
         ("--methods", args.methods is not None, args.evaluate is not None, "--evaluate"),
-        ("--report", args.report is not None, args.evaluate is not None, "--evaluate"),
+        ("--report", args.report is not None, scoring, "--evaluate or --score_maps"),
         ("--save_maps", args.save_maps is not None, args.evaluate is not None, "--evaluate"),
         ("--predictions", args.predictions is not None, args.score_maps is not None, "--score_maps"),
         ("--threshold", args.threshold is not None, args.score_maps is not None, "--score_maps"),
@@ -429,24 +431,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_metrics_table(metrics))
         return 0
     if args.score_maps is not None:
-        metrics = score_maps(
-            args.score_maps,
-            DEFAULTS.root if args.root is None else args.root,
-            args.split or "test",
-            car_type=args.car_type,
-            car_brand=args.car_brand,
-            car_production_year=args.car_production_year,
-            protocol=args.protocol,
-            cam_curve_interval=args.cam_curve_interval,
-            threshold=args.threshold,
-            predictions=args.predictions,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            progress=args.progress,
-        )
-        print(f"{format_metrics_table(metrics)}\nmetrics: {os.path.join(args.score_maps, 'metrics.json')}")
-        return 0
+        return run_score_maps(args)
     args.root = DEFAULTS.root if args.root is None else args.root
     if args.list_filters:
         dataset = StanfordCarsCAM(args.root, split="train", download_datasets=args.download_datasets)
@@ -465,6 +450,27 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130
     print(f"\nBest checkpoint: {result.best_checkpoint}\nLast checkpoint: {result.last_checkpoint}")
+    return 0
+
+
+def run_score_maps(args: argparse.Namespace) -> int:
+    """``--score_maps DIR``: the maps in DIR scored on the split's boxes, and with ``--report`` their page."""
+    if args.report is not None:
+        check_report_path(args.report)  # before any work
+    filters = {name: getattr(args, name) for name in ("car_type", "car_brand", "car_production_year")}
+    root = DEFAULTS.root if args.root is None else args.root
+    maps = open_map_folder(args.score_maps, root, args.split or "test", filters, args.predictions, args.image_size)
+    scoring = {"batch_size": args.batch_size, "num_workers": args.num_workers, "progress": args.progress}
+    if args.report is not None:
+        metrics = write_maps_report(
+            args.report, maps, args.protocol, args.threshold, cam_curve_interval=args.cam_curve_interval, **scoring
+        )
+    else:
+        metrics = score_map_folder(maps, args.protocol, args.cam_curve_interval, args.threshold, **scoring)
+    report = {key: metrics.pop(key) for key in ("report", "n_cards") if key in metrics}
+    print(f"{format_metrics_table(metrics)}\nmetrics: {maps.folder / 'metrics.json'}")
+    if report:
+        print(f"report: {report['report']} ({report['n_cards']} images)")
     return 0
 
 

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from .atomic_files import atomic_file, file_in_the_way, unwritable_reason
-from .checkpoint import THRESHOLD_SOURCES, cam_threshold_of
+from .checkpoint import PAPER_THRESHOLD, THRESHOLD_SOURCES, cam_threshold_of
 from .compare import methods_table_rows
 from .data.images import resize_pixels
 from .data.names import FILTER_NAMES
@@ -32,7 +32,9 @@ from .figures import plot_training_curves
 from .localization import IOU_THRESHOLD, LocalizationMeter, box_iou, metrics_table_rows
 from .overlay import apply_cam
 from .photos import PhotoExplanation
+from .saved_maps import MapFolder, score_map_folder
 from .scoring import BoxScores, ScoredBatch, model_cam, score
+from .wsolevaluation import WsolevaluationMeter
 
 __all__ = [
     "PhotoReport",
@@ -41,6 +43,7 @@ __all__ = [
     "gallery_controls",
     "page_start",
     "photo_report",
+    "write_maps_report",
     "write_page",
     "write_report",
 ]
@@ -410,6 +413,62 @@ def write_report(
             metrics,
             meter,
             methods,
+            thumb,
+        )
+        write_page(out, head, handle)
+    return {**metrics, "report": str(out), "n_cards": cards.n}
+
+
+def write_maps_report(
+    path: str | os.PathLike,
+    maps: MapFolder,
+    protocol: str = "cam",
+    threshold: float | None = None,
+    thumb_size: int = 96,
+    cam_curve_interval: float = 0.01,
+    **scoring: Any,
+) -> dict[str, Any]:
+    """The page of a folder of maps scored on the split's boxes (``--score_maps DIR --report``): a card per image with
+    its map and the true and predicted boxes, at ``threshold`` (the paper's 0.2 when None), the class a
+    ``--predictions`` file names. ``scoring``: :func:`~.saved_maps.score_map_folder`'s other arguments.
+
+    Returns:
+        The metrics, plus ``report`` (the page's path) and ``n_cards``.
+    """
+    out, thumb = check_report_path(path), int(thumb_size)
+    box_threshold, source = (PAPER_THRESHOLD, "paper") if threshold is None else (threshold, "--threshold")
+    classes = [*maps.dataset.classes, "(no prediction)"]
+    with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as handle:
+        cards = Cards(handle, classes, [path for path, *_ in maps.dataset.samples], thumb)
+        meter = LocalizationMeter() if protocol == "cam" else WsolevaluationMeter(cam_curve_interval)
+        metrics = score_map_folder(
+            maps,
+            protocol,
+            cam_curve_interval,
+            threshold,
+            sinks=[cards],
+            box_threshold=box_threshold,
+            meter=meter,
+            **scoring,
+        )
+        about = {
+            "arch": f"maps from files ({protocol} protocol)",
+            "image_size": maps.dataset.image_size,
+            "history": [],
+            "epoch": "-",
+            **maps.dataset.filters,
+        }
+        head = _page_head(
+            about,
+            maps.folder,
+            maps.dataset.split,
+            maps.dataset.classes,
+            cards.counts[:, :-1],  # the images of each true class
+            box_threshold,
+            source,
+            metrics,
+            meter,
+            None,
             thumb,
         )
         write_page(out, head, handle)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from .atomic_files import atomic_file, atomic_write_text
 from .dataset import StanfordCarsCAM
 from .distributed import DistInfo
-from .localization import normalize_cams
+from .localization import HitCounts, LocalizationMeter, normalize_cams
 from .runtime import default_num_workers
 from .scoring import BoxScores, ScoredBatch, score
 from .wsolevaluation import WsolevaluationMeter, scoremap
@@ -42,9 +43,15 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "MapFileError",
     "MapFiles",
+    "MapFolder",
     "SavedMaps",
+    "check_map_folder",
+    "file_maps",
     "image_ids",
+    "open_map_folder",
     "read_map",
+    "read_predictions",
+    "score_map_folder",
     "score_maps",
     "write_metadata",
 ]
@@ -176,11 +183,16 @@ def read_map(path: Path, size: int, protocol: str = "cam") -> tuple[Tensor, bool
     return torch.from_numpy(((cam - low) / (high - low)).astype(dtype)), False
 
 
+def file_maps(model: Any, batch: ScoredBatch) -> Tensor:
+    """The scoring pass's source for maps read from files: the loader's."""
+    return batch.given["maps"]
+
+
 class MapFiles(Dataset):
     """Items for the scoring pass from a folder of maps: ``(image, label, box, index, {"maps", "logits",
     "constant"})``. The image is the dataset's view with ``images`` (for the report), else empty; the box is in the
-    S x S view's pixels; ``logits`` one-hot of the predicted class, its extra last column for none known or a class
-    outside the selection (-1)."""
+    S x S view's pixels; ``logits`` log-probabilities, the predicted class certain (the extra last column: none
+    known, or a class outside the selection)."""
 
     def __init__(
         self, folder: Path, dataset: StanfordCarsCAM, ids: Sequence[str], predicted: Tensor, protocol: str, images: bool
@@ -198,8 +210,9 @@ class MapFiles(Dataset):
             image, label, box = self.dataset[index]
         else:
             image, label, box = torch.empty(0), self.dataset.targets[index], self.dataset.get_box(index)
-        logits = torch.zeros(len(self.dataset.classes) + 1)  # the last column: a class outside the selection
-        logits[int(self.predicted[index])] = 1.0
+        # Log-probabilities: the predicted class certain; the last column for none known or one outside the selection.
+        logits = torch.full((len(self.dataset.classes) + 1,), -1e4)
+        logits[int(self.predicted[index])] = 0.0
         return image, label, box, index, {"maps": scoremap, "logits": logits, "constant": constant}
 
 
@@ -270,6 +283,100 @@ class _CountConstant:
             self.constant.append(self.ids[batch.first + k])
 
 
+@dataclass
+class MapFolder:
+    """A folder of maps matched to the images of a split: what :func:`score_map_folder` scores."""
+
+    folder: Path
+    dataset: StanfordCarsCAM
+    ids: list[str]
+    predicted: Tensor  # (N,) index into dataset.classes; -1: none known or a class outside them
+    has_predictions: bool
+    n_ignored: int  # .npy files in the folder for other images
+
+    def loader(self, protocol: str, batch_size: int, num_workers: int | None, images: bool = False) -> DataLoader:
+        workers = default_num_workers(DistInfo(), torch.device("cpu")) if num_workers is None else num_workers
+        items = MapFiles(self.folder, self.dataset, self.ids, self.predicted, protocol, images)
+        return DataLoader(items, batch_size=batch_size, num_workers=workers)
+
+
+def open_map_folder(
+    folder: str | os.PathLike,
+    root: str | os.PathLike,
+    split: str = "test",
+    filters: dict[str, Any] | None = None,
+    predictions: str | os.PathLike | None = None,
+    image_size: int = 224,
+) -> MapFolder:
+    """The images the split and ``filters`` (``car_type``, ``car_brand``, ``car_production_year``) select, their map
+    files in ``folder`` (all there: :func:`check_map_folder`) and the classes ``predictions`` names, checked before
+    any map is read."""
+    dataset = StanfordCarsCAM(root, split=split, image_size=image_size, return_box=True, **(filters or {}))
+    folder, ids = Path(folder), image_ids(dataset)
+    ignored = check_map_folder(folder, ids)
+    predicted = (
+        read_predictions(Path(predictions), ids, dataset.classes, dataset.class_ids)
+        if predictions is not None
+        else torch.full((len(ids),), -1, dtype=torch.long)
+    )
+    return MapFolder(folder, dataset, ids, predicted, predictions is not None, ignored)
+
+
+def score_map_folder(
+    maps: MapFolder,
+    protocol: str = "cam",
+    cam_curve_interval: float = 0.01,
+    threshold: float | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    progress: bool = True,
+    sinks: Sequence[Any] = (),
+    box_threshold: float | None = None,
+    meter: HitCounts | None = None,
+) -> dict[str, Any]:
+    """Score ``maps`` with ``protocol`` through the pass, the files as its source (``"cam"``, and ``"predicted"``
+    for sinks that draw the predicted class's map), more ``sinks`` beside the meter (with images in the batches);
+    boxes of :meth:`~.scoring.ScoredBatch.boxes` at ``box_threshold``; ``meter``: the protocol's, made here when
+    None. Returns the metrics, also written to ``maps.folder/metrics.json``."""
+    if meter is None:
+        meter = LocalizationMeter() if protocol == "cam" else WsolevaluationMeter(cam_curve_interval)
+    constant = _CountConstant(maps.ids)
+    score(
+        None,
+        maps.loader(protocol, batch_size, num_workers, images=bool(sinks)),
+        {"cam": file_maps, **({"predicted": file_maps} if sinks else {})},
+        [BoxScores(meter), constant, *sinks],
+        torch.device("cpu"),
+        threshold=box_threshold,
+        progress=progress,
+        desc="score maps",
+    )
+    if constant.constant:
+        logger.warning(
+            "%d of %d maps are constant: scored as all zeros, as wsolevaluation scores them (e.g. %s)",
+            len(constant.constant),
+            len(maps.ids),
+            ", ".join(constant.constant[:3]),
+        )
+    metrics: dict[str, Any] = meter.compute(threshold)
+    if not maps.has_predictions:
+        for key in ("top1", "top1_loc", "top1_loc_at_cam_threshold"):
+            if key in metrics:
+                metrics[key] = None
+    metrics["top5"] = None  # a CSV names one class per image
+    metrics.update(
+        protocol=protocol,
+        split=maps.dataset.split,
+        maps=str(maps.folder),
+        n_maps_ignored=maps.n_ignored,
+        cam_threshold_source="--threshold" if threshold is not None else None,
+    )
+    if protocol == "wsolevaluation":
+        metrics["cam_curve_interval"] = cam_curve_interval
+    atomic_write_text(maps.folder / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
 def score_maps(
     folder: str | os.PathLike,
     root: str | os.PathLike,
@@ -292,63 +399,6 @@ def score_maps(
     its source. Top-1 and Top-1 Loc need ``predictions`` (a CSV of ``image_id,class``); GT-known Loc at
     ``threshold`` when given. Returns the metrics (``--evaluate``'s keys; those it cannot know are None), also
     written to ``folder/metrics.json``."""
-    from .localization import LocalizationMeter
-
-    folder = Path(folder)
-    dataset = StanfordCarsCAM(
-        root,
-        split=split,
-        car_type=car_type,
-        car_brand=car_brand,
-        car_production_year=car_production_year,
-        image_size=image_size,
-        return_box=True,
-    )
-    ids = image_ids(dataset)
-    ignored = check_map_folder(folder, ids)
-    predicted = (
-        read_predictions(Path(predictions), ids, dataset.classes, dataset.class_ids)
-        if predictions is not None
-        else torch.full((len(ids),), -1, dtype=torch.long)
-    )
-    meter = LocalizationMeter() if protocol == "cam" else WsolevaluationMeter(cam_curve_interval)
-    workers = default_num_workers(DistInfo(), torch.device("cpu")) if num_workers is None else num_workers
-    loader = DataLoader(
-        MapFiles(folder, dataset, ids, predicted, protocol, images=False),
-        batch_size=batch_size,
-        num_workers=workers,
-    )
-    constant = _CountConstant(ids)
-    score(
-        None,
-        loader,
-        {"cam": lambda model, batch: batch.given["maps"]},
-        [BoxScores(meter), constant],
-        torch.device("cpu"),
-        progress=progress,
-        desc="score maps",
-    )
-    if constant.constant:
-        logger.warning(
-            "%d of %d maps are constant: scored as all zeros, as wsolevaluation scores them (e.g. %s)",
-            len(constant.constant),
-            len(ids),
-            ", ".join(constant.constant[:3]),
-        )
-    metrics: dict[str, Any] = meter.compute(threshold)
-    if predictions is None:
-        for key in ("top1", "top1_loc", "top1_loc_at_cam_threshold"):
-            if key in metrics:
-                metrics[key] = None
-    metrics["top5"] = None  # a CSV names one class per image
-    metrics.update(
-        protocol=protocol,
-        split=split,
-        maps=str(folder),
-        n_maps_ignored=ignored,
-        cam_threshold_source="--threshold" if threshold is not None else None,
-    )
-    if protocol == "wsolevaluation":
-        metrics["cam_curve_interval"] = cam_curve_interval
-    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    return metrics
+    filters = {"car_type": car_type, "car_brand": car_brand, "car_production_year": car_production_year}
+    maps = open_map_folder(folder, root, split, filters, predictions, image_size)
+    return score_map_folder(maps, protocol, cam_curve_interval, threshold, batch_size, num_workers, progress)

@@ -225,3 +225,24 @@ def test_bad_maps_are_one_line_each(
 def fails_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert main(argv) == 2
     return capsys.readouterr().err
+
+
+def test_the_report_of_scored_maps(
+    cam_checkpoint: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "maps"
+    evaluate_checkpoint(cam_checkpoint, synthetic_root, device="cpu", num_workers=0, progress=False, save_maps=out)
+    page = tmp_path / "report.html"
+    argv = ["--score_maps", str(out / "cam"), "--root_datasets_dir", str(synthetic_root), "--image_size", "64"]
+    argv += ["--car_brand", "BMW", "--car_production_year", "2012", "--car_type", "Sedan", "--num_workers", "0"]
+    argv += ["--predictions", str(out / "predictions.csv"), "--report", str(page), "--progress", "false"]
+    assert main(argv) == 0
+    assert f"report: {page} (6 images)" in capsys.readouterr().out
+    html = page.read_text()
+    predicted = [line.split(",", 1)[1] for line in (out / "predictions.csv").read_text().splitlines()[1:]]
+    assert html.count('<div class="card"') == 6 and "http://" not in html and "https://" not in html
+    assert all(f"pred: {name} (100.0%)" in html for name in predicted)  # the class the file names, for certain
+    scored = json.loads((out / "cam" / "metrics.json").read_text())
+    assert f"{100 * scored['maxboxacc']:.2f}%" in html and "magenta: the box of the CAM at t*=0.20" in html
+    assert main([*argv[:-4], "--report", str(tmp_path)]) == 2  # a folder: refused before any work
+    assert "is a folder" in capsys.readouterr().err
