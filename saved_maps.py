@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .atomic_files import atomic_file, atomic_write_text
+from .atomic_files import atomic_file, atomic_write_text, check_writable
 from .dataset import StanfordCarsCAM
 from .distributed import DistInfo
 from .localization import HitCounts, LocalizationMeter, normalize_cams
@@ -94,10 +94,12 @@ class SavedMaps:
 
     def __init__(self, folder: Path, dataset: StanfordCarsCAM, protocol: str = "cam") -> None:
         self.folder, self.dataset, self.protocol = Path(folder), dataset, protocol
+        check_writable(self.folder, "--save_maps")  # before the pass
         self.ids = image_ids(dataset)
         self.predicted: list[int] = []
 
     def normalized(self, maps: Tensor, size: tuple[int, int]) -> np.ndarray:
+        maps = maps.detach()
         if self.protocol == "cam":
             return normalize_cams(maps, size).numpy()
         raw = maps.double().numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -140,8 +141,14 @@ def test_one_epoch_from_the_command_line_gives_a_checkpoint_that_loads_and_draws
         and model.title.lower().startswith(arch[:3])
     )
     assert visualize.main([str(run_dir / "best.pt"), "--n", "2", "--out", str(tmp_path / "cams.png")]) == 0
-    assert (
-        main(["--evaluate", str(run_dir / "best.pt"), "--device", "cpu", "--num_workers", "0", "--progress", "false"])
-        == 0
-    )
+    quiet = ["--device", "cpu", "--num_workers", "0", "--progress", "false"]
+    assert main(["--evaluate", str(run_dir / "best.pt"), "--save_maps", str(tmp_path / "maps"), *quiet]) == 0
     assert (tmp_path / "cams.png").stat().st_size > 0
+    # The saved maps, scored from their files, give --evaluate's numbers.
+    evaluated = json.loads((run_dir / "best_test_metrics.json").read_text())
+    maps = ["--score_maps", str(tmp_path / "maps" / "cam"), "--root_datasets_dir", str(synthetic_root)]
+    filters = ["--car_type", "Sedan", "--car_brand", "BMW", "--car_production_year", "2012", "--image_size", "64"]
+    assert main([*maps, *filters, "--threshold", str(evaluated["cam_threshold"]), *quiet[2:]]) == 0
+    scored = json.loads((tmp_path / "maps" / "cam" / "metrics.json").read_text())
+    for key in ("gt_known_loc_at_cam_threshold", "maxboxacc", "maxboxacc_v2"):
+        assert scored[key] == evaluated[key], key

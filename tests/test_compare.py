@@ -13,12 +13,15 @@ from CAM_Stanford_Cars.cams import METHODS
 from CAM_Stanford_Cars.compare import COLUMNS, compare_methods
 from CAM_Stanford_Cars.evaluation import evaluate_checkpoint
 from CAM_Stanford_Cars.main import main
+from CAM_Stanford_Cars.saved_maps import score_maps
 from CAM_Stanford_Cars.visualize import main as visualize_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_method_is_scored_on_the_same_images_into_one_json(cam_checkpoint: Path, synthetic_root: Path) -> None:
+def test_every_method_is_scored_on_the_same_images_into_one_json(
+    cam_checkpoint: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
     checkpoint = cam_checkpoint
     result = compare_methods(
         checkpoint,
@@ -29,6 +32,7 @@ def test_every_method_is_scored_on_the_same_images_into_one_json(cam_checkpoint:
         progress=False,
         figure_images=2,
         steps=2,
+        save_maps=tmp_path / "maps",
     )
     saved = json.loads(Path(result["files"]["json"]).read_text())
     assert list(saved["methods"]) == ["cam", "gradcam", "layercam"] and saved["n_images"] == result["n_images"] > 0
@@ -44,6 +48,13 @@ def test_every_method_is_scored_on_the_same_images_into_one_json(cam_checkpoint:
     assert [r["method"] for r in rows] == ["cam", "gradcam", "layercam"]
     assert float(rows[0]["maxboxacc"]) == plain["maxboxacc"]
     assert Path(result["files"]["png"]).stat().st_size > 0
+    # Each method's maps, saved and scored from their files, score as in the table.
+    filters = {"car_type": "Sedan", "car_brand": "BMW", "car_production_year": 2012}
+    for method in ("gradcam", "layercam"):
+        files = score_maps(
+            tmp_path / "maps" / method, synthetic_root, image_size=64, num_workers=0, progress=False, **filters
+        )
+        assert files["maxboxacc_v2"] == saved["methods"][method]["maxboxacc_v2"], method
 
 
 def test_the_methods_flag_prints_a_table_and_names_bad_input(

@@ -220,6 +220,8 @@ def test_bad_maps_are_one_line_each(
     # Options of the other command.
     assert "--predictions is an option of --score_maps" in fails_command(["--predictions", str(bad)], capsys)
     assert "--save_maps is an option of --evaluate" in fails_command([*argv, "--save_maps", "x"], capsys)
+    blocked = ["--evaluate", str(cam_checkpoint), "--save_maps", str(first / "maps"), *argv[2:4], "--num_workers", "0"]
+    assert f"--save_maps {str(first / 'maps')!r} is not writable" in fails_command(blocked, capsys)
 
 
 def fails_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
