@@ -1,4 +1,4 @@
-"""Class activation maps of a :class:`~.model.GAPNet` by seven methods, and RISE's deletion/insertion metric.
+"""Class activation maps of a :class:`~.model.GAPNet` by eight methods, and RISE's deletion/insertion metric.
 
 Each method weighs the K feature maps ``f = forward_features(x)`` (B, K, h, w) for a class c, with ``y_c`` the logit:
 
@@ -10,6 +10,8 @@ Each method weighs the K feature maps ``f = forward_features(x)`` (B, K, h, w) f
 - ``scorecam``: Score-CAM (Wang et al. 2020), each map weighted by the class probability of the image masked by it.
 - ``smoothgradcampp``: SmoothGrad-CAM++ (Omeiza et al. 2019), Grad-CAM++ with gradient moments averaged over noisy
   copies.
+- ``finercam``: Finer-CAM (Zhang et al. 2025), Grad-CAM of the class against the K classes whose logits are closest
+  to its own (:func:`finer_target`): what tells it from its look-alikes, not where the object is.
 
 Gradients are taken of ``forward_head`` with respect to the features (``torch.autograd.grad``): no hooks, no backward
 pass through the backbone, no ``.grad`` on any parameter. For a GAP-linear head ``dy_c/df_k(i, j) = W[c, k] / (h w)`` is
@@ -29,6 +31,12 @@ Where torchcam 0.5 (``torchcam.methods``) differs, by definition or by accident:
   a softmax over classes, skipping constant maps. Here: the paper.
 - XGrad-CAM: torchcam adds eps=1e-8 to ``sum_ij f_k``; here a zero sum (an all-zero map, which adds nothing) gives 0.
 
+Finer-CAM follows its authors' reference implementation (pytorch-grad-cam 1.5.7's ``FinerCAM`` over ``GradCAM`` with
+``FinerWeightedTarget``): the comparison classes are the K nearest by ``|y_j - y_c|`` (above or below), each weighted by
+its softmax probability, and those weights are differentiated along with the logits (they are part of the target, not
+constants); the denominator carries their eps of 1e-9. On a GAP-linear head its gradient is the head's alone, as for
+Grad-CAM: no backward pass through the backbone.
+
 Same as torchcam: Grad-CAM++ differentiates the logit, not the paper's ``exp(y_c)`` (the exp cancels in alpha and is a
 positive factor per image in the weights); Grad-CAM++, XGrad-CAM and SmoothGrad-CAM++ end with a ReLU, as Grad-CAM.
 """
@@ -36,7 +44,7 @@ positive factor per image in the weights); Grad-CAM++, XGrad-CAM and SmoothGrad-
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
@@ -47,9 +55,12 @@ from torchvision.transforms.functional import gaussian_blur
 
 from .model import ClassIndex, GAPNet, check_positive_int
 
-__all__ = ["METHODS", "compute_cams", "deletion_insertion"]
+__all__ = ["FINER_ALPHA", "FINER_K", "METHODS", "compute_cams", "deletion_insertion", "finer_target"]
 
-METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "smoothgradcampp")
+Target = Callable[[Tensor, Tensor], Tensor]  # (logits (B, C), classes (B,)) -> (B,) the score a gradient explains
+
+METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "smoothgradcampp", "finercam")
+FINER_K, FINER_ALPHA = 3, 1.0  # Finer-CAM's comparison classes and comparison strength (the reference's defaults)
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's insertion baseline (klen=11, nsig=5 in the authors' code)
 
 
@@ -65,14 +76,31 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _head_gradient(model: GAPNet, features: Tensor, index: Tensor) -> Tensor:
-    """``d y_c / d f`` (B, K, h, w) for class ``index`` (B,): through the head alone, so parameters get no ``.grad``."""
+def _head_gradient(model: GAPNet, features: Tensor, index: Tensor, target: Target | None = None) -> Tensor:
+    """``d score / d f`` (B, K, h, w), the score ``y_c`` of class ``index`` (B,) or ``target(logits, index)`` (B,):
+    through the head alone, so parameters get no ``.grad``."""
     # inference_mode(False) + clone: works when the caller runs under torch.inference_mode() too.
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(features.device.type, enabled=False):
         feats, index = features.clone().requires_grad_(True), index.clone()
-        score = model.forward_head(feats).gather(1, index[:, None]).sum()  # samples are independent: sum = per-sample
-        (grad,) = torch.autograd.grad(score, feats)
+        logits = model.forward_head(feats)
+        scores = logits.gather(1, index[:, None]) if target is None else target(logits, index)
+        (grad,) = torch.autograd.grad(scores.sum(), feats)  # samples are independent: sum = per-sample
     return grad
+
+
+def finer_target(k: int = FINER_K, alpha: float = FINER_ALPHA) -> Target:
+    """Finer-CAM's score of class c against its look-alikes: ``sum_j p_j (y_c - alpha y_j) / (sum_j p_j + 1e-9)`` over
+    the ``k`` classes j != c whose logits are nearest to ``y_c`` (fewer where there are fewer classes), ``p`` the
+    softmax of the logits (differentiated too, as in the reference)."""
+
+    def score(logits: Tensor, index: Tensor) -> Tensor:
+        own = logits.gather(1, index[:, None])  # (B, 1)
+        distance = (logits - own).abs().detach().scatter(1, index[:, None], -1.0)  # the class itself first
+        nearest = distance.argsort(dim=1, stable=True)[:, 1 : 1 + k]  # (B, k)
+        weights = logits.softmax(dim=1).gather(1, nearest)
+        return (weights * (own - alpha * logits.gather(1, nearest))).sum(dim=1) / (weights.sum(dim=1) + 1e-9)
+
+    return score
 
 
 def _combine(weights: Tensor, features: Tensor) -> Tensor:
@@ -120,6 +148,8 @@ def compute_cams(
     batch_size: int = 64,
     n_samples: int = 4,
     std: float = 0.15,
+    finer_k: int = FINER_K,
+    finer_alpha: float = FINER_ALPHA,
 ) -> Tensor:
     """Class activation maps by ``method``, at the feature resolution, raw (not normalised), in eval mode.
 
@@ -135,6 +165,7 @@ def compute_cams(
         batch_size: Score-CAM's masked images per forward pass.
         n_samples: SmoothGrad-CAM++'s noisy copies.
         std: SmoothGrad-CAM++'s Gaussian noise std in [0, 1] pixel units (SmoothGrad's 15% of the input range).
+        finer_k, finer_alpha: Finer-CAM's number of look-alike classes and comparison strength (:func:`finer_target`).
 
     Returns:
         (B, h, w) maps, float32 (float64 for a float64 model); ``cam`` is exactly the model's own CAM.
@@ -147,6 +178,9 @@ def compute_cams(
     batch_size, n_samples = check_positive_int("batch_size", batch_size), check_positive_int("n_samples", n_samples)
     if not isinstance(std, int | float) or isinstance(std, bool) or not std >= 0:
         raise ValueError(f"std must be a non-negative number, got {std!r}")
+    finer_k = check_positive_int("finer_k", finer_k)
+    if not isinstance(finer_alpha, int | float) or isinstance(finer_alpha, bool) or not math.isfinite(finer_alpha):
+        raise ValueError(f"finer_alpha must be a finite number such as 1, got {finer_alpha!r}")
     with _eval_mode(model):
         with torch.no_grad():
             features = model.forward_features(images)
@@ -168,9 +202,10 @@ def compute_cams(
                 grad = _head_gradient(model, noisy.to(features.dtype), index)
                 d1, d2, d3 = d1 + grad, d2 + grad**2, d3 + grad**3
             return _combine(_gradcampp_weights(d1 / n_samples, d2 / n_samples, d3 / n_samples, features), features)
-        grad = _head_gradient(model, features, index)
+        target = finer_target(finer_k, finer_alpha) if method == "finercam" else None
+        grad = _head_gradient(model, features, index, target)
         with torch.no_grad():
-            if method == "gradcam":
+            if method in ("gradcam", "finercam"):  # Finer-CAM is Grad-CAM of its target
                 return _combine(grad.mean(dim=(2, 3)), features)
             if method == "gradcampp":
                 return _combine(_gradcampp_weights(grad, grad**2, grad**3, features), features)

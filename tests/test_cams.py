@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -306,3 +307,55 @@ def test_images_are_checked_once_per_call(monkeypatch: pytest.MonkeyPatch) -> No
     assert checked == [(2, 3, 64, 64)] * 3
     with pytest.raises(TypeError, match="from_numpy"):
         deletion_insertion(model, images.numpy(), torch.rand(2, 3, 3))
+
+
+# ------------------------------------------------------------------------------------------ Finer-CAM
+
+
+def _resized(maps: Tensor, size: int) -> np.ndarray:
+    """pytorch-grad-cam's ``scale_cam_image``: min-max (eps 1e-7), then ``cv2.resize`` (bilinear)."""
+    cv2 = pytest.importorskip("cv2")
+    out = []
+    for cam in maps.detach().numpy():
+        cam = cam - cam.min()
+        out.append(cv2.resize(cam / (1e-7 + cam.max()), (size, size)))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize(
+    ("classes", "options"),
+    [(10, {}), (10, {"class_idx": 2, "finer_k": 2, "finer_alpha": 0.5}), (3, {"class_idx": [0, 1, 2]})],
+)
+def test_finercam_agrees_with_pytorch_grad_cam(classes: int, options: dict) -> None:
+    """The authors' reference (pytorch-grad-cam's FinerCAM over GradCAM): a backward pass through the whole network
+    with hooks, against the head's gradient alone; with 3 classes, fewer look-alikes than K."""
+    grad_cam = pytest.importorskip("pytorch_grad_cam")
+    torch.manual_seed(0)
+    model = AlexNetGAP(num_classes=classes, cam_channels=16).eval()
+    nn.init.normal_(model.fc.weight, std=1.0)
+    images = torch.rand(3, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    ours = compute_cams(model, images, "finercam", **options)
+    assert all(p.grad is None for p in model.parameters())  # the head's gradient only, no backward pass
+    assert not torch.allclose(ours, compute_cams(model, images, "gradcam", class_idx=options.get("class_idx")))
+    finer = grad_cam.FinerCAM(model, [model.cam_conv])
+    if isinstance(options.get("class_idx"), list):  # theirs takes one class for all: one call per image
+        theirs = np.concatenate([finer(images[i : i + 1], target_idx=c) for i, c in enumerate(options["class_idx"])])
+    else:
+        kwargs = {"target_idx": options.get("class_idx"), "alpha": options.get("finer_alpha", 1.0)}
+        if "finer_k" in options:
+            kwargs["comparison_categories"] = list(range(1, 1 + options["finer_k"]))
+        theirs = finer(images, **kwargs)
+    assert np.abs(_resized(ours, 96) - theirs).max() < 0.02
+
+
+def test_finercam_with_no_look_alike_weight_is_gradcam() -> None:
+    """alpha = 0 leaves ``y_c`` times the weights' share (1 - eps): Grad-CAM, to float precision."""
+    torch.manual_seed(0)
+    model = AlexNetGAP(num_classes=5, cam_channels=8).eval()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    finer = compute_cams(model, images, "finercam", finer_alpha=0.0)
+    torch.testing.assert_close(finer, compute_cams(model, images, "gradcam"), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="finer_k must be a positive"):
+        compute_cams(model, images, "finercam", finer_k=0)
+    with pytest.raises(ValueError, match="finer_alpha must be a finite number"):
+        compute_cams(model, images, "finercam", finer_alpha=float("nan"))

@@ -82,9 +82,9 @@ def test_the_methods_flag_prints_a_table_and_names_bad_input(
     # "all" asks for every method (each is scored by tests/test_scoring.py); one method's pass is enough here.
     asked = []
 
-    def first_method_only(path, root, split, methods, *rest):
+    def first_method_only(path, root, split, methods, *rest, **options):
         asked.append(list(methods))
-        return compare_methods(path, root, split, methods[:1], *rest, steps=1)
+        return compare_methods(path, root, split, methods[:1], *rest, steps=1, **options)
 
     monkeypatch.setattr(main_module, "compare_methods", first_method_only)
     assert main([*common, "--methods", "all"]) == 0
