@@ -21,6 +21,7 @@ from .evaluation import open_checkpoint
 from .figures import save_figure_atomically
 from .localization import METRIC_LABELS, LocalizationMeter, box_iou, boxes_from_cams
 from .overlay import apply_cam
+from .sanity import MapChecks
 from .saved_maps import SavedMaps
 from .scoring import BoxScores, Faithfulness, FirstImages, SourceSeconds, method_maps, score
 
@@ -35,12 +36,20 @@ COLUMNS = (
     "maxboxacc_v2",
     "deletion_auc",
     "insertion_auc",
+    "average_drop",
+    "increase_in_confidence",
+    "energy_pointing_game",
+    "randomization_spearman",
     "ms_per_image",
 )
 LABELS = {
     **METRIC_LABELS,
     "deletion_auc": "deletion AUC (lower: faithful)",
     "insertion_auc": "insertion AUC (higher: faithful)",
+    "average_drop": "avg drop (lower: faithful)",
+    "increase_in_confidence": "conf increase (higher: faithful)",
+    "energy_pointing_game": "energy in box (higher: on the car)",
+    "randomization_spearman": "rand. Spearman (lower: depends on the weights)",
     "ms_per_image": "ms/image",
 }
 
@@ -91,22 +100,24 @@ def compare_methods(
     loader = opened.loader(dataset, range(n), batch_size)
     boxes = {m: BoxScores(LocalizationMeter(), m) for m in methods}
     faithfulness, seconds, shown = Faithfulness(model, methods, steps), SourceSeconds(), FirstImages(figure_images)
+    checks = MapChecks(model, methods)
     saved = [SavedMaps(Path(save_maps), dataset)] if save_maps is not None else []
     score(
         model,
         loader,
         {m: method_maps(m) for m in methods},
-        [*boxes.values(), faithfulness, seconds, shown, *saved],
+        [*boxes.values(), faithfulness, checks, seconds, shown, *saved],
         opened.device,
         amp=False,
         progress=progress,
         desc=f"compare {len(methods)} methods",
     )
-    images = max(n, 1)
+    images, sanity = max(n, 1), checks.rows()
     rows = {
         m: {
             **boxes[m].meter.compute(cam_threshold=threshold),
             **{key: total / images for key, total in faithfulness.sums[m].items()},
+            **sanity[m],
             "ms_per_image": 1000 * seconds.seconds.get(m, 0.0) / images,
         }
         for m in methods
@@ -151,7 +162,7 @@ def methods_table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str
                 f"{row[key]:.1f}"
                 if key == "ms_per_image"
                 else f"{row[key]:.3f}"
-                if key.endswith("_auc")
+                if key.endswith("_auc") or key == "randomization_spearman"
                 else f"{100 * row[key]:.1f}%"
                 for key in COLUMNS
             ),

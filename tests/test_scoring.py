@@ -82,11 +82,14 @@ def assert_close(got: Any, want: Any, path: str = "") -> None:
 
 
 def test_every_command_scores_as_before_the_pass(tmp_path: Path) -> None:
-    """Methods added since (finercam) are scored beside the others and leave their rows as they were."""
+    """Methods and columns added since (finercam; the sanity checks) are scored beside the others and leave the
+    older rows and columns as they were."""
     checkpoint, root = decisive_checkpoint(tmp_path)
     got, want = scoring_outputs(checkpoint, root), json.loads(GOLDEN.read_text())
     assert set(got["methods"]) - set(want["methods"]) == {"finercam"}
-    got["methods"] = {name: got["methods"][name] for name in want["methods"]}
+    new_columns = {"average_drop", "increase_in_confidence", "energy_pointing_game", "randomization_spearman"}
+    assert set(got["methods"]["cam"]) - set(want["methods"]["cam"]) == {*new_columns, "randomization_cascade"}
+    got["methods"] = {name: {key: got["methods"][name][key] for key in row} for name, row in want["methods"].items()}
     assert_close(got, want)
 
 
