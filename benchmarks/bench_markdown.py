@@ -139,6 +139,21 @@ def photos_paragraph(data: dict[str, Any]) -> str:
     )
 
 
+def score_maps_paragraph(data: dict[str, Any]) -> str:
+    rate, check = data["maps_per_s"], data["check_on_loop_maps"]
+    equal = all(c["equal_counts"] for c in check.values())
+    return (
+        f"Saved maps, maps/s (cpu, {data['maps']:,} maps of {data['map_size']}x{data['map_size']}, batch "
+        f"{data['batch']}, {data['loader_workers']} loader workers): `score_map_folder` under protocol cam "
+        f"{rate['cam']:.1f}, under wsolevaluation at 0.01 {rate['wsolevaluation_0.01']:.1f} and at 0.001 "
+        f"{rate['wsolevaluation_0.001']:.1f}; wsolevaluation's own per-image loop, on the first {data['loop_maps']} "
+        f"maps only, at 0.01 {rate['their_loop_0.01']:.1f} and at 0.001 {rate['their_loop_0.001']:.2f}. On those "
+        f"maps the wsolevaluation protocol's hit counts {'equal' if equal else '**differ from**'} the loop's at "
+        f"both intervals (MaxBoxAcc at 0.01 {check['0.01']['maxboxacc']:.4f}, the loop's "
+        f"{check['0.01']['maxboxacc_loop']:.4f})."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The generated part of ``results.md`` (the hand-written notes under ``NOTES_HEADING`` are kept apart)."""
     lines = runs_lines(results) + table_lines(results["summary"])
@@ -148,6 +163,8 @@ def markdown(results: dict[str, Any]) -> str:
         paragraphs.append(report_paragraph(page))
     if "photos_per_s" in results["figures"].get("photos", {}):
         paragraphs.append(photos_paragraph(results["figures"]["photos"]))
+    if "maps_per_s" in results["figures"].get("score_maps", {}):
+        paragraphs.append(score_maps_paragraph(results["figures"]["score_maps"]))
     for paragraph in paragraphs:
         lines += ["", paragraph]
     return "\n".join(lines) + "\n"

@@ -27,6 +27,9 @@ The figures, and the target of each:
   decode, scoring pass, overlays, CSV, files) on 256 JPEGs of ~700x450, AlexNet-GAP, beside the forward pass alone on
   the same photos decoded in memory at the same batch size (the floor) and the peers' per-image loop (open, resize,
   one-image forward, upsample, colour map, blend, write a JPEG); the ratio floor / command in photos/s (<= 1.25x).
+- score maps: ``saved_maps.score_map_folder`` on one saved 112x112 map per image of 8,041 (43 classes x 187), maps/s
+  under protocol ``cam`` and under ``wsolevaluation`` at intervals 0.01 and 0.001, beside wsolevaluation's own
+  per-image contour loop at both intervals on the first 256 maps; protocol cam / their loop at 0.01 (>= 10x).
 
 ``--only FIGURE ...`` measures those figures alone; the others are kept from the ``results.json`` already in ``--out``
 (each with the ``machine`` and ``sizes`` of the run that measured it), so one figure can be re-measured or added
@@ -41,9 +44,8 @@ Usage::
 
 This file parses the command line and runs the figures; beside it, ``bench_helpers.py`` holds the sizes, timing and
 machine facts every figure shares, ``bench_train_step.py`` the training step they time, ``bench_pipeline.py``,
-``bench_networks.py``, ``bench_maps.py``, ``bench_evaluation.py``, ``bench_memory.py`` and ``bench_photos.py`` the
-figures, and
-``bench_results.py`` and ``bench_markdown.py`` what is written.
+``bench_networks.py``, ``bench_maps.py``, ``bench_evaluation.py``, ``bench_memory.py``, ``bench_photos.py`` and
+``bench_score_maps.py`` the figures, and ``bench_results.py`` and ``bench_markdown.py`` what is written.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ from bench_networks import backbones, cam_methods, cam_overhead
 from bench_photos import photos
 from bench_pipeline import decode_speedup, pipeline_efficiency, thread_split
 from bench_results import keep_previous, summarize, write_results
+from bench_score_maps import score_maps
 from CAM_Stanford_Cars.distributed import DistInfo
 from CAM_Stanford_Cars.runtime import configure_cpu_threads
 
@@ -98,6 +101,7 @@ FIGURES = {
     "split": "thread_split",
     "report": "report",
     "photos": "photos",
+    "score_maps": "score_maps",
 }
 # The figures that read the synthetic data set (the others make their own inputs).
 NEEDS_DATA = {"pipeline", "decode", "memory", "split"}
@@ -119,6 +123,7 @@ def figure_jobs(base: Path, root: Path, sizes: Sizes, device: torch.device) -> d
         "split": lambda: thread_split(root, sizes, device),
         "report": lambda: report(base, sizes, device),
         "photos": lambda: photos(base, sizes, device),
+        "score_maps": lambda: score_maps(base, sizes),
     }
 
 
@@ -174,6 +179,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             "memory",
             "report",
             "photos",
+            "score_maps",
         ],
         help="measure only these figures; the others are kept from --out's results.json",
     )
@@ -185,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sizes = QUICK if args.quick else Sizes()
     if args.repeats is not None:
-        sizes.repeats = sizes.pipeline_repeats = sizes.overlay_repeats = max(1, args.repeats)
+        sizes.repeats = sizes.pipeline_repeats = sizes.overlay_repeats = sizes.score_maps_repeats = max(1, args.repeats)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     configure_cpu_threads(DistInfo(), device)

@@ -28,6 +28,7 @@ FIGURES = [
     "thread_split",
     "report",
     "photos",
+    "score_maps",
 ]
 
 
@@ -105,6 +106,13 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert all(math.isfinite(rate) and rate > 0 for rate in shots["photos_per_s"].values())
     assert sorted(shots["stages_ms_per_photo"]) == ["decode", "forward", "jpeg", "overlay", "score"]
     assert "Your own photos, photos/s (cpu, " in table
+    saved = figures["score_maps"]
+    assert saved["maps"] == 2 * 2 and saved["loop_maps"] == 4  # quick: 2 classes x 2 test images, all in the loop
+    runs = ["cam", "wsolevaluation_0.01", "wsolevaluation_0.001", "their_loop_0.01", "their_loop_0.001"]
+    assert sorted(saved["maps_per_s"]) == sorted(runs)
+    assert all(math.isfinite(rate) and rate > 0 for rate in saved["maps_per_s"].values())
+    assert all(check["equal_counts"] for check in saved["check_on_loop_maps"].values())
+    assert "Saved maps, maps/s (cpu, 4 maps of 32x32, " in table
     assert "measured" in results and "Kept from the run of" not in table  # a full run keeps nothing
 
 
