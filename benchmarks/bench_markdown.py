@@ -93,6 +93,13 @@ def rates_paragraphs(figures: dict[str, Any]) -> list[str]:
         paragraphs.append(
             f"CAM methods, ms per image ({methods['device']}, AlexNet-GAP, batch {methods['batch']}, "
             f"{methods['image_size']}x{methods['image_size']}): {per_method}."
+            + (
+                f" The map checks of the methods table (Average Drop, energy in the box, randomisation) add "
+                f"{methods['checks_ms_per_image_cam']:.1f} ms per image to `cam`; the randomisation test makes each "
+                "method's maps twice more."
+                if "checks_ms_per_image_cam" in methods
+                else ""
+            )
         )
     table = figures.get("backbones", {})
     if table.get("archs"):

@@ -11,6 +11,8 @@ from bench_helpers import Sizes, median_ratio, side_by_side
 from bench_train_step import TrainStep, new_model
 from CAM_Stanford_Cars.cams import METHODS, compute_cams
 from CAM_Stanford_Cars.model import ARCHS
+from CAM_Stanford_Cars.sanity import MapChecks
+from CAM_Stanford_Cars.scoring import method_maps, score
 
 
 def cam_overhead(sizes: Sizes, device: torch.device, arch: str = "alexnet", batch: int | None = None) -> dict[str, Any]:
@@ -76,7 +78,8 @@ def backbones(sizes: Sizes, device: torch.device) -> dict[str, Any]:
 
 
 def cam_methods(sizes: Sizes, device: torch.device) -> dict[str, Any]:
-    """Milliseconds per image of each CAM method (``compute_cams``) on AlexNet-GAP, the methods side by side."""
+    """Milliseconds per image of each CAM method (``compute_cams``) on AlexNet-GAP, the methods side by side; and of
+    the map checks of the methods table (Average Drop, energy, randomisation) on the model's CAM."""
     model = new_model(196, device).eval()
     # Few images: Score-CAM alone runs 1,024 forward passes per image, over a minute a round on two CPU cores.
     shape = (sizes.cam_method_images, 3, sizes.image_size, sizes.image_size)
@@ -84,9 +87,20 @@ def cam_methods(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     fns = {method: (lambda method=method: compute_cams(model, x, method)) for method in METHODS}
     times = side_by_side(fns, 1, device, warmup=sizes.warmup)
     per_image = {method: 1000 * statistics.median(t) / x.shape[0] for method, t in times.items()}
+    # The map checks' own cost (sanity.py) on the model's CAM: one scoring pass with them against one without.
+    labels = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+    loader = [(x, labels, torch.tensor([[0.0, 0.0, sizes.image_size / 2, sizes.image_size / 2]]).repeat(len(x), 1))]
+    checks = MapChecks(model, ["cam"])
+    passes = {
+        with_checks: (lambda sinks=sinks: score(model, loader, {"cam": method_maps("cam")}, sinks, device))
+        for with_checks, sinks in (("with", [checks]), ("without", []))
+    }
+    pass_times = side_by_side(passes, sizes.repeats, device, warmup=sizes.warmup)
+    checks_ms = 1000 * (statistics.median(pass_times["with"]) - statistics.median(pass_times["without"])) / len(x)
     return {
         "value": per_image["scorecam"] / per_image["cam"],
         "ms_per_image": per_image,
+        "checks_ms_per_image_cam": checks_ms,
         "batch": x.shape[0],
         "image_size": sizes.image_size,
         "arch": "alexnet",

@@ -32,6 +32,7 @@ FIGURES = [
 ]
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     done = subprocess.run(
         [
@@ -72,6 +73,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
 
     assert sorted(figures["cam_methods"]["ms_per_image"]) == sorted(METHODS)
     assert all(math.isfinite(ms) and ms > 0 for ms in figures["cam_methods"]["ms_per_image"].values())
+    assert math.isfinite(figures["cam_methods"]["checks_ms_per_image_cam"])
     assert len(figures["memory"]["peak_rss_mib_per_epoch"]) == 2
     rounds = figures["pipeline_efficiency"]["images_per_s_by_round"]
     assert sorted(rounds) == ["cached", "jpeg", "memory"] and all(len(r) == 1 for r in rounds.values())
@@ -116,6 +118,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert "measured" in results and "Kept from the run of" not in table  # a full run keeps nothing
 
 
+@pytest.mark.slow
 def test_only_keeps_the_other_figures_of_the_previous_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out, full = tmp_path / "out", tmp_path / "full"
     old_machine = {

@@ -104,6 +104,7 @@ def test_the_seeds_visualisation_snippet_runs_as_written(
     assert any(predicted_classes[0][:10] in ax.get_title() for ax in figures[0].axes)
 
 
+@pytest.mark.slow
 def test_visualize_command_draws_a_grid_with_boxes(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "figs" / "cams.png"
     result = run_script(
@@ -154,6 +155,7 @@ def test_list_filters_command(synthetic_root: Path, capsys: pytest.CaptureFixtur
     assert "BMW" in out and "Sedan" in out and "2012" in out
 
 
+@pytest.mark.slow
 def test_demo_command_leaves_a_checkpoint_and_a_figure_and_a_second_demo_replaces_them(tmp_path: Path) -> None:
     """The README's demo as a process; then a smaller ``run_demo`` in the same folder, another seed, replaces it."""
     from CAM_Stanford_Cars.demo import run_demo

@@ -143,6 +143,7 @@ def check_figures_and_metrics(notebook: Any, out_dir: Path, n_test_images: int) 
     assert len(_pngs(curves)) == 1
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out_dir = tmp_path / "out"
     notebook = run_notebook(

@@ -271,6 +271,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_saves(synthetic_root: Pat
     assert json.loads((run_dir / "args.json").read_text())["seed"] == 4
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_in_a_loader_worker_is_one_line(synthetic_root: Path, tmp_path: Path) -> None:
     bad_root = corrupt_copy(synthetic_root, tmp_path / "bad")
     result = subprocess.run(

@@ -96,6 +96,7 @@ def hub_cache_with_fake_weights(tmp_path: Path, weights: Path) -> Path:
     return home
 
 
+@pytest.mark.slow
 def test_the_seeds_command_runs_one_epoch(synthetic_root: Path, tmp_path: Path, fake_alexnet_weights: Path) -> None:
     """The README's training command, paths changed; ImageNet weights come from the hub cache."""
     run_dir = tmp_path / "path" / "to" / "checkpoints"
@@ -382,6 +383,7 @@ def run_two_ranks(tmp_path: Path, *runs: dict[str, object]) -> None:
     torchrun(tmp_path, str(script), json.dumps(runs))
 
 
+@pytest.mark.slow
 def test_two_processes_with_gloo_resume_mid_epoch_as_if_never_stopped(tmp_path: Path) -> None:
     """Two ranks over gloo: a run stopped mid-epoch, resumed by the README's torchrun command (plus --resume), ends
     as the uninterrupted run does, and each epoch is one process's epoch split between the ranks."""
@@ -566,6 +568,7 @@ def test_help_reads_as_documentation(capsys: pytest.CaptureFixture[str]) -> None
     assert "(default: 30)" in out
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(synthetic_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = [
@@ -641,6 +644,7 @@ def test_training_with_an_image_cache_gives_the_same_run(
     assert plain.test_metrics["top1"] == cached.test_metrics["top1"]
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_weights(synthetic_root: Path, tmp_path: Path) -> None:
     # Batches of 2 split the 10 train, 2 validation and 6 test images evenly: one compilation, where a last batch of
     # another size would make torch.compile compile the network a second time (as long again on a CPU).
