@@ -248,3 +248,17 @@ def test_the_report_of_scored_maps(
     assert f"{100 * scored['maxboxacc']:.2f}%" in html and "magenta: the box of the CAM at t*=0.20" in html
     assert main([*argv[:-4], "--report", str(tmp_path)]) == 2  # a folder: refused before any work
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_saved_scoremaps_keep_their_8_bit_levels() -> None:
+    """float32 rounding of a float64 scoremap can cross a level of ``uint8(255 * x)``, where wsolevaluation cuts its
+    thresholds; the saved maps are moved back across it."""
+    from CAM_Stanford_Cars.saved_maps import _float32_keeping_bytes
+
+    edges = np.arange(1, 255) / 255
+    scoremap = np.concatenate([np.nextafter(edges, 0), np.nextafter(edges, 1), [0.0, 1.0]])
+    levels = np.trunc(scoremap * 255)
+    assert (np.trunc(scoremap.astype(np.float32).astype(np.float64) * 255) != levels).any()  # plain rounding crosses
+    kept = _float32_keeping_bytes(scoremap)
+    assert kept.dtype == np.float32 and np.array_equal(np.trunc(kept.astype(np.float64) * 255), levels)
+    assert np.abs(kept - scoremap).max() < 1e-6
