@@ -60,6 +60,10 @@ class Sizes:
     # Your own photos: a folder of JPEGs at ``image_wh``, explained at the command's default batch size.
     photos: int = 256
     photo_batch: int = 16
+    # Memory over many photos: small ones, so that 10,000 pass in a minute or two.
+    memory_photos: int = 10_000
+    memory_photo_wh: tuple[int, int] = (96, 64)
+    memory_image_size: int = 64
     # Saved maps: one per test image of a set the size of the real test split (43 classes x 187 = 8,041), at 112x112
     # (at 224 they would take 1.6 GB); wsolevaluation's own per-image loop on the first ``score_maps_loop`` only.
     # One round: each run scores every map, the exact protocol at 0.001 a thousand thresholds of each.
@@ -100,6 +104,7 @@ QUICK = Sizes(
     report_large_test_per_class=3,
     photos=8,
     photo_batch=4,
+    memory_photos=40,
     score_maps_classes=2,
     score_maps_test_per_class=2,
     score_maps_size=32,

@@ -59,6 +59,8 @@ def shown_value(figure: str, value: float | None) -> str:
         return "n/a"
     if figure in ("evaluation_speed", "pipeline_efficiency", "pipeline_efficiency_cached"):
         return f"{value:.3f}"
+    if figure == "photos_memory":
+        return f"{value:+.1f} MiB"
     return f"{value:.0f} MiB" if figure == "memory" else f"{value:.3g}x"
 
 
@@ -161,6 +163,17 @@ def score_maps_paragraph(data: dict[str, Any]) -> str:
     )
 
 
+def photos_memory_paragraph(data: dict[str, Any]) -> str:
+    samples = data["rss_mib_by_photos"]
+    shown = ", ".join(f"{n:,} photos {mib:.0f}" for n, mib in samples[:: max(1, len(samples) // 5)])
+    return (
+        f"Your own photos, memory ({data['device']}, {data['photos']:,} JPEGs of {data['photo_wh'][0]}x"
+        f"{data['photo_wh'][1]} read at {data['image_size']}x{data['image_size']}, batch {data['batch']}, "
+        f"{data['photos_per_s']:.0f} photos/s): resident MiB after {shown}; {data['value']:+.1f} MiB from the first "
+        "tenth to the end."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The generated part of ``results.md`` (the hand-written notes under ``NOTES_HEADING`` are kept apart)."""
     lines = runs_lines(results) + table_lines(results["summary"])
@@ -170,6 +183,8 @@ def markdown(results: dict[str, Any]) -> str:
         paragraphs.append(report_paragraph(page))
     if "photos_per_s" in results["figures"].get("photos", {}):
         paragraphs.append(photos_paragraph(results["figures"]["photos"]))
+    if "rss_mib_by_photos" in results["figures"].get("photos_memory", {}):
+        paragraphs.append(photos_memory_paragraph(results["figures"]["photos_memory"]))
     if "maps_per_s" in results["figures"].get("score_maps", {}):
         paragraphs.append(score_maps_paragraph(results["figures"]["score_maps"]))
     for paragraph in paragraphs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import time
@@ -188,5 +189,57 @@ def photos(base: Path, sizes: Sizes, device: torch.device) -> dict[str, Any]:
         "loader_workers": workers,
         "method": "cam",
         "arch": "alexnet (untrained)",
+        "device": str(device),
+    }
+
+
+def resident_mib() -> float:
+    """This process's resident memory now (``/proc/self/statm``), MiB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def photos_memory(base: Path, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Resident memory while the command (``write_explanations``) explains many small photos: sampled twenty times
+    along the way. ``value``: the growth from the first tenth to the end, MiB (flat: a few MiB of noise)."""
+    folder = base / "photos_memory"
+    paths = write_photos(folder / "in", sizes.memory_photos, sizes.memory_photo_wh)
+    model = new_model(NUM_CLASSES, device).eval()
+    names = [f"class {k}" for k in range(NUM_CLASSES)]
+    step = max(1, len(paths) // 20)
+    samples: list[tuple[int, float]] = []  # (photos explained, resident MiB)
+    seen = 0
+
+    def sample(record: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if seen % step == 0:
+            samples.append((seen, round(resident_mib(), 1)))
+
+    start = time.perf_counter()
+    done = write_explanations(
+        model,
+        names,
+        sizes.memory_image_size,
+        find_photos([str(folder / "in")]),
+        folder / "out",
+        threshold=THRESHOLD,
+        batch_size=sizes.photo_batch,
+        device=device,
+        consumers=[sample],
+    )
+    seconds = time.perf_counter() - start
+    if done != len(paths):
+        raise RuntimeError(f"the command explained {done} of {len(paths)} photos")
+    shutil.rmtree(folder, ignore_errors=True)
+    tenth = samples[max(0, len(samples) // 10 - 1)][1]
+    return {
+        "value": samples[-1][1] - tenth,
+        "rss_mib_by_photos": samples,
+        "photos": len(paths),
+        "photo_wh": list(sizes.memory_photo_wh),
+        "image_size": sizes.memory_image_size,
+        "batch": sizes.photo_batch,
+        "photos_per_s": len(paths) / seconds,
         "device": str(device),
     }

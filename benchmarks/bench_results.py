@@ -25,6 +25,7 @@ TARGETS = {
     "box_sweep_speedup": {"any": (">=", 20.0)},
     "evaluation_speed": {"any": (">=", 0.5)},
     "photos": {"any": ("<=", 1.25)},
+    "photos_memory": {"any": ("<=", 50.0)},
     "score_maps_speedup": {"any": (">=", 10.0)},
 }
 
@@ -37,6 +38,7 @@ ROWS = [
     ("box_sweep_speedup", "box sweep, 100 thresholds", "box_sweep", "value"),
     ("evaluation_speed", "evaluation / plain inference", "evaluation_speed", "value"),
     ("photos", "your own photos: forward alone / the command, photos/s", "photos", "value"),
+    ("photos_memory", "your own photos: resident memory growth over the run, MiB", "photos_memory", "value"),
     ("score_maps_speedup", "saved maps: protocol cam / wsolevaluation's loop at 0.01, maps/s", "score_maps", "value"),
 ]
 

@@ -27,6 +27,7 @@ The figures, and the target of each:
   decode, scoring pass, overlays, CSV, files) on 256 JPEGs of ~700x450, AlexNet-GAP, beside the forward pass alone on
   the same photos decoded in memory at the same batch size (the floor) and the peers' per-image loop (open, resize,
   one-image forward, upsample, colour map, blend, write a JPEG); the ratio floor / command in photos/s (<= 1.25x).
+- photos_memory: the resident memory of the same command over 10,000 small photos, sampled along the way (flat).
 - score maps: ``saved_maps.score_map_folder`` on one saved 112x112 map per image of 8,041 (43 classes x 187), maps/s
   under protocol ``cam`` and under ``wsolevaluation`` at intervals 0.01 and 0.001, beside wsolevaluation's own
   per-image contour loop at both intervals on the first 256 maps; protocol cam / their loop at 0.01 (>= 10x).
@@ -76,7 +77,7 @@ from bench_helpers import QUICK, OtherWork, Sizes, build_data, load_average, mac
 from bench_maps import box_sweep, overlay_speed
 from bench_memory import memory
 from bench_networks import backbones, cam_methods, cam_overhead
-from bench_photos import photos
+from bench_photos import photos, photos_memory
 from bench_pipeline import decode_speedup, pipeline_efficiency, thread_split
 from bench_results import keep_previous, summarize, write_results
 from bench_score_maps import score_maps
@@ -101,6 +102,7 @@ FIGURES = {
     "split": "thread_split",
     "report": "report",
     "photos": "photos",
+    "photos_memory": "photos_memory",
     "score_maps": "score_maps",
 }
 # The figures that read the synthetic data set (the others make their own inputs).
@@ -123,6 +125,7 @@ def figure_jobs(base: Path, root: Path, sizes: Sizes, device: torch.device) -> d
         "split": lambda: thread_split(root, sizes, device),
         "report": lambda: report(base, sizes, device),
         "photos": lambda: photos(base, sizes, device),
+        "photos_memory": lambda: photos_memory(base, sizes, device),
         "score_maps": lambda: score_maps(base, sizes),
     }
 
@@ -179,6 +182,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             "memory",
             "report",
             "photos",
+            "photos_memory",
             "score_maps",
         ],
         help="measure only these figures; the others are kept from --out's results.json",

@@ -28,6 +28,7 @@ FIGURES = [
     "thread_split",
     "report",
     "photos",
+    "photos_memory",
     "score_maps",
 ]
 
@@ -108,6 +109,9 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert all(math.isfinite(rate) and rate > 0 for rate in shots["photos_per_s"].values())
     assert sorted(shots["stages_ms_per_photo"]) == ["decode", "forward", "jpeg", "overlay", "score"]
     assert "Your own photos, photos/s (cpu, " in table
+    held = figures["photos_memory"]
+    assert held["photos"] == 40 and len(held["rss_mib_by_photos"]) == 20 and math.isfinite(held["value"])
+    assert held["rss_mib_by_photos"][-1][0] == 40 and "Your own photos, memory (cpu, 40 JPEGs" in table
     saved = figures["score_maps"]
     assert saved["maps"] == 2 * 2 and saved["loop_maps"] == 4  # quick: 2 classes x 2 test images, all in the loop
     runs = ["cam", "wsolevaluation_0.01", "wsolevaluation_0.001", "their_loop_0.01", "their_loop_0.001"]
