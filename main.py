@@ -55,6 +55,7 @@ try:  # imported as a module (the console script), a Ctrl-C while the libraries 
     from CAM_Stanford_Cars.demo import run_demo
     from CAM_Stanford_Cars.distributed import shutdown_distributed
     from CAM_Stanford_Cars.evaluation import PROTOCOLS, evaluate_checkpoint
+    from CAM_Stanford_Cars.export import export_onnx
     from CAM_Stanford_Cars.localization import format_metrics_table
     from CAM_Stanford_Cars.model import ARCHS, PretrainedWeightsError
     from CAM_Stanford_Cars.report import check_report_path, write_maps_report, write_report
@@ -271,6 +272,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="score a checkpoint's classification and CAM localisation, and exit",
     )
     other.add_argument(
+        "--export",
+        default=None,
+        metavar="CHECKPOINT",
+        help="write the checkpoint's network with its CAM as one ONNX graph (--to model.onnx) and model.json beside "
+        "it, checked against PyTorch with onnxruntime, and exit",
+    )
+    other.add_argument("--to", default=None, metavar="PATH.onnx", help="with --export: the ONNX file to write")
+    other.add_argument(
         "--score_maps",
         default=None,
         metavar="DIR",
@@ -350,6 +359,7 @@ def check_commands(args: argparse.Namespace) -> None:
             ("--list_filters", args.list_filters),
             ("--evaluate", args.evaluate is not None),
             ("--score_maps", args.score_maps is not None),
+            ("--export", args.export is not None),
         )
         if given
     ]
@@ -365,11 +375,16 @@ def check_commands(args: argparse.Namespace) -> None:
         ("--save_maps", args.save_maps is not None, args.evaluate is not None, "--evaluate"),
         ("--predictions", args.predictions is not None, args.score_maps is not None, "--score_maps"),
         ("--threshold", args.threshold is not None, args.score_maps is not None, "--score_maps"),
+        ("--to", args.to is not None, args.export is not None, "--export"),
     ):
         if given and not allowed:
             raise ValueError(f"{flag} is an option of {of}; add it, or leave {flag} out")
+    if args.export is not None and args.to is None:
+        raise ValueError("--export needs --to PATH.onnx, the file to write (model.json is written beside it)")
     for flag, value in (
         ("--evaluate", args.evaluate),
+        ("--export", args.export),
+        ("--to", args.to),
         ("--score_maps", args.score_maps),
         ("--save_maps", args.save_maps),
         ("--demo_dir", args.demo_dir),
@@ -432,6 +447,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.score_maps is not None:
         return run_score_maps(args)
+    if args.export is not None:
+        result = export_onnx(args.export, args.to)
+        print(
+            f"ONNX graph: {result['onnx']} (outputs logits and cam; onnxruntime agrees within "
+            f"{result['max_relative_error']:.1e})\nits description: {result['json']}"
+        )
+        return 0
     args.root = DEFAULTS.root if args.root is None else args.root
     if args.list_filters:
         dataset = StanfordCarsCAM(args.root, split="train", download_datasets=args.download_datasets)

@@ -93,16 +93,24 @@ COMMAND_TESTS: dict[str, str] = {
         "tests/test_compare.py::test_visualize_draws_another_methods_map"
     ),
     "python main.py --evaluate best.pt --report report.html": "tests/test_report.py::test_the_report_flag_of_evaluate",
+    "pip install -e .[onnx]": CI,
+    "python main.py --export best.pt --to model.onnx": (
+        "tests/test_export.py::test_every_backbone_exports_with_its_cam_and_onnxruntime_agrees"
+    ),
 }
 
 # CI commands that do what a README command does, and more: README command -> CI's command.
-CI_COVERS = {"pip install -e .": "pip install -e .[test]"}  # the same package, plus the test extra
+# The same package, plus the test extra (which holds the onnx extra's packages).
+CI_COVERS = {"pip install -e .": "pip install -e .[test]", "pip install -e .[onnx]": "pip install -e .[test]"}
 
 # The README's example paths in Python blocks -> what the test runs them with ({run}: the trained
 # run's folder). "stanford_cars_dataset" needs no entry: the scratch folder has one.
 PYTHON_PLACEHOLDERS = {
     "path/to/Your/checkpoint": "{run}/best.pt",
     "path/to/dir/for/checkpoints": "{run}",
+    "path/to/model.onnx": "{run}/model.onnx",  # docs/deploy.md: exported by the test first
+    "path/to/model.json": "{run}/model.json",
+    "path/to/my_car.jpg": "{root}/stanford_cars/cars_test/00001.jpg",
 }
 
 # Options of programs that are not this repository's scripts.
@@ -312,11 +320,16 @@ def test_documented_python_blocks_run(
         assert blocks, "README.md has no ```python blocks"
     (tmp_path / "stanford_cars_dataset").symlink_to(synthetic_root, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
+    if document.name == "deploy.md":
+        pytest.importorskip("onnxruntime")
+        from CAM_Stanford_Cars.export import export_onnx
+
+        export_onnx(trained_run / "best.pt", trained_run / "model.onnx")
     namespace: dict[str, object] = {"__name__": "__readme__"}
     for block in blocks:
         source = block.text
         for placeholder, value in PYTHON_PLACEHOLDERS.items():
-            source = source.replace(placeholder, value.format(run=trained_run))
+            source = source.replace(placeholder, value.format(run=trained_run, root=synthetic_root))
         # Compiled with blank lines in front, so a traceback names the document's own line.
         code = compile("\n" * (block.line - 1) + source, str(document), "exec")
         try:
