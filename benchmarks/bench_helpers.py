@@ -64,6 +64,7 @@ class Sizes:
     memory_photos: int = 10_000
     memory_photo_wh: tuple[int, int] = (96, 64)
     memory_image_size: int = 64
+    export_max_batch: int = 32  # the exported graph's largest timed batch
     # Saved maps: one per test image of a set the size of the real test split (43 classes x 187 = 8,041), at 112x112
     # (at 224 they would take 1.6 GB); wsolevaluation's own per-image loop on the first ``score_maps_loop`` only.
     # One round: each run scores every map, the exact protocol at 0.001 a thousand thresholds of each.
@@ -105,6 +106,7 @@ QUICK = Sizes(
     photos=8,
     photo_batch=4,
     memory_photos=40,
+    export_max_batch=4,
     score_maps_classes=2,
     score_maps_test_per_class=2,
     score_maps_size=32,

@@ -185,6 +185,15 @@ def markdown(results: dict[str, Any]) -> str:
         paragraphs.append(photos_paragraph(results["figures"]["photos"]))
     if "rss_mib_by_photos" in results["figures"].get("photos_memory", {}):
         paragraphs.append(photos_memory_paragraph(results["figures"]["photos_memory"]))
+    if "images_per_s" in (onnx := results["figures"].get("onnx_speed", {})):
+        rates = "; ".join(
+            f"batch {batch}: onnxruntime {r['onnxruntime']:.1f}, PyTorch {r['pytorch']:.1f}"
+            for batch, r in onnx["images_per_s"].items()
+        )
+        paragraphs.append(
+            f"The exported CAM, images/s with logits and CAM ({onnx['device']}, {onnx['arch']}, "
+            f"{onnx['image_size']}x{onnx['image_size']}, onnxruntime {onnx['onnxruntime']}): {rates}."
+        )
     if "maps_per_s" in results["figures"].get("score_maps", {}):
         paragraphs.append(score_maps_paragraph(results["figures"]["score_maps"]))
     for paragraph in paragraphs:

@@ -28,6 +28,7 @@ The figures, and the target of each:
   the same photos decoded in memory at the same batch size (the floor) and the peers' per-image loop (open, resize,
   one-image forward, upsample, colour map, blend, write a JPEG); the ratio floor / command in photos/s (<= 1.25x).
 - photos_memory: the resident memory of the same command over 10,000 small photos, sampled along the way (flat).
+- export: images/s of the exported CAM (``--export``) in onnxruntime against ``model(images, True)``, batch 1 and 32.
 - score maps: ``saved_maps.score_map_folder`` on one saved 112x112 map per image of 8,041 (43 classes x 187), maps/s
   under protocol ``cam`` and under ``wsolevaluation`` at intervals 0.01 and 0.001, beside wsolevaluation's own
   per-image contour loop at both intervals on the first 256 maps; protocol cam / their loop at 0.01 (>= 10x).
@@ -73,6 +74,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from bench_evaluation import evaluation_speed, report
+from bench_export import onnx_speed
 from bench_helpers import QUICK, OtherWork, Sizes, build_data, load_average, machine_info
 from bench_maps import box_sweep, overlay_speed
 from bench_memory import memory
@@ -104,6 +106,7 @@ FIGURES = {
     "photos": "photos",
     "photos_memory": "photos_memory",
     "score_maps": "score_maps",
+    "export": "onnx_speed",
 }
 # The figures that read the synthetic data set (the others make their own inputs).
 NEEDS_DATA = {"pipeline", "decode", "memory", "split"}
@@ -127,6 +130,7 @@ def figure_jobs(base: Path, root: Path, sizes: Sizes, device: torch.device) -> d
         "photos": lambda: photos(base, sizes, device),
         "photos_memory": lambda: photos_memory(base, sizes, device),
         "score_maps": lambda: score_maps(base, sizes),
+        "export": lambda: onnx_speed(sizes),
     }
 
 
@@ -184,6 +188,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             "photos",
             "photos_memory",
             "score_maps",
+            "export",
         ],
         help="measure only these figures; the others are kept from --out's results.json",
     )
