@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -57,10 +58,20 @@ def _restated(path: Path) -> Iterator[None]:
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+def kept_mode(path: Path) -> int:
+    """The permission bits ``path`` has (it is about to be replaced), or a new file's (``open()``'s under the
+    umask)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return default_file_mode()
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Write ``path`` (mode ``"wb"``, or ``"w"`` for UTF-8) through a hidden file beside it, flushed to disk and
-    moved into place with ``open()``'s permissions only on success: a crash mid-write keeps the old file.
+    moved into place only on success: a crash mid-write keeps the old file. A file it replaces keeps its permissions
+    (a private 0600 report stays private); a new one gets ``open()``'s.
     Raises ``IsADirectoryError`` for a folder, and each ``OSError`` of the file system (a full disk included) as
     its own class, naming ``path``; the caller's own exceptions pass unchanged.
     """
@@ -90,7 +101,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         with _restated(path):
             os.fsync(handle.fileno())
             handle.close()
-            os.chmod(tmp, default_file_mode())
+            os.chmod(tmp, kept_mode(path))
             os.replace(tmp, path)
         done = True
     finally:

@@ -219,3 +219,12 @@ def test_the_report_flag_of_evaluate(
     assert "gradcam" in out.read_text(encoding="utf-8") and f"report: {out}" in capsys.readouterr().out
     assert main(["--report", str(out)]) == 2
     assert "--report is an option of --evaluate" in capsys.readouterr().err
+    # A report made private stays private when it is written again; a new one follows the umask.
+    out.chmod(0o600)
+    assert main(["--evaluate", str(cam_checkpoint), "--report", str(out), *common]) == 0
+    assert out.stat().st_mode & 0o777 == 0o600
+    fresh = tmp_path / "pages" / "fresh.html"
+    assert main(["--evaluate", str(cam_checkpoint), "--report", str(fresh), *common]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
