@@ -191,6 +191,19 @@ def _read_class_names_cached(path: str, version: tuple[object, ...]) -> tuple[st
 
 
 @functools.lru_cache(maxsize=8)
+def _image_path(annotation_file: str, image_dir: str, field: str, index: int, name: str) -> str:
+    """``image_dir/name``, refused (one line naming the file and the entry) where ``name`` leads outside the image
+    folder (``..`` or an absolute path): a dataset's annotations may only open its own images."""
+    folder = os.path.normpath(image_dir)
+    joined = os.path.normpath(os.path.join(folder, name))
+    if os.path.isabs(name) or os.path.commonpath([folder, joined]) != folder:
+        raise AnnotationError(
+            f"{annotation_file}: entry {index + 1} names the image {name!r} ({field}), outside the image folder "
+            f"{folder}; refused: annotations may only name images inside their dataset"
+        )
+    return str(Path(image_dir) / name)
+
+
 def _read_annotations_cached(
     path: str, version: tuple[object, ...], image_dir: str, car_ims: bool
 ) -> dict[str, SplitAnnotations]:
@@ -210,7 +223,10 @@ def _read_annotations_cached(
             numbers[name] = np.array([int(np.asarray(value).item()) for value in records[name]], dtype=np.int64)
         except (TypeError, ValueError) as err:
             raise AnnotationError(f"{path}: field {name!r} holds a value that is not one whole number ({err})") from err
-    paths = np.array([str(Path(image_dir) / str(name)) for name in records[name_field]], dtype=object)
+    paths = np.array(
+        [_image_path(path, image_dir, name_field, i, str(name)) for i, name in enumerate(records[name_field])],
+        dtype=object,
+    )
     labels = numbers["class"] - 1
     boxes = (np.stack([numbers[name] for name in BOX_FIELDS], axis=1) - [1, 1, 0, 0]).astype(
         np.float64

@@ -885,3 +885,16 @@ def test_find_layout_reports_kind(tiny_root: Path) -> None:
     layout = find_layout(tiny_root)
     assert layout.kind == "torchvision" and layout.meta_file.name == "cars_meta.mat"
     assert layout.annotation_files["test"].name == "cars_test_annos_withlabels.mat"
+
+
+@pytest.mark.parametrize("name", ["../../../../private/holiday.jpg", "/etc/hostname", "sub/../../00001.jpg"])
+def test_an_annotation_naming_an_image_outside_the_dataset_is_refused(tiny_copy: Path, name: str) -> None:
+    mat = tiny_copy / "stanford_cars" / "devkit" / "cars_train_annos.mat"
+    annotations = sio.loadmat(mat)["annotations"]
+    annotations[0, 1]["fname"] = np.array([name])
+    sio.savemat(mat, {"annotations": annotations})
+    with pytest.raises(DatasetError) as caught:
+        StanfordCarsCAM(tiny_copy, split="train")
+    message = str(caught.value)
+    assert message.startswith(f"{mat}: entry 2 names the image {name!r} (fname), outside the image folder")
+    assert "\n" not in message and "refused" in message
