@@ -158,6 +158,7 @@ def read_checkpoint(
                 "not_torch": f"{name} is not a torch checkpoint ({err}); pass the best.pt or last.pt of a run",
                 "unsafe": f"refused to load {name}: {err}. Nothing in it was run. Only checkpoints written by "
                 "save_checkpoint load here; if you trust the file, re-save its tensors as plain types.",
+                "legacy": f"refused to load {name}: {err}",
             }.get(err.kind, f"{name} is not a readable checkpoint ({err})")
         ) from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:

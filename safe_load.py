@@ -13,7 +13,8 @@ import torch
 
 
 class TorchFileError(Exception):
-    """Why a safe ``torch.load`` failed; ``kind`` is ``"not_torch"``, ``"unsafe"`` or ``"unreadable"``."""
+    """Why a safe ``torch.load`` failed; ``kind`` is ``"not_torch"``, ``"unsafe"``, ``"legacy"`` (a bare pickle it
+    cannot read safely) or ``"unreadable"``."""
 
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
@@ -77,4 +78,12 @@ def safe_torch_load(path: Path, location: torch.device) -> Any:
     except Exception as err:
         if name := _foreign_object(path):
             raise TorchFileError("unsafe", unsafe.format(name)) from None
+        why = first_line(err).split(". ")[0]  # torch's advice after it would load the file unsafely
+        if head[:1] == b"\x80" and why.startswith("Unsupported"):  # a whole bare pickle: legacy format, pickle.dump
+            raise TorchFileError(
+                "legacy",
+                f"it is an old-format (before PyTorch 1.6) or plain pickle that a safe (weights_only) load cannot read "
+                f"({why}), so it was not loaded: loading it fully could run code. If you trust it, convert it once "
+                "with torch.save(torch.load(OLD, weights_only=False), NEW) and pass NEW",
+            ) from None
         raise TorchFileError("unreadable", f"truncated or damaged: {first_line(err)}") from None
