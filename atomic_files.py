@@ -118,10 +118,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def unwritable_reason(folder: Path) -> str | None:
-    """Why ``folder`` cannot be created or written to (the OS's words), or None if it can."""
+    """Why ``folder`` cannot be created or written to (the OS's words), or None if it can. Nothing is left behind:
+    a missing folder is judged by its nearest existing parent (where it would be made), and is made only by the work
+    that writes into it."""
+    folder = Path(folder)
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists() or parent == parent.parent)
+    if not existing.is_dir():
+        return f"{str(existing)!r} is a file, not a folder"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as err:
         return err.strerror or first_line(err)
     return None

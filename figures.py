@@ -14,7 +14,7 @@ import matplotlib
 from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 
-from .atomic_files import atomic_file, file_in_the_way
+from .atomic_files import atomic_file, file_in_the_way, unwritable_reason
 from .localization import METRIC_LABELS
 
 __all__ = [
@@ -57,6 +57,8 @@ def check_save_path(save_path: str | os.PathLike[str], name: str = "save_path") 
             f"cannot tell the image format of {name} {str(path)!r} from its suffix; "
             f"use one of {', '.join('.' + s for s in sorted(supported))}"
         )
+    if (reason := unwritable_reason(path.parent)) is not None:
+        raise ValueError(f"{name} {str(path)!r} is not writable ({reason}); choose another folder")
     return fmt
 
 

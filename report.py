@@ -357,6 +357,7 @@ def photo_report(path: str | os.PathLike, class_names: list[str], thumb: int = 9
         ValueError: If ``path`` is a folder, does not end in .html or cannot be written.
     """
     out = check_report_path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)  # now that the work is about to write
     with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as handle:
         yield PhotoReport(out, handle, class_names, thumb)
 
@@ -388,6 +389,7 @@ def write_report(
     threshold, source = cam_threshold_of(checkpoint)
     loader = opened.loader(dataset, range(len(dataset)), batch_size)
     meter, thumb = LocalizationMeter(), int(thumb_size)
+    out.parent.mkdir(parents=True, exist_ok=True)  # now that the work is about to write
     with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as handle:
         cards = Cards(handle, dataset.classes, [path for path, *_ in dataset.samples], thumb)
         score(
@@ -438,6 +440,7 @@ def write_maps_report(
     out, thumb = check_report_path(path), int(thumb_size)
     box_threshold, source = (PAPER_THRESHOLD, "paper") if threshold is None else (threshold, "--threshold")
     classes = [*maps.dataset.classes, "(no prediction)"]
+    out.parent.mkdir(parents=True, exist_ok=True)  # now that the work is about to write
     with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as handle:
         cards = Cards(handle, classes, [path for path, *_ in maps.dataset.samples], thumb)
         meter = LocalizationMeter() if protocol == "cam" else WsolevaluationMeter(cam_curve_interval)

@@ -106,6 +106,7 @@ def hold_run_folder(run_dir: Path) -> Iterator[None]:
     """
     existed = run_dir.is_dir()
     check_writable(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     lock, fd = run_dir / LOCK_FILE, None
     try:
         fd = _lock(lock, run_dir)

@@ -153,6 +153,7 @@ class ImageCache:
             raise ValueError(
                 f"cache_dir {os.fspath(folder)!r} is not writable ({reason}); choose another folder or leave it out"
             )
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.min_free_bytes = int(min_free_bytes)
         self._warned: set[str] = set()
 

@@ -190,7 +190,6 @@ def _read_class_names_cached(path: str, version: tuple[object, ...]) -> tuple[st
     return tuple(str(name) for name in np.atleast_1d(_load_variable(Path(path), "class_names")).tolist())
 
 
-@functools.lru_cache(maxsize=8)
 def _image_path(annotation_file: str, image_dir: str, field: str, index: int, name: str) -> str:
     """``image_dir/name``, refused (one line naming the file and the entry) where ``name`` leads outside the image
     folder (``..`` or an absolute path): a dataset's annotations may only open its own images."""
@@ -204,6 +203,7 @@ def _image_path(annotation_file: str, image_dir: str, field: str, index: int, na
     return str(Path(image_dir) / name)
 
 
+@functools.lru_cache(maxsize=8)
 def _read_annotations_cached(
     path: str, version: tuple[object, ...], image_dir: str, car_ims: bool
 ) -> dict[str, SplitAnnotations]:

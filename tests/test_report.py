@@ -228,3 +228,21 @@ def test_the_report_flag_of_evaluate(
     umask = os.umask(0)
     os.umask(umask)
     assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_failed_command_creates_no_folder_and_a_bad_out_fails_before_any_work(
+    cam_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from CAM_Stanford_Cars import visualize
+    from CAM_Stanford_Cars.main import main
+
+    target = tmp_path / "a" / "b" / "c" / "r.html"
+    assert main(["--evaluate", str(tmp_path / "missing.pt"), "--report", str(target)]) == 2
+    assert "missing.pt" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the checkpoint was opened before --out was checked")
+
+    monkeypatch.setattr(visualize, "load_checkpoint", no_work)
+    assert visualize.main([str(cam_checkpoint), "--out", "/proc/cams.png"]) == 2  # no file can be made in /proc
+    assert "--out '/proc/cams.png' is not writable" in capsys.readouterr().err
