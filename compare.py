@@ -126,7 +126,7 @@ def compare_methods(
     result = {
         "methods": rows,
         "split": split,
-        "checkpoint": str(checkpoint_path),
+        "checkpoint": Path(checkpoint_path).name,  # a file to share: no path of this machine
         "n_images": n,
         "cam_threshold": threshold,
         "cam_threshold_source": source,
@@ -138,7 +138,8 @@ def compare_methods(
     if figure_images and shown.images is not None:
         draw_comparison(shown.images, shown.maps, shown.true_boxes, threshold, files["png"])
     atomic_write_text(Path(files["csv"]), methods_csv(rows))
-    atomic_write_text(Path(files["json"]), json.dumps(result, indent=2, sort_keys=True) + "\n")
+    shared = {**result, "files": {kind: Path(path).name for kind, path in files.items()}}  # names, not this machine's
+    atomic_write_text(Path(files["json"]), json.dumps(shared, indent=2, sort_keys=True) + "\n")
     return result
 
 

@@ -209,7 +209,9 @@ def evaluate_checkpoint(
         cam_threshold=threshold,
         sinks=[saved] if saved is not None else [],
     )
-    metrics.update(cam_threshold_source=source, protocol=protocol, split=split, checkpoint=str(checkpoint_path))
+    metrics.update(
+        cam_threshold_source=source, protocol=protocol, split=split, checkpoint=Path(checkpoint_path).name
+    )  # a file to share: the checkpoint's name, no path of this machine
     if saved is not None:
         saved.write_index()
         metrics["maps"] = str(save_maps)

@@ -32,7 +32,7 @@ from .figures import plot_training_curves
 from .localization import IOU_THRESHOLD, LocalizationMeter, box_iou, metrics_table_rows
 from .overlay import apply_cam
 from .photos import PhotoExplanation
-from .saved_maps import MapFolder, score_map_folder
+from .saved_maps import MapFolder, image_ids, score_map_folder
 from .scoring import BoxScores, ScoredBatch, model_cam, score
 from .wsolevaluation import WsolevaluationMeter
 
@@ -391,7 +391,7 @@ def write_report(
     meter, thumb = LocalizationMeter(), int(thumb_size)
     out.parent.mkdir(parents=True, exist_ok=True)  # now that the work is about to write
     with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as handle:
-        cards = Cards(handle, dataset.classes, [path for path, *_ in dataset.samples], thumb)
+        cards = Cards(handle, dataset.classes, image_ids(dataset), thumb)  # paths inside the dataset, not the machine's
         score(
             model,
             loader,
@@ -403,7 +403,7 @@ def write_report(
             desc=f"report {split}",
         )
         metrics: dict[str, Any] = meter.compute(threshold)
-        metrics.update(cam_threshold_source=source, protocol="cam", split=split, checkpoint=str(checkpoint_path))
+        metrics.update(cam_threshold_source=source, protocol="cam", split=split, checkpoint=Path(checkpoint_path).name)
         head = _page_head(
             checkpoint,
             checkpoint_path,
@@ -442,7 +442,7 @@ def write_maps_report(
     classes = [*maps.dataset.classes, "(no prediction)"]
     out.parent.mkdir(parents=True, exist_ok=True)  # now that the work is about to write
     with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as handle:
-        cards = Cards(handle, classes, [path for path, *_ in maps.dataset.samples], thumb)
+        cards = Cards(handle, classes, maps.ids, thumb)
         meter = LocalizationMeter() if protocol == "cam" else WsolevaluationMeter(cam_curve_interval)
         metrics = score_map_folder(
             maps,
@@ -526,7 +526,7 @@ def _page_head(
     run = _table(
         None,
         [
-            ["checkpoint", str(checkpoint_path)],
+            ["checkpoint", Path(checkpoint_path).name],
             ["architecture", checkpoint.get("arch", "?")],
             ["filters", filters or "none"],
             ["image size", checkpoint["image_size"]],
@@ -541,7 +541,7 @@ def _page_head(
     )
     parts = [
         page_start(f"CAM report: {Path(checkpoint_path).name} on {split}", thumb),
-        f"<h1>CAM report: {esc(str(checkpoint_path))}</h1><h2>Run</h2>{run}",
+        f"<h1>CAM report: {esc(Path(checkpoint_path).name)}</h1><h2>Run</h2>{run}",
         f"<h2>Metrics ({esc(split)})</h2>{_metrics_html(metrics)}",
     ]
     if methods:

@@ -369,7 +369,7 @@ def score_map_folder(
     metrics.update(
         protocol=protocol,
         split=maps.dataset.split,
-        maps=str(maps.folder),
+        maps=maps.folder.name,
         n_maps_ignored=maps.n_ignored,
         cam_threshold_source="--threshold" if threshold is not None else None,
     )

@@ -246,3 +246,17 @@ def test_a_failed_command_creates_no_folder_and_a_bad_out_fails_before_any_work(
     monkeypatch.setattr(visualize, "load_checkpoint", no_work)
     assert visualize.main([str(cam_checkpoint), "--out", "/proc/cams.png"]) == 2  # no file can be made in /proc
     assert "--out '/proc/cams.png' is not writable" in capsys.readouterr().err
+
+
+def test_shared_files_hold_no_path_of_this_machine(cam_checkpoint: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """The report (written without a data folder: the checkpoint records it, absolute) and the methods JSON and CSV
+    name images by their path inside the dataset and the checkpoint by its file name."""
+    from CAM_Stanford_Cars.compare import compare_methods
+
+    page = tmp_path / "report.html"
+    write_report(cam_checkpoint, page, device="cpu", num_workers=0, progress=False)
+    result = compare_methods(cam_checkpoint, methods=["cam"], device="cpu", num_workers=0, progress=False, steps=1)
+    shared = [page.read_text(), Path(result["files"]["json"]).read_text(), Path(result["files"]["csv"]).read_text()]
+    for text in shared:
+        assert str(tmp_path) not in text and str(synthetic_root) not in text
+    assert 'title="cars_test/' in shared[0] and cam_checkpoint.name in shared[0]
