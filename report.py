@@ -302,7 +302,7 @@ class PhotoReport:
         self.handle.write(
             card(
                 self.n,
-                record.file,
+                record.output.with_name(Path(record.file).name).as_posix(),  # inside the folders given, not the machine
                 _jpeg(small, box, thumb),
                 _jpeg(overlay, box, thumb),
                 pred,

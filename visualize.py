@@ -581,14 +581,17 @@ def _explain_photos_main(args: argparse.Namespace) -> int:
     else:
         with photo_report(args.report, class_names) as page:
             explained = explain([page.add])
-            model_text = args.checkpoint or f"torchvision's {args.imagenet}, ImageNet weights"
+            # Names, not paths: the page is made to be shared.
+            model_text = (
+                Path(args.checkpoint).name if args.checkpoint else f"torchvision's {args.imagenet}, ImageNet weights"
+            )
             about = [
                 ["model", f"{model_text} ({len(class_names)} classes)"],
                 ["input", f"{image_size} x {image_size}: the whole photo, resized"],
                 ["map", args.method],
                 ["CAM threshold for boxes", f"{threshold:.2f}: {THRESHOLD_SOURCES.get(source, source)}"],
                 ["photos", f"{explained} explained, {len(skipped)} skipped"],
-                ["overlays and predictions.csv", args.out_dir],
+                ["overlays and predictions.csv", Path(args.out_dir).name],
             ]
             page.write(about, threshold, None if class_idx is None else class_names[class_idx])
     print(f"{explained} explained, {len(skipped)} skipped, written to {args.out_dir}")

@@ -527,6 +527,7 @@ def test_the_report_of_photos_is_one_page_of_cards_without_a_true_class(
         assert Path(row["file"]).name in body
     assert "<h2>Gallery" in text and "3 explained, 1 skipped" in text and "<script>" in text
     assert "http://" not in text and "https://" not in text  # self-contained
+    assert str(tmp_path) not in text and 'title="b/c.png"' in text  # shared: no path of this machine
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("no headless Chromium here (apt-get install chromium)")
