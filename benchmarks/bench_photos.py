@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import time
@@ -15,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench_helpers import Sizes, median_ratio, side_by_side, sync
+from bench_memory import RssSampler
 from bench_train_step import new_model
 from CAM_Stanford_Cars.distributed import DistInfo
 from CAM_Stanford_Cars.model import GAPNet
@@ -193,12 +193,6 @@ def photos(base: Path, sizes: Sizes, device: torch.device) -> dict[str, Any]:
     }
 
 
-def resident_mib() -> float:
-    """This process's resident memory now (``/proc/self/statm``), MiB."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def photos_memory(base: Path, sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """Resident memory while the command (``write_explanations``) explains many small photos: sampled twenty times
     along the way. ``value``: the growth from the first tenth to the end, MiB (flat: a few MiB of noise)."""
@@ -214,7 +208,7 @@ def photos_memory(base: Path, sizes: Sizes, device: torch.device) -> dict[str, A
         nonlocal seen
         seen += 1
         if seen % step == 0:
-            samples.append((seen, round(resident_mib(), 1)))
+            samples.append((seen, round(RssSampler.rss("self") / 2**20, 1)))
 
     start = time.perf_counter()
     done = write_explanations(
